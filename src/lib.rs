@@ -2,5 +2,11 @@
 //!
 //! See docs/architecture.md for the module map and the data flow.
 
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod dataplane;
+pub mod metrics;
 pub mod packet;
+pub mod pipeline;
 pub mod wire;

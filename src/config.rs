@@ -1,0 +1,382 @@
+//! `labelwall.yaml`: the appliance's settings, parsed and validated once at startup.
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default), every error
+//! names the file and, where the YAML parser knows it, the line and column. Relative paths
+//! inside the file are resolved against the file's own directory, so a config and its policy
+//! can be moved together.
+
+use std::fmt;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub dataplane: DataplaneConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Path of policy.yaml.
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
+    #[serde(default)]
+    pub labels: LabelsConfig,
+    #[serde(default)]
+    pub flow_log: Option<FlowLogConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataplaneConfig {
+    /// Where GENEVE from GWLB arrives; the outer header is always IPv4.
+    pub listen: SocketAddrV4,
+    /// Worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Destination UDP port of packets sent back to GWLB.
+    pub reply_port: u16,
+    /// SO_RCVBUF per worker socket, bytes.
+    pub receive_buffer: usize,
+    /// SO_SNDBUF per worker raw socket, bytes.
+    pub send_buffer: usize,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            listen: SocketAddrV4::new([0, 0, 0, 0].into(), 6081),
+            workers: 0,
+            reply_port: 6081,
+            receive_buffer: 8 << 20,
+            send_buffer: 8 << 20,
+        }
+    }
+}
+
+impl DataplaneConfig {
+    /// The number of workers to start: `workers`, or one per core when it is 0.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// /healthz, /readyz, /metrics.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: SocketAddr::from(([0, 0, 0, 0], 8080)) }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabelsConfig {
+    /// Static inventory files.
+    pub inventory: Vec<PathBuf>,
+    /// Kubernetes clusters to watch.
+    pub kubernetes: Vec<KubernetesSource>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSource {
+    /// Name used in identities and selectors.
+    pub cluster: String,
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    #[serde(default)]
+    pub in_cluster: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FlowLogConfig {
+    /// A file path, or "-" for stdout.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `labelwall=debug`; RUST_LOG overrides it.
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line, where known.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// The key path, e.g. `dataplane.reply_port`, where known.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": {field}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in a config file (at least one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                column: None,
+                field: None,
+                message: format!("cannot read the file: {error}"),
+            }])
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates `text` as the contents of `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let mut config: Config = serde_yaml_ng::from_str(text).map_err(|error| {
+            let location = error.location();
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: location.as_ref().map(|l| l.line()),
+                column: location.as_ref().map(|l| l.column()),
+                field: None,
+                message: strip_location(&error.to_string()),
+            }])
+        })?;
+        let errors = config.validate(path, text);
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path, text: &str) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut error = |field: &str, message: String| {
+            errors.push(ConfigError {
+                file: path.to_path_buf(),
+                line: find_key_line(text, field),
+                column: None,
+                field: Some(field.to_string()),
+                message,
+            })
+        };
+        if self.dataplane.listen.port() == 0 {
+            error("dataplane.listen", "the port must not be 0 (GWLB sends to 6081)".into());
+        }
+        if self.dataplane.reply_port == 0 {
+            error("dataplane.reply_port", "must be a port number from 1 to 65535".into());
+        }
+        if self.dataplane.workers > 1024 {
+            error("dataplane.workers", format!("{} is more than 1024", self.dataplane.workers));
+        }
+        if self.dataplane.receive_buffer < 64 * 1024 {
+            error("dataplane.receive_buffer", "must be at least 65536 bytes".into());
+        }
+        if self.dataplane.send_buffer < 64 * 1024 {
+            error("dataplane.send_buffer", "must be at least 65536 bytes".into());
+        }
+        for (i, source) in self.labels.kubernetes.iter().enumerate() {
+            let field = format!("labels.kubernetes[{i}]");
+            if source.cluster.is_empty() {
+                error(&format!("{field}.cluster"), "must not be empty".into());
+            }
+            if source.kubeconfig.is_some() == source.in_cluster {
+                error(&field, "set exactly one of `kubeconfig` and `in_cluster: true`".into());
+            }
+        }
+        if let Some(level) = &self.log.level
+            && tracing_subscriber::EnvFilter::try_new(level).is_err()
+        {
+            error("log.level", format!("`{level}` is not a valid log filter"));
+        }
+        errors
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() && p.as_os_str() != "-" {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(policy) = &mut self.policy {
+            resolve(policy);
+        }
+        self.labels.inventory.iter_mut().for_each(resolve);
+        for source in &mut self.labels.kubernetes {
+            if let Some(kubeconfig) = &mut source.kubeconfig {
+                resolve(kubeconfig);
+            }
+        }
+        if let Some(flow_log) = &mut self.flow_log {
+            resolve(&mut flow_log.path);
+        }
+    }
+}
+
+/// serde_yaml_ng appends " at line L column C"; we print the location in front instead.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// The 1-based line of the last key of a dotted path (`dataplane.reply_port` finds the
+/// `reply_port:` line after the `dataplane:` line), for validation errors found after parsing.
+fn find_key_line(text: &str, dotted: &str) -> Option<usize> {
+    let mut from = 0;
+    let mut found = None;
+    for key in dotted.split('.') {
+        let key = key.split('[').next().unwrap_or(key);
+        let needle = format!("{key}:");
+        let (index, _) = text.lines().enumerate().skip(from).find(|(_, line)| {
+            let trimmed = line.trim_start().trim_start_matches("- ");
+            trimmed.starts_with(&needle)
+        })?;
+        found = Some(index + 1);
+        from = index + 1;
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(Path::new("/etc/labelwall/labelwall.yaml"), text)
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let config = parse("{}").unwrap();
+        assert_eq!(config.dataplane.listen.to_string(), "0.0.0.0:6081");
+        assert_eq!(config.dataplane.reply_port, 6081);
+        assert_eq!(config.admin.listen.to_string(), "0.0.0.0:8080");
+        assert!(config.dataplane.worker_count() >= 1);
+        assert_eq!(config.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn spec_example_parses_and_resolves_relative_paths() {
+        let config = parse(
+            "dataplane:\n  listen: 0.0.0.0:6081\n  workers: 2\n  reply_port: 6081\n\
+             admin:\n  listen: 127.0.0.1:9090\npolicy: policy.yaml\n\
+             labels:\n  inventory: [/etc/labelwall/inventory.yaml, more.yaml]\n  kubernetes:\n\
+             \x20   - cluster: eks-prod\n      kubeconfig: eks-prod.kubeconfig\n\
+             flow_log:\n  path: \"-\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.dataplane.workers, 2);
+        assert_eq!(config.policy.unwrap(), PathBuf::from("/etc/labelwall/policy.yaml"));
+        assert_eq!(config.labels.inventory[1], PathBuf::from("/etc/labelwall/more.yaml"));
+        assert_eq!(
+            config.labels.kubernetes[0].kubeconfig.as_deref(),
+            Some(Path::new("/etc/labelwall/eks-prod.kubeconfig"))
+        );
+        assert_eq!(config.flow_log.unwrap().path, PathBuf::from("-"));
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_file_line_and_name() {
+        let errors = parse("dataplane:\n  listen: 0.0.0.0:6081\n  listn: 1.2.3.4:5\n").unwrap_err();
+        let text = errors.to_string();
+        assert!(text.starts_with("/etc/labelwall/labelwall.yaml:3:"), "{text}");
+        assert!(text.contains("unknown field `listn`"), "{text}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_line() {
+        let errors =
+            parse("admin:\n  listen: 127.0.0.1:8080\ndataplane:\n  workers: many\n").unwrap_err();
+        assert_eq!(errors.0[0].line, Some(4), "{errors}");
+    }
+
+    #[test]
+    fn outer_ipv6_listen_is_rejected() {
+        assert!(parse("dataplane:\n  listen: \"[::]:6081\"\n").is_err());
+    }
+
+    #[test]
+    fn every_validation_error_is_reported_with_its_field_and_line() {
+        let errors = parse(
+            "dataplane:\n  listen: 0.0.0.0:0\n  reply_port: 0\nlabels:\n  kubernetes:\n\
+             \x20   - cluster: \"\"\n",
+        )
+        .unwrap_err();
+        let fields: Vec<_> = errors.0.iter().map(|e| e.field.clone().unwrap()).collect();
+        assert_eq!(
+            fields,
+            [
+                "dataplane.listen",
+                "dataplane.reply_port",
+                "labels.kubernetes[0].cluster",
+                "labels.kubernetes[0]"
+            ]
+        );
+        assert_eq!(errors.0[0].line, Some(2));
+        assert_eq!(errors.0[1].line, Some(3));
+        assert_eq!(errors.0[2].line, Some(6));
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let errors = Config::load(Path::new("/nonexistent/labelwall.yaml")).unwrap_err();
+        assert!(errors.to_string().contains("cannot read the file"), "{errors}");
+    }
+}

@@ -1,0 +1,156 @@
+//! The data plane: worker threads that receive GENEVE from GWLB in batches, run each datagram
+//! through the [`Pipeline`](crate::pipeline::Pipeline) and send what may pass back to GWLB.
+//!
+//! Each worker owns one `SO_REUSEPORT` UDP socket on the listen address (the kernel spreads
+//! GWLB's flows over them by 4-tuple hash), one raw socket for sending back, its buffers and
+//! its counters. Nothing is shared between workers on the per-packet path; the control plane
+//! sees them only through [`WorkerStatus`].
+//!
+//! Must not depend on: tokio, kube, the admin server.
+
+mod stats;
+mod sys;
+mod worker;
+
+use std::io;
+use std::net::SocketAddrV4;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+pub use stats::{Counters, SharedCounters};
+
+use crate::pipeline::Mode;
+
+/// How the data plane is set up (from `dataplane:` in labelwall.yaml).
+#[derive(Debug, Clone)]
+pub struct DataplaneSettings {
+    pub listen: SocketAddrV4,
+    pub workers: usize,
+    pub reply_port: u16,
+    pub mode: Mode,
+    /// Requested SO_RCVBUF of each worker's UDP socket.
+    pub receive_buffer: usize,
+    /// Requested SO_SNDBUF of each worker's raw socket.
+    pub send_buffer: usize,
+}
+
+/// What the control plane can see of one worker.
+#[derive(Debug, Default)]
+pub struct WorkerStatus {
+    running: AtomicBool,
+    counters: SharedCounters,
+}
+
+impl WorkerStatus {
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters.load()
+    }
+}
+
+/// Why the data plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind UDP {listen} for data-plane worker {worker}: {source}")]
+    Bind { listen: SocketAddrV4, worker: usize, source: io::Error },
+    #[error(
+        "cannot open the raw IPv4 socket used to send packets back to GWLB: {0} \
+         (it needs CAP_NET_RAW: run as root or grant the capability, see docs/operations.md)"
+    )]
+    RawSocket(io::Error),
+    #[error("cannot start data-plane worker {worker}: {source}")]
+    Spawn { worker: usize, source: io::Error },
+}
+
+/// The running data plane.
+#[derive(Debug)]
+pub struct Dataplane {
+    stop: Arc<AtomicBool>,
+    status: Arc<[Arc<WorkerStatus>]>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Dataplane {
+    /// Opens every socket first (so a bind or permission error stops startup before any
+    /// thread runs), then starts one thread per worker.
+    pub fn start(settings: &DataplaneSettings) -> Result<Dataplane, StartError> {
+        let workers = settings.workers.max(1);
+        let mut sockets = Vec::with_capacity(workers);
+        for worker in 0..workers {
+            let udp = bind_worker_socket(settings).map_err(|source| StartError::Bind {
+                listen: settings.listen,
+                worker,
+                source,
+            })?;
+            let raw = sys::RawSender::open(settings.send_buffer).map_err(StartError::RawSocket)?;
+            sockets.push((udp, raw));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let status: Arc<[Arc<WorkerStatus>]> =
+            (0..workers).map(|_| Arc::new(WorkerStatus::default())).collect();
+        let mut threads = Vec::with_capacity(workers);
+        for (index, (udp, raw)) in sockets.into_iter().enumerate() {
+            let worker = worker::Worker::new(
+                index,
+                udp.into(),
+                raw,
+                settings,
+                Arc::clone(&status[index]),
+                Arc::clone(&stop),
+            );
+            let thread = std::thread::Builder::new()
+                .name(format!("lw-worker-{index}"))
+                .spawn(move || worker.run())
+                .map_err(|source| StartError::Spawn { worker: index, source });
+            match thread {
+                Ok(handle) => threads.push(handle),
+                Err(error) => {
+                    stop.store(true, Ordering::Release);
+                    threads.into_iter().for_each(|t| drop(t.join()));
+                    return Err(error);
+                }
+            }
+        }
+        Ok(Dataplane { stop, status, threads })
+    }
+
+    /// The workers' status, for readiness and metrics.
+    pub fn status(&self) -> Arc<[Arc<WorkerStatus>]> {
+        Arc::clone(&self.status)
+    }
+
+    /// Stops receiving, lets every worker send what it holds, joins them and returns the
+    /// final totals.
+    pub fn shutdown(self) -> Counters {
+        self.stop.store(true, Ordering::Release);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+        total(&self.status)
+    }
+}
+
+/// Sums the counters of all workers.
+pub fn total(status: &[Arc<WorkerStatus>]) -> Counters {
+    let mut sum = Counters::default();
+    for worker in status {
+        sum.accumulate(&worker.counters());
+    }
+    sum
+}
+
+fn bind_worker_socket(settings: &DataplaneSettings) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    sys::set_buffer_size(&socket, libc::SO_RCVBUFFORCE, settings.receive_buffer, |s, n| {
+        s.set_recv_buffer_size(n)
+    });
+    socket.bind(&settings.listen.into())?;
+    Ok(socket)
+}

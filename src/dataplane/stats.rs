@@ -1,0 +1,173 @@
+//! Per-worker counters.
+//!
+//! A worker counts into a plain [`Counters`] it owns (no atomics, no sharing on the per-packet
+//! path) and publishes it once per batch into its [`SharedCounters`], which the admin server
+//! reads. Each shared value has exactly one writer, so a relaxed store is enough.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::pipeline::Verdict;
+use crate::wire::DropReason;
+
+const RX_DATAGRAMS: usize = 0;
+const RX_BYTES: usize = 1;
+const TX_PACKETS: usize = 2;
+const TX_BYTES: usize = 3;
+const RX_BATCHES: usize = 4;
+const RX_ERRORS: usize = 5;
+const VERDICT_PACKETS: usize = 6;
+const VERDICT_BYTES: usize = VERDICT_PACKETS + Verdict::COUNT;
+const DROPS: usize = VERDICT_BYTES + Verdict::COUNT;
+const LEN: usize = DROPS + DropReason::COUNT;
+
+/// Counters owned by one worker thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counters {
+    values: [u64; LEN],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters { values: [0; LEN] }
+    }
+}
+
+impl Counters {
+    /// One datagram (GRO segment) received.
+    pub fn received(&mut self, bytes: usize) {
+        self.values[RX_DATAGRAMS] += 1;
+        self.values[RX_BYTES] += bytes as u64;
+    }
+
+    /// One receive system call that returned data.
+    pub fn batch(&mut self) {
+        self.values[RX_BATCHES] += 1;
+    }
+
+    /// A receive system call failed with something other than "would block".
+    pub fn receive_error(&mut self) {
+        self.values[RX_ERRORS] += 1;
+    }
+
+    /// A packet judged by policy (inner bytes counted as GENEVE datagram bytes).
+    pub fn verdict(&mut self, verdict: Verdict, bytes: usize) {
+        self.values[VERDICT_PACKETS + verdict.index()] += 1;
+        self.values[VERDICT_BYTES + verdict.index()] += bytes as u64;
+    }
+
+    pub fn drop(&mut self, reason: DropReason) {
+        self.values[DROPS + reason.index()] += 1;
+    }
+
+    /// Packets the kernel accepted for sending back to GWLB.
+    pub fn sent(&mut self, packets: u64, bytes: u64) {
+        self.values[TX_PACKETS] += packets;
+        self.values[TX_BYTES] += bytes;
+    }
+
+    pub fn rx_datagrams(&self) -> u64 {
+        self.values[RX_DATAGRAMS]
+    }
+    pub fn rx_bytes(&self) -> u64 {
+        self.values[RX_BYTES]
+    }
+    pub fn tx_packets(&self) -> u64 {
+        self.values[TX_PACKETS]
+    }
+    pub fn tx_bytes(&self) -> u64 {
+        self.values[TX_BYTES]
+    }
+    pub fn rx_batches(&self) -> u64 {
+        self.values[RX_BATCHES]
+    }
+    pub fn rx_errors(&self) -> u64 {
+        self.values[RX_ERRORS]
+    }
+    pub fn verdict_packets(&self, verdict: Verdict) -> u64 {
+        self.values[VERDICT_PACKETS + verdict.index()]
+    }
+    pub fn verdict_bytes(&self, verdict: Verdict) -> u64 {
+        self.values[VERDICT_BYTES + verdict.index()]
+    }
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.values[DROPS + reason.index()]
+    }
+    pub fn total_drops(&self) -> u64 {
+        self.values[DROPS..].iter().sum()
+    }
+
+    /// Adds another worker's counters (for totals across workers).
+    pub fn accumulate(&mut self, other: &Counters) {
+        for (mine, theirs) in self.values.iter_mut().zip(other.values.iter()) {
+            *mine += theirs;
+        }
+    }
+}
+
+/// The published copy of one worker's counters.
+#[derive(Debug)]
+pub struct SharedCounters {
+    values: [AtomicU64; LEN],
+}
+
+impl Default for SharedCounters {
+    fn default() -> Self {
+        SharedCounters { values: std::array::from_fn(|_| AtomicU64::new(0)) }
+    }
+}
+
+impl SharedCounters {
+    /// Called by the owning worker only.
+    pub fn publish(&self, counters: &Counters) {
+        for (shared, value) in self.values.iter().zip(counters.values.iter()) {
+            shared.store(*value, Ordering::Relaxed);
+        }
+    }
+
+    pub fn load(&self) -> Counters {
+        Counters { values: std::array::from_fn(|i| self.values[i].load(Ordering::Relaxed)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_counters_read_back_exactly() {
+        let mut c = Counters::default();
+        c.received(100);
+        c.received(50);
+        c.batch();
+        c.verdict(Verdict::Allow, 100);
+        c.verdict(Verdict::Audit, 7);
+        c.drop(DropReason::GeneveVersion);
+        c.drop(DropReason::GeneveVersion);
+        c.drop(DropReason::SendFailed);
+        c.sent(1, 128);
+        let shared = SharedCounters::default();
+        shared.publish(&c);
+        let read = shared.load();
+        assert_eq!(read, c);
+        assert_eq!(read.rx_datagrams(), 2);
+        assert_eq!(read.rx_bytes(), 150);
+        assert_eq!(read.verdict_packets(Verdict::Allow), 1);
+        assert_eq!(read.verdict_bytes(Verdict::Audit), 7);
+        assert_eq!(read.verdict_packets(Verdict::Deny), 0);
+        assert_eq!(read.drops(DropReason::GeneveVersion), 2);
+        assert_eq!(read.total_drops(), 3);
+        assert_eq!((read.tx_packets(), read.tx_bytes()), (1, 128));
+    }
+
+    #[test]
+    fn accumulate_sums_every_counter() {
+        let mut a = Counters::default();
+        a.received(10);
+        a.drop(DropReason::Oversize);
+        let mut total = Counters::default();
+        total.accumulate(&a);
+        total.accumulate(&a);
+        assert_eq!(total.rx_bytes(), 20);
+        assert_eq!(total.drops(DropReason::Oversize), 2);
+    }
+}

@@ -1,0 +1,161 @@
+//! Prometheus metrics: read at scrape time from the data-plane workers' published counters,
+//! so the per-packet path never touches the registry.
+//!
+//! Names follow SPEC.md (`labelwall_packets_total{verdict}`, `labelwall_drops_total{reason}`,
+//! ...); per-worker figures carry a `worker` label.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::dataplane::{self, WorkerStatus};
+use crate::pipeline::Verdict;
+use crate::wire::DropReason;
+
+/// Builds the registry the admin server renders.
+pub fn registry(workers: Arc<[Arc<WorkerStatus>]>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(DataplaneCollector { workers, started: Instant::now() }));
+    registry
+}
+
+/// Renders the registry in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut text = String::with_capacity(8 * 1024);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, registry);
+    text
+}
+
+#[derive(Debug)]
+struct DataplaneCollector {
+    workers: Arc<[Arc<WorkerStatus>]>,
+    started: Instant,
+}
+
+fn counter<L: prometheus_client::encoding::EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (L, u64)>,
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in rows {
+        ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge<L: prometheus_client::encoding::EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (L, i64)>,
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in rows {
+        ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for DataplaneCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let per_worker: Vec<_> = self.workers.iter().map(|w| w.counters()).collect();
+        let total = dataplane::total(&self.workers);
+        let e = &mut encoder;
+
+        counter(
+            e,
+            "labelwall_packets",
+            "Inner packets judged, by verdict (allow and audit are sent back to GWLB).",
+            Verdict::ALL.map(|v| ([("verdict", v.as_str())], total.verdict_packets(v))),
+        )?;
+        counter(
+            e,
+            "labelwall_bytes",
+            "GENEVE datagram bytes judged, by verdict.",
+            Verdict::ALL.map(|v| ([("verdict", v.as_str())], total.verdict_bytes(v))),
+        )?;
+        counter(
+            e,
+            "labelwall_drops",
+            "Datagrams dropped without a reply, by layer (class) and cause (reason).",
+            DropReason::ALL
+                .map(|r| ([("class", r.class()), ("reason", r.as_str())], total.drops(r))),
+        )?;
+        let workers = || per_worker.iter().enumerate().map(|(i, c)| (i.to_string(), c));
+        counter(
+            e,
+            "labelwall_worker_received_packets",
+            "GENEVE datagrams received, per data-plane worker.",
+            workers().map(|(w, c)| ([("worker", w)], c.rx_datagrams())),
+        )?;
+        counter(
+            e,
+            "labelwall_worker_received_bytes",
+            "GENEVE datagram bytes received, per data-plane worker.",
+            workers().map(|(w, c)| ([("worker", w)], c.rx_bytes())),
+        )?;
+        counter(
+            e,
+            "labelwall_worker_sent_packets",
+            "Packets sent back to GWLB, per data-plane worker.",
+            workers().map(|(w, c)| ([("worker", w)], c.tx_packets())),
+        )?;
+        counter(
+            e,
+            "labelwall_worker_sent_bytes",
+            "Bytes sent back to GWLB (outer headers included), per data-plane worker.",
+            workers().map(|(w, c)| ([("worker", w)], c.tx_bytes())),
+        )?;
+        counter(
+            e,
+            "labelwall_worker_receive_batches",
+            "Receive system calls that returned data, per worker (packets / batches = batch fill).",
+            workers().map(|(w, c)| ([("worker", w)], c.rx_batches())),
+        )?;
+        counter(
+            e,
+            "labelwall_worker_receive_errors",
+            "Receive system calls that failed, per worker.",
+            workers().map(|(w, c)| ([("worker", w)], c.rx_errors())),
+        )?;
+        counter(
+            e,
+            "labelwall_worker_drops",
+            "Datagrams dropped, per worker (all reasons).",
+            workers().map(|(w, c)| ([("worker", w)], c.total_drops())),
+        )?;
+        gauge(
+            e,
+            "labelwall_worker_running",
+            "1 while the data-plane worker is receiving.",
+            self.workers
+                .iter()
+                .enumerate()
+                .map(|(i, w)| ([("worker", i.to_string())], i64::from(w.is_running()))),
+        )?;
+        gauge(
+            e,
+            "labelwall_build_info",
+            "Always 1; the labels tell the version.",
+            [([("version", env!("CARGO_PKG_VERSION"))], 1)],
+        )?;
+        let uptime = e.encode_descriptor(
+            "labelwall_uptime_seconds",
+            "Seconds since the appliance started.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.started.elapsed().as_secs() as i64).encode(uptime)?;
+        Ok(())
+    }
+}
