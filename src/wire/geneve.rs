@@ -223,6 +223,43 @@ impl GwlbOptions {
     }
 }
 
+/// Length of the GENEVE header GWLB sends: base header and its three options.
+pub const GWLB_HEADER_LEN: usize = BASE_HEADER_LEN + 32;
+
+/// Writes the GENEVE header exactly as GWLB sends it (opt len 8, VNI 0, options in the order
+/// endpoint id, attachment id, flow cookie); absent ids are written as 0. Used by the load
+/// generator, the GWLB simulator and the demo.
+pub fn emit_gwlb_header(
+    header: &mut [u8; GWLB_HEADER_LEN],
+    protocol_type: u16,
+    gwlb: &GwlbOptions,
+) {
+    header[0] = 8; // version 0, 8 words of options
+    header[1] = 0;
+    header[2..4].copy_from_slice(&protocol_type.to_be_bytes());
+    header[4..8].copy_from_slice(&[0, 0, 0, 0]);
+    let option = |class_type: [u8; 4], data: &[u8], out: &mut [u8]| {
+        out[..4].copy_from_slice(&class_type);
+        out[4..4 + data.len()].copy_from_slice(data);
+    };
+    let class = GWLB_OPTION_CLASS.to_be_bytes();
+    option(
+        [class[0], class[1], GWLB_TYPE_ENDPOINT_ID, 2],
+        &gwlb.endpoint_id.unwrap_or(0).to_be_bytes(),
+        &mut header[8..20],
+    );
+    option(
+        [class[0], class[1], GWLB_TYPE_ATTACHMENT_ID, 2],
+        &gwlb.attachment_id.unwrap_or(0).to_be_bytes(),
+        &mut header[20..32],
+    );
+    option(
+        [class[0], class[1], GWLB_TYPE_FLOW_COOKIE, 1],
+        &gwlb.flow_cookie.to_be_bytes(),
+        &mut header[32..40],
+    );
+}
+
 fn be_u64(data: &[u8]) -> Result<u64, DropReason> {
     let bytes: [u8; 8] = data.try_into().map_err(|_| DropReason::GwlbOptionLength)?;
     Ok(u64::from_be_bytes(bytes))
@@ -243,6 +280,18 @@ mod tests {
 
     fn with_payload(header: &[u8], payload: &[u8]) -> Vec<u8> {
         [header, payload].concat()
+    }
+
+    #[test]
+    fn emitted_gwlb_header_matches_the_fixture() {
+        let mut header = [0u8; GWLB_HEADER_LEN];
+        let gwlb = GwlbOptions {
+            endpoint_id: Some(0x0123_4567_89ab_cdef),
+            attachment_id: Some(0x1122_3344_5566_7788),
+            flow_cookie: 0xdead_beef,
+        };
+        emit_gwlb_header(&mut header, PROTOCOL_IPV4, &gwlb);
+        assert_eq!(header, GWLB_HEADER);
     }
 
     #[test]

@@ -11,7 +11,9 @@
 pub mod geneve;
 pub mod outer;
 
-pub use geneve::{GWLB_OPTION_CLASS, GeneveOption, GenevePacket, GwlbOptions};
+pub use geneve::{
+    GWLB_HEADER_LEN, GWLB_OPTION_CLASS, GeneveOption, GenevePacket, GwlbOptions, emit_gwlb_header,
+};
 
 /// Why a datagram was dropped without a reply. One variant per cause, so that an operator can
 /// tell from `labelwall_drops_total{reason}` exactly what arrived broken.

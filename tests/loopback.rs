@@ -1,0 +1,200 @@
+//! The real binary on loopback: a GWLB peer on 127.0.0.2 sends GWLB GENEVE from several
+//! source ports and checks every reply byte for byte, including the outer IPv4 + UDP header
+//! seen by a raw socket.
+
+mod common;
+
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use common::*;
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Sees every UDP packet on this host with its IPv4 header (root only).
+struct OuterCapture {
+    socket: Socket,
+}
+
+impl OuterCapture {
+    fn open() -> OuterCapture {
+        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP)).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        OuterCapture { socket }
+    }
+
+    /// Every captured IPv4 packet whose UDP destination port is `port`, for `wait`.
+    fn collect(&self, port: u16, wait: Duration) -> Vec<Vec<u8>> {
+        let mut packets = Vec::new();
+        let deadline = Instant::now() + wait;
+        let mut buf = vec![0u8; 65536];
+        while Instant::now() < deadline {
+            let Ok(len) = (&self.socket).read(&mut buf) else { continue };
+            let bytes = buf[..len].to_vec();
+            let ihl = usize::from(bytes[0] & 0x0f) * 4;
+            if bytes.len() >= ihl + 4
+                && u16::from_be_bytes([bytes[ihl + 2], bytes[ihl + 3]]) == port
+            {
+                packets.push(bytes);
+            }
+        }
+        packets
+    }
+}
+
+#[test]
+fn every_packet_kind_comes_back_byte_exact_from_every_source_port() {
+    let peer = GwlbPeer::new(4);
+    let appliance = Appliance::start(peer.reply_port(), 2, "", &[]);
+    let capture = OuterCapture::open();
+    let (first_fragment, later_fragment) = ipv4_udp_fragments([10, 0, 1, 10], [10, 20, 0, 5]);
+    let inner_packets: Vec<(&str, Vec<u8>)> = vec![
+        ("ipv4 tcp syn", ipv4_tcp([10, 0, 1, 10], [10, 20, 0, 5], 40000, 3306, true, false, 0)),
+        ("ipv4 tcp data", ipv4_tcp([10, 20, 0, 5], [10, 0, 1, 10], 3306, 40000, false, true, 500)),
+        ("ipv4 udp", ipv4_udp([10, 0, 1, 11], [10, 0, 2, 2], 5353, 53, 100)),
+        ("ipv6 ext tcp", ipv6_ext_tcp(41000, 443)),
+        ("first fragment", first_fragment),
+        ("later fragment", later_fragment),
+        ("8500-byte", ipv4_tcp([10, 0, 1, 10], [10, 20, 0, 5], 40001, 3306, false, true, 8460)),
+    ];
+    let mut sent = Vec::new();
+    for (i, (name, inner)) in inner_packets.iter().enumerate() {
+        for sender in 0..peer.senders.len() {
+            let cookie = 0x1000_0000 + (i * 16 + sender) as u32;
+            let datagram = gwlb_datagram(cookie, inner);
+            let reply = peer.round_trip(sender, appliance.listen, &datagram);
+            assert_eq!(reply, datagram, "{name} from sender {sender} came back changed");
+            sent.push((peer.source_port(sender), datagram));
+        }
+    }
+    assert_eq!(sent.iter().filter(|(_, d)| d.len() == 40 + 8500).count(), 4);
+
+    // The outer headers of the replies, as they were on the wire.
+    let outer = capture.collect(peer.reply_port(), Duration::from_millis(300));
+    assert_eq!(outer.len(), sent.len(), "every reply seen by the raw capture");
+    for packet in &outer {
+        let (ip, rest) = etherparse::Ipv4Header::from_slice(packet).unwrap();
+        assert_eq!(ip.source, [127, 0, 0, 1], "from the address GWLB sent to");
+        assert_eq!(ip.destination, [127, 0, 0, 2], "to the GWLB node that sent");
+        assert_eq!(ip.protocol, etherparse::IpNumber::UDP);
+        assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+        let (udp, payload) = etherparse::UdpHeader::from_slice(rest).unwrap();
+        assert_eq!(udp.destination_port, peer.reply_port());
+        assert_eq!(usize::from(udp.length), 8 + payload.len());
+        assert!(
+            sent.iter().any(|(port, d)| *port == udp.source_port && d == payload),
+            "reply with source port {} matches a datagram sent from that port",
+            udp.source_port
+        );
+    }
+    let metrics = appliance.metrics();
+    assert_eq!(metric(&metrics, r#"labelwall_packets_total{verdict="allow"}"#), sent.len() as u64);
+}
+
+#[test]
+fn malformed_datagrams_get_no_reply_and_are_counted_by_reason() {
+    let peer = GwlbPeer::new(1);
+    let appliance = Appliance::start(peer.reply_port(), 1, "", &[]);
+    let valid = gwlb_datagram(7, &ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1000, 2000, 10));
+    let with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut d = valid.clone();
+        f(&mut d);
+        d
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("geneve_truncated", valid[..6].to_vec()),
+        ("geneve_truncated", valid[..30].to_vec()),
+        ("geneve_version", with(&|d| d[0] |= 0x40)),
+        ("geneve_option_overrun", with(&|d| d[35] = 0x1f)),
+        ("geneve_critical_option", {
+            let mut d = valid.clone();
+            d[0] += 1; // one more option word
+            d.splice(40..40, [0x01, 0x02, 0x80, 0x00]);
+            d
+        }),
+        ("geneve_control", with(&|d| d[1] = 0x80)),
+        ("geneve_protocol", with(&|d| d[2..4].copy_from_slice(&[0x65, 0x58]))),
+        ("gwlb_option_length", with(&|d| d[35] = 0x00)),
+        ("gwlb_cookie_missing", with(&|d| d[34] = 0x09)),
+        ("inner_truncated", valid[..valid.len() - 3].to_vec()),
+        ("inner_length_mismatch", with(&|d| d.push(0))),
+        ("inner_version_mismatch", with(&|d| d[2..4].copy_from_slice(&[0x86, 0xdd]))),
+        ("inner_header_invalid", with(&|d| d[40] = 0x44)),
+        ("oversize", vec![0u8; 9001 - 28 + 1]),
+    ];
+    for (reason, datagram) in &cases {
+        peer.send(0, appliance.listen, datagram);
+        // Valid traffic in between keeps flowing.
+        let reply = peer.round_trip(0, appliance.listen, &valid);
+        assert_eq!(reply, valid, "valid packet after a {reason} datagram");
+    }
+    assert!(peer.receive().is_none(), "no malformed datagram was answered");
+    let metrics = appliance.metrics();
+    for (reason, _) in &cases {
+        let expected = cases.iter().filter(|(r, _)| r == reason).count() as u64;
+        let class = match *reason {
+            "oversize" => "oversize",
+            r if r.starts_with("inner") => "malformed_inner",
+            _ => "malformed_geneve",
+        };
+        let sample = format!(r#"labelwall_drops_total{{class="{class}",reason="{reason}"}}"#);
+        assert_eq!(metric(&metrics, &sample), expected, "{sample}\n{metrics}");
+    }
+    assert_eq!(metric(&metrics, r#"labelwall_packets_total{verdict="allow"}"#), cases.len() as u64);
+}
+
+#[test]
+fn admin_serves_many_concurrent_probes() {
+    let peer = GwlbPeer::new(1);
+    let appliance = Appliance::start(peer.reply_port(), 1, "", &[]);
+    let admin = appliance.admin;
+    let probes: Vec<_> = (0..32)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let path = ["/readyz", "/healthz", "/metrics"][i % 3];
+                http_get(admin, path).map(|(status, _)| status)
+            })
+        })
+        .collect();
+    for probe in probes {
+        assert_eq!(probe.join().unwrap(), Some(200));
+    }
+    assert_eq!(http_get(admin, "/nope").map(|(s, _)| s), Some(404));
+}
+
+#[test]
+fn sigterm_stops_the_appliance_with_exit_code_zero() {
+    let peer = GwlbPeer::new(1);
+    let mut appliance = Appliance::start(peer.reply_port(), 2, "", &[]);
+    let datagram = gwlb_datagram(1, &ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, 3));
+    assert_eq!(peer.round_trip(0, appliance.listen, &datagram), datagram);
+    let status = appliance.terminate();
+    assert!(status.success(), "exit status {status}\n{}", appliance.log());
+    assert!(appliance.log().contains("labelwall stopped"));
+}
+
+#[test]
+fn reflect_mode_sends_back_even_what_inspection_would_drop() {
+    let peer = GwlbPeer::new(1);
+    let appliance = Appliance::start(peer.reply_port(), 1, "", &["--reflect"]);
+    let garbage = vec![0xffu8; 100];
+    assert_eq!(peer.round_trip(0, appliance.listen, &garbage), garbage);
+}
+
+#[test]
+fn reply_goes_to_the_node_that_sent_the_packet() {
+    // With cross-zone load balancing several GWLB nodes send to one appliance.
+    let peer_a = GwlbPeer::new(1);
+    let other_node = Ipv4Addr::new(127, 0, 0, 3);
+    let reply_b = std::net::UdpSocket::bind((other_node, peer_a.reply_port())).unwrap();
+    reply_b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let sender_b = std::net::UdpSocket::bind((other_node, 0)).unwrap();
+    let appliance = Appliance::start(peer_a.reply_port(), 1, "", &[]);
+    let datagram = gwlb_datagram(9, &ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, 3));
+    sender_b.send_to(&datagram, appliance.listen).unwrap();
+    let mut buf = [0u8; 2048];
+    let (len, from) = reply_b.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..len], &datagram[..]);
+    assert_eq!(from, SocketAddr::from((APPLIANCE_IP, sender_b.local_addr().unwrap().port())));
+    assert!(peer_a.receive().is_none(), "node A got nothing");
+}
