@@ -6,6 +6,8 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod packet;
 pub mod pipeline;

@@ -1,0 +1,356 @@
+# The labelwall appliances: security group, instance role, launch template, autoscaling group.
+
+data "aws_partition" "current" {}
+data "aws_caller_identity" "current" {}
+
+data "aws_ssm_parameter" "ami" {
+  count = var.ami_id == null ? 1 : 0
+
+  name = var.ami_ssm_parameter
+}
+
+locals {
+  ami_id = var.ami_id != null ? var.ami_id : nonsensitive(data.aws_ssm_parameter.ami[0].value)
+
+  gwlb_cidrs = [for az in var.availability_zones : local.gwlb_subnet_cidrs[az]]
+
+  # s3://bucket/prefix -> bucket, prefix ("" for the whole bucket).
+  config_bucket = regex("^s3://([^/]+)", var.config_s3_uri)[0]
+  config_prefix = trim(replace(var.config_s3_uri, "s3://${local.config_bucket}", ""), "/")
+  config_uri    = local.config_prefix == "" ? "s3://${local.config_bucket}" : "s3://${local.config_bucket}/${local.config_prefix}"
+  config_object_arns = [
+    for f in ["policy.yaml", "inventory.yaml"] :
+    "arn:${data.aws_partition.current.partition}:s3:::${local.config_bucket}/${local.config_prefix == "" ? "" : "${local.config_prefix}/"}${f}"
+  ]
+
+  release_from_s3    = startswith(var.release_url, "s3://")
+  release_object_arn = local.release_from_s3 ? "arn:${data.aws_partition.current.partition}:s3:::${trimprefix(var.release_url, "s3://")}" : null
+
+  kubernetes_clusters = [
+    for c in var.kubernetes_clusters : {
+      cluster          = c.cluster
+      eks_cluster_name = c.eks_cluster_name
+      region           = coalesce(c.region, data.aws_region.current.name)
+    }
+  ]
+  eks_cluster_arns = [
+    for c in local.kubernetes_clusters :
+    "arn:${data.aws_partition.current.partition}:eks:${c.region}:${data.aws_caller_identity.current.account_id}:cluster/${c.eks_cluster_name}"
+  ]
+
+  user_data_template = coalesce(var.user_data_template_path, "${path.module}/../../../appliance/cloud-init/user-data.yaml.tftpl")
+  user_data = templatefile(local.user_data_template, {
+    release_url          = var.release_url
+    release_sha256       = var.release_sha256
+    config_s3_uri        = local.config_uri
+    config_sync_interval = var.config_sync_interval
+    aws_region           = data.aws_region.current.name
+    admin_port           = var.admin_port
+    dataplane_workers    = var.dataplane_workers
+    flow_log_path        = var.flow_log_path == null ? "" : var.flow_log_path
+    kubernetes_clusters  = local.kubernetes_clusters
+  })
+}
+
+# ---------------------------------------------------------------------------------------------
+# Security group
+# ---------------------------------------------------------------------------------------------
+
+resource "aws_security_group" "appliance" {
+  name        = "${var.name}-appliance"
+  description = "labelwall appliances: GENEVE from the GWLB subnets, admin port from health checks and scrapers"
+  vpc_id      = aws_vpc.this.id
+
+  tags = merge(var.tags, { Name = "${var.name}-appliance" })
+}
+
+resource "aws_vpc_security_group_ingress_rule" "geneve" {
+  for_each = local.gwlb_subnet_cidrs
+
+  security_group_id = aws_security_group.appliance.id
+  description       = "GENEVE from GWLB nodes in ${each.key}"
+  ip_protocol       = "udp"
+  from_port         = local.geneve_port
+  to_port           = local.geneve_port
+  cidr_ipv4         = each.value
+
+  tags = var.tags
+}
+
+# Packets go back to GWLB with the outer ports kept as they came (source = GWLB's port,
+# destination = 6081), which is not the reverse of the tracked inbound flow: allow it
+# explicitly instead of relying on connection tracking.
+resource "aws_vpc_security_group_egress_rule" "geneve" {
+  for_each = local.gwlb_subnet_cidrs
+
+  security_group_id = aws_security_group.appliance.id
+  description       = "GENEVE back to GWLB nodes in ${each.key}"
+  ip_protocol       = "udp"
+  from_port         = local.geneve_port
+  to_port           = local.geneve_port
+  cidr_ipv4         = each.value
+
+  tags = var.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "health_check" {
+  for_each = local.gwlb_subnet_cidrs
+
+  security_group_id = aws_security_group.appliance.id
+  description       = "GWLB health checks (GET /readyz) from ${each.key}"
+  ip_protocol       = "tcp"
+  from_port         = var.admin_port
+  to_port           = var.admin_port
+  cidr_ipv4         = each.value
+
+  tags = var.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "scrape" {
+  for_each = toset(var.scrape_cidrs)
+
+  security_group_id = aws_security_group.appliance.id
+  description       = "Prometheus scraping and operator access to the admin port"
+  ip_protocol       = "tcp"
+  from_port         = var.admin_port
+  to_port           = var.admin_port
+  cidr_ipv4         = each.value
+
+  tags = var.tags
+}
+
+resource "aws_vpc_security_group_egress_rule" "https" {
+  for_each = toset(var.appliance_https_egress_cidrs)
+
+  security_group_id = aws_security_group.appliance.id
+  description       = "HTTPS to S3, STS, EKS API servers (and SSM when enabled)"
+  ip_protocol       = "tcp"
+  from_port         = 443
+  to_port           = 443
+  cidr_ipv4         = each.value
+
+  tags = var.tags
+}
+
+# The S3 gateway endpoint's addresses are a managed prefix list, not covered by a CIDR list
+# that excludes the internet.
+resource "aws_vpc_security_group_egress_rule" "s3" {
+  security_group_id = aws_security_group.appliance.id
+  description       = "HTTPS to S3 through the gateway endpoint"
+  ip_protocol       = "tcp"
+  from_port         = 443
+  to_port           = 443
+  prefix_list_id    = aws_vpc_endpoint.s3.prefix_list_id
+
+  tags = var.tags
+}
+
+# ---------------------------------------------------------------------------------------------
+# Instance role: read its own config and release, describe the EKS clusters it watches.
+# Nothing else: the EKS bearer token is a presigned sts:GetCallerIdentity URL, which needs no
+# IAM permission; what it may read inside Kubernetes is granted by the cluster's access entry.
+# ---------------------------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["ec2.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "appliance" {
+  name                 = "${var.name}-appliance"
+  description          = "labelwall appliances of ${var.name}: config, release, EKS describe"
+  assume_role_policy   = data.aws_iam_policy_document.assume.json
+  max_session_duration = 3600
+
+  tags = var.tags
+}
+
+data "aws_iam_policy_document" "appliance" {
+  statement {
+    sid       = "ReadConfig"
+    actions   = ["s3:GetObject"]
+    resources = local.config_object_arns
+  }
+
+  dynamic "statement" {
+    for_each = local.release_from_s3 ? [local.release_object_arn] : []
+
+    content {
+      sid       = "ReadRelease"
+      actions   = ["s3:GetObject"]
+      resources = [statement.value]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = length(local.eks_cluster_arns) > 0 ? [local.eks_cluster_arns] : []
+
+    content {
+      sid       = "DescribeWatchedClusters"
+      actions   = ["eks:DescribeCluster"]
+      resources = statement.value
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.config_kms_key_arn == null ? [] : [var.config_kms_key_arn]
+
+    content {
+      sid       = "DecryptConfigThroughS3"
+      actions   = ["kms:Decrypt"]
+      resources = [statement.value]
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["s3.${data.aws_region.current.name}.amazonaws.com"]
+      }
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "appliance" {
+  name   = "labelwall"
+  role   = aws_iam_role.appliance.id
+  policy = data.aws_iam_policy_document.appliance.json
+}
+
+resource "aws_iam_role_policy_attachment" "ssm" {
+  count = var.enable_ssm_session_manager ? 1 : 0
+
+  role       = aws_iam_role.appliance.name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
+}
+
+resource "aws_iam_instance_profile" "appliance" {
+  name = "${var.name}-appliance"
+  role = aws_iam_role.appliance.name
+
+  tags = var.tags
+}
+
+# ---------------------------------------------------------------------------------------------
+# Launch template and autoscaling group
+# ---------------------------------------------------------------------------------------------
+
+resource "aws_launch_template" "appliance" {
+  name_prefix            = "${var.name}-appliance-"
+  description            = "labelwall appliance (release sha256 ${substr(var.release_sha256, 0, 12)})"
+  image_id               = local.ami_id
+  instance_type          = var.instance_type
+  update_default_version = true
+  user_data              = base64encode(local.user_data)
+
+  iam_instance_profile {
+    arn = aws_iam_instance_profile.appliance.arn
+  }
+
+  network_interfaces {
+    device_index                = 0
+    associate_public_ip_address = false
+    delete_on_termination       = true
+    security_groups             = [aws_security_group.appliance.id]
+  }
+
+  # IMDSv2 only, one hop: nothing but the instance itself reaches its credentials.
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+    instance_metadata_tags      = "disabled"
+  }
+
+  block_device_mappings {
+    device_name = "/dev/xvda"
+
+    ebs {
+      volume_type           = "gp3"
+      volume_size           = var.root_volume_size
+      encrypted             = true
+      kms_key_id            = var.ebs_kms_key_arn
+      delete_on_termination = true
+    }
+  }
+
+  monitoring {
+    enabled = var.detailed_monitoring
+  }
+
+  tag_specifications {
+    resource_type = "instance"
+    tags          = merge(var.tags, { Name = "${var.name}-labelwall" })
+  }
+
+  tag_specifications {
+    resource_type = "volume"
+    tags          = merge(var.tags, { Name = "${var.name}-labelwall" })
+  }
+
+  tags = var.tags
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_autoscaling_group" "appliance" {
+  name                = "${var.name}-labelwall"
+  vpc_zone_identifier = [for s in aws_subnet.appliance : s.id]
+  min_size            = var.min_size
+  max_size            = var.max_size
+  desired_capacity    = var.desired_capacity
+  target_group_arns   = [aws_lb_target_group.this.arn]
+
+  # ELB health: an instance whose /readyz keeps failing is replaced, not just taken out of
+  # rotation. The grace period covers cloud-init plus the first label-source sync.
+  health_check_type         = "ELB"
+  health_check_grace_period = var.health_check_grace_period
+  default_instance_warmup   = var.instance_warmup
+
+  # Scale-in and refresh go through deregistration: the group waits deregistration_delay
+  # for GWLB to drain (or, with rebalance, move) the instance's flows before terminating it.
+  termination_policies      = ["OldestLaunchTemplate", "OldestInstance"]
+  wait_for_capacity_timeout = "15m"
+
+  launch_template {
+    id      = aws_launch_template.appliance.id
+    version = aws_launch_template.appliance.latest_version
+  }
+
+  instance_refresh {
+    strategy = "Rolling"
+
+    preferences {
+      min_healthy_percentage = var.instance_refresh_min_healthy_percentage
+      max_healthy_percentage = var.instance_refresh_max_healthy_percentage
+      instance_warmup        = var.instance_warmup
+      skip_matching          = true
+      auto_rollback          = true
+    }
+  }
+
+  dynamic "tag" {
+    for_each = merge(var.tags, { Name = "${var.name}-labelwall" })
+
+    content {
+      key                 = tag.key
+      value               = tag.value
+      propagate_at_launch = false
+    }
+  }
+
+  depends_on = [
+    # The instances need their NAT path and S3 endpoint at boot, and the listener so that the
+    # health checks start as soon as they are registered.
+    aws_route.appliance_default,
+    aws_vpc_endpoint.s3,
+    aws_lb_listener.this,
+    aws_iam_role_policy.appliance,
+  ]
+}
