@@ -131,6 +131,6 @@ fn tshark_decodes_replies_as_gwlb_geneve_with_the_inner_packet_intact() {
     assert_eq!(field(v6, "ipv6.src"), "fd00::a");
     assert_eq!(field(v6, "ipv6.dst"), "fd00::b");
     assert_eq!(field(v6, "tcp.dstport"), "443");
-    assert_eq!(field(v6, "geneve.option.unknown.data").split(',').last(), Some("0badcafe"));
+    assert_eq!(field(v6, "geneve.option.unknown.data").split(',').next_back(), Some("0badcafe"));
     assert_eq!(field(v6, "_ws.malformed"), "");
 }
