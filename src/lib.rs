@@ -9,6 +9,8 @@ pub mod dataplane;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
+pub mod loadgen;
 pub mod packet;
+pub mod policy;
 pub mod pipeline;
 pub mod wire;

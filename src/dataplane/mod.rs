@@ -9,7 +9,7 @@
 //! Must not depend on: tokio, kube, the admin server.
 
 mod stats;
-mod sys;
+pub(crate) mod sys;
 mod worker;
 
 use std::io;

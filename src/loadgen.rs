@@ -1,0 +1,1 @@
+//! `labelwall loadgen` (being written).
