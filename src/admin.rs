@@ -13,6 +13,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
+use crate::control::ControlState;
 use crate::dataplane::WorkerStatus;
 
 /// What the admin endpoints read.
@@ -20,17 +21,28 @@ use crate::dataplane::WorkerStatus;
 pub struct AdminState {
     pub registry: Registry,
     pub workers: Arc<[Arc<WorkerStatus>]>,
+    pub control: Arc<ControlState>,
 }
 
 impl AdminState {
     /// Every reason the appliance is not ready; empty when it is.
+    /// The policy is loaded before the admin server starts, so readiness waits for label
+    /// sources' first sync and for every worker.
     pub fn not_ready_reasons(&self) -> Vec<String> {
-        self.workers
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| !w.is_running())
-            .map(|(i, _)| format!("data-plane worker {i} is not running"))
-            .collect()
+        let mut reasons: Vec<String> = self
+            .control
+            .unsynced_sources()
+            .into_iter()
+            .map(|s| format!("label source {s} has not synced yet"))
+            .collect();
+        reasons.extend(
+            self.workers
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| !w.is_running())
+                .map(|(i, _)| format!("data-plane worker {i} is not running")),
+        );
+        reasons
     }
 }
 

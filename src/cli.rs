@@ -1,17 +1,26 @@
 //! Command line: argument parsing and the wiring of each command. The only module that
 //! knows about processes, signals and exit codes.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, LogConfig, LogFormat};
-use crate::dataplane::{Dataplane, DataplaneSettings};
+use crate::conntrack::Timeouts;
+use crate::control::{self, ControlPlane};
+use crate::dataplane::{ControlLinks, Dataplane, DataplaneSettings};
+use crate::explain::{FlowQuestion, explain};
+use crate::flowlog::FlowLogWriter;
+use crate::labels::LabelTable;
 use crate::metrics;
-use crate::pipeline::Mode;
+use crate::packet::ip_proto;
+use crate::pipeline::{FlowSettings, Mode};
+use crate::snapshot::{RuleHits, Snapshot};
 
 /// labelwall: a GENEVE inspection appliance for AWS Gateway Load Balancer that decides by
 /// Kubernetes labels, not by IP addresses.
@@ -34,12 +43,55 @@ pub enum Command {
         #[arg(long)]
         reflect: bool,
     },
-    /// Validate the configuration without starting anything; exit 1 listing every error.
+    /// Validate config, inventory and policy without starting anything; exit 1 listing
+    /// every error.
     Check {
         /// Path of labelwall.yaml.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Show the verdict for a flow, the rule that decided it and who both ends are.
+    Explain {
+        /// Path of labelwall.yaml.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Source (initiator) address.
+        #[arg(long)]
+        src: IpAddr,
+        /// Destination address.
+        #[arg(long)]
+        dst: IpAddr,
+        #[arg(long, value_enum, default_value = "tcp")]
+        proto: Proto,
+        #[arg(long, default_value_t = 40000)]
+        sport: u16,
+        #[arg(long, default_value_t = 0)]
+        dport: u16,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate GWLB GENEVE traffic against an appliance and measure what comes back.
+    Loadgen(crate::loadgen::LoadgenArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+}
+
+impl Proto {
+    fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => ip_proto::TCP,
+            Proto::Udp => ip_proto::UDP,
+            Proto::Icmp => ip_proto::ICMP,
+            Proto::Icmpv6 => ip_proto::ICMPV6,
+        }
+    }
 }
 
 /// Runs a parsed command line; the error is printed by `main`.
@@ -47,14 +99,51 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config, reflect } => run(&config, reflect),
         Command::Check { config } => check(&config),
+        Command::Explain { config, src, dst, proto, sport, dport, json } => {
+            let question = FlowQuestion { src, dst, protocol: proto.number(), sport, dport };
+            explain_command(&config, &question, json)
+        }
+        Command::Loadgen(args) => crate::loadgen::run(&args),
     }
 }
 
 fn check(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    println!("{}: ok", path.display());
+    let (policy, sources) = control::load_all(&config)?;
+    let labels = LabelTable::build(&sources.into_iter().map(Arc::new).collect::<Vec<_>>());
+    println!(
+        "{}: ok ({} groups, {} rules, {} endpoints in {} identities, default {})",
+        path.display(),
+        policy.groups.len() - 1,
+        policy.rules.len(),
+        labels.endpoints().len(),
+        labels.identities().len(),
+        policy.default_action.as_str(),
+    );
+    if labels.conflicts() > 0 {
+        println!(
+            "warning: {} inventory entries claim an address already claimed",
+            labels.conflicts()
+        );
+    }
     for warning in unimplemented_settings(&config) {
         println!("warning: {warning}");
+    }
+    Ok(())
+}
+
+fn explain_command(path: &Path, question: &FlowQuestion, json: bool) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let (policy, sources) = control::load_all(&config)?;
+    let labels =
+        Arc::new(LabelTable::build(&sources.into_iter().map(Arc::new).collect::<Vec<_>>()));
+    let hits = Arc::new(RuleHits::new(1, policy.rules.len()));
+    let snapshot = Snapshot::new(1, labels, Arc::new(policy), hits);
+    let answer = explain(&snapshot, question);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        print!("{}", answer.to_text());
     }
     Ok(())
 }
@@ -62,14 +151,8 @@ fn check(path: &Path) -> anyhow::Result<()> {
 /// Settings the file may carry that this version parses but does not act on yet.
 fn unimplemented_settings(config: &Config) -> Vec<String> {
     let mut warnings = Vec::new();
-    if config.policy.is_some() {
-        warnings.push("`policy` is not enforced yet: every valid packet is allowed".to_string());
-    }
-    if !config.labels.inventory.is_empty() || !config.labels.kubernetes.is_empty() {
-        warnings.push("`labels` sources are not read yet".to_string());
-    }
-    if config.flow_log.is_some() {
-        warnings.push("`flow_log` is not written yet".to_string());
+    if !config.labels.kubernetes.is_empty() {
+        warnings.push("`labels.kubernetes` sources are not watched yet".to_string());
     }
     warnings
 }
@@ -80,13 +163,21 @@ fn run(path: &Path, reflect: bool) -> anyhow::Result<()> {
     for warning in unimplemented_settings(&config) {
         tracing::warn!("{warning}");
     }
+    let workers = config.dataplane.worker_count();
     let settings = DataplaneSettings {
         listen: config.dataplane.listen,
-        workers: config.dataplane.worker_count(),
+        workers,
         reply_port: config.dataplane.reply_port,
         mode: if reflect { Mode::Reflect } else { Mode::Inspect },
         receive_buffer: config.dataplane.receive_buffer,
         send_buffer: config.dataplane.send_buffer,
+        flows: FlowSettings {
+            max_flows: config.flows.max / workers,
+            timeouts: Timeouts {
+                tcp_ms: config.flows.tcp_idle_timeout * 1000,
+                ..Timeouts::default()
+            },
+        },
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -98,6 +189,21 @@ fn run(path: &Path, reflect: bool) -> anyhow::Result<()> {
 async fn serve(config: &Config, settings: DataplaneSettings) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
+    let (flow_log, flow_log_writer) = match &config.flow_log {
+        Some(flow_log) => {
+            let (sender, writer) = FlowLogWriter::start(&flow_log.path)
+                .with_context(|| format!("cannot open the flow log {}", flow_log.path.display()))?;
+            (Some(sender), Some(writer))
+        }
+        None => (None, None),
+    };
+    let mut control = ControlPlane::start(
+        config,
+        settings.workers,
+        flow_log_writer.as_ref().map(|w| Arc::clone(&w.stats)),
+    )?;
+    let control_state = control.state();
+
     let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("cannot listen for admin HTTP on {}", config.admin.listen))?;
@@ -105,9 +211,18 @@ async fn serve(config: &Config, settings: DataplaneSettings) -> anyhow::Result<(
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 
-    let dataplane = Dataplane::start(&settings)?;
+    let links = ControlLinks {
+        snapshots: (settings.mode == Mode::Inspect).then(|| Arc::clone(&control_state.snapshots)),
+        flow_log,
+    };
+    let dataplane = Dataplane::start(&settings, &links)?;
+    drop(links); // the workers hold the flow-log senders now
     let workers = dataplane.status();
-    let state = Arc::new(AdminState { registry: metrics::registry(Arc::clone(&workers)), workers });
+    let state = Arc::new(AdminState {
+        registry: metrics::registry(Arc::clone(&workers), Arc::clone(&control_state)),
+        workers,
+        control: Arc::clone(&control_state),
+    });
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = tokio::spawn(admin::serve(admin_listener, state, async {
         let _ = admin_stopped.await;
@@ -121,17 +236,25 @@ async fn serve(config: &Config, settings: DataplaneSettings) -> anyhow::Result<(
         "labelwall running"
     );
 
+    let mut file_check = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = hangup.recv() => tracing::info!("SIGHUP: nothing to reload in this version"),
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading policy and inventory");
+                control.reload_all();
+            }
+            _ = file_check.tick() => control.poll_files(),
         }
     }
     tracing::info!("stopping: no longer receiving, sending what is in flight");
     let totals = tokio::task::spawn_blocking(move || dataplane.shutdown())
         .await
         .context("data-plane shutdown panicked")?;
+    if let Some(writer) = flow_log_writer {
+        tokio::task::spawn_blocking(move || writer.join()).await.ok();
+    }
     let _ = stop_admin.send(());
     admin.await.context("admin server panicked")?.context("admin server failed")?;
     tracing::info!(

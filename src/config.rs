@@ -5,11 +5,13 @@
 //! inside the file are resolved against the file's own directory, so a config and its policy
 //! can be moved together.
 
-use std::fmt;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::diagnostics::{Diagnostic, Diagnostics, read_file};
+use crate::yaml_lines::LineIndex;
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -26,6 +28,8 @@ pub struct Config {
     pub labels: LabelsConfig,
     #[serde(default)]
     pub flow_log: Option<FlowLogConfig>,
+    #[serde(default)]
+    pub flows: FlowsConfig,
     #[serde(default)]
     pub log: LogConfig,
 }
@@ -100,6 +104,23 @@ pub struct KubernetesSource {
     pub in_cluster: bool,
 }
 
+/// The flow table.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowsConfig {
+    /// Flows tracked at most, over all workers.
+    pub max: usize,
+    /// Idle timeout of TCP flows in seconds; match the GWLB target group's (350 by default,
+    /// 60-6000). Other protocols use GWLB's fixed 120 s.
+    pub tcp_idle_timeout: u64,
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        FlowsConfig { max: 1 << 20, tcp_idle_timeout: 350 }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FlowLogConfig {
@@ -123,96 +144,33 @@ pub enum LogFormat {
     Json,
 }
 
-/// One problem found in a config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    /// 1-based line, where known.
-    pub line: Option<usize>,
-    pub column: Option<usize>,
-    /// The key path, e.g. `dataplane.reply_port`, where known.
-    pub field: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-            if let Some(column) = self.column {
-                write!(f, ":{column}")?;
-            }
-        }
-        if let Some(field) = &self.field {
-            write!(f, ": {field}")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-/// Every problem found in a config file (at least one).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, error) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{error}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
 impl Config {
     /// Reads, parses and validates `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|error| {
-            ConfigErrors(vec![ConfigError {
-                file: path.to_path_buf(),
-                line: None,
-                column: None,
-                field: None,
-                message: format!("cannot read the file: {error}"),
-            }])
-        })?;
+    pub fn load(path: &Path) -> Result<Config, Diagnostics> {
+        let text = read_file(path)?;
         Config::parse(path, &text)
     }
 
     /// Parses and validates `text` as the contents of `path`.
-    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
-        let mut config: Config = serde_yaml_ng::from_str(text).map_err(|error| {
-            let location = error.location();
-            ConfigErrors(vec![ConfigError {
-                file: path.to_path_buf(),
-                line: location.as_ref().map(|l| l.line()),
-                column: location.as_ref().map(|l| l.column()),
-                field: None,
-                message: strip_location(&error.to_string()),
-            }])
-        })?;
+    pub fn parse(path: &Path, text: &str) -> Result<Config, Diagnostics> {
+        let mut config: Config =
+            serde_yaml_ng::from_str(text).map_err(|e| Diagnostic::from_yaml(path, &e))?;
         let errors = config.validate(path, text);
         if !errors.is_empty() {
-            return Err(ConfigErrors(errors));
+            return Err(Diagnostics(errors));
         }
         config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         Ok(config)
     }
 
-    fn validate(&self, path: &Path, text: &str) -> Vec<ConfigError> {
+    fn validate(&self, path: &Path, text: &str) -> Vec<Diagnostic> {
+        let lines = LineIndex::build(text);
         let mut errors = Vec::new();
         let mut error = |field: &str, message: String| {
-            errors.push(ConfigError {
-                file: path.to_path_buf(),
-                line: find_key_line(text, field),
-                column: None,
+            errors.push(Diagnostic {
+                line: lines.line(field),
                 field: Some(field.to_string()),
-                message,
+                ..Diagnostic::file(path, message)
             })
         };
         if self.dataplane.listen.port() == 0 {
@@ -229,6 +187,21 @@ impl Config {
         }
         if self.dataplane.send_buffer < 64 * 1024 {
             error("dataplane.send_buffer", "must be at least 65536 bytes".into());
+        }
+        if self.policy.is_none() {
+            error("policy", "is required: the path of policy.yaml".into());
+        }
+        if !(60..=6000).contains(&self.flows.tcp_idle_timeout) {
+            error(
+                "flows.tcp_idle_timeout",
+                format!(
+                    "{} s is outside GWLB's range of 60 to 6000 s",
+                    self.flows.tcp_idle_timeout
+                ),
+            );
+        }
+        if self.flows.max < 1024 {
+            error("flows.max", "must be at least 1024".into());
         }
         for (i, source) in self.labels.kubernetes.iter().enumerate() {
             let field = format!("labels.kubernetes[{i}]");
@@ -268,43 +241,17 @@ impl Config {
     }
 }
 
-/// serde_yaml_ng appends " at line L column C"; we print the location in front instead.
-fn strip_location(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(at) => message[..at].to_string(),
-        None => message.to_string(),
-    }
-}
-
-/// The 1-based line of the last key of a dotted path (`dataplane.reply_port` finds the
-/// `reply_port:` line after the `dataplane:` line), for validation errors found after parsing.
-fn find_key_line(text: &str, dotted: &str) -> Option<usize> {
-    let mut from = 0;
-    let mut found = None;
-    for key in dotted.split('.') {
-        let key = key.split('[').next().unwrap_or(key);
-        let needle = format!("{key}:");
-        let (index, _) = text.lines().enumerate().skip(from).find(|(_, line)| {
-            let trimmed = line.trim_start().trim_start_matches("- ");
-            trimmed.starts_with(&needle)
-        })?;
-        found = Some(index + 1);
-        from = index + 1;
-    }
-    found
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    fn parse(text: &str) -> Result<Config, Diagnostics> {
         Config::parse(Path::new("/etc/labelwall/labelwall.yaml"), text)
     }
 
     #[test]
     fn empty_file_gives_the_documented_defaults() {
-        let config = parse("{}").unwrap();
+        let config = parse("policy: p.yaml").unwrap();
         assert_eq!(config.dataplane.listen.to_string(), "0.0.0.0:6081");
         assert_eq!(config.dataplane.reply_port, 6081);
         assert_eq!(config.admin.listen.to_string(), "0.0.0.0:8080");
@@ -334,9 +281,11 @@ mod tests {
 
     #[test]
     fn unknown_key_is_rejected_with_file_line_and_name() {
-        let errors = parse("dataplane:\n  listen: 0.0.0.0:6081\n  listn: 1.2.3.4:5\n").unwrap_err();
+        let errors =
+            parse("policy: p.yaml\ndataplane:\n  listen: 0.0.0.0:6081\n  listn: 1.2.3.4:5\n")
+                .unwrap_err();
         let text = errors.to_string();
-        assert!(text.starts_with("/etc/labelwall/labelwall.yaml:3:"), "{text}");
+        assert!(text.starts_with("/etc/labelwall/labelwall.yaml:4:"), "{text}");
         assert!(text.contains("unknown field `listn`"), "{text}");
     }
 
@@ -349,13 +298,13 @@ mod tests {
 
     #[test]
     fn outer_ipv6_listen_is_rejected() {
-        assert!(parse("dataplane:\n  listen: \"[::]:6081\"\n").is_err());
+        assert!(parse("policy: p.yaml\ndataplane:\n  listen: \"[::]:6081\"\n").is_err());
     }
 
     #[test]
     fn every_validation_error_is_reported_with_its_field_and_line() {
         let errors = parse(
-            "dataplane:\n  listen: 0.0.0.0:0\n  reply_port: 0\nlabels:\n  kubernetes:\n\
+            "policy: p.yaml\ndataplane:\n  listen: 0.0.0.0:0\n  reply_port: 0\nlabels:\n  kubernetes:\n\
              \x20   - cluster: \"\"\n",
         )
         .unwrap_err();
@@ -369,9 +318,9 @@ mod tests {
                 "labels.kubernetes[0]"
             ]
         );
-        assert_eq!(errors.0[0].line, Some(2));
-        assert_eq!(errors.0[1].line, Some(3));
-        assert_eq!(errors.0[2].line, Some(6));
+        assert_eq!(errors.0[0].line, Some(3));
+        assert_eq!(errors.0[1].line, Some(4));
+        assert_eq!(errors.0[2].line, Some(7));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 
 use std::net::Ipv4Addr;
 
-use crate::pipeline::{self, Mode, Outcome, Pipeline};
+use crate::pipeline::{self, FlowSettings, Mode, Outcome, Pipeline};
+use crate::reject::MAX_REJECT_LEN;
 use crate::wire::outer::{self, OUTER_HEADER_LEN, OuterAddressing};
 
 /// Runs `data` through the worker's per-datagram steps and checks the invariants that must
@@ -15,7 +16,10 @@ pub fn receive_path(data: &[u8]) {
         Some((&s, rest)) if s & 0x80 != 0 => (usize::from(s & 0x7f).max(1) * 8, rest),
         _ => (data.len().max(1), data),
     };
-    let mut inspect = Pipeline::new(Mode::Inspect);
+    let mut inspect =
+        Pipeline::new(Mode::Inspect, 0, Some(fuzz_snapshot()), FlowSettings::default(), None);
+    inspect.begin_batch(0);
+    let mut inject = [0u8; MAX_REJECT_LEN];
     let addressing = OuterAddressing {
         src: Ipv4Addr::new(10, 0, 0, 1),
         dst: Ipv4Addr::new(10, 0, 0, 2),
@@ -24,7 +28,7 @@ pub fn receive_path(data: &[u8]) {
     };
     for datagram in train.chunks(stride) {
         let decoded = pipeline::decode(datagram);
-        match inspect.process(datagram) {
+        match inspect.process(datagram, &mut inject) {
             Outcome::SendBack(_) => {
                 let packet = decoded.expect("only decodable datagrams are sent back");
                 assert_eq!(
@@ -36,7 +40,34 @@ pub fn receive_path(data: &[u8]) {
                 outer::emit(&mut header, &addressing, datagram.len()).expect("fits in IPv4");
             }
             Outcome::Drop(reason) => assert_eq!(decoded.err(), Some(reason)),
-            Outcome::Withhold(_) => {}
+            Outcome::Withhold(_) => assert!(decoded.is_ok()),
+            Outcome::Reject { len } => {
+                let packet = decoded.expect("only decodable datagrams are rejected");
+                let reply = &inject[..len];
+                assert_eq!(
+                    &reply[..packet.geneve_header_len],
+                    &datagram[..packet.geneve_header_len]
+                );
+                // What we inject must itself be a valid GWLB datagram.
+                pipeline::decode(reply).expect("a reject decodes");
+            }
         }
     }
+}
+
+/// A policy that exercises every action: allow TCP to 10.20.0.0/24:3306, reject other TCP and
+/// UDP to it, audit 10.30/16, deny the rest.
+fn fuzz_snapshot() -> std::sync::Arc<crate::snapshot::SnapshotCell> {
+    use std::sync::Arc;
+    const POLICY: &str = "default_action: deny\ngroups:\n  db: {cidrs: [10.20.0.0/24, \"fd00:20::/64\"]}\n\
+        \x20 audited: {cidrs: [10.30.0.0/16]}\nrules:\n\
+        \x20 - {name: db, from: [any], to: [db], ports: [tcp/3306], action: allow}\n\
+        \x20 - {name: no-db, from: [any], to: [db], action: reject}\n\
+        \x20 - {name: audit, from: [any], to: [audited], action: audit}\n";
+    let policy = crate::policy::CompiledPolicy::parse(std::path::Path::new("fuzz.yaml"), POLICY)
+        .expect("the fuzz policy compiles");
+    let hits = Arc::new(crate::snapshot::RuleHits::new(1, policy.rules.len()));
+    let labels = Arc::new(crate::labels::LabelTable::default());
+    let snapshot = crate::snapshot::Snapshot::new(1, labels, Arc::new(policy), hits);
+    Arc::new(arc_swap::ArcSwap::from_pointee(snapshot))
 }

@@ -5,12 +5,23 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod conntrack;
+pub mod control;
 pub mod dataplane;
+pub mod diagnostics;
+pub mod explain;
+pub mod flowlog;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod metrics;
+pub mod labels;
 pub mod loadgen;
+pub mod metrics;
 pub mod packet;
-pub mod policy;
 pub mod pipeline;
+pub mod policy;
+pub mod prefix;
+pub mod reject;
+pub mod snapshot;
+pub mod sources;
 pub mod wire;
+pub mod yaml_lines;

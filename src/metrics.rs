@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use prometheus_client::collector::Collector;
@@ -15,14 +16,16 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::control::ControlState;
 use crate::dataplane::{self, WorkerStatus};
-use crate::pipeline::Verdict;
+use crate::policy::Action;
 use crate::wire::DropReason;
 
 /// Builds the registry the admin server renders.
-pub fn registry(workers: Arc<[Arc<WorkerStatus>]>) -> Registry {
+pub fn registry(workers: Arc<[Arc<WorkerStatus>]>, control: Arc<ControlState>) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(DataplaneCollector { workers, started: Instant::now() }));
+    registry.register_collector(Box::new(ControlCollector { control }));
     registry
 }
 
@@ -33,6 +36,8 @@ pub fn render(registry: &Registry) -> String {
     let _ = prometheus_client::encoding::text::encode(&mut text, registry);
     text
 }
+
+const NO_LABELS: [(&str, &str); 0] = [];
 
 #[derive(Debug)]
 struct DataplaneCollector {
@@ -76,13 +81,31 @@ impl Collector for DataplaneCollector {
             e,
             "labelwall_packets",
             "Inner packets judged, by verdict (allow and audit are sent back to GWLB).",
-            Verdict::ALL.map(|v| ([("verdict", v.as_str())], total.verdict_packets(v))),
+            Action::ALL.map(|v| ([("verdict", v.as_str())], total.verdict_packets(v))),
         )?;
         counter(
             e,
             "labelwall_bytes",
             "GENEVE datagram bytes judged, by verdict.",
-            Verdict::ALL.map(|v| ([("verdict", v.as_str())], total.verdict_bytes(v))),
+            Action::ALL.map(|v| ([("verdict", v.as_str())], total.verdict_bytes(v))),
+        )?;
+        counter(
+            e,
+            "labelwall_flows_created",
+            "Flows the workers started tracking.",
+            [(NO_LABELS, total.flows_created())],
+        )?;
+        counter(
+            e,
+            "labelwall_flow_evictions",
+            "Flows evicted because a worker's flow table was full (judged again on their next packet).",
+            [(NO_LABELS, total.flows_evicted())],
+        )?;
+        gauge(
+            e,
+            "labelwall_flows_active",
+            "Flows tracked now, over all workers.",
+            [(NO_LABELS, total.flows_active() as i64)],
         )?;
         counter(
             e,
@@ -156,6 +179,98 @@ impl Collector for DataplaneCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(self.started.elapsed().as_secs() as i64).encode(uptime)?;
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct ControlCollector {
+    control: Arc<ControlState>,
+}
+
+impl Collector for ControlCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let control = &self.control;
+        let snapshot = control.snapshot();
+        let e = &mut encoder;
+        gauge(
+            e,
+            "labelwall_policy_generation",
+            "Generation of the published snapshot (policy and labels); grows with every change.",
+            [(NO_LABELS, snapshot.generation as i64)],
+        )?;
+        counter(
+            e,
+            "labelwall_policy_reloads",
+            "Policy reloads by result; a failed reload keeps the running policy.",
+            [
+                ([("result", "ok")], control.reloads_ok.load(Ordering::Relaxed)),
+                ([("result", "error")], control.reloads_error.load(Ordering::Relaxed)),
+            ],
+        )?;
+        gauge(
+            e,
+            "labelwall_identities",
+            "Distinct identities (cluster, namespace, kind, labels) in the label table.",
+            [(NO_LABELS, snapshot.labels.identities().len() as i64)],
+        )?;
+        gauge(
+            e,
+            "labelwall_endpoints",
+            "Addresses and networks in the label table.",
+            [(NO_LABELS, snapshot.labels.endpoints().len() as i64)],
+        )?;
+        gauge(
+            e,
+            "labelwall_label_conflicts",
+            "Label records ignored because an earlier source claimed the same address.",
+            [(NO_LABELS, snapshot.labels.conflicts() as i64)],
+        )?;
+        let sources = control.sources.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        gauge(
+            e,
+            "labelwall_label_source_synced",
+            "1 while the label source is in sync with its origin.",
+            sources.iter().map(|s| ([("source", s.name.clone())], i64::from(s.synced))),
+        )?;
+        gauge(
+            e,
+            "labelwall_label_source_last_sync_seconds",
+            "Seconds since the label source last synced successfully.",
+            sources.iter().map(|s| {
+                let age = s.last_sync.map_or(-1, |t| t.elapsed().as_secs() as i64);
+                ([("source", s.name.clone())], age)
+            }),
+        )?;
+        counter(
+            e,
+            "labelwall_label_source_errors",
+            "Failed reads or reloads of a label source (the previous entries stay).",
+            sources.iter().map(|s| ([("source", s.name.clone())], s.errors)),
+        )?;
+        let mut hits = control.rule_hits_carried.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (i, rule) in snapshot.policy.rules.iter().enumerate() {
+            *hits.entry(rule.name.clone()).or_default() += snapshot.rule_hits.total(Some(i));
+        }
+        *hits.entry("default".into()).or_default() += snapshot.rule_hits.total(None);
+        counter(
+            e,
+            "labelwall_rule_hits",
+            "Packets decided by each rule (`default` = the default action), across reloads.",
+            hits.iter().map(|(rule, n)| ([("rule", rule.clone())], *n)),
+        )?;
+        if let Some(flow_log) = &control.flow_log {
+            counter(
+                e,
+                "labelwall_flow_log_records",
+                "Flow-log records by outcome: written, or dropped because the writer fell behind.",
+                [
+                    ([("result", "written")], flow_log.written.load(Ordering::Relaxed)),
+                    ([("result", "dropped")], flow_log.dropped.load(Ordering::Relaxed)),
+                    ([("result", "write_error")], flow_log.write_errors.load(Ordering::Relaxed)),
+                ],
+            )?;
+        }
         Ok(())
     }
 }

@@ -15,8 +15,12 @@ fn labelwall(args: &[&str]) -> (i32, String, String) {
 fn check_accepts_a_valid_config() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("labelwall.yaml");
-    std::fs::write(&path, "dataplane:\n  listen: 0.0.0.0:6081\nadmin:\n  listen: 127.0.0.1:8080\n")
-        .unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), "default_action: deny\n").unwrap();
+    std::fs::write(
+        &path,
+        "policy: policy.yaml\ndataplane:\n  listen: 0.0.0.0:6081\nadmin:\n  listen: 127.0.0.1:8080\n",
+    )
+    .unwrap();
     let (code, stdout, _) = labelwall(&["check", "-c", path.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(stdout.contains(": ok"), "{stdout}");
@@ -26,12 +30,13 @@ fn check_accepts_a_valid_config() {
 fn check_names_file_line_and_key_of_every_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("labelwall.yaml");
-    std::fs::write(&path, "dataplane:\n  listen: 0.0.0.0:0\n  reply_port: 0\n").unwrap();
+    std::fs::write(&path, "policy: p.yaml\ndataplane:\n  listen: 0.0.0.0:0\n  reply_port: 0\n")
+        .unwrap();
     let (code, _, stderr) = labelwall(&["check", "-c", path.to_str().unwrap()]);
     assert_eq!(code, 1);
     let file = path.display().to_string();
-    assert!(stderr.contains(&format!("{file}:2: dataplane.listen:")), "{stderr}");
-    assert!(stderr.contains(&format!("{file}:3: dataplane.reply_port:")), "{stderr}");
+    assert!(stderr.contains(&format!("{file}:3: dataplane.listen:")), "{stderr}");
+    assert!(stderr.contains(&format!("{file}:4: dataplane.reply_port:")), "{stderr}");
     assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
 }
 
@@ -39,11 +44,11 @@ fn check_names_file_line_and_key_of_every_error() {
 fn check_rejects_unknown_keys() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("labelwall.yaml");
-    std::fs::write(&path, "admin:\n  listen: 127.0.0.1:8080\nadmn: {}\n").unwrap();
+    std::fs::write(&path, "policy: p.yaml\nadmin:\n  listen: 127.0.0.1:8080\nadmn: {}\n").unwrap();
     let (code, _, stderr) = labelwall(&["check", "-c", path.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(stderr.contains("unknown field `admn`"), "{stderr}");
-    assert!(stderr.contains(":3:"), "line of the unknown key: {stderr}");
+    assert!(stderr.contains(":4:"), "line of the unknown key: {stderr}");
 }
 
 #[test]
@@ -64,10 +69,11 @@ fn run_refuses_a_port_in_use_with_a_clear_error() {
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("labelwall.yaml");
+    std::fs::write(dir.path().join("policy.yaml"), "default_action: allow\n").unwrap();
     std::fs::write(
         &path,
         format!(
-            "dataplane:\n  listen: {}\nadmin:\n  listen: 127.0.0.1:0\n",
+            "policy: policy.yaml\ndataplane:\n  listen: {}\nadmin:\n  listen: 127.0.0.1:0\n",
             taken.local_addr().unwrap()
         ),
     )

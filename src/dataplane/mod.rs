@@ -22,7 +22,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 pub use stats::{Counters, SharedCounters};
 
-use crate::pipeline::Mode;
+use crate::flowlog::FlowLogSender;
+use crate::pipeline::{FlowSettings, Mode};
+use crate::snapshot::SnapshotCell;
 
 /// How the data plane is set up (from `dataplane:` in labelwall.yaml).
 #[derive(Debug, Clone)]
@@ -35,6 +37,15 @@ pub struct DataplaneSettings {
     pub receive_buffer: usize,
     /// Requested SO_SNDBUF of each worker's raw socket.
     pub send_buffer: usize,
+    pub flows: FlowSettings,
+}
+
+/// What the workers judge by and report to, from the control plane.
+#[derive(Debug, Clone, Default)]
+pub struct ControlLinks {
+    /// Where snapshots are published; `None` only in reflect mode.
+    pub snapshots: Option<Arc<SnapshotCell>>,
+    pub flow_log: Option<FlowLogSender>,
 }
 
 /// What the control plane can see of one worker.
@@ -79,7 +90,10 @@ pub struct Dataplane {
 impl Dataplane {
     /// Opens every socket first (so a bind or permission error stops startup before any
     /// thread runs), then starts one thread per worker.
-    pub fn start(settings: &DataplaneSettings) -> Result<Dataplane, StartError> {
+    pub fn start(
+        settings: &DataplaneSettings,
+        links: &ControlLinks,
+    ) -> Result<Dataplane, StartError> {
         let workers = settings.workers.max(1);
         let mut sockets = Vec::with_capacity(workers);
         for worker in 0..workers {
@@ -101,6 +115,7 @@ impl Dataplane {
                 udp.into(),
                 raw,
                 settings,
+                links,
                 Arc::clone(&status[index]),
                 Arc::clone(&stop),
             );

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::pipeline::Verdict;
+use crate::policy::Action;
 use crate::wire::DropReason;
 
 const RX_DATAGRAMS: usize = 0;
@@ -15,9 +15,12 @@ const TX_PACKETS: usize = 2;
 const TX_BYTES: usize = 3;
 const RX_BATCHES: usize = 4;
 const RX_ERRORS: usize = 5;
-const VERDICT_PACKETS: usize = 6;
-const VERDICT_BYTES: usize = VERDICT_PACKETS + Verdict::COUNT;
-const DROPS: usize = VERDICT_BYTES + Verdict::COUNT;
+const FLOWS_ACTIVE: usize = 6;
+const FLOWS_CREATED: usize = 7;
+const FLOWS_EVICTED: usize = 8;
+const VERDICT_PACKETS: usize = 9;
+const VERDICT_BYTES: usize = VERDICT_PACKETS + Action::COUNT;
+const DROPS: usize = VERDICT_BYTES + Action::COUNT;
 const LEN: usize = DROPS + DropReason::COUNT;
 
 /// Counters owned by one worker thread.
@@ -50,7 +53,7 @@ impl Counters {
     }
 
     /// A packet judged by policy (inner bytes counted as GENEVE datagram bytes).
-    pub fn verdict(&mut self, verdict: Verdict, bytes: usize) {
+    pub fn verdict(&mut self, verdict: Action, bytes: usize) {
         self.values[VERDICT_PACKETS + verdict.index()] += 1;
         self.values[VERDICT_BYTES + verdict.index()] += bytes as u64;
     }
@@ -65,6 +68,22 @@ impl Counters {
         self.values[TX_BYTES] += bytes;
     }
 
+    /// The pipeline's flow counts (a gauge and two running totals, set as they are).
+    pub fn set_flows(&mut self, flows: crate::pipeline::FlowCounts) {
+        self.values[FLOWS_ACTIVE] = flows.active;
+        self.values[FLOWS_CREATED] = flows.created;
+        self.values[FLOWS_EVICTED] = flows.evicted;
+    }
+
+    pub fn flows_active(&self) -> u64 {
+        self.values[FLOWS_ACTIVE]
+    }
+    pub fn flows_created(&self) -> u64 {
+        self.values[FLOWS_CREATED]
+    }
+    pub fn flows_evicted(&self) -> u64 {
+        self.values[FLOWS_EVICTED]
+    }
     pub fn rx_datagrams(&self) -> u64 {
         self.values[RX_DATAGRAMS]
     }
@@ -83,10 +102,10 @@ impl Counters {
     pub fn rx_errors(&self) -> u64 {
         self.values[RX_ERRORS]
     }
-    pub fn verdict_packets(&self, verdict: Verdict) -> u64 {
+    pub fn verdict_packets(&self, verdict: Action) -> u64 {
         self.values[VERDICT_PACKETS + verdict.index()]
     }
-    pub fn verdict_bytes(&self, verdict: Verdict) -> u64 {
+    pub fn verdict_bytes(&self, verdict: Action) -> u64 {
         self.values[VERDICT_BYTES + verdict.index()]
     }
     pub fn drops(&self, reason: DropReason) -> u64 {
@@ -139,8 +158,8 @@ mod tests {
         c.received(100);
         c.received(50);
         c.batch();
-        c.verdict(Verdict::Allow, 100);
-        c.verdict(Verdict::Audit, 7);
+        c.verdict(Action::Allow, 100);
+        c.verdict(Action::Audit, 7);
         c.drop(DropReason::GeneveVersion);
         c.drop(DropReason::GeneveVersion);
         c.drop(DropReason::SendFailed);
@@ -151,9 +170,9 @@ mod tests {
         assert_eq!(read, c);
         assert_eq!(read.rx_datagrams(), 2);
         assert_eq!(read.rx_bytes(), 150);
-        assert_eq!(read.verdict_packets(Verdict::Allow), 1);
-        assert_eq!(read.verdict_bytes(Verdict::Audit), 7);
-        assert_eq!(read.verdict_packets(Verdict::Deny), 0);
+        assert_eq!(read.verdict_packets(Action::Allow), 1);
+        assert_eq!(read.verdict_bytes(Action::Audit), 7);
+        assert_eq!(read.verdict_packets(Action::Deny), 0);
         assert_eq!(read.drops(DropReason::GeneveVersion), 2);
         assert_eq!(read.total_drops(), 3);
         assert_eq!((read.tx_packets(), read.tx_bytes()), (1, 128));

@@ -12,6 +12,7 @@ use labelwall::wire::{GWLB_HEADER_LEN, GwlbOptions, emit_gwlb_header};
 
 pub const APPLIANCE_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 pub const GWLB_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+pub const ALLOW_ALL: &str = "default_action: allow\n";
 
 pub fn free_udp_port(ip: Ipv4Addr) -> u16 {
     UdpSocket::bind((ip, 0)).unwrap().local_addr().unwrap().port()
@@ -31,10 +32,28 @@ pub struct Appliance {
 }
 
 impl Appliance {
-    /// Starts the appliance with `extra` appended to a generated labelwall.yaml and waits for
-    /// `/readyz`.
+    /// Starts the appliance with an allow-everything policy and `extra` appended to a
+    /// generated labelwall.yaml, and waits for `/readyz`.
     pub fn start(reply_port: u16, workers: usize, extra: &str, args: &[&str]) -> Appliance {
+        Appliance::start_with(reply_port, workers, ALLOW_ALL, None, extra, args)
+    }
+
+    /// Starts the appliance with the given policy.yaml and inventory.yaml texts.
+    pub fn start_with(
+        reply_port: u16,
+        workers: usize,
+        policy: &str,
+        inventory: Option<&str>,
+        extra: &str,
+        args: &[&str],
+    ) -> Appliance {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
+        let mut extra = format!("policy: policy.yaml\n{extra}");
+        if let Some(inventory) = inventory {
+            std::fs::write(dir.path().join("inventory.yaml"), inventory).unwrap();
+            extra.push_str("labels:\n  inventory: [inventory.yaml]\n");
+        }
         let listen = SocketAddr::from((APPLIANCE_IP, free_udp_port(APPLIANCE_IP)));
         let admin = SocketAddr::from((APPLIANCE_IP, free_tcp_port(APPLIANCE_IP)));
         let config = format!(
@@ -78,6 +97,17 @@ impl Appliance {
 
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("labelwall.yaml")
+    }
+
+    pub fn policy_path(&self) -> PathBuf {
+        self.dir.path().join("policy.yaml")
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`) to the running appliance.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let sent = Command::new("kill").arg(format!("-{name}")).arg(pid).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -{name} failed");
     }
 
     pub fn metrics(&self) -> String {

@@ -14,6 +14,10 @@ locals {
 }
 
 resource "aws_lb" "this" {
+  # Cross-zone is a variable, off by default on purpose: it keeps each zone's flows on that
+  # zone's appliances (failure isolation, no inter-zone data charges). Operators who prefer
+  # surviving a zone without healthy appliances set cross_zone_load_balancing = true.
+  #checkov:skip=CKV_AWS_152:cross-zone load balancing is the operator's choice (variable cross_zone_load_balancing), off by default for zonal isolation
   name                             = "${var.name}-gwlb"
   load_balancer_type               = "gateway"
   subnets                          = [for s in aws_subnet.gwlb : s.id]
@@ -65,6 +69,8 @@ resource "aws_lb_target_group" "this" {
 }
 
 resource "aws_lb_listener" "this" {
+  # A GWLB listener has no protocol or port (it takes all IP traffic); TLS does not apply.
+  #checkov:skip=CKV_AWS_2:GWLB listeners carry every IP packet and have no protocol; HTTPS does not apply
   load_balancer_arn = aws_lb.this.arn
 
   # Only settable with 5-tuple stickiness (validated on the variable); labelwall's TCP flow
@@ -80,6 +86,10 @@ resource "aws_lb_listener" "this" {
 }
 
 resource "aws_vpc_endpoint_service" "this" {
+  # Who may connect is already restricted to allowed_principals ('*' is rejected by the
+  # variable's validation); manual acceptance is available with
+  # endpoint_service_acceptance_required = true for services shared with other teams.
+  #checkov:skip=CKV_AWS_123:access is limited to endpoint_service_allowed_principals; manual acceptance is a variable
   gateway_load_balancer_arns = [aws_lb.this.arn]
   acceptance_required        = var.endpoint_service_acceptance_required
   allowed_principals         = var.endpoint_service_allowed_principals

@@ -1,0 +1,277 @@
+//! The control plane: loads policy and label sources, builds snapshots and publishes them,
+//! reloads on SIGHUP and on file change. A reload that fails validation keeps what runs.
+//!
+//! Single owner (the process's control task), so it needs no locks of its own; what the
+//! admin server reads lives in [`ControlState`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
+use crate::diagnostics::Diagnostics;
+use crate::flowlog::FlowLogStats;
+use crate::labels::{LabelTable, SourceRecords};
+use crate::policy::CompiledPolicy;
+use crate::snapshot::{RuleHits, Snapshot, SnapshotCell};
+use crate::sources::inventory;
+
+/// Sync state of one label source, for readiness and metrics.
+#[derive(Debug, Clone)]
+pub struct SourceStatus {
+    pub name: String,
+    /// Synced at least once and currently in sync.
+    pub synced: bool,
+    pub last_sync: Option<Instant>,
+    pub errors: u64,
+}
+
+/// What the admin server and metrics read of the control plane.
+#[derive(Debug)]
+pub struct ControlState {
+    pub snapshots: Arc<SnapshotCell>,
+    pub reloads_ok: AtomicU64,
+    pub reloads_error: AtomicU64,
+    pub sources: Mutex<Vec<SourceStatus>>,
+    /// Packets counted for rules of earlier policies, by rule name (so that
+    /// `labelwall_rule_hits_total` does not reset on reload).
+    pub rule_hits_carried: Mutex<BTreeMap<String, u64>>,
+    pub flow_log: Option<Arc<FlowLogStats>>,
+}
+
+impl ControlState {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshots.load_full()
+    }
+
+    /// Sources that have not synced yet (readiness).
+    pub fn unsynced_sources(&self) -> Vec<String> {
+        let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        sources.iter().filter(|s| s.last_sync.is_none()).map(|s| s.name.clone()).collect()
+    }
+}
+
+/// Everything `labelwall check` validates: policy and every inventory file.
+pub fn load_all(config: &Config) -> Result<(CompiledPolicy, Vec<SourceRecords>), Diagnostics> {
+    let mut errors = Vec::new();
+    let policy = match &config.policy {
+        Some(path) => CompiledPolicy::load(path).map_err(|d| errors.extend(d.0)).ok(),
+        None => {
+            errors.push(crate::diagnostics::Diagnostic::file(
+                Path::new("labelwall.yaml"),
+                "`policy` is required: the path of policy.yaml",
+            ));
+            None
+        }
+    };
+    let mut sources = Vec::new();
+    for path in &config.labels.inventory {
+        match inventory::load(path) {
+            Ok(records) => sources.push(records),
+            Err(d) => errors.extend(d.0),
+        }
+    }
+    match policy {
+        Some(policy) if errors.is_empty() => Ok((policy, sources)),
+        _ => Err(Diagnostics(errors)),
+    }
+}
+
+/// When a file was last seen changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(FileStamp { modified: meta.modified().ok(), len: meta.len() })
+}
+
+#[derive(Debug)]
+pub struct ControlPlane {
+    policy_path: PathBuf,
+    inventory_paths: Vec<PathBuf>,
+    policy: Arc<CompiledPolicy>,
+    rule_hits: Arc<RuleHits>,
+    sources: Vec<Arc<SourceRecords>>,
+    generation: u64,
+    workers: usize,
+    stamps: Vec<Option<FileStamp>>,
+    state: Arc<ControlState>,
+}
+
+impl ControlPlane {
+    /// Loads everything and publishes the first snapshot; fails with every problem found.
+    pub fn start(
+        config: &Config,
+        workers: usize,
+        flow_log: Option<Arc<FlowLogStats>>,
+    ) -> Result<ControlPlane, Diagnostics> {
+        let (policy, sources) = load_all(config)?;
+        let policy_path = config.policy.clone().expect("load_all checked it");
+        let policy = Arc::new(policy);
+        let rule_hits = Arc::new(RuleHits::new(workers, policy.rules.len()));
+        let sources: Vec<Arc<SourceRecords>> = sources.into_iter().map(Arc::new).collect();
+        let labels = Arc::new(LabelTable::build(&sources));
+        let snapshot = Snapshot::new(1, labels, Arc::clone(&policy), Arc::clone(&rule_hits));
+        let now = Instant::now();
+        let statuses = sources
+            .iter()
+            .map(|s| SourceStatus {
+                name: s.source.clone(),
+                synced: true,
+                last_sync: Some(now),
+                errors: 0,
+            })
+            .collect();
+        let state = Arc::new(ControlState {
+            snapshots: Arc::new(ArcSwap::from_pointee(snapshot)),
+            reloads_ok: AtomicU64::new(0),
+            reloads_error: AtomicU64::new(0),
+            sources: Mutex::new(statuses),
+            rule_hits_carried: Mutex::new(BTreeMap::new()),
+            flow_log,
+        });
+        let mut plane = ControlPlane {
+            inventory_paths: config.labels.inventory.clone(),
+            policy_path,
+            policy,
+            rule_hits,
+            sources,
+            generation: 1,
+            workers,
+            stamps: Vec::new(),
+            state,
+        };
+        plane.stamps = plane.watched_paths().iter().map(|p| stamp(p)).collect();
+        Ok(plane)
+    }
+
+    pub fn state(&self) -> Arc<ControlState> {
+        Arc::clone(&self.state)
+    }
+
+    fn watched_paths(&self) -> Vec<PathBuf> {
+        std::iter::once(self.policy_path.clone())
+            .chain(self.inventory_paths.iter().cloned())
+            .collect()
+    }
+
+    /// SIGHUP: reload the policy and every inventory file.
+    pub fn reload_all(&mut self) {
+        let policy_changed = self.reload_policy();
+        let labels_changed = (0..self.inventory_paths.len()).any(|i| self.reload_inventory(i));
+        if policy_changed || labels_changed {
+            self.publish();
+        }
+        self.stamps = self.watched_paths().iter().map(|p| stamp(p)).collect();
+    }
+
+    /// Reloads what changed on disk since it was last read; call every second or so.
+    pub fn poll_files(&mut self) {
+        let paths = self.watched_paths();
+        let mut changed = false;
+        for (i, path) in paths.iter().enumerate() {
+            let now = stamp(path);
+            if now == self.stamps[i] {
+                continue;
+            }
+            self.stamps[i] = now;
+            tracing::info!(file = %path.display(), "file changed, reloading");
+            changed |= if i == 0 { self.reload_policy() } else { self.reload_inventory(i - 1) };
+        }
+        if changed {
+            self.publish();
+        }
+    }
+
+    /// Loads the policy file; on success it replaces the running one (published by the
+    /// caller), on failure the running policy stays and every error is logged and counted.
+    fn reload_policy(&mut self) -> bool {
+        match CompiledPolicy::load(&self.policy_path) {
+            Ok(policy) => {
+                {
+                    let mut carried =
+                        self.state.rule_hits_carried.lock().unwrap_or_else(|e| e.into_inner());
+                    for (i, rule) in self.policy.rules.iter().enumerate() {
+                        *carried.entry(rule.name.clone()).or_default() +=
+                            self.rule_hits.total(Some(i));
+                    }
+                    *carried.entry("default".into()).or_default() += self.rule_hits.total(None);
+                }
+                self.rule_hits = Arc::new(RuleHits::new(self.workers, policy.rules.len()));
+                self.policy = Arc::new(policy);
+                self.state.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    rules = self.policy.rules.len(),
+                    groups = self.policy.groups.len() - 1,
+                    "policy reloaded"
+                );
+                true
+            }
+            Err(errors) => {
+                self.state.reloads_error.fetch_add(1, Ordering::Relaxed);
+                for error in &errors.0 {
+                    tracing::error!("policy reload rejected, the running policy stays: {error}");
+                }
+                false
+            }
+        }
+    }
+
+    fn reload_inventory(&mut self, index: usize) -> bool {
+        let path = &self.inventory_paths[index];
+        let name = inventory::source_name(path);
+        let mut statuses = self.state.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let status = statuses.iter_mut().find(|s| s.name == name);
+        match inventory::load(path) {
+            Ok(records) => {
+                if let Some(status) = status {
+                    status.synced = true;
+                    status.last_sync = Some(Instant::now());
+                }
+                let changed = *self.sources[index] != records;
+                self.sources[index] = Arc::new(records);
+                changed
+            }
+            Err(errors) => {
+                if let Some(status) = status {
+                    status.errors += 1;
+                }
+                for error in &errors.0 {
+                    tracing::error!(
+                        "inventory reload rejected, the previous entries stay: {error}"
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// Builds and publishes a snapshot of the current policy and label sources.
+    pub fn publish(&mut self) {
+        let started = Instant::now();
+        let labels = Arc::new(LabelTable::build(&self.sources));
+        self.generation += 1;
+        let snapshot = Snapshot::new(
+            self.generation,
+            labels,
+            Arc::clone(&self.policy),
+            Arc::clone(&self.rule_hits),
+        );
+        let identities = snapshot.labels.identities().len();
+        self.state.snapshots.store(Arc::new(snapshot));
+        tracing::info!(
+            generation = self.generation,
+            identities,
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot published"
+        );
+    }
+}

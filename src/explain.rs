@@ -1,0 +1,130 @@
+//! `labelwall explain`: what policy says about a flow and why, from the same snapshot the
+//! data plane would use: the verdict, the deciding rule, and who both ends are.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::labels::{EndpointKind, Labels};
+use crate::packet::ip_proto;
+use crate::snapshot::Snapshot;
+
+/// The question: the first packet of a flow from `src` to `dst`.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowQuestion {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub protocol: u8,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Explanation {
+    pub verdict: &'static str,
+    pub rule: String,
+    /// Line of the rule in the policy file (absent for the default action).
+    pub rule_line: Option<usize>,
+    pub policy: String,
+    pub policy_generation: u64,
+    pub proto: &'static str,
+    pub sport: u16,
+    pub dport: u16,
+    pub src: EndpointReport,
+    pub dst: EndpointReport,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointReport {
+    pub ip: IpAddr,
+    /// `None` when no label source knows the address (only `any` and CIDR groups match it).
+    pub identity: Option<IdentityReport>,
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IdentityReport {
+    pub cluster: String,
+    pub namespace: String,
+    pub name: String,
+    pub kind: EndpointKind,
+    pub labels: Labels,
+    pub source: String,
+}
+
+/// Answers the question with `snapshot`.
+pub fn explain(snapshot: &Snapshot, q: &FlowQuestion) -> Explanation {
+    let port = matches!(q.protocol, ip_proto::TCP | ip_proto::UDP).then_some(q.dport);
+    let decision = snapshot.decide(q.src, q.dst, q.protocol, port);
+    let endpoint = |ip: IpAddr| EndpointReport {
+        ip,
+        identity: snapshot.labels.lookup(ip).map(|e| {
+            let identity = snapshot.labels.identity(e.identity);
+            IdentityReport {
+                cluster: identity.cluster.clone(),
+                namespace: identity.namespace.clone(),
+                name: e.name.clone(),
+                kind: identity.kind,
+                labels: identity.labels.clone(),
+                source: snapshot.labels.source_name(e).to_string(),
+            }
+        }),
+        groups: snapshot
+            .group_names(&snapshot.groups_of(ip))
+            .into_iter()
+            .map(String::from)
+            .collect(),
+    };
+    Explanation {
+        verdict: decision.action.as_str(),
+        rule: snapshot.rule_name(decision.rule).to_string(),
+        rule_line: decision.rule.and_then(|r| snapshot.policy.rules[r].line),
+        policy: snapshot.policy.path.display().to_string(),
+        policy_generation: snapshot.generation,
+        proto: crate::flowlog::protocol_name(q.protocol),
+        sport: q.sport,
+        dport: q.dport,
+        src: endpoint(q.src),
+        dst: endpoint(q.dst),
+    }
+}
+
+impl Explanation {
+    /// The human-readable form.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let rule = match self.rule_line {
+            Some(line) => format!("{} ({}:{line})", self.rule, self.policy),
+            None => format!("{} (default_action of {})", self.rule, self.policy),
+        };
+        let ports = if matches!(self.proto, "tcp" | "udp") {
+            format!(" {} -> {}", self.sport, self.dport)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "verdict: {}", self.verdict);
+        let _ = writeln!(out, "rule:    {rule}");
+        let _ = writeln!(out, "flow:    {} {} -> {}{ports}", self.proto, self.src.ip, self.dst.ip);
+        for (role, e) in [("src", &self.src), ("dst", &self.dst)] {
+            let who = match &e.identity {
+                Some(i) => format!("{} {}", i.kind, describe(i)),
+                None => "unknown (no label source knows this address)".to_string(),
+            };
+            let _ = writeln!(out, "{role}:     {} {who}", e.ip);
+            let _ = writeln!(out, "         groups: {}", e.groups.join(", "));
+        }
+        out
+    }
+}
+
+fn describe(i: &IdentityReport) -> String {
+    let path = [i.cluster.as_str(), i.namespace.as_str(), i.name.as_str()]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join("/");
+    let labels = i.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    format!("{path} {{{labels}}} from {}", i.source)
+}

@@ -1,0 +1,272 @@
+//! The flow log: one JSON line per flow start and per flow end (with totals), enriched with
+//! who both ends are.
+//!
+//! Workers hand records to a bounded queue and never wait: when the writer falls behind, a
+//! record is dropped and counted (`labelwall_flow_log_dropped_total`), the data plane goes
+//! on. Formatting, identity lookups and file I/O happen on the writer thread.
+
+use std::io::{BufWriter, Write};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::conntrack::{Flow, FlowEnd};
+use crate::labels::{EndpointKind, Labels};
+use crate::snapshot::Snapshot;
+
+/// Records the queue holds before it starts dropping.
+pub const QUEUE_LEN: usize = 65_536;
+
+/// Start or end of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowEvent {
+    Start,
+    End(FlowEnd),
+}
+
+/// What a worker hands over: plain data and the snapshot the flow was judged under.
+#[derive(Debug)]
+pub struct FlowRecord {
+    pub event: FlowEvent,
+    pub flow: Flow,
+    pub snapshot: Arc<Snapshot>,
+}
+
+/// The workers' end of the queue.
+#[derive(Debug, Clone)]
+pub struct FlowLogSender {
+    queue: SyncSender<FlowRecord>,
+    stats: Arc<FlowLogStats>,
+}
+
+#[derive(Debug, Default)]
+pub struct FlowLogStats {
+    pub written: AtomicU64,
+    pub dropped: AtomicU64,
+    pub write_errors: AtomicU64,
+}
+
+impl FlowLogSender {
+    /// Queues a record without waiting; counts it as dropped when the queue is full.
+    pub fn send(&self, record: FlowRecord) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.queue.try_send(record)
+        {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The writer thread; it ends when every sender is dropped, after writing what is queued.
+#[derive(Debug)]
+pub struct FlowLogWriter {
+    thread: JoinHandle<()>,
+    pub stats: Arc<FlowLogStats>,
+}
+
+impl FlowLogWriter {
+    /// Opens `path` for appending (`-` = stdout) and starts the writer.
+    pub fn start(path: &Path) -> std::io::Result<(FlowLogSender, FlowLogWriter)> {
+        let output: Box<dyn Write + Send> = if path.as_os_str() == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)
+        };
+        Ok(Self::start_with(output))
+    }
+
+    /// Starts a writer on any output (tests use a pipe or a buffer).
+    pub fn start_with(output: Box<dyn Write + Send>) -> (FlowLogSender, FlowLogWriter) {
+        let (queue, receiver) = sync_channel(QUEUE_LEN);
+        let stats = Arc::new(FlowLogStats::default());
+        let writer_stats = Arc::clone(&stats);
+        let thread = std::thread::Builder::new()
+            .name("lw-flowlog".into())
+            .spawn(move || write_loop(receiver, BufWriter::new(output), &writer_stats))
+            .expect("spawning the flow-log thread");
+        (FlowLogSender { queue, stats: Arc::clone(&stats) }, FlowLogWriter { thread, stats })
+    }
+
+    /// Waits for the writer to drain the queue (all senders must be dropped first).
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
+fn write_loop(
+    receiver: Receiver<FlowRecord>,
+    mut out: BufWriter<Box<dyn Write + Send>>,
+    stats: &FlowLogStats,
+) {
+    let mut line = Vec::with_capacity(1024);
+    while let Ok(record) = receiver.recv() {
+        let mut next = Some(record);
+        while let Some(record) = next {
+            line.clear();
+            if serde_json::to_writer(&mut line, &JsonRecord::new(&record)).is_ok() {
+                line.push(b'\n');
+                if out.write_all(&line).is_ok() {
+                    stats.written.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            next = receiver.try_recv().ok();
+        }
+        // The queue is empty: make what we have visible.
+        if out.flush().is_err() {
+            stats.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let _ = out.flush();
+}
+
+/// The JSON shape of one line (documented in docs/operations.md).
+#[derive(Serialize)]
+struct JsonRecord<'a> {
+    time: String,
+    event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_reason: Option<&'static str>,
+    src: IpAddr,
+    dst: IpAddr,
+    proto: &'static str,
+    sport: u16,
+    dport: u16,
+    verdict: &'static str,
+    rule: &'a str,
+    src_identity: Option<JsonIdentity<'a>>,
+    dst_identity: Option<JsonIdentity<'a>>,
+    gwlb_endpoint_id: Option<String>,
+    gwlb_attachment_id: Option<String>,
+    flow_cookie: String,
+    packets: u64,
+    bytes: u64,
+    duration_ms: u64,
+    policy_generation: u64,
+}
+
+#[derive(Serialize)]
+struct JsonIdentity<'a> {
+    cluster: &'a str,
+    namespace: &'a str,
+    name: &'a str,
+    kind: EndpointKind,
+    labels: &'a Labels,
+}
+
+impl<'a> JsonRecord<'a> {
+    fn new(record: &'a FlowRecord) -> JsonRecord<'a> {
+        let flow = &record.flow;
+        let snapshot = &record.snapshot;
+        let (src, sport) = flow.key.endpoint(flow.initiator);
+        let (dst, dport) = flow.key.endpoint(flow.initiator.other());
+        let identity = |ip: IpAddr| {
+            let endpoint = snapshot.labels.lookup(ip)?;
+            let identity = snapshot.labels.identity(endpoint.identity);
+            Some(JsonIdentity {
+                cluster: &identity.cluster,
+                namespace: &identity.namespace,
+                name: &endpoint.name,
+                kind: identity.kind,
+                labels: &identity.labels,
+            })
+        };
+        let (event, end_reason) = match record.event {
+            FlowEvent::Start => ("start", None),
+            FlowEvent::End(end) => (
+                "end",
+                Some(match end {
+                    FlowEnd::Expired => "idle",
+                    FlowEnd::Evicted => "evicted",
+                    FlowEnd::Replaced => "replaced",
+                }),
+            ),
+        };
+        JsonRecord {
+            time: rfc3339_now(),
+            event,
+            end_reason,
+            src,
+            dst,
+            proto: protocol_name(flow.key.protocol),
+            sport,
+            dport,
+            verdict: flow.decision.action.as_str(),
+            rule: snapshot.rule_name(flow.decision.rule),
+            src_identity: identity(src),
+            dst_identity: identity(dst),
+            gwlb_endpoint_id: flow.endpoint_id.map(|id| format!("{id:016x}")),
+            gwlb_attachment_id: flow.attachment_id.map(|id| format!("{id:016x}")),
+            flow_cookie: format!("{:08x}", flow.cookie),
+            packets: flow.packets,
+            bytes: flow.bytes,
+            duration_ms: flow.last_seen_ms.saturating_sub(flow.started_ms),
+            policy_generation: snapshot.generation,
+        }
+    }
+}
+
+/// Protocol name for logs and `explain`.
+pub fn protocol_name(protocol: u8) -> &'static str {
+    use crate::packet::ip_proto::*;
+    match protocol {
+        TCP => "tcp",
+        UDP => "udp",
+        ICMP => "icmp",
+        ICMPV6 => "icmpv6",
+        _ => "other",
+    }
+}
+
+fn rfc3339_now() -> String {
+    rfc3339(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
+}
+
+/// UTC time as RFC 3339 with milliseconds, without a date-time crate.
+fn rfc3339(since_epoch: std::time::Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (hour, minute, second) = (rest / 3600, rest % 3600 / 60, rest % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{:03}Z",
+        since_epoch.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_instants_format_exactly() {
+        use std::time::Duration;
+        assert_eq!(rfc3339(Duration::ZERO), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(Duration::from_millis(1_798_761_599_123)), "2026-12-31T23:59:59.123Z");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let t = rfc3339_now();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+        assert!(t.starts_with("20"), "{t}");
+    }
+}

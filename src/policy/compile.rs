@@ -1,0 +1,533 @@
+//! From policy.yaml to a [`CompiledPolicy`]: names resolved to bit positions, selectors parsed,
+//! CIDRs folded into one prefix map, every rule turned into two group bitsets and a port list.
+//! Every problem is reported at once, each naming the file, line, rule or group, and field.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+
+use super::file::{Action, GroupSpec, KindSpec, PodsSpec, PolicyFile, RuleSpec};
+use super::selector::Selector;
+use crate::diagnostics::{Diagnostic, Diagnostics, read_file};
+use crate::labels::{EndpointKind, Identity};
+use crate::packet::ip_proto;
+use crate::prefix::PrefixMap;
+use crate::yaml_lines::LineIndex;
+
+/// Groups a policy may define, `any` included: group bitsets are fixed-size arrays on the
+/// per-packet path.
+pub const MAX_GROUPS: usize = 1024;
+/// Words of a group bitset.
+pub const GROUP_WORDS: usize = MAX_GROUPS / 64;
+/// Bit position of the built-in group `any`.
+pub const ANY_GROUP: usize = 0;
+
+/// A set of groups, one bit per group.
+pub type GroupBits = [u64; GROUP_WORDS];
+
+/// Which identities a group selects, and how.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub name: String,
+    pub pods: Option<PodMatcher>,
+    pub nodes: Option<KindMatcher>,
+    pub external: Option<KindMatcher>,
+    pub cidrs: Vec<IpNet>,
+    pub except: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PodMatcher {
+    pub selector: Selector,
+    pub cluster: Option<String>,
+    pub namespace: Option<String>,
+    pub namespace_selector: Selector,
+}
+
+#[derive(Debug, Clone)]
+pub struct KindMatcher {
+    pub selector: Selector,
+    pub cluster: Option<String>,
+}
+
+impl Group {
+    /// Whether the group's label parts select `identity` (CIDRs are matched by address).
+    pub fn selects(&self, identity: &Identity) -> bool {
+        let cluster_ok = |c: &Option<String>| c.as_ref().is_none_or(|c| *c == identity.cluster);
+        match identity.kind {
+            EndpointKind::Pod => self.pods.as_ref().is_some_and(|p| {
+                cluster_ok(&p.cluster)
+                    && p.namespace.as_ref().is_none_or(|n| *n == identity.namespace)
+                    && p.selector.matches(&identity.labels)
+                    && p.namespace_selector.matches(&identity.namespace_labels)
+            }),
+            EndpointKind::Node => self
+                .nodes
+                .as_ref()
+                .is_some_and(|m| cluster_ok(&m.cluster) && m.selector.matches(&identity.labels)),
+            EndpointKind::External => self
+                .external
+                .as_ref()
+                .is_some_and(|m| cluster_ok(&m.cluster) && m.selector.matches(&identity.labels)),
+        }
+    }
+}
+
+/// One protocol and port range a rule admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortMatch {
+    pub protocol: u8,
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortMatch {
+    /// `port` is the destination port for TCP/UDP, `None` for ICMP or when unknown
+    /// (a fragment): then only a rule that admits the whole protocol matches.
+    pub fn admits(&self, protocol: u8, port: Option<u16>) -> bool {
+        if protocol != self.protocol {
+            return false;
+        }
+        match port {
+            Some(p) => self.first <= p && p <= self.last,
+            None => self.first == 0 && self.last == u16::MAX,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub action: Action,
+    pub log: bool,
+    pub from: Vec<usize>,
+    pub to: Vec<usize>,
+    /// `None`: every protocol and port.
+    pub ports: Option<Vec<PortMatch>>,
+    pub line: Option<usize>,
+}
+
+impl Rule {
+    pub fn admits(&self, protocol: u8, port: Option<u16>) -> bool {
+        self.ports.as_ref().is_none_or(|ports| ports.iter().any(|m| m.admits(protocol, port)))
+    }
+}
+
+/// Include/exclude group bits of one network from the groups' `cidrs` and `except`.
+#[derive(Debug, Clone, Default)]
+pub struct CidrBits {
+    pub include: GroupBits,
+    pub exclude: GroupBits,
+}
+
+impl CidrBits {
+    fn merge(&mut self, other: CidrBits) {
+        for w in 0..GROUP_WORDS {
+            self.include[w] |= other.include[w];
+            self.exclude[w] |= other.exclude[w];
+        }
+    }
+}
+
+/// A validated policy, ready to decide.
+#[derive(Debug, Clone)]
+pub struct CompiledPolicy {
+    pub path: PathBuf,
+    pub default_action: Action,
+    pub default_log: bool,
+    /// Index = bit position; `groups[0]` is `any`.
+    pub groups: Vec<Group>,
+    pub rules: Vec<Rule>,
+    pub(crate) cidrs: PrefixMap<CidrBits>,
+    /// Words used in group bitsets (`groups.len()` rounded up).
+    pub(crate) group_words: usize,
+    /// Words of a rule bitset.
+    pub(crate) rule_words: usize,
+    /// Per group: the rules whose `from` names it (`groups × rule_words`).
+    pub(crate) rules_from: Vec<u64>,
+    /// Per group: the rules whose `to` names it.
+    pub(crate) rules_to: Vec<u64>,
+}
+
+impl CompiledPolicy {
+    /// Reads and compiles a policy file.
+    pub fn load(path: &Path) -> Result<CompiledPolicy, Diagnostics> {
+        let text = read_file(path)?;
+        CompiledPolicy::parse(path, &text)
+    }
+
+    /// Compiles `text` as the contents of `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<CompiledPolicy, Diagnostics> {
+        let file: PolicyFile =
+            serde_yaml_ng::from_str(text).map_err(|e| Diagnostic::from_yaml(path, &e))?;
+        let mut compiler = Compiler { path, lines: LineIndex::build(text), errors: Vec::new() };
+        let policy = compiler.compile(file);
+        if compiler.errors.is_empty() { Ok(policy) } else { Err(Diagnostics(compiler.errors)) }
+    }
+
+    /// The group index of `name`.
+    pub fn group_index(&self, name: &str) -> Option<usize> {
+        self.groups.iter().position(|g| g.name == name)
+    }
+
+    /// The rules (in order) that a packet between these group sets may match, first match
+    /// first; the caller checks ports. Allocation-free: walks the rule bitsets word by word.
+    #[inline]
+    pub fn first_match(
+        &self,
+        src: &GroupBits,
+        dst: &GroupBits,
+        protocol: u8,
+        port: Option<u16>,
+    ) -> Option<usize> {
+        let words = self.rule_words;
+        for w in 0..words {
+            let from = self.union_rules(&self.rules_from, src, w);
+            if from == 0 {
+                continue;
+            }
+            let mut candidates = from & self.union_rules(&self.rules_to, dst, w);
+            while candidates != 0 {
+                let rule = w * 64 + candidates.trailing_zeros() as usize;
+                if self.rules[rule].admits(protocol, port) {
+                    return Some(rule);
+                }
+                candidates &= candidates - 1;
+            }
+        }
+        None
+    }
+
+    fn union_rules(&self, table: &[u64], groups: &GroupBits, word: usize) -> u64 {
+        let mut union = 0;
+        for (gw, &bits) in groups[..self.group_words].iter().enumerate() {
+            let mut bits = bits;
+            while bits != 0 {
+                let group = gw * 64 + bits.trailing_zeros() as usize;
+                union |= table[group * self.rule_words + word];
+                bits &= bits - 1;
+            }
+        }
+        union
+    }
+}
+
+struct Compiler<'a> {
+    path: &'a Path,
+    lines: LineIndex,
+    errors: Vec<Diagnostic>,
+}
+
+impl Compiler<'_> {
+    fn error(&mut self, item: String, path: &str, field: Option<&str>, message: String) {
+        let field_path = match field {
+            Some(f) if path.is_empty() => f.to_string(),
+            Some(f) => format!("{path}.{f}"),
+            None => path.to_string(),
+        };
+        self.errors.push(Diagnostic {
+            line: self.lines.line(&field_path),
+            item: Some(item),
+            field: field.map(str::to_string),
+            ..Diagnostic::file(self.path, message)
+        });
+    }
+
+    fn compile(&mut self, file: PolicyFile) -> CompiledPolicy {
+        let mut groups = vec![Group {
+            name: "any".into(),
+            pods: None,
+            nodes: None,
+            external: None,
+            cidrs: Vec::new(),
+            except: Vec::new(),
+        }];
+        if file.groups.len() + 1 > MAX_GROUPS {
+            self.error(
+                "policy".into(),
+                "groups",
+                None,
+                format!("{} groups, at most {} are supported", file.groups.len(), MAX_GROUPS - 1),
+            );
+        }
+        for (name, spec) in file.groups.iter().take(MAX_GROUPS - 1) {
+            if let Some(group) = self.group(name, spec) {
+                groups.push(group);
+            }
+        }
+        let index: BTreeMap<&str, usize> =
+            groups.iter().enumerate().map(|(i, g)| (g.name.as_str(), i)).collect();
+
+        let mut rules = Vec::with_capacity(file.rules.len());
+        let mut names = HashSet::new();
+        for (i, spec) in file.rules.iter().enumerate() {
+            let path = format!("rules[{i}]");
+            let item = if spec.name.is_empty() {
+                format!("rule #{}", i + 1)
+            } else {
+                format!("rule `{}`", spec.name)
+            };
+            if spec.name.is_empty() {
+                self.error(item.clone(), &path, Some("name"), "must not be empty".into());
+            } else if !names.insert(spec.name.as_str()) {
+                self.error(item.clone(), &path, Some("name"), "another rule has this name".into());
+            }
+            if let Some(rule) = self.rule(&item, &path, spec, &index) {
+                rules.push(rule);
+            }
+        }
+
+        let group_words = groups.len().div_ceil(64);
+        let rule_words = rules.len().div_ceil(64).max(1);
+        let mut rules_from = vec![0u64; groups.len() * rule_words];
+        let mut rules_to = vec![0u64; groups.len() * rule_words];
+        for (r, rule) in rules.iter().enumerate() {
+            for &g in &rule.from {
+                rules_from[g * rule_words + r / 64] |= 1 << (r % 64);
+            }
+            for &g in &rule.to {
+                rules_to[g * rule_words + r / 64] |= 1 << (r % 64);
+            }
+        }
+        let mut cidrs = PrefixMap::default();
+        for (g, group) in groups.iter().enumerate() {
+            for (nets, include) in [(&group.cidrs, true), (&group.except, false)] {
+                for net in nets {
+                    let mut bits = CidrBits::default();
+                    let target = if include { &mut bits.include } else { &mut bits.exclude };
+                    target[g / 64] |= 1 << (g % 64);
+                    cidrs.insert_with(*net, bits, CidrBits::merge);
+                }
+            }
+        }
+        CompiledPolicy {
+            path: self.path.to_path_buf(),
+            default_action: file.default_action,
+            default_log: file.default_log,
+            groups,
+            rules,
+            cidrs,
+            group_words,
+            rule_words,
+            rules_from,
+            rules_to,
+        }
+    }
+
+    fn group(&mut self, name: &str, spec: &GroupSpec) -> Option<Group> {
+        let item = format!("group `{name}`");
+        let path = format!("groups.{name}");
+        let before = self.errors.len();
+        if name == "any" {
+            self.error(
+                item.clone(),
+                &path,
+                None,
+                "`any` is built in and cannot be redefined".into(),
+            );
+        }
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == ',') {
+            self.error(
+                item.clone(),
+                &path,
+                None,
+                "names must be non-empty without spaces or commas".into(),
+            );
+        }
+        if spec.pods.is_none()
+            && spec.nodes.is_none()
+            && spec.external.is_none()
+            && spec.cidrs.is_empty()
+        {
+            self.error(
+                item.clone(),
+                &path,
+                None,
+                "selects nothing: give at least one of pods, nodes, external, cidrs".into(),
+            );
+        }
+        let pods = spec.pods.as_ref().map(|p| self.pods(&item, &format!("{path}.pods"), p));
+        let nodes = spec.nodes.as_ref().map(|k| self.kind(&item, &format!("{path}.nodes"), k));
+        let external =
+            spec.external.as_ref().map(|k| self.kind(&item, &format!("{path}.external"), k));
+        let cidrs = self.networks(&item, &path, "cidrs", &spec.cidrs);
+        let except = self.networks(&item, &path, "except", &spec.except);
+        (self.errors.len() == before).then(|| Group {
+            name: name.to_string(),
+            pods,
+            nodes,
+            external,
+            cidrs,
+            except,
+        })
+    }
+
+    fn selector(&mut self, item: &str, path: &str, field: &str, text: Option<&str>) -> Selector {
+        match text.map(Selector::parse) {
+            None => Selector::everything(),
+            Some(Ok(selector)) => selector,
+            Some(Err(error)) => {
+                self.error(item.into(), path, Some(field), format!("invalid selector: {error}"));
+                Selector::everything()
+            }
+        }
+    }
+
+    fn pods(&mut self, item: &str, path: &str, spec: &PodsSpec) -> PodMatcher {
+        PodMatcher {
+            selector: self.selector(item, path, "selector", spec.selector.as_deref()),
+            cluster: spec.cluster.clone(),
+            namespace: spec.namespace.clone(),
+            namespace_selector: self.selector(
+                item,
+                path,
+                "namespace_selector",
+                spec.namespace_selector.as_deref(),
+            ),
+        }
+    }
+
+    fn kind(&mut self, item: &str, path: &str, spec: &KindSpec) -> KindMatcher {
+        KindMatcher {
+            selector: self.selector(item, path, "selector", spec.selector.as_deref()),
+            cluster: spec.cluster.clone(),
+        }
+    }
+
+    fn networks(&mut self, item: &str, path: &str, field: &str, texts: &[String]) -> Vec<IpNet> {
+        let mut nets = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            let field = format!("{field}[{i}]");
+            match parse_network(text) {
+                Ok(net) => nets.push(net),
+                Err(message) => self.error(item.into(), path, Some(&field), message),
+            }
+        }
+        nets
+    }
+
+    fn rule(
+        &mut self,
+        item: &str,
+        path: &str,
+        spec: &RuleSpec,
+        groups: &BTreeMap<&str, usize>,
+    ) -> Option<Rule> {
+        let before = self.errors.len();
+        let resolve = |this: &mut Self, field: &str, names: &[String]| -> Vec<usize> {
+            if names.is_empty() {
+                this.error(
+                    item.into(),
+                    path,
+                    Some(field),
+                    "must name at least one group (or `any`)".into(),
+                );
+            }
+            let mut found = Vec::with_capacity(names.len());
+            for (i, name) in names.iter().enumerate() {
+                match groups.get(name.as_str()) {
+                    Some(&g) => found.push(g),
+                    None => this.error(
+                        item.into(),
+                        path,
+                        Some(&format!("{field}[{i}]")),
+                        format!("unknown group `{name}`"),
+                    ),
+                }
+            }
+            found
+        };
+        let from = resolve(self, "from", &spec.from);
+        let to = resolve(self, "to", &spec.to);
+        let ports = spec.ports.as_ref().map(|list| {
+            if list.is_empty() {
+                self.error(
+                    item.into(),
+                    path,
+                    Some("ports"),
+                    "an empty list matches nothing; leave `ports` out to match every port".into(),
+                );
+            }
+            let mut ports = Vec::with_capacity(list.len());
+            for (i, text) in list.iter().enumerate() {
+                match parse_port(text) {
+                    Ok(p) => ports.push(p),
+                    Err(message) => {
+                        self.error(item.into(), path, Some(&format!("ports[{i}]")), message)
+                    }
+                }
+            }
+            ports
+        });
+        (self.errors.len() == before).then(|| Rule {
+            name: spec.name.clone(),
+            action: spec.action,
+            log: spec.log,
+            from,
+            to,
+            ports,
+            line: self.lines.line(path),
+        })
+    }
+}
+
+/// A network in CIDR notation (or a bare address = one host); host bits must be zero.
+pub fn parse_network(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    let net: IpNet = match text.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => match text.parse::<std::net::IpAddr>() {
+            Ok(ip) => IpNet::from(ip),
+            Err(_) => return Err(format!("`{text}` is not an IPv4 or IPv6 network (a.b.c.d/len)")),
+        },
+    };
+    if net.trunc() != net {
+        return Err(format!("`{text}` has host bits set; did you mean {}?", net.trunc()));
+    }
+    Ok(net)
+}
+
+/// `tcp/443`, `udp/53`, `tcp/8000-8999`, `tcp`, `udp`, `icmp`, `icmpv6`.
+pub fn parse_port(text: &str) -> Result<PortMatch, String> {
+    let (protocol, range) = match text.split_once('/') {
+        Some((p, r)) => (p, Some(r)),
+        None => (text, None),
+    };
+    let protocol = match protocol {
+        "tcp" => ip_proto::TCP,
+        "udp" => ip_proto::UDP,
+        "icmp" | "icmpv6" => {
+            if range.is_some() {
+                return Err(format!("`{text}`: {protocol} has no ports"));
+            }
+            let protocol = if protocol == "icmp" { ip_proto::ICMP } else { ip_proto::ICMPV6 };
+            return Ok(PortMatch { protocol, first: 0, last: u16::MAX });
+        }
+        other => {
+            return Err(format!(
+                "`{text}`: unknown protocol `{other}` (use tcp, udp, icmp or icmpv6)"
+            ));
+        }
+    };
+    let Some(range) = range else {
+        return Ok(PortMatch { protocol, first: 0, last: u16::MAX });
+    };
+    let port = |s: &str| -> Result<u16, String> {
+        match s.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(p),
+            _ => Err(format!("`{text}`: `{s}` is not a port from 1 to 65535")),
+        }
+    };
+    let (first, last) = match range.split_once('-') {
+        Some((a, b)) => (port(a)?, port(b)?),
+        None => {
+            let p = port(range)?;
+            (p, p)
+        }
+    };
+    if first > last {
+        return Err(format!("`{text}`: the range is backwards"));
+    }
+    Ok(PortMatch { protocol, first, last })
+}

@@ -1,0 +1,172 @@
+//! The one bridge between the planes: an immutable [`Snapshot`] of label table + compiled
+//! policy + the group membership of every identity, published whole through arc-swap.
+//!
+//! The control plane builds a new snapshot off to the side whenever labels or policy change
+//! (evaluating each group's selectors against each identity once) and swaps it in; a worker
+//! loads it once per batch, so a packet sees the old snapshot or the new one, never a mix.
+//! Deciding a packet then costs two address lookups and a few bit operations.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::labels::{IdentityId, LabelTable};
+use crate::policy::compile::{ANY_GROUP, GROUP_WORDS};
+use crate::policy::{Action, CompiledPolicy, GroupBits};
+
+/// What policy says about one flow direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    /// Index of the deciding rule; `None` for the default action.
+    pub rule: Option<usize>,
+    /// Whether the deciding rule (or the default) asks for the flow log.
+    pub log: bool,
+}
+
+/// Packets per rule, one row per data-plane worker (each row has a single writer, so
+/// counting is a relaxed load and store on a cache line no other worker touches). The last
+/// slot counts the default action. Kept across snapshots while the policy stays the same.
+#[derive(Debug)]
+pub struct RuleHits {
+    rows: Box<[Box<[AtomicU64]>]>,
+}
+
+impl RuleHits {
+    pub fn new(workers: usize, rules: usize) -> RuleHits {
+        let rows =
+            (0..workers.max(1)).map(|_| (0..=rules).map(|_| AtomicU64::new(0)).collect()).collect();
+        RuleHits { rows }
+    }
+
+    /// Counts one packet for `rule` (`None` = default action) on `worker`.
+    #[inline]
+    pub fn add(&self, worker: usize, rule: Option<usize>) {
+        let Some(row) = self.rows.get(worker) else { return };
+        let slot = &row[rule.unwrap_or(row.len() - 1).min(row.len() - 1)];
+        slot.store(slot.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// Total for `rule` (`None` = default action) over all workers.
+    pub fn total(&self, rule: Option<usize>) -> u64 {
+        self.rows
+            .iter()
+            .map(|row| {
+                row[rule.unwrap_or(row.len() - 1).min(row.len() - 1)].load(Ordering::Relaxed)
+            })
+            .sum()
+    }
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases with every published snapshot; flows judged under an older one are judged
+    /// again on their next packet.
+    pub generation: u64,
+    pub labels: Arc<LabelTable>,
+    pub policy: Arc<CompiledPolicy>,
+    /// Per-rule packet counters of `policy`.
+    pub rule_hits: Arc<RuleHits>,
+    /// `identities × group_words` bits: which groups' label parts select each identity.
+    membership: Vec<u64>,
+}
+
+impl Snapshot {
+    /// Evaluates every group against every identity.
+    pub fn new(
+        generation: u64,
+        labels: Arc<LabelTable>,
+        policy: Arc<CompiledPolicy>,
+        rule_hits: Arc<RuleHits>,
+    ) -> Snapshot {
+        let words = policy.group_words;
+        let mut membership = vec![0u64; labels.identities().len() * words];
+        for (i, identity) in labels.identities().iter().enumerate() {
+            let bits = &mut membership[i * words..(i + 1) * words];
+            for (g, group) in policy.groups.iter().enumerate() {
+                if group.selects(identity) {
+                    bits[g / 64] |= 1 << (g % 64);
+                }
+            }
+        }
+        Snapshot { generation, labels, policy, rule_hits, membership }
+    }
+
+    /// The groups an address belongs to: its identity's groups, plus CIDR groups that contain
+    /// it, minus groups whose `except` contains it; always `any`.
+    #[inline]
+    pub fn groups_of(&self, ip: IpAddr) -> GroupBits {
+        self.groups_with_identity(ip, self.labels.identity_of(ip))
+    }
+
+    /// As [`Snapshot::groups_of`], with the identity already looked up.
+    #[inline]
+    pub fn groups_with_identity(&self, ip: IpAddr, identity: Option<IdentityId>) -> GroupBits {
+        let words = self.policy.group_words;
+        let mut bits = [0u64; GROUP_WORDS];
+        if let Some(id) = identity {
+            let start = id.0 as usize * words;
+            bits[..words].copy_from_slice(&self.membership[start..start + words]);
+        }
+        if !self.policy.cidrs.is_empty() {
+            let mut exclude = [0u64; GROUP_WORDS];
+            self.policy.cidrs.for_each_match(ip, |cidr| {
+                for w in 0..words {
+                    bits[w] |= cidr.include[w];
+                    exclude[w] |= cidr.exclude[w];
+                }
+            });
+            for w in 0..words {
+                bits[w] &= !exclude[w];
+            }
+        }
+        bits[ANY_GROUP / 64] |= 1 << (ANY_GROUP % 64);
+        bits
+    }
+
+    /// First matching rule for a flow from `src` to `dst` (destination `port`, `None` for
+    /// protocols without ports), else the default action.
+    #[inline]
+    pub fn decide(&self, src: IpAddr, dst: IpAddr, protocol: u8, port: Option<u16>) -> Decision {
+        let src_groups = self.groups_of(src);
+        let dst_groups = self.groups_of(dst);
+        self.decide_groups(&src_groups, &dst_groups, protocol, port)
+    }
+
+    #[inline]
+    pub fn decide_groups(
+        &self,
+        src: &GroupBits,
+        dst: &GroupBits,
+        protocol: u8,
+        port: Option<u16>,
+    ) -> Decision {
+        let policy = &self.policy;
+        match policy.first_match(src, dst, protocol, port) {
+            Some(r) => {
+                let rule = &policy.rules[r];
+                Decision { action: rule.action, rule: Some(r), log: rule.log }
+            }
+            None => Decision { action: policy.default_action, rule: None, log: policy.default_log },
+        }
+    }
+
+    /// Names of the groups in a bitset, for `explain`.
+    pub fn group_names(&self, bits: &GroupBits) -> Vec<&str> {
+        let policy = &self.policy;
+        (0..policy.groups.len())
+            .filter(|&g| bits[g / 64] & (1 << (g % 64)) != 0)
+            .map(|g| policy.groups[g].name.as_str())
+            .collect()
+    }
+
+    /// The rule name, or `default` for the default action.
+    pub fn rule_name(&self, rule: Option<usize>) -> &str {
+        rule.map_or("default", |r| self.policy.rules[r].name.as_str())
+    }
+}
+
+/// Where the current snapshot is published.
+pub type SnapshotCell = ArcSwap<Snapshot>;

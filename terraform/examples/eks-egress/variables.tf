@@ -1,0 +1,83 @@
+variable "region" {
+  description = "AWS region to deploy the scenario in."
+  type        = string
+  default     = "eu-west-1"
+}
+
+variable "name" {
+  description = "Name prefix of everything this example creates (also the EKS cluster's name)."
+  type        = string
+  default     = "labelwall-demo"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,22}[a-z0-9]$", var.name))
+    error_message = "name must be 2-24 characters of lowercase letters, digits and '-'."
+  }
+}
+
+variable "zone_count" {
+  description = "Number of availability zones to spread the EKS VPC and the appliances over (2 or 3)."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.zone_count >= 2 && var.zone_count <= 3
+    error_message = "zone_count must be 2 or 3."
+  }
+}
+
+variable "kubernetes_version" {
+  description = "Kubernetes version of the EKS cluster."
+  type        = string
+  default     = "1.31"
+}
+
+variable "operator_cidrs" {
+  description = "Public CIDRs of the operators' workstations or CI, allowed to the EKS API endpoint (kubectl). The appliances' NAT addresses are added automatically."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.operator_cidrs) > 0 && alltrue([for c in var.operator_cidrs : can(cidrhost(c, 0)) && c != "0.0.0.0/0"])
+    error_message = "operator_cidrs must list at least one CIDR and must not be 0.0.0.0/0."
+  }
+}
+
+variable "release_tarball_path" {
+  description = "Local path of the release tarball made by appliance/build-release.sh (dist/labelwall-VERSION-ARCH-linux.tar.gz). It is uploaded to the config bucket and installed by the appliances; its architecture must match appliance_instance_type."
+  type        = string
+
+  validation {
+    condition     = endswith(var.release_tarball_path, ".tar.gz") && fileexists(var.release_tarball_path)
+    error_message = "release_tarball_path must name an existing .tar.gz made by appliance/build-release.sh."
+  }
+}
+
+variable "appliance_instance_type" {
+  description = "Instance type of the labelwall appliances (x86_64 unless you also switch the AMI parameter and build an aarch64 release)."
+  type        = string
+  default     = "c6in.large"
+}
+
+variable "node_instance_type" {
+  description = "Instance type of the EKS managed node group."
+  type        = string
+  default     = "t3.large"
+}
+
+variable "scrape_cidrs" {
+  description = "CIDRs allowed to scrape the appliances' /metrics (e.g. your Prometheus); the GWLB subnets are always allowed for health checks."
+  type        = list(string)
+  default     = []
+}
+
+variable "create_test_database" {
+  description = "Create the scenario's rating-database: a small MariaDB instance at 10.0.200.10 (the address appliance/examples/inventory.yaml names). Set false to bring your own database into the database subnets."
+  type        = bool
+  default     = true
+}
+
+variable "tags" {
+  description = "Tags added to every resource."
+  type        = map(string)
+  default     = { project = "labelwall", scenario = "eks-egress" }
+}
