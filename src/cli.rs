@@ -71,6 +71,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The bookinfo scenario end to end on loopback: an appliance with the embedded inventory
+    /// and policy, and a simulated GWLB playing real GENEVE flows through it.
+    Demo {
+        /// Write the embedded inventory.yaml and policy.yaml to DIR instead.
+        #[arg(long, value_name = "DIR")]
+        write_config: Option<PathBuf>,
+    },
     /// Generate GWLB GENEVE traffic against an appliance and measure what comes back.
     Loadgen(crate::loadgen::LoadgenArgs),
 }
@@ -104,6 +111,13 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             explain_command(&config, &question, json)
         }
         Command::Loadgen(args) => crate::loadgen::run(&args),
+        Command::Demo { write_config: Some(dir) } => {
+            for path in crate::demo::write_config(&dir)? {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Demo { write_config: None } => crate::demo::run(),
     }
 }
 

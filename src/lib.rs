@@ -8,6 +8,7 @@ pub mod config;
 pub mod conntrack;
 pub mod control;
 pub mod dataplane;
+pub mod demo;
 pub mod diagnostics;
 pub mod explain;
 pub mod flowlog;

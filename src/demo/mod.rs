@@ -1,0 +1,451 @@
+//! `labelwall demo`: the bookinfo scenario end to end on loopback. An appliance (the real
+//! control plane and data plane, one worker) runs on 127.0.0.1 with the embedded inventory and
+//! policy; a simulated GWLB on 127.0.0.2 plays each flow as real GWLB GENEVE, handshake
+//! packets both ways, from its own source port with its own flow cookie, and records what
+//! comes back. Prints a table and the key counters; fails unless every flow got the verdict
+//! it should.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use etherparse::PacketBuilder;
+
+use crate::config::Config;
+use crate::control::ControlPlane;
+use crate::dataplane::{ControlLinks, Dataplane, DataplaneSettings};
+use crate::explain::{FlowQuestion, explain};
+use crate::packet::{Transport, ip_proto, tcp_flags};
+use crate::pipeline::{FlowSettings, Mode, decode};
+use crate::policy::Action;
+use crate::wire::{GWLB_HEADER_LEN, GwlbOptions, emit_gwlb_header};
+
+/// The embedded label source.
+pub const INVENTORY: &str = include_str!("inventory.yaml");
+/// The embedded policy.
+pub const POLICY: &str = include_str!("policy.yaml");
+
+const APPLIANCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+const GWLB: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const REPLY_WAIT: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Tcp,
+    Udp,
+}
+
+/// One flow of the scenario.
+struct DemoFlow {
+    label: &'static str,
+    client: &'static str,
+    server: &'static str,
+    kind: Kind,
+    port: u16,
+    expected: Action,
+    /// Play from the server's side first: a flow picked up mid-stream (no SYN seen).
+    mid_flow: bool,
+}
+
+const FLOWS: &[DemoFlow] = &[
+    DemoFlow {
+        label: "ratings -> rating-database",
+        client: "10.0.1.15",
+        server: "10.20.0.5",
+        kind: Kind::Tcp,
+        port: 3306,
+        expected: Action::Allow,
+        mid_flow: false,
+    },
+    DemoFlow {
+        label: "ratings (2nd pod) -> rating-database",
+        client: "10.0.1.16",
+        server: "10.20.0.5",
+        kind: Kind::Tcp,
+        port: 3306,
+        expected: Action::Allow,
+        mid_flow: false,
+    },
+    DemoFlow {
+        label: "other -> rating-database",
+        client: "10.0.1.20",
+        server: "10.20.0.5",
+        kind: Kind::Tcp,
+        port: 3306,
+        expected: Action::Reject,
+        mid_flow: false,
+    },
+    DemoFlow {
+        label: "other -> rating-database (udp)",
+        client: "10.0.1.20",
+        server: "10.20.0.5",
+        kind: Kind::Udp,
+        port: 3306,
+        expected: Action::Reject,
+        mid_flow: false,
+    },
+    DemoFlow {
+        label: "details -> rating-database",
+        client: "10.0.1.11",
+        server: "10.20.0.5",
+        kind: Kind::Tcp,
+        port: 3306,
+        expected: Action::Reject,
+        mid_flow: false,
+    },
+    DemoFlow {
+        label: "ratings -> rating-database ssh",
+        client: "10.0.1.15",
+        server: "10.20.0.5",
+        kind: Kind::Tcp,
+        port: 22,
+        expected: Action::Reject,
+        mid_flow: false,
+    },
+    DemoFlow {
+        label: "productpage -> details",
+        client: "10.0.1.10",
+        server: "10.0.1.11",
+        kind: Kind::Tcp,
+        port: 9080,
+        expected: Action::Allow,
+        mid_flow: false,
+    },
+    DemoFlow {
+        label: "reviews-v2 -> ratings",
+        client: "10.0.1.13",
+        server: "10.0.1.15",
+        kind: Kind::Tcp,
+        port: 9080,
+        expected: Action::Audit,
+        mid_flow: false,
+    },
+    DemoFlow {
+        label: "productpage -> internet",
+        client: "10.0.1.10",
+        server: "203.0.113.10",
+        kind: Kind::Tcp,
+        port: 443,
+        expected: Action::Allow,
+        mid_flow: false,
+    },
+    DemoFlow {
+        label: "productpage -> internet (IPv6)",
+        client: "fd00:1::10",
+        server: "2001:db8::10",
+        kind: Kind::Tcp,
+        port: 443,
+        expected: Action::Allow,
+        mid_flow: false,
+    },
+    DemoFlow {
+        label: "other -> internet",
+        client: "10.0.1.20",
+        server: "203.0.113.10",
+        kind: Kind::Tcp,
+        port: 443,
+        expected: Action::Deny,
+        mid_flow: false,
+    },
+    DemoFlow {
+        label: "ratings -> rating-database (mid-flow)",
+        client: "10.0.1.15",
+        server: "10.20.0.5",
+        kind: Kind::Tcp,
+        port: 3306,
+        expected: Action::Allow,
+        mid_flow: true,
+    },
+];
+
+/// What GWLB got back for one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    Same,
+    Rejected,
+    Nothing,
+    Other,
+}
+
+struct FlowResult {
+    verdict: &'static str,
+    rule: String,
+    src: String,
+    dst: String,
+    sent: usize,
+    back: usize,
+    rejects: usize,
+    ok: bool,
+}
+
+/// Runs the demo; `Err` when a flow got another verdict than expected.
+pub fn run() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("labelwall-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let result = run_in(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::write(dir.join("inventory.yaml"), INVENTORY)?;
+    std::fs::write(dir.join("policy.yaml"), POLICY)?;
+    let reply =
+        UdpSocket::bind((GWLB, 0)).context("cannot bind the simulated GWLB on 127.0.0.2")?;
+    reply.set_read_timeout(Some(REPLY_WAIT))?;
+    let listen_port = UdpSocket::bind((APPLIANCE, 0))?.local_addr()?.port();
+    let config_path = dir.join("labelwall.yaml");
+    let config_text = format!(
+        "dataplane:\n  listen: {APPLIANCE}:{listen_port}\n  workers: 1\n  reply_port: {}\n\
+         policy: policy.yaml\nlabels:\n  inventory: [inventory.yaml]\n",
+        reply.local_addr()?.port()
+    );
+    let config = Config::parse(&config_path, &config_text)?;
+    let control = ControlPlane::start(&config, 1, None)?;
+    let state = control.state();
+    let settings = DataplaneSettings {
+        listen: config.dataplane.listen,
+        workers: 1,
+        reply_port: config.dataplane.reply_port,
+        mode: Mode::Inspect,
+        receive_buffer: config.dataplane.receive_buffer,
+        send_buffer: config.dataplane.send_buffer,
+        flows: FlowSettings::default(),
+    };
+    let links = ControlLinks { snapshots: Some(Arc::clone(&state.snapshots)), flow_log: None };
+    let dataplane = Dataplane::start(&settings, &links)?;
+    while !dataplane.status().iter().all(|w| w.is_running()) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let target = SocketAddr::from((APPLIANCE, listen_port));
+
+    println!("labelwall demo: bookinfo on loopback (appliance {target}, simulated GWLB {GWLB})\n");
+    let mut results = Vec::with_capacity(FLOWS.len());
+    for (i, flow) in FLOWS.iter().enumerate() {
+        results.push(play(flow, 0x5eed_0000 + i as u32, target, &reply, &state.snapshot())?);
+    }
+    let totals = dataplane.shutdown();
+    let snapshot = state.snapshot();
+
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "{:<44} {:<44} {:<40} {:<8} {:<25} {:>10}  {}",
+        "FLOW", "SOURCE", "DESTINATION", "VERDICT", "RULE", "BACK", "RESULT"
+    );
+    for (flow, r) in FLOWS.iter().zip(&results) {
+        let proto = if flow.kind == Kind::Tcp { "tcp" } else { "udp" };
+        let back = if r.rejects > 0 {
+            let what = if flow.kind == Kind::Tcp { "rst" } else { "icmp" };
+            format!("{}/{} {what}", r.rejects, r.sent)
+        } else {
+            format!("{}/{}", r.back, r.sent)
+        };
+        let _ = writeln!(
+            table,
+            "{:<44} {:<44} {:<40} {:<8} {:<25} {:>10}  {}",
+            format!("{} {proto}/{}", flow.label, flow.port),
+            r.src,
+            r.dst,
+            r.verdict,
+            r.rule,
+            back,
+            if r.ok { "ok".to_string() } else { format!("EXPECTED {}", flow.expected.as_str()) }
+        );
+    }
+    print!("{table}");
+    println!("\ncounters:");
+    for action in Action::ALL {
+        println!(
+            "  labelwall_packets_total{{verdict=\"{}\"}} {}",
+            action.as_str(),
+            totals.verdict_packets(action)
+        );
+    }
+    println!("  labelwall_drops_total {}", totals.total_drops());
+    println!("  labelwall_flows_created_total {}", totals.flows_created());
+    for (i, rule) in snapshot.policy.rules.iter().enumerate() {
+        println!(
+            "  labelwall_rule_hits_total{{rule=\"{}\"}} {}",
+            rule.name,
+            snapshot.rule_hits.total(Some(i))
+        );
+    }
+    println!("  labelwall_rule_hits_total{{rule=\"default\"}} {}", snapshot.rule_hits.total(None));
+    let failed = results.iter().filter(|r| !r.ok).count();
+    if failed > 0 {
+        bail!("{failed} of {} flows did not get the expected verdict", results.len());
+    }
+    println!("\nall {} flows got the expected verdict", results.len());
+    Ok(())
+}
+
+/// Plays one flow: client first packet, then (if it came back) the server's answer and the
+/// client's ACK; stops as soon as a packet is not sent back, as a real peer would never see it.
+fn play(
+    flow: &DemoFlow,
+    cookie: u32,
+    target: SocketAddr,
+    reply: &UdpSocket,
+    snapshot: &crate::snapshot::Snapshot,
+) -> anyhow::Result<FlowResult> {
+    let client: IpAddr = flow.client.parse()?;
+    let server: IpAddr = flow.server.parse()?;
+    let client_port = 40_000 + (cookie & 0xfff) as u16;
+    let sender = UdpSocket::bind((GWLB, 0))?;
+    let mut packets: Vec<Vec<u8>> = match (flow.kind, flow.mid_flow) {
+        (Kind::Tcp, false) => vec![
+            tcp(client, server, client_port, flow.port, 1000, 0, tcp_flags::SYN),
+            tcp(
+                server,
+                client,
+                flow.port,
+                client_port,
+                5000,
+                1001,
+                tcp_flags::SYN | tcp_flags::ACK,
+            ),
+            tcp(client, server, client_port, flow.port, 1001, 5001, tcp_flags::ACK),
+        ],
+        (Kind::Tcp, true) => vec![
+            tcp(
+                server,
+                client,
+                flow.port,
+                client_port,
+                5000,
+                1001,
+                tcp_flags::PSH | tcp_flags::ACK,
+            ),
+            tcp(client, server, client_port, flow.port, 1001, 5010, tcp_flags::ACK),
+        ],
+        (Kind::Udp, _) => vec![
+            udp(client, server, client_port, flow.port),
+            udp(server, client, flow.port, client_port),
+        ],
+    };
+    let question = FlowQuestion {
+        src: client,
+        dst: server,
+        protocol: if flow.kind == Kind::Tcp { ip_proto::TCP } else { ip_proto::UDP },
+        sport: client_port,
+        dport: flow.port,
+    };
+    let answer = explain(snapshot, &question);
+    let (mut sent, mut back, mut rejects, mut other) = (0, 0, 0, 0);
+    for inner in packets.drain(..) {
+        let datagram = gwlb_datagram(cookie, &inner);
+        sender.send_to(&datagram, target)?;
+        sent += 1;
+        match receive(reply, &datagram) {
+            Reply::Same => back += 1,
+            Reply::Rejected => {
+                rejects += 1;
+                break;
+            }
+            Reply::Nothing => break,
+            Reply::Other => {
+                other += 1;
+                break;
+            }
+        }
+    }
+    let wire_ok = match flow.expected {
+        Action::Allow | Action::Audit => back == sent && rejects == 0,
+        Action::Reject => rejects == 1 && back == 0,
+        Action::Deny => back == 0 && rejects == 0,
+    };
+    let ok = wire_ok && other == 0 && answer.verdict == flow.expected.as_str();
+    let who = |e: &crate::explain::EndpointReport| match &e.identity {
+        Some(i) if i.namespace.is_empty() => format!("{} {}", i.kind, i.name),
+        Some(i) => format!("{} {}/{}", i.kind, i.namespace, i.name),
+        None => format!("{} (unknown)", e.ip),
+    };
+    Ok(FlowResult {
+        verdict: answer.verdict,
+        rule: answer.rule.clone(),
+        src: who(&answer.src),
+        dst: who(&answer.dst),
+        sent,
+        back,
+        rejects,
+        ok,
+    })
+}
+
+fn receive(reply: &UdpSocket, sent: &[u8]) -> Reply {
+    let mut buf = [0u8; 2048];
+    let Ok((len, _)) = reply.recv_from(&mut buf) else { return Reply::Nothing };
+    let got = &buf[..len];
+    if got == sent {
+        return Reply::Same;
+    }
+    let Ok(packet) = decode(got) else { return Reply::Other };
+    match packet.inner.transport {
+        Transport::Tcp { flags, .. } if flags & tcp_flags::RST != 0 => Reply::Rejected,
+        Transport::Icmp { icmp_type: 3, code: 13, .. }
+        | Transport::Icmp { icmp_type: 1, code: 1, .. } => Reply::Rejected,
+        _ => Reply::Other,
+    }
+}
+
+fn gwlb_datagram(cookie: u32, inner: &[u8]) -> Vec<u8> {
+    let protocol = if inner[0] >> 4 == 6 { 0x86dd } else { 0x0800 };
+    let mut header = [0u8; GWLB_HEADER_LEN];
+    let gwlb = GwlbOptions {
+        endpoint_id: Some(0x0d3e_0000_0000_0001),
+        attachment_id: Some(0x0a77_0000_0000_0001),
+        flow_cookie: cookie,
+    };
+    emit_gwlb_header(&mut header, protocol, &gwlb);
+    [&header[..], inner].concat()
+}
+
+fn ip_step(src: IpAddr, dst: IpAddr) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
+        _ => unreachable!("demo flows never mix families"),
+    }
+}
+
+fn tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, seq: u32, ack: u32, flags: u8) -> Vec<u8> {
+    let mut step = ip_step(src, dst).tcp(sport, dport, seq, 64_240);
+    if flags & tcp_flags::SYN != 0 {
+        step = step.syn();
+    }
+    if flags & tcp_flags::ACK != 0 {
+        step = step.ack(ack);
+    }
+    if flags & tcp_flags::PSH != 0 {
+        step = step.psh();
+    }
+    let payload: &[u8] = if flags & tcp_flags::PSH != 0 { b"SELECT 1" } else { b"" };
+    let mut out = Vec::with_capacity(step.size(payload.len()));
+    step.write(&mut out, payload).expect("writing to a Vec");
+    out
+}
+
+fn udp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
+    let step = ip_step(src, dst).udp(sport, dport);
+    let payload = b"labelwall demo";
+    let mut out = Vec::with_capacity(step.size(payload.len()));
+    step.write(&mut out, payload).expect("writing to a Vec");
+    out
+}
+
+/// Where the embedded files would go with `--write-config`.
+pub fn write_config(dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let files = [("inventory.yaml", INVENTORY), ("policy.yaml", POLICY)];
+    let mut written = Vec::new();
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text)?;
+        written.push(path);
+    }
+    Ok(written)
+}
