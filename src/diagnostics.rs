@@ -93,9 +93,10 @@ impl From<Diagnostic> for Diagnostics {
 }
 
 /// Reads a file for one of the loaders, as a diagnostic on failure.
-pub fn read_file(path: &Path) -> Result<String, Diagnostic> {
-    std::fs::read_to_string(path)
-        .map_err(|error| Diagnostic::file(path, format!("cannot read the file: {error}")))
+pub fn read_file(path: &Path) -> Result<String, Diagnostics> {
+    std::fs::read_to_string(path).map_err(|error| {
+        Diagnostics::from(Diagnostic::file(path, format!("cannot read the file: {error}")))
+    })
 }
 
 #[cfg(test)]

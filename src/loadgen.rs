@@ -430,7 +430,10 @@ fn build_flows(args: &LoadgenArgs, layout: &Layout) -> Vec<Flow> {
                 (IpAddr::V4(s), IpAddr::V4(d)) => {
                     etherparse::PacketBuilder::ipv4(s.octets(), d.octets(), 64)
                 }
-                (s, d) => etherparse::PacketBuilder::ipv6(v6_octets(s), v6_octets(d), 64),
+                (IpAddr::V6(s), IpAddr::V6(d)) => {
+                    etherparse::PacketBuilder::ipv6(s.octets(), d.octets(), 64)
+                }
+                _ => unreachable!("Layout::new checks that --src and --dst are of one family"),
             };
             let sport = INNER_PORT_BASE + i as u16;
             inner.clear();
@@ -470,13 +473,6 @@ fn build_flows(args: &LoadgenArgs, layout: &Layout) -> Vec<Flow> {
 /// Flow `i`'s cookie: distinct per flow, spread out like GWLB's.
 fn flow_cookie(flow: u32) -> u32 {
     FLOW_COOKIE_BASE ^ flow.wrapping_mul(0x9e37_79b9)
-}
-
-fn v6_octets(addr: IpAddr) -> [u8; 16] {
-    match addr {
-        IpAddr::V6(v6) => v6.octets(),
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-    }
 }
 
 /// Folds the stamp into a flow's checksum sum (RFC 1624: the template's stamp words are 0).
@@ -528,12 +524,12 @@ fn send_loop(
         }
         let mut due = (SEND_BATCH as u64).min(limit - next);
         if let Some(rate) = rate {
-            let allowed = (elapsed.as_nanos() * u128::from(rate) / 1_000_000_000) as u64;
-            due = due.min(allowed.saturating_sub(next));
+            // Packet n is due at n / rate; sleep until the next one is rather than spin.
+            let ready = (elapsed.as_nanos() * u128::from(rate) / 1_000_000_000) as u64 + 1;
+            due = due.min(ready.saturating_sub(next));
             if due == 0 {
-                let next_due = Duration::from_nanos(
-                    (u128::from(next + 1) * 1_000_000_000 / u128::from(rate)) as u64,
-                );
+                let next_due = u128::from(next) * 1_000_000_000 / u128::from(rate);
+                let next_due = Duration::from_nanos(next_due.min(u128::from(u64::MAX)) as u64);
                 std::thread::sleep(next_due.min(duration).saturating_sub(elapsed));
                 continue;
             }
@@ -627,12 +623,12 @@ fn receive_loop(
         };
         let count = match result {
             Ok(count) => count,
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                // A failing poll only makes the loop look at the stop flag sooner.
+            Err(_) => {
+                // Nothing to read (or a transient error): wait, then look at the stop flag.
+                // A failing poll only makes the loop look at it sooner.
                 let _ = wait_readable(socket.as_raw_fd(), IDLE_WAIT);
                 continue;
             }
-            Err(_) => continue,
         };
         let now_ns = start.elapsed().as_nanos() as u64;
         for (slot, meta) in metas[..count].iter().enumerate() {

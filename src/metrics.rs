@@ -37,8 +37,6 @@ pub fn render(registry: &Registry) -> String {
     text
 }
 
-const NO_LABELS: [(&str, &str); 0] = [];
-
 #[derive(Debug)]
 struct DataplaneCollector {
     workers: Arc<[Arc<WorkerStatus>]>,
@@ -71,6 +69,21 @@ fn gauge<L: prometheus_client::encoding::EncodeLabelSet>(
     Ok(())
 }
 
+fn single_counter(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> fmt::Result {
+    let metric = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value).encode(metric)
+}
+
+fn single_gauge(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64) -> fmt::Result {
+    let metric = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(metric)
+}
+
 impl Collector for DataplaneCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         let per_worker: Vec<_> = self.workers.iter().map(|w| w.counters()).collect();
@@ -89,23 +102,23 @@ impl Collector for DataplaneCollector {
             "GENEVE datagram bytes judged, by verdict.",
             Action::ALL.map(|v| ([("verdict", v.as_str())], total.verdict_bytes(v))),
         )?;
-        counter(
+        single_counter(
             e,
             "labelwall_flows_created",
             "Flows the workers started tracking.",
-            [(NO_LABELS, total.flows_created())],
+            total.flows_created(),
         )?;
-        counter(
+        single_counter(
             e,
             "labelwall_flow_evictions",
             "Flows evicted because a worker's flow table was full (judged again on their next packet).",
-            [(NO_LABELS, total.flows_evicted())],
+            total.flows_evicted(),
         )?;
-        gauge(
+        single_gauge(
             e,
             "labelwall_flows_active",
             "Flows tracked now, over all workers.",
-            [(NO_LABELS, total.flows_active() as i64)],
+            total.flows_active() as i64,
         )?;
         counter(
             e,
@@ -172,13 +185,12 @@ impl Collector for DataplaneCollector {
             "Always 1; the labels tell the version.",
             [([("version", env!("CARGO_PKG_VERSION"))], 1)],
         )?;
-        let uptime = e.encode_descriptor(
+        single_gauge(
+            e,
             "labelwall_uptime_seconds",
             "Seconds since the appliance started.",
-            None,
-            MetricType::Gauge,
+            self.started.elapsed().as_secs() as i64,
         )?;
-        ConstGauge::new(self.started.elapsed().as_secs() as i64).encode(uptime)?;
         Ok(())
     }
 }
@@ -193,11 +205,11 @@ impl Collector for ControlCollector {
         let control = &self.control;
         let snapshot = control.snapshot();
         let e = &mut encoder;
-        gauge(
+        single_gauge(
             e,
             "labelwall_policy_generation",
             "Generation of the published snapshot (policy and labels); grows with every change.",
-            [(NO_LABELS, snapshot.generation as i64)],
+            snapshot.generation as i64,
         )?;
         counter(
             e,
@@ -208,23 +220,23 @@ impl Collector for ControlCollector {
                 ([("result", "error")], control.reloads_error.load(Ordering::Relaxed)),
             ],
         )?;
-        gauge(
+        single_gauge(
             e,
             "labelwall_identities",
             "Distinct identities (cluster, namespace, kind, labels) in the label table.",
-            [(NO_LABELS, snapshot.labels.identities().len() as i64)],
+            snapshot.labels.identities().len() as i64,
         )?;
-        gauge(
+        single_gauge(
             e,
             "labelwall_endpoints",
             "Addresses and networks in the label table.",
-            [(NO_LABELS, snapshot.labels.endpoints().len() as i64)],
+            snapshot.labels.endpoints().len() as i64,
         )?;
-        gauge(
+        single_gauge(
             e,
             "labelwall_label_conflicts",
             "Label records ignored because an earlier source claimed the same address.",
-            [(NO_LABELS, snapshot.labels.conflicts() as i64)],
+            snapshot.labels.conflicts() as i64,
         )?;
         let sources = control.sources.lock().unwrap_or_else(|e| e.into_inner()).clone();
         gauge(

@@ -242,8 +242,12 @@ impl Pipeline {
         let mut ended = |flow: Flow, end: FlowEnd| log_end(log, &current, flow, end);
 
         if let Some(flow) = flows.lookup(&key, now, &mut ended) {
-            let reused = pure_syn && flow.tcp == TcpState::Closed;
-            if !reused {
+            // Judged afresh instead: a SYN reusing a finished 5-tuple (GWLB gives it a new
+            // cookie), and any packet from the responder side of a flow that was refused,
+            // which must not poison the 5-tuple for the legitimate direction.
+            let fresh = (pure_syn && flow.tcp == TcpState::Closed)
+                || (!flow.decision.action.passes() && sender != flow.initiator);
+            if !fresh {
                 if flow.generation != snapshot.generation {
                     // Policy or labels changed: judge the flow again, as its initiator started it.
                     let (from, _) = key.endpoint(flow.initiator);

@@ -233,8 +233,8 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "{:<44} {:<44} {:<40} {:<8} {:<25} {:>10}  {}",
-        "FLOW", "SOURCE", "DESTINATION", "VERDICT", "RULE", "BACK", "RESULT"
+        "{:<44} {:<44} {:<40} {:<8} {:<25} {:>10}  RESULT",
+        "FLOW", "SOURCE", "DESTINATION", "VERDICT", "RULE", "BACK"
     );
     for (flow, r) in FLOWS.iter().zip(&results) {
         let proto = if flow.kind == Kind::Tcp { "tcp" } else { "udp" };
