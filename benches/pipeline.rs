@@ -1,1 +1,170 @@
-fn main() {}
+//! Per-packet costs: parsing, the send-back header, identity lookup, verdicts and the whole
+//! pipeline, at the scale issue 3 asks for: 100k identities, 1,000 rules, 1M flows.
+//!
+//! Run: `cargo bench --bench pipeline` (figures and method in docs/performance.md).
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use etherparse::PacketBuilder;
+use labelwall::conntrack::Timeouts;
+use labelwall::labels::{EndpointKind, EndpointRecord, LabelTable, Labels, SourceRecords};
+use labelwall::packet::ip_proto;
+use labelwall::pipeline::{FlowSettings, Mode, Pipeline, decode};
+use labelwall::policy::CompiledPolicy;
+use labelwall::reject::MAX_REJECT_LEN;
+use labelwall::snapshot::{RuleHits, Snapshot, SnapshotCell};
+use labelwall::wire::outer::{self, OUTER_HEADER_LEN, OuterAddressing};
+use labelwall::wire::{GWLB_HEADER_LEN, GwlbOptions, emit_gwlb_header};
+
+const IDENTITIES: u32 = 100_000;
+const SERVICES: u32 = 1_000;
+const FLOWS: u32 = 1_000_000;
+
+/// Pod `i` of the benchmark world: 10.(i/65536).(i/256).(i%256)+ offset, service i % 1000.
+fn pod_ip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(0x0a00_0000 + i)
+}
+
+fn tcp_packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, size: usize, syn: bool) -> Vec<u8> {
+    let mut step = PacketBuilder::ipv4(src.octets(), dst.octets(), 64).tcp(sport, dport, 1, 65535);
+    step = if syn { step.syn() } else { step.ack(1) };
+    let payload = vec![0u8; size.saturating_sub(40)];
+    let mut inner = Vec::new();
+    step.write(&mut inner, &payload).unwrap();
+    let mut header = [0u8; GWLB_HEADER_LEN];
+    let gwlb = GwlbOptions { endpoint_id: Some(1), attachment_id: Some(2), flow_cookie: 3 };
+    emit_gwlb_header(&mut header, 0x0800, &gwlb);
+    [&header[..], &inner].concat()
+}
+
+/// 100k pods with unique label sets (so 100k identities), 1,000 services; a policy with a
+/// group per service and 1,000 rules, rule k: svc-k -> svc-(k+1) on tcp/8080.
+fn world() -> Arc<Snapshot> {
+    let endpoints = (0..IDENTITIES)
+        .map(|i| EndpointRecord {
+            net: IpAddr::V4(pod_ip(i)).into(),
+            cluster: "bench".into(),
+            namespace: format!("ns-{}", i % 50),
+            name: format!("pod-{i}"),
+            kind: EndpointKind::Pod,
+            labels: Labels::from([
+                ("app".to_string(), format!("svc-{}", i % SERVICES)),
+                ("pod".to_string(), format!("p{i}")),
+            ]),
+        })
+        .collect();
+    let source = Arc::new(SourceRecords { source: "bench".into(), endpoints, namespaces: vec![] });
+    let labels = Arc::new(LabelTable::build(&[source]));
+    assert_eq!(labels.identities().len(), IDENTITIES as usize);
+    let mut policy = String::from("default_action: deny\ngroups:\n");
+    for k in 0..SERVICES {
+        policy.push_str(&format!("  svc-{k}: {{pods: {{selector: \"app=svc-{k}\"}}}}\n"));
+    }
+    policy.push_str("rules:\n");
+    for k in 0..SERVICES {
+        policy.push_str(&format!(
+            "  - {{name: r{k}, from: [svc-{k}], to: [svc-{}], ports: [tcp/8080], action: allow}}\n",
+            (k + 1) % SERVICES
+        ));
+    }
+    let policy = CompiledPolicy::parse(Path::new("bench.yaml"), &policy).unwrap();
+    assert_eq!(policy.rules.len(), SERVICES as usize);
+    let hits = Arc::new(RuleHits::new(1, policy.rules.len()));
+    Arc::new(Snapshot::new(1, labels, Arc::new(policy), hits))
+}
+
+fn parse_and_prepare(c: &mut Criterion) {
+    let mut group = c.benchmark_group("parse");
+    for size in [128usize, 1500, 8500] {
+        let datagram = tcp_packet(pod_ip(1), pod_ip(2), 40000, 8080, size, false);
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(format!("decode_ipv4_tcp_{size}B"), |b| {
+            b.iter(|| decode(black_box(&datagram)).unwrap())
+        });
+    }
+    group.finish();
+    let addressing = OuterAddressing {
+        src: Ipv4Addr::new(10, 0, 0, 1),
+        dst: Ipv4Addr::new(10, 0, 0, 2),
+        src_port: 50000,
+        dst_port: 6081,
+    };
+    c.bench_function("sendback/outer_header", |b| {
+        let mut header = [0u8; OUTER_HEADER_LEN];
+        b.iter(|| outer::emit(&mut header, black_box(&addressing), black_box(1540)))
+    });
+}
+
+fn lookups_and_verdicts(c: &mut Criterion) {
+    let snapshot = world();
+    let mut group = c.benchmark_group("policy_100k_identities_1000_rules");
+    let known = IpAddr::V4(pod_ip(54_321));
+    let unknown = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    group.bench_function("identity_lookup_hit", |b| {
+        b.iter(|| snapshot.labels.identity_of(black_box(known)))
+    });
+    group.bench_function("identity_lookup_miss", |b| {
+        b.iter(|| snapshot.labels.identity_of(black_box(unknown)))
+    });
+    // svc-500 -> svc-501: rule 500 of 1,000 decides.
+    let (src, dst) = (IpAddr::V4(pod_ip(500)), IpAddr::V4(pod_ip(501)));
+    group.bench_function("verdict_rule_500", |b| {
+        b.iter(|| snapshot.decide(black_box(src), black_box(dst), ip_proto::TCP, Some(8080)))
+    });
+    // svc-500 -> svc-900: no rule matches, the default decides.
+    let far = IpAddr::V4(pod_ip(900));
+    group.bench_function("verdict_default", |b| {
+        b.iter(|| snapshot.decide(black_box(src), black_box(far), ip_proto::TCP, Some(8080)))
+    });
+    group.finish();
+}
+
+fn whole_pipeline(c: &mut Criterion) {
+    let snapshot = world();
+    let cell: Arc<SnapshotCell> = Arc::new(arc_swap::ArcSwap::new(snapshot));
+    let settings = FlowSettings { max_flows: FLOWS as usize, timeouts: Timeouts::default() };
+    let mut pipeline = Pipeline::new(Mode::Inspect, 0, Some(Arc::clone(&cell)), settings, None);
+    pipeline.begin_batch(1);
+    let mut inject = vec![0u8; MAX_REJECT_LEN];
+    // 1M flows: pods i -> i+1 (allowed by rule i % 1000), varying source ports.
+    for f in 0..FLOWS {
+        let i = f % IDENTITIES;
+        let packet = tcp_packet(pod_ip(i), pod_ip((i + 1) % IDENTITIES), 1024 + (f / IDENTITIES) as u16, 8080, 128, false);
+        pipeline.process(&packet, &mut inject);
+    }
+    assert_eq!(pipeline.flow_counts().active, FLOWS as u64);
+    let mut group = c.benchmark_group("pipeline_1M_flows");
+    group.throughput(Throughput::Elements(1));
+    let established = tcp_packet(pod_ip(500), pod_ip(501), 1024, 8080, 128, false);
+    group.bench_function("established_flow_128B", |b| {
+        b.iter(|| pipeline.process(black_box(&established), &mut inject))
+    });
+    let established_1500 = tcp_packet(pod_ip(500), pod_ip(501), 1024, 8080, 1500, false);
+    group.bench_function("established_flow_1500B", |b| {
+        b.iter(|| pipeline.process(black_box(&established_1500), &mut inject))
+    });
+    // New flows into the full table (each one evicts one).
+    let mut sport = 20_000u16;
+    group.bench_function("new_flow_full_table", |b| {
+        b.iter_batched(
+            || {
+                sport = sport.wrapping_add(1).max(20_000);
+                tcp_packet(pod_ip(700), pod_ip(701), sport, 8080, 128, true)
+            },
+            |packet| pipeline.process(black_box(&packet), &mut inject),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+    let mut reflect = Pipeline::new(Mode::Reflect, 0, None, FlowSettings::default(), None);
+    c.bench_function("pipeline_reflect_baseline", |b| {
+        b.iter(|| reflect.process(black_box(&established), &mut inject))
+    });
+}
+
+criterion_group!(benches, parse_and_prepare, lookups_and_verdicts, whole_pipeline);
+criterion_main!(benches);
