@@ -29,7 +29,14 @@ fn pod_ip(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(0x0a00_0000 + i)
 }
 
-fn tcp_packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, size: usize, syn: bool) -> Vec<u8> {
+fn tcp_packet(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    size: usize,
+    syn: bool,
+) -> Vec<u8> {
     let mut step = PacketBuilder::ipv4(src.octets(), dst.octets(), 64).tcp(sport, dport, 1, 65535);
     step = if syn { step.syn() } else { step.ack(1) };
     let payload = vec![0u8; size.saturating_sub(40)];
@@ -133,7 +140,14 @@ fn whole_pipeline(c: &mut Criterion) {
     // 1M flows: pods i -> i+1 (allowed by rule i % 1000), varying source ports.
     for f in 0..FLOWS {
         let i = f % IDENTITIES;
-        let packet = tcp_packet(pod_ip(i), pod_ip((i + 1) % IDENTITIES), 1024 + (f / IDENTITIES) as u16, 8080, 128, false);
+        let packet = tcp_packet(
+            pod_ip(i),
+            pod_ip((i + 1) % IDENTITIES),
+            1024 + (f / IDENTITIES) as u16,
+            8080,
+            128,
+            false,
+        );
         pipeline.process(&packet, &mut inject);
     }
     assert_eq!(pipeline.flow_counts().active, FLOWS as u64);

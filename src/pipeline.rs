@@ -384,3 +384,231 @@ fn log_end(
         log.send(FlowRecord { event: FlowEvent::End(end), flow, snapshot: Arc::clone(snapshot) });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels::LabelTable;
+    use crate::policy::CompiledPolicy;
+    use crate::reject::MAX_REJECT_LEN;
+    use crate::snapshot::RuleHits;
+    use crate::wire::{GWLB_HEADER_LEN, emit_gwlb_header};
+    use etherparse::PacketBuilder;
+    use std::path::Path;
+
+    const POLICY: &str = "default_action: deny\ngroups:\n  db: {cidrs: [10.20.0.0/24]}\n\
+        \x20 clients: {cidrs: [10.0.1.0/24]}\nrules:\n\
+        \x20 - {name: to-db, from: [clients], to: [db], ports: [tcp/3306, udp/53], action: allow}\n\
+        \x20 - {name: no-db, from: [any], to: [db], action: reject}\n";
+    const CLIENT: [u8; 4] = [10, 0, 1, 5];
+    const DB: [u8; 4] = [10, 20, 0, 5];
+    const STRANGER: [u8; 4] = [192, 0, 2, 9];
+
+    fn snapshot(generation: u64, policy: &str) -> Arc<Snapshot> {
+        let policy = CompiledPolicy::parse(Path::new("p.yaml"), policy).unwrap();
+        let hits = Arc::new(RuleHits::new(1, policy.rules.len()));
+        Arc::new(Snapshot::new(generation, Arc::new(LabelTable::default()), Arc::new(policy), hits))
+    }
+
+    fn pipeline() -> (Pipeline, Arc<SnapshotCell>) {
+        let cell = Arc::new(arc_swap::ArcSwap::new(snapshot(1, POLICY)));
+        let mut p =
+            Pipeline::new(Mode::Inspect, 0, Some(Arc::clone(&cell)), FlowSettings::default(), None);
+        p.begin_batch(1);
+        (p, cell)
+    }
+
+    fn geneve(inner: Vec<u8>) -> Vec<u8> {
+        let mut header = [0u8; GWLB_HEADER_LEN];
+        let gwlb = GwlbOptions { endpoint_id: Some(1), attachment_id: Some(2), flow_cookie: 77 };
+        emit_gwlb_header(&mut header, PROTOCOL_IPV4, &gwlb);
+        [&header[..], &inner].concat()
+    }
+
+    fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        let mut step = PacketBuilder::ipv4(src, dst, 64).tcp(sport, dport, 10, 1000);
+        if flags & tcp_flags::SYN != 0 {
+            step = step.syn();
+        }
+        if flags & tcp_flags::ACK != 0 {
+            step = step.ack(20);
+        }
+        if flags & tcp_flags::RST != 0 {
+            step = step.rst();
+        }
+        let mut out = Vec::new();
+        step.write(&mut out, &[]).unwrap();
+        geneve(out)
+    }
+
+    fn run(p: &mut Pipeline, datagram: &[u8]) -> Outcome {
+        let mut inject = [0u8; MAX_REJECT_LEN];
+        p.process(datagram, &mut inject)
+    }
+
+    const SYN: u8 = tcp_flags::SYN;
+    const SYN_ACK: u8 = tcp_flags::SYN | tcp_flags::ACK;
+    const ACK: u8 = tcp_flags::ACK;
+
+    #[test]
+    fn return_traffic_of_an_allowed_flow_is_allowed() {
+        let (mut p, _) = pipeline();
+        assert_eq!(
+            run(&mut p, &tcp(CLIENT, DB, 4000, 3306, SYN)),
+            Outcome::SendBack(Action::Allow)
+        );
+        assert_eq!(
+            run(&mut p, &tcp(DB, CLIENT, 3306, 4000, SYN_ACK)),
+            Outcome::SendBack(Action::Allow)
+        );
+        assert_eq!(p.flow_counts(), FlowCounts { active: 1, created: 1, evicted: 0 });
+    }
+
+    #[test]
+    fn a_pure_syn_is_never_taken_for_a_reply() {
+        let (mut p, _) = pipeline();
+        // From db:3306 to a client: only a reply of client -> db:3306 could allow it.
+        assert!(matches!(
+            run(&mut p, &tcp(DB, CLIENT, 3306, 4001, SYN)),
+            Outcome::Withhold(Action::Deny)
+        ));
+        assert_eq!(
+            run(&mut p, &tcp(DB, CLIENT, 3306, 4002, SYN_ACK)),
+            Outcome::SendBack(Action::Allow)
+        );
+        assert_eq!(
+            run(&mut p, &tcp(DB, CLIENT, 3306, 4003, ACK)),
+            Outcome::SendBack(Action::Allow)
+        );
+    }
+
+    #[test]
+    fn rejected_syn_yields_a_reject_that_is_itself_a_valid_gwlb_datagram() {
+        let (mut p, _) = pipeline();
+        let syn = tcp(STRANGER, DB, 5000, 3306, SYN);
+        let mut inject = [0u8; MAX_REJECT_LEN];
+        let Outcome::Reject { len } = p.process(&syn, &mut inject) else {
+            panic!("reject expected")
+        };
+        let reply = decode(&inject[..len]).unwrap();
+        assert_eq!(&inject[..GWLB_HEADER_LEN], &syn[..GWLB_HEADER_LEN]);
+        assert_eq!(reply.inner.src, IpAddr::from(DB));
+        assert_eq!(reply.inner.dst, IpAddr::from(STRANGER));
+        match reply.inner.transport {
+            Transport::Tcp { src_port: 3306, dst_port: 5000, flags, seq: 0, ack: 11, .. } => {
+                assert_eq!(flags, tcp_flags::RST | tcp_flags::ACK)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // A RST is never answered.
+        assert_eq!(
+            run(&mut p, &tcp(STRANGER, DB, 5001, 3306, tcp_flags::RST)),
+            Outcome::Withhold(Action::Reject)
+        );
+    }
+
+    #[test]
+    fn a_new_snapshot_rejudges_established_flows_on_their_next_packet() {
+        let (mut p, cell) = pipeline();
+        assert_eq!(
+            run(&mut p, &tcp(CLIENT, DB, 4000, 3306, SYN)),
+            Outcome::SendBack(Action::Allow)
+        );
+        cell.store(snapshot(2, &POLICY.replace("tcp/3306, ", "")));
+        assert_eq!(
+            run(&mut p, &tcp(CLIENT, DB, 4000, 3306, ACK)),
+            Outcome::SendBack(Action::Allow),
+            "same batch: old snapshot"
+        );
+        p.begin_batch(2);
+        assert!(matches!(run(&mut p, &tcp(DB, CLIENT, 3306, 4000, ACK)), Outcome::Reject { .. }));
+        assert_eq!(p.flow_counts().created, 1, "judged again, not created again");
+    }
+
+    #[test]
+    fn a_syn_on_a_closed_five_tuple_starts_a_new_flow() {
+        let (mut p, _) = pipeline();
+        run(&mut p, &tcp(CLIENT, DB, 4000, 3306, SYN));
+        run(&mut p, &tcp(DB, CLIENT, 3306, 4000, tcp_flags::RST | ACK));
+        run(&mut p, &tcp(CLIENT, DB, 4000, 3306, SYN));
+        assert_eq!(p.flow_counts().created, 2);
+    }
+
+    #[test]
+    fn later_fragments_follow_their_first_fragment() {
+        let (mut p, _) = pipeline();
+        let fragment = |src: [u8; 4], offset: u16, more: bool, data: &[u8]| {
+            let mut h = etherparse::Ipv4Header::new(
+                data.len() as u16,
+                64,
+                etherparse::IpNumber::UDP,
+                src,
+                DB,
+            )
+            .unwrap();
+            h.identification = 99;
+            h.more_fragments = more;
+            h.fragment_offset = etherparse::IpFragOffset::try_new(offset).unwrap();
+            geneve([&h.to_bytes()[..], data].concat())
+        };
+        // UDP to db:53 from a client: allowed; from a stranger: rejected (ICMP).
+        let first = [&[0x0f, 0xa0, 0x00, 0x35, 0x00, 0x30, 0, 0][..], &[1u8; 16]].concat();
+        assert_eq!(
+            run(&mut p, &fragment(CLIENT, 0, true, &first)),
+            Outcome::SendBack(Action::Allow)
+        );
+        assert_eq!(
+            run(&mut p, &fragment(CLIENT, 3, false, &[2u8; 24])),
+            Outcome::SendBack(Action::Allow)
+        );
+        assert!(matches!(
+            run(&mut p, &fragment(STRANGER, 0, true, &first)),
+            Outcome::Reject { .. }
+        ));
+        assert_eq!(
+            run(&mut p, &fragment(STRANGER, 3, false, &[2u8; 24])),
+            Outcome::Withhold(Action::Reject),
+            "no ICMP for a non-first fragment"
+        );
+        // A later fragment whose first was never seen: only port-less rules can match.
+        assert!(matches!(
+            run(&mut p, &fragment([10, 0, 1, 6], 3, false, &[2u8; 24])),
+            Outcome::Withhold(Action::Reject)
+        ));
+    }
+
+    #[test]
+    fn without_a_snapshot_nothing_passes() {
+        let mut p = Pipeline::new(Mode::Inspect, 0, None, FlowSettings::default(), None);
+        p.begin_batch(0);
+        assert_eq!(run(&mut p, &tcp(CLIENT, DB, 1, 3306, SYN)), Outcome::Withhold(Action::Deny));
+    }
+
+    #[test]
+    fn malformed_packets_are_dropped_with_their_reason_before_any_state() {
+        let (mut p, _) = pipeline();
+        let mut bad = tcp(CLIENT, DB, 4000, 3306, SYN);
+        bad[0] |= 0x40; // version 1
+        assert_eq!(run(&mut p, &bad), Outcome::Drop(DropReason::GeneveVersion));
+        assert_eq!(p.flow_counts().created, 0);
+    }
+
+    #[test]
+    fn reflect_mode_sends_back_even_garbage() {
+        let mut p = Pipeline::new(Mode::Reflect, 0, None, FlowSettings::default(), None);
+        assert_eq!(run(&mut p, &[1, 2, 3]), Outcome::SendBack(Action::Allow));
+    }
+
+    #[test]
+    fn rule_hits_count_every_packet_under_its_rule() {
+        let (mut p, cell) = pipeline();
+        run(&mut p, &tcp(CLIENT, DB, 4000, 3306, SYN));
+        run(&mut p, &tcp(DB, CLIENT, 3306, 4000, SYN_ACK));
+        run(&mut p, &tcp(STRANGER, DB, 1, 22, SYN));
+        run(&mut p, &tcp(STRANGER, CLIENT, 1, 22, SYN));
+        let s = cell.load();
+        assert_eq!(s.rule_hits.total(Some(0)), 2);
+        assert_eq!(s.rule_hits.total(Some(1)), 1);
+        assert_eq!(s.rule_hits.total(None), 1);
+    }
+}

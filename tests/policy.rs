@@ -1107,6 +1107,22 @@ fn a_group_defined_twice_is_an_error() {
 }
 
 #[test]
+#[ignore = "BUG: a label key given twice in an inventory endpoint is accepted silently and the \
+            last value wins"]
+fn an_inventory_label_given_twice_is_an_error() {
+    let text = "endpoints:\n  - {ip: 10.0.1.20, namespace: bookinfo, kind: pod,\n     \
+                labels: {app: ratings, app: other}}\n";
+    match inventory::parse(Path::new("inventory.yaml"), text) {
+        Ok(records) => panic!("accepted; the labels became {:?}", records.endpoints[0].labels),
+        Err(errors) => {
+            let errors = errors.to_string();
+            assert!(errors.starts_with("inventory.yaml:3"), "{errors}");
+            assert!(errors.contains("app"), "{errors}");
+        }
+    }
+}
+
+#[test]
 #[ignore = "BUG: a rule naming a group that failed to compile also gets a misleading \
             `unknown group` error"]
 fn a_rule_naming_a_broken_group_gets_only_the_group_s_own_error() {
