@@ -1,8 +1,10 @@
 //! The policy language through the public API: a bookinfo inventory parsed from YAML, policies
 //! written as YAML and compiled, and verdicts asked of a [`Snapshot`] exactly as the data plane
 //! asks them (two address lookups, group bitsets, first matching rule). Compile errors are
-//! checked to the line and the text an operator reads. Stateful behaviour (return traffic,
-//! mid-flow pickup) belongs to the pipeline and is tested through the data plane elsewhere.
+//! checked to the line and the text an operator reads. At the end: the control plane's policy
+//! reload (a broken policy keeps the running one) and the flow log's rule names across a
+//! reload. Stateful behaviour (return traffic, mid-flow pickup, rematch, fragments) belongs to
+//! the pipeline and is tested by its unit tests in src/pipeline.rs.
 
 mod common;
 
