@@ -165,7 +165,7 @@ impl Config {
 
     fn validate(&self, path: &Path, text: &str) -> Vec<Diagnostic> {
         let lines = LineIndex::build(text);
-        let mut errors = Vec::new();
+        let mut errors = crate::diagnostics::duplicate_keys(path, &lines);
         let mut error = |field: &str, message: String| {
             errors.push(Diagnostic {
                 line: lines.line(field),

@@ -112,6 +112,9 @@ pub struct Flow {
     /// Snapshot generation the decision was made under.
     pub generation: u64,
     pub decision: Decision,
+    /// Name of the deciding rule, kept for flows the flow log records (their end record may be
+    /// written after a reload renumbered the rules); `None` for the default or unlogged flows.
+    pub rule_name: Option<std::sync::Arc<str>>,
     pub tcp: TcpState,
     /// Milliseconds on the worker's clock.
     pub started_ms: u64,
@@ -315,6 +318,7 @@ mod tests {
             initiator: Side::A,
             generation: 1,
             decision: Decision { action: Action::Allow, rule: Some(0), log: false },
+            rule_name: None,
             tcp,
             started_ms: now,
             last_seen_ms: now,

@@ -166,7 +166,9 @@ impl ControlPlane {
     /// SIGHUP: reload the policy and every inventory file.
     pub fn reload_all(&mut self) {
         let policy_changed = self.reload_policy();
-        let labels_changed = (0..self.inventory_paths.len()).any(|i| self.reload_inventory(i));
+        // Every file is read, also after one that changed (no short-circuit).
+        let labels_changed = (0..self.inventory_paths.len())
+            .fold(false, |changed, i| self.reload_inventory(i) | changed);
         if policy_changed || labels_changed {
             self.publish();
         }
@@ -200,7 +202,7 @@ impl ControlPlane {
                     let mut carried =
                         self.state.rule_hits_carried.lock().unwrap_or_else(|e| e.into_inner());
                     for (i, rule) in self.policy.rules.iter().enumerate() {
-                        *carried.entry(rule.name.clone()).or_default() +=
+                        *carried.entry(rule.name.to_string()).or_default() +=
                             self.rule_hits.total(Some(i));
                     }
                     *carried.entry("default".into()).or_default() += self.rule_hits.total(None);

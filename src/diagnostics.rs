@@ -92,6 +92,22 @@ impl From<Diagnostic> for Diagnostics {
     }
 }
 
+/// One diagnostic per key given twice in a mapping of `file`.
+pub fn duplicate_keys(file: &Path, lines: &crate::yaml_lines::LineIndex) -> Vec<Diagnostic> {
+    lines
+        .duplicates()
+        .iter()
+        .map(|d| Diagnostic {
+            line: Some(d.line),
+            field: Some(d.path.clone()),
+            ..Diagnostic::file(
+                file,
+                format!("`{}` is given twice (first at line {}); remove one", d.key, d.first_line),
+            )
+        })
+        .collect()
+}
+
 /// Reads a file for one of the loaders, as a diagnostic on failure.
 pub fn read_file(path: &Path) -> Result<String, Diagnostics> {
     std::fs::read_to_string(path).map_err(|error| {

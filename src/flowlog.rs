@@ -199,7 +199,10 @@ impl<'a> JsonRecord<'a> {
             sport,
             dport,
             verdict: flow.decision.action.as_str(),
-            rule: snapshot.rule_name(flow.decision.rule),
+            rule: match (&flow.rule_name, flow.decision.rule) {
+                (Some(name), _) => name,
+                (None, rule) => snapshot.rule_name(rule),
+            },
             src_identity: identity(src),
             dst_identity: identity(dst),
             gwlb_endpoint_id: flow.endpoint_id.map(|id| format!("{id:016x}")),

@@ -8,9 +8,9 @@
 //! every packet of it differs from its template only in the 16-byte stamp that opens the
 //! transport payload (send time in ns since the run started, then the sequence number) and in
 //! the transport checksum, which is patched incrementally, so every packet on the wire is valid.
-//! Neither loop allocates, logs or makes more than one system call per batch, except the paced
-//! sender's sleep. Both loops end by themselves: sending stops at `--duration` (at most one
-//! hour) or `--count`, receiving a short grace period later.
+//! Neither loop allocates or logs, and each makes one system call per batch (plus a sleep when
+//! pacing, or a poll when idle). Both loops end by themselves: sending stops at `--duration`
+//! (at most one hour) or `--count`, receiving a short grace period later.
 
 use std::fmt;
 use std::io::{self, IoSliceMut};

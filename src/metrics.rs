@@ -262,7 +262,7 @@ impl Collector for ControlCollector {
         )?;
         let mut hits = control.rule_hits_carried.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for (i, rule) in snapshot.policy.rules.iter().enumerate() {
-            *hits.entry(rule.name.clone()).or_default() += snapshot.rule_hits.total(Some(i));
+            *hits.entry(rule.name.to_string()).or_default() += snapshot.rule_hits.total(Some(i));
         }
         *hits.entry("default".into()).or_default() += snapshot.rule_hits.total(None);
         counter(

@@ -111,7 +111,8 @@ pub struct Pipeline {
     cell: Option<Arc<SnapshotCell>>,
     snapshot: Option<Arc<Snapshot>>,
     flows: FlowTable,
-    fragments: std::collections::HashMap<FragmentKey, (Decision, u64), ahash::RandomState>,
+    /// First fragments' decisions: (decision, expiry, snapshot generation).
+    fragments: std::collections::HashMap<FragmentKey, (Decision, u64, u64), ahash::RandomState>,
     flow_log: Option<FlowLogSender>,
     now_ms: u64,
     created: u64,
@@ -218,7 +219,7 @@ impl Pipeline {
         };
         let decision = self.judge_flow(snapshot, packet, len, sport, dport, flags);
         if let Some(fragment) = inner.fragment {
-            self.remember_fragment(inner, fragment.id, decision);
+            self.remember_fragment(inner, fragment.id, decision, snapshot.generation);
         }
         decision
     }
@@ -302,6 +303,7 @@ impl Pipeline {
             initiator,
             generation: snapshot.generation,
             decision,
+            rule_name: logged_rule_name(snapshot, &decision),
             tcp,
             started_ms: now,
             last_seen_ms: now,
@@ -325,14 +327,20 @@ impl Pipeline {
         decision
     }
 
-    fn remember_fragment(&mut self, inner: &InnerPacket, id: u32, decision: Decision) {
+    fn remember_fragment(
+        &mut self,
+        inner: &InnerPacket,
+        id: u32,
+        decision: Decision,
+        generation: u64,
+    ) {
         let now = self.now_ms;
         if self.fragments.len() >= MAX_FRAGMENTS {
-            self.fragments.retain(|_, (_, expires)| *expires > now);
+            self.fragments.retain(|_, (_, expires, _)| *expires > now);
         }
         if self.fragments.len() < MAX_FRAGMENTS {
             let key = (inner.src, inner.dst, inner.protocol, id);
-            self.fragments.insert(key, (decision, now + FRAGMENT_TIMEOUT_MS));
+            self.fragments.insert(key, (decision, now + FRAGMENT_TIMEOUT_MS, generation));
         }
     }
 
@@ -341,8 +349,9 @@ impl Pipeline {
     fn judge_later_fragment(&mut self, snapshot: &Snapshot, inner: &InnerPacket) -> Decision {
         let id = inner.fragment.map_or(0, |f| f.id);
         let key = (inner.src, inner.dst, inner.protocol, id);
-        if let Some((decision, expires)) = self.fragments.get(&key)
+        if let Some((decision, expires, generation)) = self.fragments.get(&key)
             && *expires > self.now_ms
+            && *generation == snapshot.generation
         {
             return *decision;
         }
@@ -366,6 +375,12 @@ fn is_echo(protocol: u8, icmp_type: u8) -> bool {
 /// The port a rule's `ports` is matched against: the responder's, for TCP and UDP.
 fn service_port(protocol: u8, port: u16) -> Option<u16> {
     has_ports(protocol).then_some(port)
+}
+
+/// The rule name a logged flow keeps (an `Arc` clone only for flows the flow log records).
+fn logged_rule_name(snapshot: &Snapshot, decision: &Decision) -> Option<Arc<str>> {
+    let rule = decision.rule.filter(|_| wants_log(decision))?;
+    snapshot.policy.rules.get(rule).map(|r| Arc::clone(&r.name))
 }
 
 fn wants_log(decision: &Decision) -> bool {

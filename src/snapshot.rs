@@ -164,7 +164,10 @@ impl Snapshot {
 
     /// The rule name, or `default` for the default action.
     pub fn rule_name(&self, rule: Option<usize>) -> &str {
-        rule.map_or("default", |r| self.policy.rules[r].name.as_str())
+        match rule {
+            None => "default",
+            Some(r) => self.policy.rules.get(r).map_or("unknown", |rule| &rule.name),
+        }
     }
 }
 

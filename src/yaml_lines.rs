@@ -13,6 +13,18 @@ use yaml_rust2::scanner::Marker;
 #[derive(Debug, Default, Clone)]
 pub struct LineIndex {
     lines: HashMap<String, usize>,
+    duplicates: Vec<DuplicateKey>,
+}
+
+/// A key given twice in one mapping. serde rejects that for fixed fields, but keeps the last
+/// value silently for maps (group names, labels), so the loaders report these themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuplicateKey {
+    /// Path of the second occurrence.
+    pub path: String,
+    pub key: String,
+    pub line: usize,
+    pub first_line: usize,
 }
 
 impl LineIndex {
@@ -22,7 +34,12 @@ impl LineIndex {
         let mut builder = Builder::default();
         let mut parser = Parser::new_from_str(text);
         let _ = parser.load(&mut builder, false);
-        LineIndex { lines: builder.lines }
+        LineIndex { lines: builder.lines, duplicates: builder.duplicates }
+    }
+
+    /// Keys given more than once in the same mapping.
+    pub fn duplicates(&self) -> &[DuplicateKey] {
+        &self.duplicates
     }
 
     /// The line of `path`, or of its closest enclosing node that has one.
@@ -47,6 +64,7 @@ enum Frame {
 struct Builder {
     stack: Vec<Frame>,
     lines: HashMap<String, usize>,
+    duplicates: Vec<DuplicateKey>,
 }
 
 impl Builder {
@@ -78,9 +96,18 @@ impl MarkedEventReceiver for Builder {
         match event {
             Event::Scalar(text, ..) => {
                 if let Some(Frame::Mapping { key: key @ None, .. }) = self.stack.last_mut() {
-                    *key = Some(text);
+                    *key = Some(text.clone());
                     let path = self.child_path();
-                    self.record(path, mark);
+                    if let Some(&first_line) = self.lines.get(&path) {
+                        self.duplicates.push(DuplicateKey {
+                            path,
+                            key: text,
+                            line: mark.line(),
+                            first_line,
+                        });
+                    } else {
+                        self.record(path, mark);
+                    }
                 } else {
                     let path = self.child_path();
                     self.record(path, mark);
@@ -153,6 +180,16 @@ rules:
         let index = LineIndex::build(POLICY);
         assert_eq!(index.line("rules[1].action"), Some(13));
         assert_eq!(index.line("nothing.here"), None);
+    }
+
+    #[test]
+    fn keys_given_twice_in_one_mapping_are_found() {
+        let index =
+            LineIndex::build("groups:\n  web: {}\n  db: {}\n  web: {}\nlabels: {a: 1, a: 2}\n");
+        let found: Vec<_> =
+            index.duplicates().iter().map(|d| (d.path.as_str(), d.line, d.first_line)).collect();
+        assert_eq!(found, [("groups.web", 4, 2), ("labels.a", 5, 5)]);
+        assert!(LineIndex::build("a: {x: 1}\nb: {x: 1}\n").duplicates().is_empty());
     }
 
     #[test]

@@ -98,7 +98,8 @@ impl PortMatch {
 
 #[derive(Debug, Clone)]
 pub struct Rule {
-    pub name: String,
+    /// Shared, so that flows logged under it can keep the name past a reload.
+    pub name: std::sync::Arc<str>,
     pub action: Action,
     pub log: bool,
     pub from: Vec<usize>,
@@ -161,7 +162,9 @@ impl CompiledPolicy {
     pub fn parse(path: &Path, text: &str) -> Result<CompiledPolicy, Diagnostics> {
         let file: PolicyFile =
             serde_yaml_ng::from_str(text).map_err(|e| Diagnostic::from_yaml(path, &e))?;
-        let mut compiler = Compiler { path, lines: LineIndex::build(text), errors: Vec::new() };
+        let lines = LineIndex::build(text);
+        let errors = crate::diagnostics::duplicate_keys(path, &lines);
+        let mut compiler = Compiler { path, lines, errors, failed_groups: HashSet::new() };
         let policy = compiler.compile(file);
         if compiler.errors.is_empty() { Ok(policy) } else { Err(Diagnostics(compiler.errors)) }
     }
@@ -217,6 +220,8 @@ struct Compiler<'a> {
     path: &'a Path,
     lines: LineIndex,
     errors: Vec<Diagnostic>,
+    /// Groups with errors of their own: rules naming them get no second, misleading error.
+    failed_groups: HashSet<String>,
 }
 
 impl Compiler<'_> {
@@ -252,8 +257,11 @@ impl Compiler<'_> {
             );
         }
         for (name, spec) in file.groups.iter().take(MAX_GROUPS - 1) {
-            if let Some(group) = self.group(name, spec) {
-                groups.push(group);
+            match self.group(name, spec) {
+                Some(group) => groups.push(group),
+                None => {
+                    self.failed_groups.insert(name.clone());
+                }
             }
         }
         let index: BTreeMap<&str, usize> =
@@ -270,6 +278,14 @@ impl Compiler<'_> {
             };
             if spec.name.is_empty() {
                 self.error(item.clone(), &path, Some("name"), "must not be empty".into());
+            } else if spec.name == "default" {
+                self.error(
+                    item.clone(),
+                    &path,
+                    Some("name"),
+                    "`default` names the default action in metrics and logs; pick another name"
+                        .into(),
+                );
             } else if !names.insert(spec.name.as_str()) {
                 self.error(item.clone(), &path, Some("name"), "another rule has this name".into());
             }
@@ -428,6 +444,7 @@ impl Compiler<'_> {
             for (i, name) in names.iter().enumerate() {
                 match groups.get(name.as_str()) {
                     Some(&g) => found.push(g),
+                    None if this.failed_groups.contains(name) => {}
                     None => this.error(
                         item.into(),
                         path,
@@ -461,7 +478,7 @@ impl Compiler<'_> {
             ports
         });
         (self.errors.len() == before).then(|| Rule {
-            name: spec.name.clone(),
+            name: spec.name.as_str().into(),
             action: spec.action,
             log: spec.log,
             from,

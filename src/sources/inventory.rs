@@ -63,7 +63,7 @@ pub fn parse(path: &Path, text: &str) -> Result<SourceRecords, Diagnostics> {
     let file: InventoryFile =
         serde_yaml_ng::from_str(text).map_err(|e| Diagnostic::from_yaml(path, &e))?;
     let lines = LineIndex::build(text);
-    let mut errors = Vec::new();
+    let mut errors = crate::diagnostics::duplicate_keys(path, &lines);
     let mut error = |at: &str, item: String, field: &str, message: String| {
         errors.push(Diagnostic {
             line: lines.line(&format!("{at}.{field}")),
