@@ -250,6 +250,10 @@ async fn serve(config: &Config, settings: DataplaneSettings) -> anyhow::Result<(
         "labelwall running"
     );
 
+    // Live label sources (Kubernetes watchers) report here; the sender side is handed to
+    // each watcher.
+    let (_source_events_tx, mut source_events) =
+        tokio::sync::mpsc::channel::<crate::sources::SourceEvent>(64);
     let mut file_check = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -260,6 +264,16 @@ async fn serve(config: &Config, settings: DataplaneSettings) -> anyhow::Result<(
                 control.reload_all();
             }
             _ = file_check.tick() => control.poll_files(),
+            Some(event) = source_events.recv() => {
+                // Take everything queued, then publish once.
+                let mut changed = control.apply(event);
+                while let Ok(event) = source_events.try_recv() {
+                    changed |= control.apply(event);
+                }
+                if changed {
+                    control.publish();
+                }
+            }
         }
     }
     tracing::info!("stopping: no longer receiving, sending what is in flight");

@@ -18,7 +18,7 @@ use crate::flowlog::FlowLogStats;
 use crate::labels::{LabelTable, SourceRecords};
 use crate::policy::CompiledPolicy;
 use crate::snapshot::{RuleHits, Snapshot, SnapshotCell};
-use crate::sources::inventory;
+use crate::sources::{SourceEvent, inventory, kubernetes_source_name};
 
 /// Sync state of one label source, for readiness and metrics.
 #[derive(Debug, Clone)]
@@ -99,7 +99,11 @@ pub struct ControlPlane {
     inventory_paths: Vec<PathBuf>,
     policy: Arc<CompiledPolicy>,
     rule_hits: Arc<RuleHits>,
+    /// Live sources first (Kubernetes clusters in config order), then the inventory files in
+    /// config order: on an address claimed twice, the earlier source wins.
     sources: Vec<Arc<SourceRecords>>,
+    /// How many of `sources` are live (their index is their position).
+    live_sources: usize,
     generation: u64,
     workers: usize,
     stamps: Vec<Option<FileStamp>>,
@@ -113,23 +117,36 @@ impl ControlPlane {
         workers: usize,
         flow_log: Option<Arc<FlowLogStats>>,
     ) -> Result<ControlPlane, Diagnostics> {
-        let (policy, sources) = load_all(config)?;
+        let (policy, inventories) = load_all(config)?;
         let policy_path = config.policy.clone().expect("load_all checked it");
         let policy = Arc::new(policy);
         let rule_hits = Arc::new(RuleHits::new(workers, policy.rules.len()));
-        let sources: Vec<Arc<SourceRecords>> = sources.into_iter().map(Arc::new).collect();
-        let labels = Arc::new(LabelTable::build(&sources));
-        let snapshot = Snapshot::new(1, labels, Arc::clone(&policy), Arc::clone(&rule_hits));
         let now = Instant::now();
-        let statuses = sources
-            .iter()
-            .map(|s| SourceStatus {
-                name: s.source.clone(),
+        let mut statuses = Vec::new();
+        let mut sources = Vec::new();
+        for cluster in &config.labels.kubernetes {
+            // Not synced until its watcher delivers a first full list.
+            let name = kubernetes_source_name(&cluster.cluster);
+            statuses.push(SourceStatus {
+                name: name.clone(),
+                synced: false,
+                last_sync: None,
+                errors: 0,
+            });
+            sources.push(Arc::new(SourceRecords { source: name, ..SourceRecords::default() }));
+        }
+        let live_sources = sources.len();
+        for records in inventories {
+            statuses.push(SourceStatus {
+                name: records.source.clone(),
                 synced: true,
                 last_sync: Some(now),
                 errors: 0,
-            })
-            .collect();
+            });
+            sources.push(Arc::new(records));
+        }
+        let labels = Arc::new(LabelTable::build(&sources));
+        let snapshot = Snapshot::new(1, labels, Arc::clone(&policy), Arc::clone(&rule_hits));
         let state = Arc::new(ControlState {
             snapshots: Arc::new(ArcSwap::from_pointee(snapshot)),
             reloads_ok: AtomicU64::new(0),
@@ -144,6 +161,7 @@ impl ControlPlane {
             policy,
             rule_hits,
             sources,
+            live_sources,
             generation: 1,
             workers,
             stamps: Vec::new(),
@@ -238,8 +256,9 @@ impl ControlPlane {
                     status.synced = true;
                     status.last_sync = Some(Instant::now());
                 }
-                let changed = *self.sources[index] != records;
-                self.sources[index] = Arc::new(records);
+                let slot = self.live_sources + index;
+                let changed = *self.sources[slot] != records;
+                self.sources[slot] = Arc::new(records);
                 changed
             }
             Err(errors) => {
@@ -250,6 +269,42 @@ impl ControlPlane {
                     tracing::error!(
                         "inventory reload rejected, the previous entries stay: {error}"
                     );
+                }
+                false
+            }
+        }
+    }
+
+    /// Takes what a live source reports; returns whether a new snapshot must be published.
+    pub fn apply(&mut self, event: SourceEvent) -> bool {
+        let mut statuses = self.state.sources.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            SourceEvent::Records { source, records } => {
+                let Some(index) =
+                    self.sources[..self.live_sources].iter().position(|s| s.source == source)
+                else {
+                    tracing::warn!(source, "records from an unknown label source ignored");
+                    return false;
+                };
+                if let Some(status) = statuses.iter_mut().find(|s| s.name == source) {
+                    status.synced = true;
+                    status.last_sync = Some(Instant::now());
+                }
+                let changed = *self.sources[index] != *records;
+                self.sources[index] = records;
+                changed
+            }
+            SourceEvent::Lost { source, error } => {
+                if let Some(status) = statuses.iter_mut().find(|s| s.name == source) {
+                    if status.synced {
+                        tracing::warn!(
+                            source,
+                            error,
+                            "label source lost; keeping its last entries"
+                        );
+                    }
+                    status.synced = false;
+                    status.errors += 1;
                 }
                 false
             }
