@@ -16,8 +16,9 @@ pub fn receive_path(data: &[u8]) {
         Some((&s, rest)) if s & 0x80 != 0 => (usize::from(s & 0x7f).max(1) * 8, rest),
         _ => (data.len().max(1), data),
     };
-    let mut inspect =
-        Pipeline::new(Mode::Inspect, 0, Some(fuzz_snapshot()), FlowSettings::default(), None);
+    // A small flow table: allocating the default one would dominate every execution.
+    let flows = FlowSettings { max_flows: 64, ..FlowSettings::default() };
+    let mut inspect = Pipeline::new(Mode::Inspect, 0, Some(fuzz_snapshot()), flows, None);
     inspect.begin_batch(0);
     let mut inject = [0u8; MAX_REJECT_LEN];
     let addressing = OuterAddressing {
@@ -58,6 +59,12 @@ pub fn receive_path(data: &[u8]) {
 /// A policy that exercises every action: allow TCP to 10.20.0.0/24:3306, reject other TCP and
 /// UDP to it, audit 10.30/16, deny the rest.
 fn fuzz_snapshot() -> std::sync::Arc<crate::snapshot::SnapshotCell> {
+    static CELL: std::sync::OnceLock<std::sync::Arc<crate::snapshot::SnapshotCell>> =
+        std::sync::OnceLock::new();
+    std::sync::Arc::clone(CELL.get_or_init(build_fuzz_snapshot))
+}
+
+fn build_fuzz_snapshot() -> std::sync::Arc<crate::snapshot::SnapshotCell> {
     use std::sync::Arc;
     const POLICY: &str = "default_action: deny\ngroups:\n  db: {cidrs: [10.20.0.0/24, \"fd00:20::/64\"]}\n\
         \x20 audited: {cidrs: [10.30.0.0/16]}\nrules:\n\
