@@ -48,9 +48,14 @@ fn tcp_packet(
     [&header[..], &inner].concat()
 }
 
-/// 100k pods with unique label sets (so 100k identities), 1,000 services; a policy with a
-/// group per service and 1,000 rules, rule k: svc-k -> svc-(k+1) on tcp/8080.
-fn world() -> Arc<Snapshot> {
+/// Resident memory of this process in bytes (Linux).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+fn records() -> Arc<SourceRecords> {
     let endpoints = (0..IDENTITIES)
         .map(|i| EndpointRecord {
             net: IpAddr::V4(pod_ip(i)).into(),
@@ -64,9 +69,10 @@ fn world() -> Arc<Snapshot> {
             ]),
         })
         .collect();
-    let source = Arc::new(SourceRecords { source: "bench".into(), endpoints, namespaces: vec![] });
-    let labels = Arc::new(LabelTable::build(&[source]));
-    assert_eq!(labels.identities().len(), IDENTITIES as usize);
+    Arc::new(SourceRecords { source: "bench".into(), endpoints, namespaces: vec![] })
+}
+
+fn bench_policy() -> CompiledPolicy {
     let mut policy = String::from("default_action: deny\ngroups:\n");
     for k in 0..SERVICES {
         policy.push_str(&format!("  svc-{k}: {{pods: {{selector: \"app=svc-{k}\"}}}}\n"));
@@ -80,8 +86,48 @@ fn world() -> Arc<Snapshot> {
     }
     let policy = CompiledPolicy::parse(Path::new("bench.yaml"), &policy).unwrap();
     assert_eq!(policy.rules.len(), SERVICES as usize);
+    policy
+}
+
+/// 100k pods with unique label sets (so 100k identities), 1,000 services; a policy with a
+/// group per service and 1,000 rules, rule k: svc-k -> svc-(k+1) on tcp/8080.
+fn world() -> Arc<Snapshot> {
+    let labels = Arc::new(LabelTable::build(&[records()]));
+    assert_eq!(labels.identities().len(), IDENTITIES as usize);
+    let policy = bench_policy();
     let hits = Arc::new(RuleHits::new(1, policy.rules.len()));
     Arc::new(Snapshot::new(1, labels, Arc::new(policy), hits))
+}
+
+/// The control plane's work after one label change: rebuild the table from all records and
+/// evaluate every group against every identity. Also prints the memory 100k endpoints take.
+fn control_plane(c: &mut Criterion) {
+    let before = resident_bytes();
+    let source = records();
+    let after_records = resident_bytes();
+    let labels = Arc::new(LabelTable::build(std::slice::from_ref(&source)));
+    let after_table = resident_bytes();
+    let policy = Arc::new(bench_policy());
+    let hits = Arc::new(RuleHits::new(1, policy.rules.len()));
+    let snapshot = Snapshot::new(1, Arc::clone(&labels), Arc::clone(&policy), Arc::clone(&hits));
+    let after_snapshot = resident_bytes();
+    eprintln!(
+        "memory for {IDENTITIES} endpoints: records {:.1} MiB, label table {:.1} MiB, \
+         snapshot membership {:.1} MiB",
+        (after_records - before) as f64 / 1048576.0,
+        (after_table - after_records) as f64 / 1048576.0,
+        (after_snapshot - after_table) as f64 / 1048576.0,
+    );
+    drop(snapshot);
+    let mut group = c.benchmark_group("control_plane_100k_endpoints");
+    group.sample_size(10);
+    group.bench_function("label_table_rebuild", |b| {
+        b.iter(|| LabelTable::build(black_box(std::slice::from_ref(&source))))
+    });
+    group.bench_function("snapshot_membership_1000_groups", |b| {
+        b.iter(|| Snapshot::new(2, Arc::clone(&labels), Arc::clone(&policy), Arc::clone(&hits)))
+    });
+    group.finish();
 }
 
 fn parse_and_prepare(c: &mut Criterion) {
@@ -180,5 +226,5 @@ fn whole_pipeline(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, parse_and_prepare, lookups_and_verdicts, whole_pipeline);
+criterion_group!(benches, parse_and_prepare, lookups_and_verdicts, whole_pipeline, control_plane);
 criterion_main!(benches);
