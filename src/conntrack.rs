@@ -164,7 +164,9 @@ pub enum FlowEnd {
 /// A bounded flow table owned by one worker.
 #[derive(Debug)]
 pub struct FlowTable {
+    /// Grows up to `capacity` (reserved up front, so it never reallocates) and never shrinks.
     slots: Vec<Option<Flow>>,
+    capacity: usize,
     free: Vec<u32>,
     index: HashMap<FlowKey, u32, ahash::RandomState>,
     hand: usize,
@@ -176,14 +178,14 @@ pub struct FlowTable {
 pub const SWEEP_BUDGET: usize = 64;
 
 impl FlowTable {
-    /// A table for at most `capacity` flows (at least 1); all memory is taken now.
+    /// A table for at most `capacity` flows (at least 1). Its memory is reserved now (no
+    /// reallocation on the packet path) and touched only as flows arrive.
     pub fn new(capacity: usize, timeouts: Timeouts) -> FlowTable {
         let capacity = capacity.max(1);
-        let mut slots = Vec::with_capacity(capacity);
-        slots.resize_with(capacity, || None);
         FlowTable {
-            slots,
-            free: (0..capacity as u32).rev().collect(),
+            slots: Vec::with_capacity(capacity),
+            capacity,
+            free: Vec::with_capacity(capacity),
             index: HashMap::with_capacity_and_hasher(capacity, ahash::RandomState::new()),
             hand: 0,
             timeouts,
@@ -200,7 +202,7 @@ impl FlowTable {
     }
 
     pub fn capacity(&self) -> usize {
-        self.slots.len()
+        self.capacity
     }
 
     /// Flows evicted because the table was full, since it was created.
@@ -244,6 +246,10 @@ impl FlowTable {
         debug_assert!(!self.index.contains_key(&flow.key));
         let slot = match self.free.pop() {
             Some(slot) => slot as usize,
+            None if self.slots.len() < self.capacity => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
             None => {
                 let victim = self.next_occupied();
                 let evicted = self.remove_slot(victim);
@@ -259,6 +265,9 @@ impl FlowTable {
 
     /// Moves the clock hand over up to [`SWEEP_BUDGET`] slots, removing idle flows.
     pub fn sweep(&mut self, now_ms: u64, ended: &mut impl FnMut(Flow, FlowEnd)) {
+        if self.slots.is_empty() {
+            return;
+        }
         for _ in 0..SWEEP_BUDGET.min(self.slots.len()) {
             self.hand = (self.hand + 1) % self.slots.len();
             let expired = self.slots[self.hand]
