@@ -174,8 +174,9 @@ impl CompiledPolicy {
         self.groups.iter().position(|g| g.name == name)
     }
 
-    /// The rules (in order) that a packet between these group sets may match, first match
-    /// first; the caller checks ports. Allocation-free: walks the rule bitsets word by word.
+    /// The first rule (in order) whose `from` meets `src`, whose `to` meets `dst` and whose
+    /// ports admit the packet. Allocation-free: the set groups are listed once, then the rule
+    /// bitsets are walked 64 rules per word.
     #[inline]
     pub fn first_match(
         &self,
@@ -184,13 +185,14 @@ impl CompiledPolicy {
         protocol: u8,
         port: Option<u16>,
     ) -> Option<usize> {
-        let words = self.rule_words;
-        for w in 0..words {
-            let from = self.union_rules(&self.rules_from, src, w);
+        let src_rows = GroupRows::of(src, self.group_words, self.rule_words);
+        let dst_rows = GroupRows::of(dst, self.group_words, self.rule_words);
+        for w in 0..self.rule_words {
+            let from = src_rows.union(&self.rules_from, w);
             if from == 0 {
                 continue;
             }
-            let mut candidates = from & self.union_rules(&self.rules_to, dst, w);
+            let mut candidates = from & dst_rows.union(&self.rules_to, w);
             while candidates != 0 {
                 let rule = w * 64 + candidates.trailing_zeros() as usize;
                 if self.rules[rule].admits(protocol, port) {
@@ -201,18 +203,64 @@ impl CompiledPolicy {
         }
         None
     }
+}
 
-    fn union_rules(&self, table: &[u64], groups: &GroupBits, word: usize) -> u64 {
-        let mut union = 0;
-        for (gw, &bits) in groups[..self.group_words].iter().enumerate() {
+/// The groups set in a bitset, as offsets of their rows in a rule table. An address is in a
+/// handful of groups, so listing them once beats scanning every group word per rule word.
+enum GroupRows<'a> {
+    Listed {
+        rows: [u32; MAX_LISTED_GROUPS],
+        len: usize,
+    },
+    /// An address in more groups than fit the list: scan the bitset per rule word.
+    Many {
+        groups: &'a GroupBits,
+        group_words: usize,
+        rule_words: usize,
+    },
+}
+
+const MAX_LISTED_GROUPS: usize = 32;
+
+impl<'a> GroupRows<'a> {
+    fn of(groups: &'a GroupBits, group_words: usize, rule_words: usize) -> GroupRows<'a> {
+        let mut rows = [0u32; MAX_LISTED_GROUPS];
+        let mut len = 0;
+        for (gw, &bits) in groups[..group_words].iter().enumerate() {
             let mut bits = bits;
             while bits != 0 {
+                if len == MAX_LISTED_GROUPS {
+                    return GroupRows::Many { groups, group_words, rule_words };
+                }
                 let group = gw * 64 + bits.trailing_zeros() as usize;
-                union |= table[group * self.rule_words + word];
+                rows[len] = (group * rule_words) as u32;
+                len += 1;
                 bits &= bits - 1;
             }
         }
-        union
+        GroupRows::Listed { rows, len }
+    }
+
+    /// OR of word `word` of the rows of every listed group.
+    #[inline]
+    fn union(&self, table: &[u64], word: usize) -> u64 {
+        match self {
+            GroupRows::Listed { rows, len } => {
+                rows[..*len].iter().fold(0, |acc, &row| acc | table[row as usize + word])
+            }
+            GroupRows::Many { groups, group_words, rule_words } => {
+                let mut union = 0;
+                for (gw, &bits) in groups[..*group_words].iter().enumerate() {
+                    let mut bits = bits;
+                    while bits != 0 {
+                        let group = gw * 64 + bits.trailing_zeros() as usize;
+                        union |= table[group * rule_words + word];
+                        bits &= bits - 1;
+                    }
+                }
+                union
+            }
+        }
     }
 }
 
@@ -547,4 +595,42 @@ pub fn parse_port(text: &str) -> Result<PortMatch, String> {
         return Err(format!("`{text}`: the range is backwards"));
     }
     Ok(PortMatch { protocol, first, last })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An address in more groups than the row list holds is still matched exactly.
+    #[test]
+    fn an_address_in_many_groups_finds_the_first_matching_rule() {
+        let mut text = String::from("default_action: deny\ngroups:\n");
+        for g in 0..40 {
+            text.push_str(&format!("  g{g:02}: {{cidrs: [10.0.0.0/{}]}}\n", 8 + g % 16));
+        }
+        text.push_str("rules:\n");
+        for r in 0..70 {
+            let (from, port) = if r == 69 { ("g39", 80) } else { ("g00", 1000 + r) };
+            text.push_str(&format!(
+                "  - {{name: r{r}, from: [{from}], to: [any], ports: [tcp/{port}], action: allow}}\n"
+            ));
+        }
+        let policy = CompiledPolicy::parse(Path::new("p.yaml"), &text).unwrap();
+        let mut all = [0u64; GROUP_WORDS];
+        for g in 0..=40 {
+            all[g / 64] |= 1 << (g % 64);
+        }
+        let any_only = {
+            let mut bits = [0u64; GROUP_WORDS];
+            bits[0] = 1;
+            bits
+        };
+        assert!(matches!(
+            GroupRows::of(&all, policy.group_words, policy.rule_words),
+            GroupRows::Many { .. }
+        ));
+        assert_eq!(policy.first_match(&all, &any_only, ip_proto::TCP, Some(80)), Some(69));
+        assert_eq!(policy.first_match(&all, &any_only, ip_proto::TCP, Some(1005)), Some(5));
+        assert_eq!(policy.first_match(&any_only, &all, ip_proto::TCP, Some(80)), None);
+    }
 }
