@@ -12,8 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
-use crate::labels::{IdentityId, LabelTable};
+use std::collections::HashMap;
+
+use crate::labels::{EndpointKind, Identity, IdentityId, LabelTable};
 use crate::policy::compile::{ANY_GROUP, GROUP_WORDS};
+use crate::policy::selector::Operator;
 use crate::policy::{Action, CompiledPolicy, GroupBits};
 
 /// What policy says about one flow direction.
@@ -74,7 +77,8 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Evaluates every group against every identity.
+    /// Evaluates every group against every identity, through [`MembershipIndex`] so that an
+    /// identity is only checked against the groups that could select it.
     pub fn new(
         generation: u64,
         labels: Arc<LabelTable>,
@@ -82,14 +86,15 @@ impl Snapshot {
         rule_hits: Arc<RuleHits>,
     ) -> Snapshot {
         let words = policy.group_words;
+        let index = MembershipIndex::new(&policy);
         let mut membership = vec![0u64; labels.identities().len() * words];
         for (i, identity) in labels.identities().iter().enumerate() {
             let bits = &mut membership[i * words..(i + 1) * words];
-            for (g, group) in policy.groups.iter().enumerate() {
-                if group.selects(identity) {
+            index.for_each_candidate(identity, |g| {
+                if bits[g / 64] & (1 << (g % 64)) == 0 && policy.groups[g].selects(identity) {
                     bits[g / 64] |= 1 << (g % 64);
                 }
-            }
+            });
         }
         Snapshot { generation, labels, policy, rule_hits, membership }
     }
@@ -167,6 +172,59 @@ impl Snapshot {
         match rule {
             None => "default",
             Some(r) => self.policy.rules.get(r).map_or("unknown", |rule| &rule.name),
+        }
+    }
+}
+
+/// Which groups could select an identity of a given kind: a group part whose selector has an
+/// exact-match requirement (`k=v`, `k==v`, `k in (...)`) can only select identities carrying
+/// one of those labels, so it is filed under them; the other parts are checked for every
+/// identity of their kind. Turns groups x identities selector evaluations into a few hash
+/// probes per identity.
+struct MembershipIndex<'a> {
+    anchored: HashMap<(EndpointKind, &'a str, &'a str), Vec<usize>>,
+    unanchored: [Vec<usize>; 3],
+}
+
+impl<'a> MembershipIndex<'a> {
+    fn new(policy: &'a CompiledPolicy) -> MembershipIndex<'a> {
+        let mut index =
+            MembershipIndex { anchored: HashMap::new(), unanchored: Default::default() };
+        for (g, group) in policy.groups.iter().enumerate() {
+            let parts = [
+                (EndpointKind::Pod, group.pods.as_ref().map(|p| &p.selector)),
+                (EndpointKind::Node, group.nodes.as_ref().map(|m| &m.selector)),
+                (EndpointKind::External, group.external.as_ref().map(|m| &m.selector)),
+            ];
+            for (kind, selector) in parts {
+                let Some(selector) = selector else { continue };
+                let anchor = selector.requirements().iter().find(|r| {
+                    matches!(r.operator, Operator::Equals | Operator::DoubleEquals | Operator::In)
+                });
+                match anchor {
+                    Some(r) => {
+                        for value in &r.values {
+                            index.anchored.entry((kind, &r.key, value)).or_default().push(g);
+                        }
+                    }
+                    None => index.unanchored[kind as usize].push(g),
+                }
+            }
+        }
+        index
+    }
+
+    /// Calls `f` with every group that could select `identity` (possibly more than once).
+    fn for_each_candidate(&self, identity: &Identity, mut f: impl FnMut(usize)) {
+        self.unanchored[identity.kind as usize].iter().for_each(|&g| f(g));
+        if self.anchored.is_empty() {
+            return;
+        }
+        for (key, value) in &identity.labels {
+            if let Some(groups) = self.anchored.get(&(identity.kind, key.as_str(), value.as_str()))
+            {
+                groups.iter().for_each(|&g| f(g));
+            }
         }
     }
 }

@@ -10,6 +10,7 @@
 //! index stored in a table is valid for that table.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -131,24 +132,49 @@ impl LabelTable {
             source_names: sources.iter().map(|s| s.source.clone()).collect(),
             ..LabelTable::default()
         };
-        let mut interned: HashMap<Identity, IdentityId> = HashMap::new();
+        // Interning without building an `Identity` per record: identities are found by the hash
+        // of the record's borrowed fields, with a chain through `next` for equal hashes.
+        let hasher = rustc_hash::FxBuildHasher;
+        let mut first_with_hash: FxHashMap<u64, u32> = FxHashMap::default();
+        let mut next: Vec<u32> = Vec::new();
         for (source_index, source) in sources.iter().enumerate() {
             for record in &source.endpoints {
                 let ns_labels = namespace_labels
                     .get(&(record.cluster.as_str(), record.namespace.as_str()))
                     .copied()
                     .unwrap_or(&empty);
-                let identity = Identity {
-                    cluster: record.cluster.clone(),
-                    namespace: record.namespace.clone(),
-                    kind: record.kind,
-                    labels: record.labels.clone(),
-                    namespace_labels: ns_labels.clone(),
+                let hash = hasher.hash_one((
+                    &record.cluster,
+                    &record.namespace,
+                    record.kind,
+                    &record.labels,
+                    ns_labels,
+                ));
+                let mut candidate = first_with_hash.get(&hash).copied();
+                let found = loop {
+                    let Some(id) = candidate else { break None };
+                    let identity = &table.identities[id as usize];
+                    if identity.kind == record.kind
+                        && identity.cluster == record.cluster
+                        && identity.namespace == record.namespace
+                        && identity.labels == record.labels
+                        && identity.namespace_labels == *ns_labels
+                    {
+                        break Some(IdentityId(id));
+                    }
+                    candidate = Some(next[id as usize]).filter(|&n| n != u32::MAX);
                 };
-                let next = IdentityId(table.identities.len() as u32);
-                let id = *interned.entry(identity).or_insert_with_key(|identity| {
-                    table.identities.push(identity.clone());
-                    next
+                let id = found.unwrap_or_else(|| {
+                    let id = table.identities.len() as u32;
+                    table.identities.push(Identity {
+                        cluster: record.cluster.clone(),
+                        namespace: record.namespace.clone(),
+                        kind: record.kind,
+                        labels: record.labels.clone(),
+                        namespace_labels: ns_labels.clone(),
+                    });
+                    next.push(first_with_hash.insert(hash, id).unwrap_or(u32::MAX));
+                    IdentityId(id)
                 });
                 table.insert(record, id, source_index);
             }
