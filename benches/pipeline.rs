@@ -20,9 +20,23 @@ use labelwall::snapshot::{RuleHits, Snapshot, SnapshotCell};
 use labelwall::wire::outer::{self, OUTER_HEADER_LEN, OuterAddressing};
 use labelwall::wire::{GWLB_HEADER_LEN, GwlbOptions, emit_gwlb_header};
 
-const IDENTITIES: u32 = 100_000;
 const SERVICES: u32 = 1_000;
-const FLOWS: u32 = 1_000_000;
+
+/// `cargo bench` passes `--bench`; `cargo test --all-targets` runs each bench once as a smoke
+/// test, where a smaller world keeps CI fast (and debug builds bearable).
+fn full_scale() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+/// Endpoints, each with its own identity.
+fn identities() -> u32 {
+    if full_scale() { 100_000 } else { 5_000 }
+}
+
+/// Flows in the table for the pipeline benches.
+fn flows() -> u32 {
+    if full_scale() { 1_000_000 } else { 20_000 }
+}
 
 /// Pod `i` of the benchmark world: 10.(i/65536).(i/256).(i%256)+ offset, service i % 1000.
 fn pod_ip(i: u32) -> Ipv4Addr {
@@ -48,15 +62,8 @@ fn tcp_packet(
     [&header[..], &inner].concat()
 }
 
-/// Resident memory of this process in bytes (Linux).
-fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-    pages * 4096
-}
-
 fn records() -> Arc<SourceRecords> {
-    let endpoints = (0..IDENTITIES)
+    let endpoints = (0..identities())
         .map(|i| EndpointRecord {
             net: IpAddr::V4(pod_ip(i)).into(),
             cluster: "bench".into(),
@@ -93,32 +100,19 @@ fn bench_policy() -> CompiledPolicy {
 /// group per service and 1,000 rules, rule k: svc-k -> svc-(k+1) on tcp/8080.
 fn world() -> Arc<Snapshot> {
     let labels = Arc::new(LabelTable::build(&[records()]));
-    assert_eq!(labels.identities().len(), IDENTITIES as usize);
+    assert_eq!(labels.identities().len(), identities() as usize);
     let policy = bench_policy();
     let hits = Arc::new(RuleHits::new(1, policy.rules.len()));
     Arc::new(Snapshot::new(1, labels, Arc::new(policy), hits))
 }
 
 /// The control plane's work after one label change: rebuild the table from all records and
-/// evaluate every group against every identity. Also prints the memory 100k endpoints take.
+/// evaluate every group against every identity (memory: `cargo bench --bench memory`).
 fn control_plane(c: &mut Criterion) {
-    let before = resident_bytes();
     let source = records();
-    let after_records = resident_bytes();
     let labels = Arc::new(LabelTable::build(std::slice::from_ref(&source)));
-    let after_table = resident_bytes();
     let policy = Arc::new(bench_policy());
     let hits = Arc::new(RuleHits::new(1, policy.rules.len()));
-    let snapshot = Snapshot::new(1, Arc::clone(&labels), Arc::clone(&policy), Arc::clone(&hits));
-    let after_snapshot = resident_bytes();
-    eprintln!(
-        "memory for {IDENTITIES} endpoints: records {:.1} MiB, label table {:.1} MiB, \
-         snapshot membership {:.1} MiB",
-        (after_records - before) as f64 / 1048576.0,
-        (after_table - after_records) as f64 / 1048576.0,
-        (after_snapshot - after_table) as f64 / 1048576.0,
-    );
-    drop(snapshot);
     let mut group = c.benchmark_group("control_plane_100k_endpoints");
     group.sample_size(10);
     group.bench_function("label_table_rebuild", |b| {
@@ -155,7 +149,7 @@ fn parse_and_prepare(c: &mut Criterion) {
 fn lookups_and_verdicts(c: &mut Criterion) {
     let snapshot = world();
     let mut group = c.benchmark_group("policy_100k_identities_1000_rules");
-    let known = IpAddr::V4(pod_ip(54_321));
+    let known = IpAddr::V4(pod_ip(4_321));
     let unknown = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     group.bench_function("identity_lookup_hit", |b| {
         b.iter(|| snapshot.labels.identity_of(black_box(known)))
@@ -179,24 +173,25 @@ fn lookups_and_verdicts(c: &mut Criterion) {
 fn whole_pipeline(c: &mut Criterion) {
     let snapshot = world();
     let cell: Arc<SnapshotCell> = Arc::new(arc_swap::ArcSwap::new(snapshot));
-    let settings = FlowSettings { max_flows: FLOWS as usize, timeouts: Timeouts::default() };
+    let (flow_count, identity_count) = (flows(), identities());
+    let settings = FlowSettings { max_flows: flow_count as usize, timeouts: Timeouts::default() };
     let mut pipeline = Pipeline::new(Mode::Inspect, 0, Some(Arc::clone(&cell)), settings, None);
     pipeline.begin_batch(1);
     let mut inject = vec![0u8; MAX_REJECT_LEN];
     // 1M flows: pods i -> i+1 (allowed by rule i % 1000), varying source ports.
-    for f in 0..FLOWS {
-        let i = f % IDENTITIES;
+    for f in 0..flow_count {
+        let i = f % identity_count;
         let packet = tcp_packet(
             pod_ip(i),
-            pod_ip((i + 1) % IDENTITIES),
-            1024 + (f / IDENTITIES) as u16,
+            pod_ip((i + 1) % identity_count),
+            1024 + (f / identity_count) as u16,
             8080,
             128,
             false,
         );
         pipeline.process(&packet, &mut inject);
     }
-    assert_eq!(pipeline.flow_counts().active, FLOWS as u64);
+    assert_eq!(pipeline.flow_counts().active, flow_count as u64);
     let mut group = c.benchmark_group("pipeline_1M_flows");
     group.throughput(Throughput::Elements(1));
     let established = tcp_packet(pod_ip(500), pod_ip(501), 1024, 8080, 128, false);
