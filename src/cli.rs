@@ -11,7 +11,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, LogConfig, LogFormat};
-use crate::conntrack::Timeouts;
 use crate::control::{self, ControlPlane};
 use crate::dataplane::{ControlLinks, Dataplane, DataplaneSettings};
 use crate::explain::{FlowQuestion, explain};
@@ -19,7 +18,7 @@ use crate::flowlog::FlowLogWriter;
 use crate::labels::LabelTable;
 use crate::metrics;
 use crate::packet::ip_proto;
-use crate::pipeline::{FlowSettings, Mode};
+use crate::pipeline::Mode;
 use crate::snapshot::{RuleHits, Snapshot};
 
 /// labelwall: a GENEVE inspection appliance for AWS Gateway Load Balancer that decides by
@@ -80,6 +79,8 @@ pub enum Command {
     },
     /// Generate GWLB GENEVE traffic against an appliance and measure what comes back.
     Loadgen(crate::loadgen::LoadgenArgs),
+    /// Run a capture of GWLB GENEVE traffic through the pipeline offline.
+    Replay(crate::replay::ReplayArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -111,6 +112,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             explain_command(&config, &question, json)
         }
         Command::Loadgen(args) => crate::loadgen::run(&args),
+        Command::Replay(args) => crate::replay::run(&args),
         Command::Demo { write_config: Some(dir) } => {
             for path in crate::demo::write_config(&dir)? {
                 println!("wrote {}", path.display());
@@ -185,13 +187,7 @@ fn run(path: &Path, reflect: bool) -> anyhow::Result<()> {
         mode: if reflect { Mode::Reflect } else { Mode::Inspect },
         receive_buffer: config.dataplane.receive_buffer,
         send_buffer: config.dataplane.send_buffer,
-        flows: FlowSettings {
-            max_flows: config.flows.max / workers,
-            timeouts: Timeouts {
-                tcp_ms: config.flows.tcp_idle_timeout * 1000,
-                ..Timeouts::default()
-            },
-        },
+        flows: config.flows.per_pipeline(workers),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

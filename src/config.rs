@@ -115,6 +115,19 @@ pub struct FlowsConfig {
     pub tcp_idle_timeout: u64,
 }
 
+impl FlowsConfig {
+    /// The settings of one of `pipelines` pipelines: the flow budget is split evenly.
+    pub fn per_pipeline(&self, pipelines: usize) -> crate::pipeline::FlowSettings {
+        crate::pipeline::FlowSettings {
+            max_flows: self.max / pipelines.max(1),
+            timeouts: crate::conntrack::Timeouts {
+                tcp_ms: self.tcp_idle_timeout * 1000,
+                ..crate::conntrack::Timeouts::default()
+            },
+        }
+    }
+}
+
 impl Default for FlowsConfig {
     fn default() -> Self {
         FlowsConfig { max: 1 << 20, tcp_idle_timeout: 350 }

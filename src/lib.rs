@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod prefix;
 pub mod reject;
+pub mod replay;
 pub mod snapshot;
 pub mod sources;
 pub mod wire;

@@ -19,7 +19,7 @@ use crate::control::ControlPlane;
 use crate::dataplane::{ControlLinks, Dataplane, DataplaneSettings};
 use crate::explain::{FlowQuestion, explain};
 use crate::packet::{Transport, ip_proto, tcp_flags};
-use crate::pipeline::{FlowSettings, Mode, decode};
+use crate::pipeline::{Mode, decode};
 use crate::policy::Action;
 use crate::wire::{GWLB_HEADER_LEN, GwlbOptions, emit_gwlb_header};
 
@@ -213,7 +213,7 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
         mode: Mode::Inspect,
         receive_buffer: config.dataplane.receive_buffer,
         send_buffer: config.dataplane.send_buffer,
-        flows: FlowSettings::default(),
+        flows: config.flows.per_pipeline(1),
     };
     let links = ControlLinks { snapshots: Some(Arc::clone(&state.snapshots)), flow_log: None };
     let dataplane = Dataplane::start(&settings, &links)?;
