@@ -81,6 +81,9 @@ pub enum Command {
     Loadgen(crate::loadgen::LoadgenArgs),
     /// Run a capture of GWLB GENEVE traffic through the pipeline offline.
     Replay(crate::replay::ReplayArgs),
+    /// A GWLB simulator: inner packets from a TUN device, wrapped in GENEVE toward an
+    /// appliance, checked and delivered back, so real TCP crosses the appliance.
+    GwlbSim(crate::gwlbsim::GwlbSimArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -113,6 +116,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Loadgen(args) => crate::loadgen::run(&args),
         Command::Replay(args) => crate::replay::run(&args),
+        Command::GwlbSim(args) => crate::gwlbsim::run(&args),
         Command::Demo { write_config: Some(dir) } => {
             for path in crate::demo::write_config(&dir)? {
                 println!("wrote {}", path.display());

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod diagnostics;
 pub mod explain;
 pub mod flowlog;
+pub mod gwlbsim;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod labels;
