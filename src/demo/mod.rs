@@ -21,7 +21,7 @@ use crate::explain::{FlowQuestion, explain};
 use crate::packet::{Transport, ip_proto, tcp_flags};
 use crate::pipeline::{Mode, decode};
 use crate::policy::Action;
-use crate::wire::{GWLB_HEADER_LEN, GwlbOptions, emit_gwlb_header};
+use crate::wire::GwlbOptions;
 
 /// The embedded label source.
 pub const INVENTORY: &str = include_str!("inventory.yaml");
@@ -393,15 +393,12 @@ fn receive(reply: &UdpSocket, sent: &[u8]) -> Reply {
 }
 
 fn gwlb_datagram(cookie: u32, inner: &[u8]) -> Vec<u8> {
-    let protocol = if inner[0] >> 4 == 6 { 0x86dd } else { 0x0800 };
-    let mut header = [0u8; GWLB_HEADER_LEN];
     let gwlb = GwlbOptions {
         endpoint_id: Some(0x0d3e_0000_0000_0001),
         attachment_id: Some(0x0a77_0000_0000_0001),
         flow_cookie: cookie,
     };
-    emit_gwlb_header(&mut header, protocol, &gwlb);
-    [&header[..], inner].concat()
+    crate::wire::geneve::encapsulate(inner, &gwlb)
 }
 
 fn ip_step(src: IpAddr, dst: IpAddr) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {

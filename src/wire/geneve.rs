@@ -260,6 +260,16 @@ pub fn emit_gwlb_header(
     );
 }
 
+/// A whole GWLB datagram around `inner` (protocol type from the IP version nibble), for tools
+/// and tests that build packets once; the per-packet paths use [`emit_gwlb_header`] in place.
+pub fn encapsulate(inner: &[u8], gwlb: &GwlbOptions) -> Vec<u8> {
+    let protocol =
+        if inner.first().is_some_and(|b| b >> 4 == 6) { PROTOCOL_IPV6 } else { PROTOCOL_IPV4 };
+    let mut header = [0u8; GWLB_HEADER_LEN];
+    emit_gwlb_header(&mut header, protocol, gwlb);
+    [&header[..], inner].concat()
+}
+
 fn be_u64(data: &[u8]) -> Result<u64, DropReason> {
     let bytes: [u8; 8] = data.try_into().map_err(|_| DropReason::GwlbOptionLength)?;
     Ok(u64::from_be_bytes(bytes))

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use labelwall::wire::{GWLB_HEADER_LEN, GwlbOptions, emit_gwlb_header};
+use labelwall::wire::GwlbOptions;
 
 pub const APPLIANCE_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 pub const GWLB_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -213,15 +213,12 @@ impl GwlbPeer {
 
 /// GENEVE with GWLB options around an inner IP packet (protocol type from its version).
 pub fn gwlb_datagram(cookie: u32, inner: &[u8]) -> Vec<u8> {
-    let protocol = if inner.first().is_some_and(|b| b >> 4 == 6) { 0x86dd } else { 0x0800 };
-    let mut header = [0u8; GWLB_HEADER_LEN];
     let gwlb = GwlbOptions {
         endpoint_id: Some(0x0a1b_2c3d_4e5f_6071),
         attachment_id: Some(0x1020_3040_5060_7080),
         flow_cookie: cookie,
     };
-    emit_gwlb_header(&mut header, protocol, &gwlb);
-    [&header[..], inner].concat()
+    labelwall::wire::geneve::encapsulate(inner, &gwlb)
 }
 
 /// IPv4 TCP segment with the given flags byte and `payload_len` bytes of payload.
