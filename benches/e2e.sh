@@ -5,7 +5,11 @@
 #   (the demo's inventory and policy; traffic is ratings -> rating-database tcp/3306, allowed
 #   by the second-to-last lookup of a 5-rule policy).
 # The appliance (1 worker) runs on CPU 1, loadgen on CPU 0. Needs root (raw sockets).
-# Usage: benches/e2e.sh [SIZES...]   (default: 128 1500 8500; DURATION=5 seconds per case)
+# Besides packet rates it reports the appliance's CPU time per packet it received (user +
+# system time of the process over its received-packet counter), which holds up better than
+# rates when other work shares the machine.
+# Usage: benches/e2e.sh [SIZES...]   (default: 128 1500 8500; DURATION=5 seconds per case;
+#        RATE=pps paces loadgen, default as fast as possible)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q
@@ -27,6 +31,7 @@ policy: $1
 labels: {inventory: [$dir/inventory.yaml]}
 YAML
   taskset -c 1 "$bin" run -c "$dir/labelwall.yaml" ${2:-} 2>"$dir/appliance.log" &
+  appliance_pid=$!
   for _ in $(seq 100); do
     curl -sf "127.0.0.1:$admin/readyz" >/dev/null 2>&1 && return 0
     sleep 0.1
@@ -37,12 +42,19 @@ YAML
 loadgen() { # size
   taskset -c 0 "$bin" loadgen --target "127.0.0.1:$port" --listen "127.0.0.2:$reply" \
     --size "$1" --duration "$duration" --proto tcp --src 10.0.1.15/32 --dst 10.20.0.0/24 \
-    --dport 3306 --flows 64 --json
+    --dport 3306 --flows 64 ${RATE:+--rate $RATE} --json
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$appliance_pid/stat"; }
+received() {
+  curl -sf "127.0.0.1:$admin/metrics" |
+    awk '/^labelwall_worker_received_packets_total/ {n += $2} END {print n + 0}'
 }
 
 stop_appliance() { pkill -f "$dir/labelwall.yaml" || true; wait 2>/dev/null || true; }
 
-printf '%-6s %-22s %12s %12s %10s %8s %10s %9s\n' size case sent_pps recv_pps gbit/s ratio p50_us p99_us
+printf '%-6s %-22s %11s %11s %8s %6s %11s %10s %10s\n' \
+  size case sent_pps recv_pps gbit/s ratio cpu_ns/pkt p50_us p99_us
 for size in ${sizes[*]}; do
   ceiling=$(loadgen "$size")
   base=""
@@ -52,20 +64,24 @@ for size in ${sizes[*]}; do
       "labelwall allow-all") start_appliance "$dir/allow.yaml" ;;
       "labelwall bookinfo") start_appliance "$dir/policy.yaml" ;;
     esac
+    ticks_before=$(cpu_ticks); packets_before=$(received)
     result=$(loadgen "$size")
+    ticks=$(( $(cpu_ticks) - ticks_before )); packets=$(( $(received) - packets_before ))
     stop_appliance
     base=${base:-$result}
-    python3 - "$size" "$case" "$result" "$base" <<'PY'
+    python3 - "$size" "$case" "$result" "$base" "$ticks" "$packets" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
 size, case, r, b = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+ticks, packets, hz = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 ratio = r["pps"] / b["pps"] if b["pps"] else 0
-print(f'{size:<6} {case:<22} {r["sent_pps"]:>12.0f} {r["pps"]:>12.0f} {r["gbps"]:>10.2f} '
-      f'{ratio:>8.2f} {r["latency_us"]["p50"]:>10} {r["latency_us"]["p99"]:>9}')
+cpu_ns = ticks / hz * 1e9 / packets if packets else 0
+print(f'{size:<6} {case:<22} {r["sent_pps"]:>11.0f} {r["pps"]:>11.0f} {r["gbps"]:>8.2f} '
+      f'{ratio:>6.2f} {cpu_ns:>11.0f} {r["latency_us"]["p50"]:>10.0f} {r["latency_us"]["p99"]:>10.0f}')
 PY
   done
   python3 - "$size" "$ceiling" <<'PY'
 import json, sys
 r = json.loads(sys.argv[2])
-print(f'{sys.argv[1]:<6} {"loadgen ceiling":<22} {r["sent_pps"]:>12.0f} {"(no replies)":>12}')
+print(f'{sys.argv[1]:<6} {"loadgen ceiling":<22} {r["sent_pps"]:>11.0f} {"(no replies)":>11}')
 PY
 done
