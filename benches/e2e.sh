@@ -8,6 +8,9 @@
 # Besides packet rates it reports the appliance's CPU time per packet it received (user +
 # system time of the process over its received-packet counter), which holds up better than
 # rates when other work shares the machine.
+# Columns: sent_pps (loadgen sent), fwd_pps (the appliance sent back, from its metrics),
+# recv_pps (loadgen received), gbit/s (received GENEVE bits), ratio (fwd_pps / the null
+# reflector's fwd_pps), cpu_ns/pkt, and reply latency percentiles (meaningful only when paced).
 # Usage: benches/e2e.sh [SIZES...]   (default: 128 1500 8500; DURATION=5 seconds per case;
 #        RATE=pps paces loadgen, default as fast as possible)
 set -euo pipefail
@@ -46,37 +49,45 @@ loadgen() { # size
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$appliance_pid/stat"; }
-received() {
-  curl -sf "127.0.0.1:$admin/metrics" |
-    awk '/^labelwall_worker_received_packets_total/ {n += $2} END {print n + 0}'
+counter() { # metric name: summed over workers
+  curl -sf "127.0.0.1:$admin/metrics" | awk -v m="^$1" '$0 ~ m {n += $2} END {print n + 0}'
 }
 
 stop_appliance() { pkill -f "$dir/labelwall.yaml" || true; wait 2>/dev/null || true; }
 
-printf '%-6s %-22s %11s %11s %8s %6s %11s %10s %10s\n' \
-  size case sent_pps recv_pps gbit/s ratio cpu_ns/pkt p50_us p99_us
+printf '%-6s %-22s %11s %11s %11s %8s %6s %11s %10s %10s\n' \
+  size case sent_pps fwd_pps recv_pps gbit/s ratio cpu_ns/pkt p50_us p99_us
 for size in ${sizes[*]}; do
   ceiling=$(loadgen "$size")
-  base=""
+  base=""; base_back=""
   for case in "null reflector" "labelwall allow-all" "labelwall bookinfo"; do
     case $case in
       "null reflector") start_appliance "$dir/allow.yaml" --reflect ;;
       "labelwall allow-all") start_appliance "$dir/allow.yaml" ;;
       "labelwall bookinfo") start_appliance "$dir/policy.yaml" ;;
     esac
-    ticks_before=$(cpu_ticks); packets_before=$(received)
+    ticks_before=$(cpu_ticks)
+    packets_before=$(counter labelwall_worker_received_packets_total)
+    back_before=$(counter labelwall_worker_sent_packets_total)
     result=$(loadgen "$size")
-    ticks=$(( $(cpu_ticks) - ticks_before )); packets=$(( $(received) - packets_before ))
+    ticks=$(( $(cpu_ticks) - ticks_before ))
+    packets=$(( $(counter labelwall_worker_received_packets_total) - packets_before ))
+    back=$(( $(counter labelwall_worker_sent_packets_total) - back_before ))
     stop_appliance
     base=${base:-$result}
-    python3 - "$size" "$case" "$result" "$base" "$ticks" "$packets" "$(getconf CLK_TCK)" <<'PY'
+    base_back=${base_back:-$back}
+    python3 - "$size" "$case" "$result" "$base" "$ticks" "$packets" "$(getconf CLK_TCK)" \
+      "$back" "$base_back" <<'PY'
 import json, sys
 size, case, r, b = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
 ticks, packets, hz = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
-ratio = r["pps"] / b["pps"] if b["pps"] else 0
+back, base_back = int(sys.argv[8]), int(sys.argv[9])
+seconds = r["duration_s"]
+ratio = back / base_back if base_back else 0
 cpu_ns = ticks / hz * 1e9 / packets if packets else 0
-print(f'{size:<6} {case:<22} {r["sent_pps"]:>11.0f} {r["pps"]:>11.0f} {r["gbps"]:>8.2f} '
-      f'{ratio:>6.2f} {cpu_ns:>11.0f} {r["latency_us"]["p50"]:>10.0f} {r["latency_us"]["p99"]:>10.0f}')
+print(f'{size:<6} {case:<22} {r["sent_pps"]:>11.0f} {back / seconds:>11.0f} {r["pps"]:>11.0f} '
+      f'{r["gbps"]:>8.2f} {ratio:>6.2f} {cpu_ns:>11.0f} {r["latency_us"]["p50"]:>10.0f} '
+      f'{r["latency_us"]["p99"]:>10.0f}')
 PY
   done
   python3 - "$size" "$ceiling" <<'PY'
