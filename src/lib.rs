@@ -12,9 +12,9 @@ pub mod demo;
 pub mod diagnostics;
 pub mod explain;
 pub mod flowlog;
-pub mod gwlbsim;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gwlbsim;
 pub mod labels;
 pub mod loadgen;
 pub mod metrics;

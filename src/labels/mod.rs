@@ -10,8 +10,8 @@
 //! index stored in a table is valid for that table.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasher;
 use std::fmt;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 
