@@ -988,7 +988,7 @@ rules:
          did you mean 10.20.0.0/24?",
         "policy.yaml:9: group `empty`: selects nothing: give at least one of pods, nodes, \
          external, cidrs",
-        "policy.yaml:8: group `ratings`: selector: invalid selector: at position 17: expected \
+        "policy.yaml:8: group `ratings`: pods.selector: invalid selector: at position 17: expected \
          a value or ',' before ')': like Kubernetes, an even number of commas right before ')' \
          is rejected",
         "policy.yaml:16: rule `web-to-db`: to[1]: unknown group `nosuch`",
@@ -1015,9 +1015,9 @@ fn a_bad_selector_error_shows_the_position_and_what_is_wrong() {
     assert_eq!(
         errors,
         [
-            "policy.yaml:5: group `web`: selector: invalid selector: at position 8: expected a \
+            "policy.yaml:5: group `web`: pods.selector: invalid selector: at position 8: expected a \
              label key or '!' after ',', found ','",
-            "policy.yaml:6: group `web`: namespace_selector: invalid selector: at position 6: \
+            "policy.yaml:6: group `web`: pods.namespace_selector: invalid selector: at position 6: \
              expected ',' or end of input after a requirement, found '=='",
         ]
     );
@@ -1032,9 +1032,9 @@ fn a_bad_label_key_or_value_list_in_a_selector_is_rejected_by_kubernetes_rules()
     assert_eq!(
         errors,
         [
-            "policy.yaml:6: group `db`: selector: invalid selector: at position 10: expected ',' \
+            "policy.yaml:6: group `db`: external.selector: invalid selector: at position 10: expected ',' \
              or ')' after a value, found 'b'",
-            "policy.yaml:4: group `web`: selector: invalid selector: at position 0: invalid label \
+            "policy.yaml:4: group `web`: nodes.selector: invalid selector: at position 0: invalid label \
              key \"-bad\": name part must consist of alphanumeric characters, '-', '_' or '.', \
              and must start and end with an alphanumeric character",
         ]

@@ -411,10 +411,9 @@ impl Compiler<'_> {
                 "selects nothing: give at least one of pods, nodes, external, cidrs".into(),
             );
         }
-        let pods = spec.pods.as_ref().map(|p| self.pods(&item, &format!("{path}.pods"), p));
-        let nodes = spec.nodes.as_ref().map(|k| self.kind(&item, &format!("{path}.nodes"), k));
-        let external =
-            spec.external.as_ref().map(|k| self.kind(&item, &format!("{path}.external"), k));
+        let pods = spec.pods.as_ref().map(|p| self.pods(&item, &path, p));
+        let nodes = spec.nodes.as_ref().map(|k| self.kind(&item, &path, "nodes", k));
+        let external = spec.external.as_ref().map(|k| self.kind(&item, &path, "external", k));
         let cidrs = self.networks(&item, &path, "cidrs", &spec.cidrs);
         let except = self.networks(&item, &path, "except", &spec.except);
         (self.errors.len() == before).then(|| Group {
@@ -440,21 +439,26 @@ impl Compiler<'_> {
 
     fn pods(&mut self, item: &str, path: &str, spec: &PodsSpec) -> PodMatcher {
         PodMatcher {
-            selector: self.selector(item, path, "selector", spec.selector.as_deref()),
+            selector: self.selector(item, path, "pods.selector", spec.selector.as_deref()),
             cluster: spec.cluster.clone(),
             namespace: spec.namespace.clone(),
             namespace_selector: self.selector(
                 item,
                 path,
-                "namespace_selector",
+                "pods.namespace_selector",
                 spec.namespace_selector.as_deref(),
             ),
         }
     }
 
-    fn kind(&mut self, item: &str, path: &str, spec: &KindSpec) -> KindMatcher {
+    fn kind(&mut self, item: &str, path: &str, kind: &str, spec: &KindSpec) -> KindMatcher {
         KindMatcher {
-            selector: self.selector(item, path, "selector", spec.selector.as_deref()),
+            selector: self.selector(
+                item,
+                path,
+                &format!("{kind}.selector"),
+                spec.selector.as_deref(),
+            ),
             cluster: spec.cluster.clone(),
         }
     }
