@@ -146,17 +146,16 @@ fn check(path: &Path) -> anyhow::Result<()> {
             labels.conflicts()
         );
     }
-    for warning in unimplemented_settings(&config) {
-        println!("warning: {warning}");
-    }
     Ok(())
 }
 
 fn explain_command(path: &Path, question: &FlowQuestion, json: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    let (policy, sources) = control::load_all(&config)?;
-    let labels =
-        Arc::new(LabelTable::build(&sources.into_iter().map(Arc::new).collect::<Vec<_>>()));
+    let (policy, inventories) = control::load_all(&config)?;
+    // As the appliance orders them: Kubernetes clusters first (listed once), then inventories.
+    let mut sources = kubernetes_views(&config);
+    sources.extend(inventories.into_iter().map(Arc::new));
+    let labels = Arc::new(LabelTable::build(&sources));
     let hits = Arc::new(RuleHits::new(1, policy.rules.len()));
     let snapshot = Snapshot::new(1, labels, Arc::new(policy), hits);
     let answer = explain(&snapshot, question);
@@ -168,21 +167,50 @@ fn explain_command(path: &Path, question: &FlowQuestion, json: bool) -> anyhow::
     Ok(())
 }
 
-/// Settings the file may carry that this version parses but does not act on yet.
-fn unimplemented_settings(config: &Config) -> Vec<String> {
-    let mut warnings = Vec::new();
-    if !config.labels.kubernetes.is_empty() {
-        warnings.push("`labels.kubernetes` sources are not watched yet".to_string());
+/// One list of every configured cluster, for `explain`; a cluster that cannot be listed within
+/// `EXPLAIN_LIST_TIMEOUT` is left out with a warning (its pods then show as unknown).
+fn kubernetes_views(config: &Config) -> Vec<Arc<crate::labels::SourceRecords>> {
+    const EXPLAIN_LIST_TIMEOUT: Duration = Duration::from_secs(15);
+    if config.labels.kubernetes.is_empty() {
+        return Vec::new();
     }
-    warnings
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        eprintln!("warning: cannot start a runtime to list the Kubernetes clusters");
+        return Vec::new();
+    };
+    config
+        .labels
+        .kubernetes
+        .iter()
+        .filter_map(|cluster| {
+            let listed = runtime.block_on(async {
+                tokio::time::timeout(
+                    EXPLAIN_LIST_TIMEOUT,
+                    crate::sources::kubernetes::list_once(cluster),
+                )
+                .await
+            });
+            match listed {
+                Ok(Ok(records)) => Some(Arc::new(records)),
+                Ok(Err(error)) => {
+                    eprintln!("warning: cluster {}: {error}; its pods show as unknown", cluster.cluster);
+                    None
+                }
+                Err(_) => {
+                    eprintln!(
+                        "warning: cluster {}: not listed within {EXPLAIN_LIST_TIMEOUT:?}; its pods show as unknown",
+                        cluster.cluster
+                    );
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 fn run(path: &Path, reflect: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     init_tracing(&config.log);
-    for warning in unimplemented_settings(&config) {
-        tracing::warn!("{warning}");
-    }
     let workers = config.dataplane.worker_count();
     let settings = DataplaneSettings {
         listen: config.dataplane.listen,
@@ -252,8 +280,12 @@ async fn serve(config: &Config, settings: DataplaneSettings) -> anyhow::Result<(
 
     // Live label sources (Kubernetes watchers) report here; the sender side is handed to
     // each watcher.
-    let (_source_events_tx, mut source_events) =
+    let (source_events_tx, mut source_events) =
         tokio::sync::mpsc::channel::<crate::sources::SourceEvent>(64);
+    for cluster in &config.labels.kubernetes {
+        crate::sources::kubernetes::spawn(cluster.clone(), source_events_tx.clone());
+    }
+    drop(source_events_tx);
     let mut file_check = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {

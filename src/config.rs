@@ -220,6 +220,14 @@ impl Config {
             let field = format!("labels.kubernetes[{i}]");
             if source.cluster.is_empty() {
                 error(&format!("{field}.cluster"), "must not be empty".into());
+            } else if self.labels.kubernetes[..i].iter().any(|s| s.cluster == source.cluster) {
+                error(
+                    &format!("{field}.cluster"),
+                    format!(
+                        "`{}` is used by another entry: cluster names must be unique",
+                        source.cluster
+                    ),
+                );
             }
             if source.kubeconfig.is_some() == source.in_cluster {
                 error(&field, "set exactly one of `kubeconfig` and `in_cluster: true`".into());
@@ -334,6 +342,18 @@ mod tests {
         assert_eq!(errors.0[0].line, Some(3));
         assert_eq!(errors.0[1].line, Some(4));
         assert_eq!(errors.0[2].line, Some(7));
+    }
+
+    #[test]
+    fn cluster_names_must_be_unique() {
+        let errors = parse(
+            "policy: p.yaml\nlabels:\n  kubernetes:\n    - {cluster: a, in_cluster: true}\n\
+             \x20   - {cluster: a, kubeconfig: k}\n",
+        )
+        .unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert_eq!(errors.0[0].field.as_deref(), Some("labels.kubernetes[1].cluster"));
+        assert_eq!(errors.0[0].line, Some(5));
     }
 
     #[test]

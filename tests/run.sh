@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool_package in tshark:tshark iperf3:iperf3 tcpreplay:tcpreplay tcpdump:tcpdump ip:iproute2; do
+for tool_package in tshark:tshark iperf3:iperf3 tcpreplay:tcpreplay tcpdump:tcpdump ip:iproute2 kubectl:kubernetes-client; do
   command -v "${tool_package%%:*}" >/dev/null 2>&1 || missing+=("${tool_package#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -3,6 +3,7 @@
 //! the table from all of them.
 
 pub mod inventory;
+pub mod kubernetes;
 
 use std::sync::Arc;
 

@@ -1,0 +1,1286 @@
+//! The Kubernetes label source: one task per configured cluster watches its Pods, Namespaces
+//! and Nodes through the API server and reports a full, compact view of the cluster to the
+//! control plane as [`SourceEvent::Records`], or [`SourceEvent::Lost`] while the API server
+//! cannot be reached. Owns the per-cluster store of compact entries (never whole objects) and
+//! the rule that decides which pod owns an address. Must not depend on the data plane, the
+//! policy or the label table's internals: it only hands in [`SourceRecords`]. Invariants: a
+//! `Records` is only ever sent once every kind has completed a full list (so it is a
+//! consistent view, never a half-listed one); an address belongs to at most one pod, the
+//! newest by creation time (then UID), so the delete of an old pod never removes the newer
+//! owner of the same address; pods that are Succeeded or Failed, run in the host network, or
+//! have no address yet own nothing; no error of the API server or of its data ends the task.
+//!
+//! How the watch works: each kind has a `kube::runtime::watcher` (paged initial list, then a
+//! watch with bookmarks, default backoff). `Init`/`InitApply` are buffered and swapped in at
+//! `InitDone`, so objects that were not re-listed (after a 410 Gone, a restart) are gone.
+//! Dropped watch connections are resumed by the watcher from the last resource version. A
+//! failed list or watch start (or three failed watches in a row) means the API server is out
+//! of reach: the source is reported lost, the last records stay in force, and the kind's
+//! watcher is restarted (a fresh list) on a backoff of its own until a list succeeds; the
+//! next full view marks the source synced again. A change after a quiet spell is rebuilt
+//! at once; the changes of a burst are gathered into one rebuild at least [`COALESCE`] (or
+//! twice the last rebuild's time) after the previous one, and a rebuild waits while the
+//! control plane has not taken the previous one, so at most one full copy per cluster is in
+//! flight. A quiet cluster in sync gets its last records sent again every 30 s, so that the
+//! last-sync age grows only for a source that is out of sync.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use ipnet::IpNet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use rustc_hash::FxHashMap;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::KubernetesSource;
+use crate::labels::{EndpointKind, EndpointRecord, Labels, NamespaceRecord, SourceRecords};
+use crate::sources::{SourceEvent, kubernetes_source_name};
+
+/// The least time between two rebuilds of the records: a change after a quiet spell is
+/// rebuilt at once, the changes of a burst are gathered for at least this long.
+pub const COALESCE: Duration = Duration::from_millis(10);
+/// How often a retired view is checked for being free to drop.
+const RETIRE_CHECK: Duration = Duration::from_millis(2);
+/// Events taken at most in one go before the records are rebuilt.
+const DRAIN_MAX: usize = 10_000;
+/// First and longest wait before a watcher that lost the API server is restarted.
+const RESTART_FIRST: Duration = Duration::from_millis(500);
+const RESTART_MAX: Duration = Duration::from_secs(10);
+/// While in sync and unchanged, the last records are sent again this often.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+/// Failed watches in a row (without an event in between) that count as losing the server.
+const FAILED_WATCHES_LOST: u32 = 3;
+/// At most one error line per kind and cluster in this interval; the rest are counted.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How often an unreadable kubeconfig is read again.
+const CONFIG_RETRY: Duration = Duration::from_secs(5);
+
+/// Starts watching one cluster; the task reports to `events` until that channel closes.
+pub fn spawn(
+    source: KubernetesSource,
+    events: mpsc::Sender<SourceEvent>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(source, events))
+}
+
+/// Watches one cluster until `events` closes.
+pub async fn run(source: KubernetesSource, events: mpsc::Sender<SourceEvent>) {
+    let name = kubernetes_source_name(&source.cluster);
+    let mut reported = false;
+    let client = loop {
+        match client_for(&source).await {
+            Ok(client) => break client,
+            Err(error) => {
+                tracing::error!(source = name, "cannot connect to the API server: {error}");
+                if !reported {
+                    reported = true;
+                    let lost = SourceEvent::Lost { source: name.clone(), error };
+                    if events.send(lost).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(CONFIG_RETRY) => {}
+                    _ = events.closed() => return,
+                }
+            }
+        }
+    };
+    tracing::info!(source = name, "watching pods, namespaces and nodes");
+    ClusterWatch::new(source.cluster, client, events).run().await;
+}
+
+/// A client from the kubeconfig file (exec credential plugins included) or the in-cluster
+/// service account.
+async fn client_for(source: &KubernetesSource) -> Result<kube::Client, String> {
+    let config = match &source.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("cannot read the kubeconfig {}: {e}", path.display()))?;
+            let options = kube::config::KubeConfigOptions::default();
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|e| format!("the kubeconfig {} is not usable: {e}", path.display()))?
+        }
+        None => {
+            kube::Config::incluster().map_err(|e| format!("no in-cluster service account: {e}"))?
+        }
+    };
+    kube::Client::try_from(config).map_err(|e| format!("cannot build an API client: {e}"))
+}
+
+/// Lists one cluster once (pods, namespaces, nodes) and returns its records, or the first
+/// error: for commands that answer one question and exit (`explain`), not for the appliance.
+pub async fn list_once(source: &KubernetesSource) -> Result<SourceRecords, String> {
+    let client = client_for(source).await?;
+    let mut store = ClusterStore::new(source.cluster.clone());
+    let mut pods = watch::<PodView>(&client);
+    let mut namespaces = watch::<NamespaceView>(&client);
+    let mut nodes = watch::<NodeView>(&client);
+    while !store.listed() {
+        let failed = |kind: Kind, error: watcher::Error| format!("{kind}: {error}");
+        tokio::select! {
+            Some(item) = pods.next(), if !store.pods.listed => {
+                store.apply_pod(item.map_err(|e| failed(Kind::Pods, e))?);
+            }
+            Some(item) = namespaces.next(), if !store.namespaces.listed => {
+                store.apply_namespace(item.map_err(|e| failed(Kind::Namespaces, e))?);
+            }
+            Some(item) = nodes.next(), if !store.nodes.listed => {
+                store.apply_node(item.map_err(|e| failed(Kind::Nodes, e))?);
+            }
+            else => return Err("the watch streams ended before a full list".into()),
+        }
+    }
+    Ok(store.records())
+}
+
+// ---------------------------------------------------------------------------------------------
+// What is read of each object: a few fields, deserialized straight into compact facts.
+
+/// The fields of `metadata` that are kept: what the watcher needs, and labels.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMeta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    uid: Option<String>,
+    #[serde(default)]
+    resource_version: Option<String>,
+    #[serde(default)]
+    creation_timestamp: Option<String>,
+    #[serde(default)]
+    labels: Option<Labels>,
+}
+
+impl RawMeta {
+    /// The metadata the watcher reads (name and resource version), without labels.
+    fn object_meta(&mut self) -> ObjectMeta {
+        ObjectMeta {
+            name: self.name.take(),
+            namespace: self.namespace.take(),
+            uid: self.uid.take(),
+            resource_version: self.resource_version.take(),
+            ..ObjectMeta::default()
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPodSpec {
+    #[serde(default)]
+    host_network: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawPodIp {
+    #[serde(default)]
+    ip: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPodStatus {
+    #[serde(default)]
+    phase: Option<String>,
+    #[serde(default, rename = "podIP")]
+    pod_ip: Option<String>,
+    #[serde(default, rename = "podIPs")]
+    pod_ips: Option<Vec<RawPodIp>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawPod {
+    #[serde(default)]
+    metadata: RawMeta,
+    #[serde(default)]
+    spec: Option<RawPodSpec>,
+    #[serde(default)]
+    status: Option<RawPodStatus>,
+}
+
+/// A pod as far as labelwall cares.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(from = "RawPod")]
+pub(crate) struct PodView {
+    metadata: ObjectMeta,
+    labels: Labels,
+    /// Seconds since the Unix epoch; 0 when absent or unreadable.
+    created: i64,
+    phase: Option<String>,
+    host_network: bool,
+    ips: Vec<IpAddr>,
+    /// Addresses in status that are not IP addresses.
+    bad_ips: usize,
+}
+
+impl From<RawPod> for PodView {
+    fn from(mut raw: RawPod) -> PodView {
+        let status = raw.status.unwrap_or_default();
+        let mut texts: Vec<String> =
+            status.pod_ips.unwrap_or_default().into_iter().filter_map(|p| p.ip).collect();
+        if texts.is_empty() {
+            texts.extend(status.pod_ip);
+        }
+        let mut ips = Vec::with_capacity(texts.len());
+        let mut bad_ips = 0;
+        for text in &texts {
+            match text.parse::<IpAddr>() {
+                Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+                Ok(_) => {}
+                Err(_) => bad_ips += 1,
+            }
+        }
+        PodView {
+            labels: raw.metadata.labels.take().unwrap_or_default(),
+            created: raw.metadata.creation_timestamp.as_deref().and_then(unix_seconds).unwrap_or(0),
+            metadata: raw.metadata.object_meta(),
+            phase: status.phase,
+            host_network: raw.spec.and_then(|s| s.host_network).unwrap_or(false),
+            ips,
+            bad_ips,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RawNamespace {
+    #[serde(default)]
+    metadata: RawMeta,
+}
+
+/// A namespace: its name and labels.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(from = "RawNamespace")]
+pub(crate) struct NamespaceView {
+    metadata: ObjectMeta,
+    labels: Labels,
+}
+
+impl From<RawNamespace> for NamespaceView {
+    fn from(mut raw: RawNamespace) -> NamespaceView {
+        NamespaceView {
+            labels: raw.metadata.labels.take().unwrap_or_default(),
+            metadata: raw.metadata.object_meta(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RawNodeAddress {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    address: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawNodeStatus {
+    #[serde(default)]
+    addresses: Option<Vec<RawNodeAddress>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawNode {
+    #[serde(default)]
+    metadata: RawMeta,
+    #[serde(default)]
+    status: Option<RawNodeStatus>,
+}
+
+/// A node: its name, labels and InternalIP/ExternalIP addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(from = "RawNode")]
+pub(crate) struct NodeView {
+    metadata: ObjectMeta,
+    labels: Labels,
+    ips: Vec<IpAddr>,
+}
+
+impl From<RawNode> for NodeView {
+    fn from(mut raw: RawNode) -> NodeView {
+        let mut ips = Vec::new();
+        let addresses = raw.status.and_then(|s| s.addresses).unwrap_or_default();
+        for address in addresses {
+            let wanted = matches!(address.kind.as_deref(), Some("InternalIP" | "ExternalIP"));
+            if let (true, Some(Ok(ip))) = (wanted, address.address.map(|a| a.parse::<IpAddr>()))
+                && !ips.contains(&ip)
+            {
+                ips.push(ip);
+            }
+        }
+        NodeView {
+            labels: raw.metadata.labels.take().unwrap_or_default(),
+            metadata: raw.metadata.object_meta(),
+            ips,
+        }
+    }
+}
+
+macro_rules! core_v1_resource {
+    ($view:ty, $kind:literal, $plural:literal, $scope:ty) => {
+        impl k8s_openapi::Resource for $view {
+            const API_VERSION: &'static str = "v1";
+            const GROUP: &'static str = "";
+            const KIND: &'static str = $kind;
+            const VERSION: &'static str = "v1";
+            const URL_PATH_SEGMENT: &'static str = $plural;
+            type Scope = $scope;
+        }
+        impl k8s_openapi::Metadata for $view {
+            type Ty = ObjectMeta;
+            fn metadata(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn metadata_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+core_v1_resource!(PodView, "Pod", "pods", k8s_openapi::NamespaceResourceScope);
+core_v1_resource!(NamespaceView, "Namespace", "namespaces", k8s_openapi::ClusterResourceScope);
+core_v1_resource!(NodeView, "Node", "nodes", k8s_openapi::ClusterResourceScope);
+
+/// `2024-05-01T12:00:00Z` (RFC 3339, as the API server writes timestamps) to Unix seconds.
+fn unix_seconds(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        text.get(range)?.parse::<u32>().ok().map(i64::from)
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let mut seconds = days * 86_400 + hour * 3600 + minute * 60 + second;
+    // A numeric offset (`+02:00`) instead of `Z`.
+    let zone = text.get(19..)?.trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
+    if let Some(sign) =
+        zone.strip_prefix('+').map(|z| (1, z)).or(zone.strip_prefix('-').map(|z| (-1, z)))
+    {
+        let (factor, offset) = sign;
+        let h = offset.get(0..2)?.parse::<i64>().ok()?;
+        let m = offset.get(3..5)?.parse::<i64>().ok()?;
+        seconds -= factor * (h * 3600 + m * 60);
+    } else if zone != "Z" && zone != "z" {
+        return None;
+    }
+    Some(seconds)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compact entries and the store.
+
+/// A pod that owns at least one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PodEntry {
+    namespace: Arc<str>,
+    name: Box<str>,
+    labels: Arc<Labels>,
+    ips: Box<[IpAddr]>,
+    created: i64,
+}
+
+/// A node with its labels and addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodeEntry {
+    labels: Arc<Labels>,
+    ips: Box<[IpAddr]>,
+}
+
+/// Shares equal label sets and namespace names between entries.
+#[derive(Debug, Default)]
+struct Interner {
+    labels: HashSet<Arc<Labels>>,
+    names: HashSet<Arc<str>>,
+}
+
+impl Interner {
+    fn labels(&mut self, labels: Labels) -> Arc<Labels> {
+        intern(&mut self.labels, labels)
+    }
+
+    fn name(&mut self, name: &str) -> Arc<str> {
+        match self.names.get(name) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared: Arc<str> = Arc::from(name);
+                self.names.insert(Arc::clone(&shared));
+                shared
+            }
+        }
+    }
+
+    /// Forgets what no entry uses any more.
+    fn collect(&mut self) {
+        self.labels.retain(|l| Arc::strong_count(l) > 1);
+        self.names.retain(|n| Arc::strong_count(n) > 1);
+    }
+}
+
+fn intern<T: Hash + Eq>(set: &mut HashSet<Arc<T>>, value: T) -> Arc<T> {
+    match set.get(&value) {
+        Some(shared) => Arc::clone(shared),
+        None => {
+            let shared = Arc::new(value);
+            set.insert(Arc::clone(&shared));
+            shared
+        }
+    }
+}
+
+/// The key of a pod: its UID, so that a new pod of the same name is a different entry.
+fn pod_key(pod: &PodView) -> Box<str> {
+    match &pod.metadata.uid {
+        Some(uid) if !uid.is_empty() => uid.as_str().into(),
+        _ => format!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+            pod.metadata.name.as_deref().unwrap_or_default()
+        )
+        .into(),
+    }
+}
+
+/// The entry of a pod, or `None` when it owns no address: finished (Succeeded, Failed), in
+/// the host network (the address is the node's), or not given an address yet.
+fn pod_entry(pod: &PodView, interner: &mut Interner) -> Option<PodEntry> {
+    let finished = matches!(pod.phase.as_deref(), Some("Succeeded" | "Failed"));
+    if finished || pod.host_network || pod.ips.is_empty() {
+        return None;
+    }
+    Some(PodEntry {
+        namespace: interner.name(pod.metadata.namespace.as_deref().unwrap_or_default()),
+        name: pod.metadata.name.as_deref().unwrap_or_default().into(),
+        labels: interner.labels(pod.labels.clone()),
+        ips: pod.ips.clone().into_boxed_slice(),
+        created: pod.created,
+    })
+}
+
+fn node_entry(node: &NodeView, interner: &mut Interner) -> NodeEntry {
+    NodeEntry {
+        labels: interner.labels(node.labels.clone()),
+        ips: node.ips.clone().into_boxed_slice(),
+    }
+}
+
+/// The entries of one kind: the live ones, and a new list being gathered.
+#[derive(Debug)]
+struct Table<E> {
+    live: HashMap<Box<str>, E>,
+    listing: Option<HashMap<Box<str>, E>>,
+    /// Has completed a full list at least once.
+    listed: bool,
+}
+
+impl<E: PartialEq> Table<E> {
+    fn new() -> Table<E> {
+        Table { live: HashMap::new(), listing: None, listed: false }
+    }
+
+    fn init(&mut self) {
+        self.listing = Some(HashMap::new());
+    }
+
+    fn init_apply(&mut self, key: Box<str>, entry: Option<E>) {
+        if let (Some(listing), Some(entry)) = (&mut self.listing, entry) {
+            listing.insert(key, entry);
+        }
+    }
+
+    /// Swaps the new list in; objects that were not listed are gone.
+    fn init_done(&mut self) {
+        if let Some(listing) = self.listing.take() {
+            self.live = listing;
+        }
+        self.listed = true;
+    }
+
+    /// An added or changed object; `None` removes it. Returns whether anything changed.
+    fn apply(&mut self, key: Box<str>, entry: Option<E>) -> bool {
+        match entry {
+            Some(entry) => match self.live.get_mut(&key) {
+                Some(old) if *old == entry => false,
+                Some(old) => {
+                    *old = entry;
+                    true
+                }
+                None => {
+                    self.live.insert(key, entry);
+                    true
+                }
+            },
+            None => self.live.remove(&key).is_some(),
+        }
+    }
+}
+
+/// Everything known of one cluster, in compact form.
+#[derive(Debug)]
+struct ClusterStore {
+    cluster: String,
+    pods: Table<PodEntry>,
+    namespaces: Table<Arc<Labels>>,
+    nodes: Table<NodeEntry>,
+    interner: Interner,
+}
+
+impl ClusterStore {
+    fn new(cluster: String) -> ClusterStore {
+        ClusterStore {
+            cluster,
+            pods: Table::new(),
+            namespaces: Table::new(),
+            nodes: Table::new(),
+            interner: Interner::default(),
+        }
+    }
+
+    fn listed(&self) -> bool {
+        self.pods.listed && self.namespaces.listed && self.nodes.listed
+    }
+
+    fn apply_pod(&mut self, event: Event<PodView>) -> Applied {
+        let interner = &mut self.interner;
+        apply(&mut self.pods, event, |pod| {
+            if pod.bad_ips > 0 {
+                tracing::debug!(pod = ?pod.metadata.name, "a pod address that is not an IP ignored");
+            }
+            (pod_key(pod), pod_entry(pod, interner))
+        })
+    }
+
+    fn apply_namespace(&mut self, event: Event<NamespaceView>) -> Applied {
+        let interner = &mut self.interner;
+        apply(&mut self.namespaces, event, |ns| {
+            let name = ns.metadata.name.as_deref().unwrap_or_default();
+            (name.into(), Some(interner.labels(ns.labels.clone())))
+        })
+    }
+
+    fn apply_node(&mut self, event: Event<NodeView>) -> Applied {
+        let interner = &mut self.interner;
+        apply(&mut self.nodes, event, |node| {
+            let name = node.metadata.name.as_deref().unwrap_or_default();
+            (name.into(), Some(node_entry(node, interner)))
+        })
+    }
+
+    /// The full view: every owned pod address, every node address, every namespace. Sorted,
+    /// so that equal views compare equal.
+    fn records(&mut self) -> SourceRecords {
+        self.interner.collect();
+        let mut owners: FxHashMap<IpAddr, (&str, &PodEntry)> = FxHashMap::default();
+        owners.reserve(self.pods.live.len());
+        for (uid, pod) in &self.pods.live {
+            for ip in pod.ips.iter() {
+                owners
+                    .entry(*ip)
+                    .and_modify(|owner| {
+                        if (pod.created, &**uid) > (owner.1.created, owner.0) {
+                            *owner = (uid, pod);
+                        }
+                    })
+                    .or_insert((uid, pod));
+            }
+        }
+        let node_addresses: usize = self.nodes.live.values().map(|n| n.ips.len()).sum();
+        let mut endpoints = Vec::with_capacity(owners.len() + node_addresses);
+        for (ip, (_, pod)) in owners {
+            endpoints.push(EndpointRecord {
+                net: IpNet::from(ip),
+                cluster: self.cluster.clone(),
+                namespace: pod.namespace.to_string(),
+                name: pod.name.to_string(),
+                kind: EndpointKind::Pod,
+                labels: (*pod.labels).clone(),
+            });
+        }
+        for (name, node) in &self.nodes.live {
+            for ip in node.ips.iter() {
+                endpoints.push(EndpointRecord {
+                    net: IpNet::from(*ip),
+                    cluster: self.cluster.clone(),
+                    namespace: String::new(),
+                    name: name.to_string(),
+                    kind: EndpointKind::Node,
+                    labels: (*node.labels).clone(),
+                });
+            }
+        }
+        endpoints.sort_unstable_by(|a, b| {
+            (a.net, a.kind, &a.name, &a.namespace).cmp(&(b.net, b.kind, &b.name, &b.namespace))
+        });
+        let mut namespaces: Vec<NamespaceRecord> = self
+            .namespaces
+            .live
+            .iter()
+            .map(|(name, labels)| NamespaceRecord {
+                cluster: self.cluster.clone(),
+                name: name.to_string(),
+                labels: (**labels).clone(),
+            })
+            .collect();
+        namespaces.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        SourceRecords { source: kubernetes_source_name(&self.cluster), endpoints, namespaces }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The watch loop.
+
+/// The three kinds watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Pods,
+    Namespaces,
+    Nodes,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Pods, Kind::Namespaces, Kind::Nodes];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Pods => "pods",
+            Kind::Namespaces => "namespaces",
+            Kind::Nodes => "nodes",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+type WatchStream<K> = Pin<Box<dyn Stream<Item = Result<Event<K>, watcher::Error>> + Send>>;
+
+fn watch<K>(client: &kube::Client) -> WatchStream<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + fmt::Debug
+        + for<'de> Deserialize<'de>
+        + Send
+        + 'static,
+{
+    let api = kube::Api::<K>::all(client.clone());
+    watcher::watcher(api, watcher::Config::default()).default_backoff().boxed()
+}
+
+/// Health of one kind's watcher.
+#[derive(Debug)]
+struct KindHealth {
+    /// Out of reach since this error (the source was reported lost for it).
+    lost: Option<String>,
+    /// Failed watches since the last event.
+    failed_watches: u32,
+    /// When a lost watcher is restarted with a fresh list.
+    restart_at: Option<Instant>,
+    restart_delay: Duration,
+    errors: u64,
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl KindHealth {
+    fn new() -> KindHealth {
+        KindHealth {
+            lost: None,
+            failed_watches: 0,
+            restart_at: None,
+            restart_delay: RESTART_FIRST,
+            errors: 0,
+            last_logged: None,
+            unlogged: 0,
+        }
+    }
+}
+
+/// What one error of a watcher means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorClass {
+    /// The API server could not be reached or refused a list or a watch.
+    Unreachable,
+    /// A watch ended badly; the watcher resumes it from the last resource version.
+    WatchFailed,
+    /// 410 Gone: the watcher lists again.
+    Gone,
+}
+
+fn classify(error: &watcher::Error) -> ErrorClass {
+    match error {
+        watcher::Error::InitialListFailed(_)
+        | watcher::Error::WatchStartFailed(_)
+        | watcher::Error::NoResourceVersion => ErrorClass::Unreachable,
+        watcher::Error::WatchError(status) if status.code == 410 => ErrorClass::Gone,
+        watcher::Error::WatchError(_) | watcher::Error::WatchFailed(_) => ErrorClass::WatchFailed,
+    }
+}
+
+#[derive(Debug, Default)]
+struct Publish {
+    /// The records changed since the last `Records`.
+    dirty: bool,
+    /// When the gathered changes are rebuilt and sent.
+    at: Option<Instant>,
+    /// A `Lost` was sent and no `Records` since.
+    lost_reported: bool,
+    /// The last records sent, and when they were last sent.
+    last_sent: Option<(Arc<SourceRecords>, Instant)>,
+    /// No rebuild before this: [`COALESCE`] or twice the last rebuild's time after it.
+    not_before: Option<Instant>,
+    /// The view before the last one sent, until the control plane lets go of it.
+    retired: Option<Arc<SourceRecords>>,
+}
+
+struct ClusterWatch {
+    name: String,
+    client: kube::Client,
+    events: mpsc::Sender<SourceEvent>,
+    store: ClusterStore,
+    pods: WatchStream<PodView>,
+    namespaces: WatchStream<NamespaceView>,
+    nodes: WatchStream<NodeView>,
+    health: [KindHealth; 3],
+    publish: Publish,
+}
+
+impl fmt::Debug for ClusterWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterWatch").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// Waits until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl ClusterWatch {
+    fn new(cluster: String, client: kube::Client, events: mpsc::Sender<SourceEvent>) -> Self {
+        ClusterWatch {
+            name: kubernetes_source_name(&cluster),
+            pods: watch(&client),
+            namespaces: watch(&client),
+            nodes: watch(&client),
+            client,
+            events,
+            store: ClusterStore::new(cluster),
+            health: [KindHealth::new(), KindHealth::new(), KindHealth::new()],
+            publish: Publish::default(),
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                Some(item) = self.pods.next() => self.on_pod(item),
+                Some(item) = self.namespaces.next() => self.on_namespace(item),
+                Some(item) = self.nodes.next() => self.on_node(item),
+                () = sleep_until(wake) => {}
+                () = self.events.closed() => return,
+            }
+            self.drain_ready();
+            self.restart_due();
+            if !self.send_due().await {
+                return;
+            }
+        }
+    }
+
+    /// Takes every event that is already there, so that a burst becomes one rebuild.
+    fn drain_ready(&mut self) {
+        use futures::FutureExt;
+        for _ in 0..DRAIN_MAX {
+            if let Some(Some(item)) = self.pods.next().now_or_never() {
+                self.on_pod(item);
+            } else if let Some(Some(item)) = self.namespaces.next().now_or_never() {
+                self.on_namespace(item);
+            } else if let Some(Some(item)) = self.nodes.next().now_or_never() {
+                self.on_node(item);
+            } else {
+                return;
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let restarts = self.health.iter().filter_map(|h| h.restart_at);
+        let healthy = self.health.iter().all(|h| h.lost.is_none());
+        let retired = self.publish.retired.as_ref().map(|_| Instant::now() + RETIRE_CHECK);
+        let heartbeat =
+            self.publish.last_sent.as_ref().filter(|_| healthy).map(|s| s.1 + HEARTBEAT);
+        restarts.chain(self.publish.at).chain(heartbeat).chain(retired).min()
+    }
+
+    fn on_pod(&mut self, item: Result<Event<PodView>, watcher::Error>) {
+        match item {
+            Ok(event) => {
+                let applied = self.store.apply_pod(event);
+                self.on_event(Kind::Pods, applied);
+            }
+            Err(error) => self.on_error(Kind::Pods, &error),
+        }
+    }
+
+    fn on_namespace(&mut self, item: Result<Event<NamespaceView>, watcher::Error>) {
+        match item {
+            Ok(event) => {
+                let applied = self.store.apply_namespace(event);
+                self.on_event(Kind::Namespaces, applied);
+            }
+            Err(error) => self.on_error(Kind::Namespaces, &error),
+        }
+    }
+
+    fn on_node(&mut self, item: Result<Event<NodeView>, watcher::Error>) {
+        match item {
+            Ok(event) => {
+                let applied = self.store.apply_node(event);
+                self.on_event(Kind::Nodes, applied);
+            }
+            Err(error) => self.on_error(Kind::Nodes, &error),
+        }
+    }
+
+    fn on_event(&mut self, kind: Kind, changed: Applied) {
+        let health = &mut self.health[kind as usize];
+        health.failed_watches = 0;
+        if changed == Applied::Listed {
+            // A full list: the kind is reachable again.
+            if let Some(error) = health.lost.take() {
+                tracing::info!(source = self.name, %kind, error, "listed again after losing the API server");
+            }
+            health.restart_at = None;
+            health.restart_delay = RESTART_FIRST;
+        }
+        if changed != Applied::Unchanged {
+            self.publish.dirty = true;
+            if self.publish.at.is_none() {
+                // Right away after a quiet spell; in a burst, once the spacing has passed.
+                let now = Instant::now();
+                self.publish.at = Some(self.publish.not_before.map_or(now, |at| at.max(now)));
+            }
+        }
+    }
+
+    fn on_error(&mut self, kind: Kind, error: &watcher::Error) {
+        let class = classify(error);
+        let health = &mut self.health[kind as usize];
+        let now = Instant::now();
+        if class == ErrorClass::Gone {
+            // The history moved past the watch (compaction): routine, the watcher lists again.
+            tracing::info!(source = self.name, %kind, "watch expired (410 Gone), listing again");
+            return;
+        }
+        health.errors += 1;
+        if health.last_logged.is_none_or(|at| now.duration_since(at) >= ERROR_LOG_INTERVAL) {
+            tracing::warn!(
+                source = self.name,
+                %kind,
+                errors = health.errors,
+                not_logged = health.unlogged,
+                "watch error: {error}"
+            );
+            health.last_logged = Some(now);
+            health.unlogged = 0;
+        } else {
+            health.unlogged += 1;
+        }
+        let unreachable = match class {
+            ErrorClass::Unreachable => true,
+            ErrorClass::WatchFailed => {
+                health.failed_watches += 1;
+                health.failed_watches >= FAILED_WATCHES_LOST
+            }
+            ErrorClass::Gone => false,
+        };
+        if unreachable {
+            if health.lost.is_none() {
+                health.lost = Some(format!("{kind}: {error}"));
+            }
+            if health.restart_at.is_none() {
+                health.restart_at = Some(now + health.restart_delay);
+                health.restart_delay = (health.restart_delay * 2).min(RESTART_MAX);
+            }
+        }
+    }
+
+    /// Restarts the watchers whose restart is due: a fresh list, which is what tells that
+    /// the API server is back.
+    fn restart_due(&mut self) {
+        let now = Instant::now();
+        for kind in Kind::ALL {
+            let health = &mut self.health[kind as usize];
+            if health.restart_at.is_none_or(|at| at > now) {
+                continue;
+            }
+            health.restart_at = None;
+            health.failed_watches = 0;
+            tracing::debug!(source = self.name, %kind, "restarting the watcher");
+            match kind {
+                Kind::Pods => self.pods = watch(&self.client),
+                Kind::Namespaces => self.namespaces = watch(&self.client),
+                Kind::Nodes => self.nodes = watch(&self.client),
+            }
+        }
+    }
+
+    /// Sends `Lost` when a kind lost the API server, and the records when changes are due.
+    /// Returns false when the control plane is gone.
+    async fn send_due(&mut self) -> bool {
+        if self.publish.retired.as_ref().is_some_and(|r| Arc::strong_count(r) == 1) {
+            self.publish.retired = None;
+        }
+        let lost = self.health.iter().find_map(|h| h.lost.clone());
+        if let (Some(error), false) = (&lost, self.publish.lost_reported) {
+            self.publish.lost_reported = true;
+            let event = SourceEvent::Lost { source: self.name.clone(), error: error.clone() };
+            if self.events.send(event).await.is_err() {
+                return false;
+            }
+        }
+        let now = Instant::now();
+        if !self.publish.dirty {
+            // Nothing changed: say so now and then, so that the last-sync age tells a quiet
+            // cluster from a lost one.
+            if let (None, Some((records, at))) = (&lost, &mut self.publish.last_sent)
+                && *at + HEARTBEAT <= now
+            {
+                *at = now;
+                let event = SourceEvent::Records {
+                    source: self.name.clone(),
+                    records: Arc::clone(records),
+                };
+                return self.events.send(event).await.is_ok();
+            }
+            return true;
+        }
+        if self.publish.at.is_some_and(|at| at > now) {
+            return true;
+        }
+        if !self.store.listed() {
+            self.publish.at = None; // the first Records waits for every kind's first list
+            return true;
+        }
+        if self.events.capacity() < self.events.max_capacity() {
+            // The control plane has not taken everything yet: build later, from newer state.
+            self.publish.at = Some(now + COALESCE);
+            return true;
+        }
+        let started = Instant::now();
+        let records = Arc::new(self.store.records());
+        let took = started.elapsed();
+        self.publish.not_before = Some(Instant::now() + COALESCE.max(took * 2));
+        tracing::debug!(
+            source = self.name,
+            endpoints = records.endpoints.len(),
+            took_us = took.as_micros() as u64,
+            "records rebuilt"
+        );
+        self.publish.dirty = false;
+        self.publish.at = None;
+        if let Some((previous, _)) = self.publish.last_sent.replace((Arc::clone(&records), now)) {
+            // Freed by this task once the control plane has swapped it out, so that freeing
+            // it does not delay the snapshot of the new view.
+            self.publish.retired = Some(previous);
+        }
+        let event = SourceEvent::Records { source: self.name.clone(), records };
+        if self.events.send(event).await.is_err() {
+            return false;
+        }
+        self.publish.lost_reported = false;
+        if let Some(error) = lost {
+            // Some kind is still out of reach: the view is not known to be current.
+            self.publish.lost_reported = true;
+            let event = SourceEvent::Lost { source: self.name.clone(), error };
+            return self.events.send(event).await.is_ok();
+        }
+        true
+    }
+}
+
+/// What an event did to a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    Unchanged,
+    Changed,
+    /// A full list was swapped in.
+    Listed,
+}
+
+fn apply<K, E: PartialEq>(
+    table: &mut Table<E>,
+    event: Event<K>,
+    mut entry: impl FnMut(&K) -> (Box<str>, Option<E>),
+) -> Applied {
+    let changed = |c: bool| if c { Applied::Changed } else { Applied::Unchanged };
+    match event {
+        Event::Init => {
+            table.init();
+            Applied::Unchanged
+        }
+        Event::InitApply(object) => {
+            let (key, value) = entry(&object);
+            table.init_apply(key, value);
+            Applied::Unchanged
+        }
+        Event::InitDone => {
+            table.init_done();
+            Applied::Listed
+        }
+        Event::Apply(object) => {
+            let (key, value) = entry(&object);
+            changed(table.apply(key, value))
+        }
+        Event::Delete(object) => {
+            let (key, _) = entry(&object);
+            changed(table.apply(key, None))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels_text(labels: &Labels) -> String {
+        labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    }
+
+    fn pod(json: serde_json::Value) -> PodView {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn running(uid: &str, name: &str, created: &str, ips: &[&str]) -> serde_json::Value {
+        serde_json::json!({
+            "metadata": {
+                "name": name, "namespace": "bookinfo", "uid": uid, "resourceVersion": "7",
+                "creationTimestamp": created, "labels": {"app": "ratings"},
+                "annotations": {"big": "x"}, "managedFields": [{"manager": "kubelet"}]
+            },
+            "spec": {"containers": [{"name": "c", "image": "i"}], "nodeName": "n1"},
+            "status": {
+                "phase": "Running", "podIP": ips.first().copied().unwrap_or_default(),
+                "podIPs": ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect::<Vec<_>>()
+            }
+        })
+    }
+
+    fn store_with(pods: &[serde_json::Value]) -> ClusterStore {
+        let mut store = ClusterStore::new("c1".into());
+        for json in pods {
+            let view = pod(json.clone());
+            let entry = pod_entry(&view, &mut store.interner);
+            store.pods.apply(pod_key(&view), entry);
+        }
+        store.pods.listed = true;
+        store.namespaces.listed = true;
+        store.nodes.listed = true;
+        store
+    }
+
+    fn owner(records: &SourceRecords, ip: &str) -> Option<String> {
+        let net = IpNet::from(ip.parse::<IpAddr>().unwrap());
+        records.endpoints.iter().find(|e| e.net == net).map(|e| e.name.clone())
+    }
+
+    #[test]
+    fn a_running_pod_owns_its_ipv4_and_ipv6_addresses_with_its_labels() {
+        let view =
+            pod(running("u1", "ratings-1", "2024-05-01T12:00:00Z", &["10.0.1.15", "fd00::15"]));
+        assert_eq!(view.created, 1_714_564_800);
+        let records = store_with(&[running(
+            "u1",
+            "ratings-1",
+            "2024-05-01T12:00:00Z",
+            &["10.0.1.15", "fd00::15"],
+        )])
+        .records();
+        assert_eq!(records.source, "kubernetes:c1");
+        assert_eq!(records.endpoints.len(), 2);
+        for (record, net) in records.endpoints.iter().zip(["10.0.1.15/32", "fd00::15/128"]) {
+            assert_eq!(record.net, net.parse::<IpNet>().unwrap());
+            assert_eq!(record.cluster, "c1");
+            assert_eq!(record.namespace, "bookinfo");
+            assert_eq!(record.name, "ratings-1");
+            assert_eq!(record.kind, EndpointKind::Pod);
+            assert_eq!(labels_text(&record.labels), "app=ratings");
+        }
+    }
+
+    #[test]
+    fn finished_host_network_and_addressless_pods_own_nothing() {
+        let mut succeeded = running("u1", "job", "2024-05-01T12:00:00Z", &["10.0.1.1"]);
+        succeeded["status"]["phase"] = "Succeeded".into();
+        let mut failed = running("u2", "crashed", "2024-05-01T12:00:00Z", &["10.0.1.2"]);
+        failed["status"]["phase"] = "Failed".into();
+        let mut host = running("u3", "kube-proxy", "2024-05-01T12:00:00Z", &["10.0.0.10"]);
+        host["spec"]["hostNetwork"] = true.into();
+        let mut pending = running("u4", "pending", "2024-05-01T12:00:00Z", &[]);
+        pending["status"] = serde_json::json!({"phase": "Pending"});
+        let bare = serde_json::json!({"metadata": {"name": "bare", "uid": "u5"}});
+        let mut interner = Interner::default();
+        for json in [succeeded, failed, host, pending, bare] {
+            assert_eq!(pod_entry(&pod(json.clone()), &mut interner), None, "{json}");
+        }
+    }
+
+    #[test]
+    fn only_pod_ip_is_used_when_pod_ips_is_absent_and_garbage_addresses_are_skipped() {
+        let view = pod(serde_json::json!({
+            "metadata": {"name": "old", "namespace": "ns", "uid": "u"},
+            "status": {"phase": "Running", "podIP": "10.1.2.3"}
+        }));
+        assert_eq!(view.ips, ["10.1.2.3".parse::<IpAddr>().unwrap()]);
+        let view = pod(serde_json::json!({
+            "metadata": {"name": "bad", "uid": "u"},
+            "status": {"phase": "Running", "podIPs": [{"ip": "not-an-ip"}, {"ip": "10.1.2.4"}, {}]}
+        }));
+        assert_eq!(view.ips, ["10.1.2.4".parse::<IpAddr>().unwrap()]);
+        assert_eq!(view.bad_ips, 1);
+    }
+
+    #[test]
+    fn the_newest_pod_owns_a_reused_address_whatever_the_order_of_events() {
+        let old = running("u-old", "ratings-old", "2024-05-01T12:00:00Z", &["10.0.1.15"]);
+        let mut new = running("u-new", "other-new", "2024-05-01T12:05:00Z", &["10.0.1.15"]);
+        new["metadata"]["labels"] = serde_json::json!({"app": "other"});
+        // The new pod is seen before the old one's delete.
+        let mut store = store_with(&[new.clone(), old.clone()]);
+        assert_eq!(owner(&store.records(), "10.0.1.15").as_deref(), Some("other-new"));
+        let old_view = pod(old);
+        assert!(store.pods.apply(pod_key(&old_view), None), "the old pod's delete");
+        assert_eq!(owner(&store.records(), "10.0.1.15").as_deref(), Some("other-new"));
+        // A late update of the old pod, still claiming the address, does not take it back.
+        let late_old = running("u-old", "ratings-old", "2024-05-01T12:00:00Z", &["10.0.1.15"]);
+        let mut store = store_with(&[new, late_old]);
+        let records = store.records();
+        assert_eq!(owner(&records, "10.0.1.15").as_deref(), Some("other-new"));
+        assert_eq!(records.endpoints.len(), 1);
+    }
+
+    #[test]
+    fn equal_creation_times_are_decided_by_uid() {
+        let a = running("aaa", "pod-a", "2024-05-01T12:00:00Z", &["10.0.1.9"]);
+        let b = running("bbb", "pod-b", "2024-05-01T12:00:00Z", &["10.0.1.9"]);
+        assert_eq!(
+            owner(&store_with(&[a.clone(), b.clone()]).records(), "10.0.1.9").unwrap(),
+            "pod-b"
+        );
+        assert_eq!(owner(&store_with(&[b, a]).records(), "10.0.1.9").unwrap(), "pod-b");
+    }
+
+    #[test]
+    fn a_pod_that_finishes_releases_its_address() {
+        let mut store = store_with(&[running("u1", "job", "2024-05-01T12:00:00Z", &["10.0.1.1"])]);
+        let mut done = running("u1", "job", "2024-05-01T12:00:00Z", &["10.0.1.1"]);
+        done["status"]["phase"] = "Succeeded".into();
+        let view = pod(done);
+        let entry = pod_entry(&view, &mut store.interner);
+        assert!(store.pods.apply(pod_key(&view), entry));
+        assert!(store.records().endpoints.is_empty());
+    }
+
+    #[test]
+    fn nodes_keep_internal_and_external_addresses_only() {
+        let node: NodeView = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "ip-10-0-0-10", "labels": {"role": "worker"}},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": "10.0.0.10"},
+                {"type": "ExternalIP", "address": "203.0.113.7"},
+                {"type": "InternalIP", "address": "fd00::a"},
+                {"type": "Hostname", "address": "ip-10-0-0-10.ec2.internal"},
+                {"type": "InternalDNS", "address": "10.9.9.9"}
+            ]}
+        }))
+        .unwrap();
+        let mut store = store_with(&[]);
+        let entry = node_entry(&node, &mut store.interner);
+        store.nodes.apply("ip-10-0-0-10".into(), Some(entry));
+        let records = store.records();
+        let nets: Vec<String> = records.endpoints.iter().map(|e| e.net.to_string()).collect();
+        assert_eq!(nets, ["10.0.0.10/32", "203.0.113.7/32", "fd00::a/128"]);
+        assert!(records.endpoints.iter().all(|e| e.kind == EndpointKind::Node
+            && e.namespace.is_empty()
+            && labels_text(&e.labels) == "role=worker"));
+    }
+
+    #[test]
+    fn a_relist_forgets_what_was_not_listed_again() {
+        let mut table: Table<u32> = Table::new();
+        table.init();
+        table.init_apply("a".into(), Some(1));
+        table.init_apply("b".into(), Some(2));
+        assert!(table.live.is_empty(), "nothing is live before InitDone");
+        table.init_done();
+        assert_eq!(table.live.len(), 2);
+        table.init();
+        table.init_apply("b".into(), Some(3));
+        assert_eq!(table.live.len(), 2, "the old view stays until the new list is complete");
+        table.init_done();
+        assert_eq!(table.live.into_iter().collect::<Vec<_>>(), [("b".into(), 3)]);
+    }
+
+    #[test]
+    fn records_are_sorted_so_that_equal_views_compare_equal() {
+        let pods: Vec<_> = (0..50)
+            .map(|i| {
+                running(
+                    &format!("u{i}"),
+                    &format!("p{i}"),
+                    "2024-05-01T12:00:00Z",
+                    &[&format!("10.0.{}.{}", i % 3, i)],
+                )
+            })
+            .collect();
+        let mut reversed = pods.clone();
+        reversed.reverse();
+        assert_eq!(store_with(&pods).records(), store_with(&reversed).records());
+    }
+
+    #[test]
+    fn timestamps_parse_as_the_api_server_writes_them() {
+        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(unix_seconds("2000-03-01T00:00:01Z"), Some(951_868_801));
+        assert_eq!(unix_seconds("2024-05-01T12:00:00.123456Z"), Some(1_714_564_800));
+        assert_eq!(unix_seconds("2024-05-01T14:00:00+02:00"), Some(1_714_564_800));
+        assert_eq!(unix_seconds("yesterday"), None);
+        assert_eq!(unix_seconds("2024-13-01T00:00:00Z"), None);
+    }
+}
