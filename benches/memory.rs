@@ -24,19 +24,27 @@ fn resident_mib() -> f64 {
 
 fn main() {
     let start = resident_mib();
-    // Realistic label sets: 1,000 deployments of 100 pods; pods of one ReplicaSet share labels.
+    // Realistic label sets: 1,000 deployments of 100 pods; pods of one ReplicaSet share their
+    // label set, as the Kubernetes source shares them (one Arc per distinct set).
+    let cluster: Arc<str> = "prod".into();
+    let namespaces: Vec<Arc<str>> = (0..40).map(|n| format!("team-{n}").into()).collect();
+    let label_sets: Vec<Arc<Labels>> = (0..3000)
+        .map(|k| {
+            Arc::new(Labels::from([
+                ("app".to_string(), format!("svc-{}", k % 1000)),
+                ("pod-template-hash".to_string(), format!("7d9f8c{}", k % 1000)),
+                ("version".to_string(), format!("v{}", k % 3)),
+            ]))
+        })
+        .collect();
     let endpoints: Vec<EndpointRecord> = (0..ENDPOINTS)
         .map(|i| EndpointRecord {
             net: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)).into(),
-            cluster: "prod".into(),
-            namespace: format!("team-{}", i % 40),
-            name: format!("svc-{}-7d9f8c6b5-{i:05x}", i % 1000),
+            cluster: Arc::clone(&cluster),
+            namespace: Arc::clone(&namespaces[(i % 40) as usize]),
+            name: format!("svc-{}-7d9f8c6b5-{i:05x}", i % 1000).into(),
             kind: EndpointKind::Pod,
-            labels: Labels::from([
-                ("app".to_string(), format!("svc-{}", i % 1000)),
-                ("pod-template-hash".to_string(), format!("7d9f8c{}", i % 1000)),
-                ("version".to_string(), format!("v{}", i % 3)),
-            ]),
+            labels: Arc::clone(&label_sets[(i % 3000) as usize]),
         })
         .collect();
     let source = Arc::new(SourceRecords { source: "bench".into(), endpoints, namespaces: vec![] });

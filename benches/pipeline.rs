@@ -67,13 +67,13 @@ fn records() -> Arc<SourceRecords> {
         .map(|i| EndpointRecord {
             net: IpAddr::V4(pod_ip(i)).into(),
             cluster: "bench".into(),
-            namespace: format!("ns-{}", i % 50),
-            name: format!("pod-{i}"),
+            namespace: format!("ns-{}", i % 50).into(),
+            name: format!("pod-{i}").into(),
             kind: EndpointKind::Pod,
-            labels: Labels::from([
+            labels: Arc::new(Labels::from([
                 ("app".to_string(), format!("svc-{}", i % SERVICES)),
                 ("pod".to_string(), format!("p{i}")),
-            ]),
+            ])),
         })
         .collect();
     Arc::new(SourceRecords { source: "bench".into(), endpoints, namespaces: vec![] })

@@ -64,7 +64,7 @@ pub fn explain(snapshot: &Snapshot, q: &FlowQuestion) -> Explanation {
             IdentityReport {
                 cluster: identity.cluster.clone(),
                 namespace: identity.namespace.clone(),
-                name: e.name.clone(),
+                name: e.name.to_string(),
                 kind: identity.kind,
                 labels: identity.labels.clone(),
                 source: snapshot.labels.source_name(e).to_string(),

@@ -108,7 +108,7 @@ fn pod_names(records: &SourceRecords) -> Vec<String> {
 }
 
 fn labels_of(records: &SourceRecords, name: &str) -> String {
-    let record = records.endpoints.iter().find(|e| e.name == name).expect("the endpoint");
+    let record = records.endpoints.iter().find(|e| &*e.name == name).expect("the endpoint");
     record.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
@@ -125,9 +125,9 @@ async fn first_records_are_a_full_paged_list_of_pods_namespaces_and_nodes() {
     let mut watched = watch(&server, "c1");
     let records = records_where(&mut watched, "every pod", |r| r.endpoints.len() == 1235).await;
     assert_eq!(records.source, "kubernetes:c1");
-    assert!(records.endpoints.iter().all(|e| e.cluster == "c1"));
+    assert!(records.endpoints.iter().all(|e| &*e.cluster == "c1"));
     let node = records.endpoints.iter().find(|e| e.kind == EndpointKind::Node).unwrap();
-    assert_eq!((node.name.as_str(), node.net.to_string().as_str()), ("node-1", "10.0.0.10/32"));
+    assert_eq!((&*node.name, node.net.to_string().as_str()), ("node-1", "10.0.0.10/32"));
     assert_eq!(records.namespaces.len(), 1);
     assert_eq!(records.namespaces[0].labels.get("team").map(String::as_str), Some("books"));
     // Pages of 500 with continue tokens: 3 requests for the pods.

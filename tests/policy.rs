@@ -148,16 +148,16 @@ fn the_bookinfo_inventory_interns_pods_with_equal_labels_once() {
     assert_eq!(table.endpoints().len(), 15);
     let a = table.lookup(ip(RATINGS_A)).unwrap();
     let b = table.lookup(ip(RATINGS_B)).unwrap();
-    assert_eq!((a.name.as_str(), b.name.as_str()), ("ratings-v1-a", "ratings-v1-b"));
+    assert_eq!((&*a.name, &*b.name), ("ratings-v1-a", "ratings-v1-b"));
     assert_eq!(a.identity, b.identity, "same cluster, namespace, kind and labels");
     // Same labels in another namespace or cluster are another identity.
     assert_ne!(table.identity_of(ip(SHOP_RATINGS)), Some(a.identity));
     assert_ne!(table.identity_of(ip(STAGING_RATINGS)), Some(a.identity));
     let identity = table.identity(a.identity);
     assert_eq!(identity.namespace_labels["team"], "books");
-    assert_eq!(table.lookup(ip(DB)).unwrap().name, "rating-database");
+    assert_eq!(&*table.lookup(ip(DB)).unwrap().name, "rating-database");
     assert_eq!(table.identity(table.identity_of(ip(DB)).unwrap()).kind, EndpointKind::External);
-    assert_eq!(table.lookup(ip(DB_V6)).unwrap().name, "rating-database-v6");
+    assert_eq!(&*table.lookup(ip(DB_V6)).unwrap().name, "rating-database-v6");
     assert_eq!(table.identity(table.identity_of(ip(NODE)).unwrap()).kind, EndpointKind::Node);
     assert!(table.lookup(ip(UNKNOWN)).is_none());
     assert!(table.lookup(ip(INTERNET_V6)).is_none());

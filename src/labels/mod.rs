@@ -65,16 +65,18 @@ pub struct Identity {
     pub namespace_labels: Labels,
 }
 
-/// One address or network as a label source reports it.
+/// One address or network as a label source reports it. The strings and the label set are
+/// shared (`Arc`), so that a source can hand over a full view of 100k pods without copying
+/// them, and views compare cheaply (pointer equality first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointRecord {
     pub net: IpNet,
-    pub cluster: String,
-    pub namespace: String,
+    pub cluster: Arc<str>,
+    pub namespace: Arc<str>,
     /// Pod, node or VM name: shown in `explain` and flow logs, not part of the identity.
-    pub name: String,
+    pub name: Arc<str>,
     pub kind: EndpointKind,
-    pub labels: Labels,
+    pub labels: Arc<Labels>,
 }
 
 /// A namespace and its labels as a label source reports it.
@@ -82,7 +84,7 @@ pub struct EndpointRecord {
 pub struct NamespaceRecord {
     pub cluster: String,
     pub name: String,
-    pub labels: Labels,
+    pub labels: Arc<Labels>,
 }
 
 /// Everything one label source currently knows.
@@ -98,7 +100,7 @@ pub struct SourceRecords {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub net: IpNet,
-    pub name: String,
+    pub name: Arc<str>,
     pub identity: IdentityId,
     /// Index of the source in the slice the table was built from.
     pub source: usize,
@@ -124,7 +126,7 @@ impl LabelTable {
         let mut namespace_labels: HashMap<(&str, &str), &Labels> = HashMap::new();
         for source in sources {
             for ns in &source.namespaces {
-                namespace_labels.entry((&ns.cluster, &ns.name)).or_insert(&ns.labels);
+                namespace_labels.entry((&ns.cluster, &ns.name)).or_insert(&*ns.labels);
             }
         }
         let empty = Labels::new();
@@ -140,14 +142,14 @@ impl LabelTable {
         for (source_index, source) in sources.iter().enumerate() {
             for record in &source.endpoints {
                 let ns_labels = namespace_labels
-                    .get(&(record.cluster.as_str(), record.namespace.as_str()))
+                    .get(&(&*record.cluster, &*record.namespace))
                     .copied()
                     .unwrap_or(&empty);
                 let hash = hasher.hash_one((
-                    &record.cluster,
-                    &record.namespace,
+                    &*record.cluster,
+                    &*record.namespace,
                     record.kind,
-                    &record.labels,
+                    &*record.labels,
                     ns_labels,
                 ));
                 let mut candidate = first_with_hash.get(&hash).copied();
@@ -155,9 +157,9 @@ impl LabelTable {
                     let Some(id) = candidate else { break None };
                     let identity = &table.identities[id as usize];
                     if identity.kind == record.kind
-                        && identity.cluster == record.cluster
-                        && identity.namespace == record.namespace
-                        && identity.labels == record.labels
+                        && *identity.cluster == *record.cluster
+                        && *identity.namespace == *record.namespace
+                        && identity.labels == *record.labels
                         && identity.namespace_labels == *ns_labels
                     {
                         break Some(IdentityId(id));
@@ -167,10 +169,10 @@ impl LabelTable {
                 let id = found.unwrap_or_else(|| {
                     let id = table.identities.len() as u32;
                     table.identities.push(Identity {
-                        cluster: record.cluster.clone(),
-                        namespace: record.namespace.clone(),
+                        cluster: record.cluster.to_string(),
+                        namespace: record.namespace.to_string(),
                         kind: record.kind,
-                        labels: record.labels.clone(),
+                        labels: (*record.labels).clone(),
                         namespace_labels: ns_labels.clone(),
                     });
                     next.push(first_with_hash.insert(hash, id).unwrap_or(u32::MAX));
@@ -273,7 +275,7 @@ mod tests {
             namespace: "bookinfo".into(),
             name: name.into(),
             kind: EndpointKind::Pod,
-            labels: labels(&[("app", app)]),
+            labels: Arc::new(labels(&[("app", app)])),
         }
     }
 
@@ -284,7 +286,7 @@ mod tests {
             namespaces: vec![NamespaceRecord {
                 cluster: "demo".into(),
                 name: "bookinfo".into(),
-                labels: labels(&[("team", "books")]),
+                labels: Arc::new(labels(&[("team", "books")])),
             }],
         })
     }
@@ -303,7 +305,7 @@ mod tests {
         let a = table.lookup("10.0.1.10".parse().unwrap()).unwrap();
         let b = table.lookup("10.0.1.11".parse().unwrap()).unwrap();
         assert_eq!(a.identity, b.identity);
-        assert_eq!((a.name.as_str(), b.name.as_str()), ("ratings-1", "ratings-2"));
+        assert_eq!((&*a.name, &*b.name), ("ratings-1", "ratings-2"));
         let other = table.identity_of("10.0.1.20".parse().unwrap()).unwrap();
         assert_ne!(other, a.identity);
         let identity = table.identity(a.identity);
@@ -320,9 +322,9 @@ mod tests {
             "inventory:a",
             vec![db, pod("10.20.0.7/32", "special", "cache"), pod("fd00::5/128", "v6", "web")],
         )]);
-        assert_eq!(table.lookup("10.20.0.7".parse().unwrap()).unwrap().name, "special");
-        assert_eq!(table.lookup("10.20.0.8".parse().unwrap()).unwrap().name, "db-subnet");
-        assert_eq!(table.lookup("fd00::5".parse().unwrap()).unwrap().name, "v6");
+        assert_eq!(&*table.lookup("10.20.0.7".parse().unwrap()).unwrap().name, "special");
+        assert_eq!(&*table.lookup("10.20.0.8".parse().unwrap()).unwrap().name, "db-subnet");
+        assert_eq!(&*table.lookup("fd00::5".parse().unwrap()).unwrap().name, "v6");
         assert!(table.lookup("10.21.0.1".parse().unwrap()).is_none());
         assert!(table.lookup("fd00::6".parse().unwrap()).is_none());
     }
@@ -333,7 +335,7 @@ mod tests {
             source("kubernetes:demo", vec![pod("10.0.1.10/32", "new-owner", "other")]),
             source("inventory:a", vec![pod("10.0.1.10/32", "stale", "ratings")]),
         ]);
-        assert_eq!(table.lookup("10.0.1.10".parse().unwrap()).unwrap().name, "new-owner");
+        assert_eq!(&*table.lookup("10.0.1.10".parse().unwrap()).unwrap().name, "new-owner");
         assert_eq!(table.conflicts(), 1);
     }
 }

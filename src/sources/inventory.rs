@@ -3,6 +3,7 @@
 //! file, line, endpoint and field.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -100,11 +101,11 @@ pub fn parse(path: &Path, text: &str) -> Result<SourceRecords, Diagnostics> {
         match parse_network(&spec.ip) {
             Ok(net) => records.endpoints.push(EndpointRecord {
                 net,
-                cluster: spec.cluster,
-                namespace: spec.namespace,
-                name: spec.name,
+                cluster: spec.cluster.into(),
+                namespace: spec.namespace.into(),
+                name: spec.name.into(),
                 kind: spec.kind,
-                labels: spec.labels,
+                labels: Arc::new(spec.labels),
             }),
             Err(message) => error(&at, item, "ip", message),
         }
@@ -116,7 +117,7 @@ pub fn parse(path: &Path, text: &str) -> Result<SourceRecords, Diagnostics> {
         records.namespaces.push(NamespaceRecord {
             cluster: spec.cluster,
             name: spec.name,
-            labels: spec.labels,
+            labels: Arc::new(spec.labels),
         });
     }
     if errors.is_empty() { Ok(records) } else { Err(Diagnostics(errors)) }

@@ -402,7 +402,7 @@ fn unix_seconds(text: &str) -> Option<i64> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PodEntry {
     namespace: Arc<str>,
-    name: Box<str>,
+    name: Arc<str>,
     labels: Arc<Labels>,
     ips: Box<[IpAddr]>,
     created: i64,
@@ -613,26 +613,28 @@ impl ClusterStore {
             }
         }
         let node_addresses: usize = self.nodes.live.values().map(|n| n.ips.len()).sum();
+        let cluster: Arc<str> = self.cluster.as_str().into();
+        let no_namespace: Arc<str> = "".into();
         let mut endpoints = Vec::with_capacity(owners.len() + node_addresses);
         for (ip, (_, pod)) in owners {
             endpoints.push(EndpointRecord {
                 net: IpNet::from(ip),
-                cluster: self.cluster.clone(),
-                namespace: pod.namespace.to_string(),
-                name: pod.name.to_string(),
+                cluster: Arc::clone(&cluster),
+                namespace: Arc::clone(&pod.namespace),
+                name: pod.name.clone(),
                 kind: EndpointKind::Pod,
-                labels: (*pod.labels).clone(),
+                labels: Arc::clone(&pod.labels),
             });
         }
         for (name, node) in &self.nodes.live {
             for ip in node.ips.iter() {
                 endpoints.push(EndpointRecord {
                     net: IpNet::from(*ip),
-                    cluster: self.cluster.clone(),
-                    namespace: String::new(),
-                    name: name.to_string(),
+                    cluster: Arc::clone(&cluster),
+                    namespace: Arc::clone(&no_namespace),
+                    name: Arc::from(&**name),
                     kind: EndpointKind::Node,
-                    labels: (*node.labels).clone(),
+                    labels: Arc::clone(&node.labels),
                 });
             }
         }
@@ -646,7 +648,7 @@ impl ClusterStore {
             .map(|(name, labels)| NamespaceRecord {
                 cluster: self.cluster.clone(),
                 name: name.to_string(),
-                labels: (**labels).clone(),
+                labels: Arc::clone(labels),
             })
             .collect();
         namespaces.sort_unstable_by(|a, b| a.name.cmp(&b.name));
@@ -1117,7 +1119,7 @@ mod tests {
 
     fn owner(records: &SourceRecords, ip: &str) -> Option<String> {
         let net = IpNet::from(ip.parse::<IpAddr>().unwrap());
-        records.endpoints.iter().find(|e| e.net == net).map(|e| e.name.clone())
+        records.endpoints.iter().find(|e| e.net == net).map(|e| e.name.to_string())
     }
 
     #[test]
@@ -1136,9 +1138,9 @@ mod tests {
         assert_eq!(records.endpoints.len(), 2);
         for (record, net) in records.endpoints.iter().zip(["10.0.1.15/32", "fd00::15/128"]) {
             assert_eq!(record.net, net.parse::<IpNet>().unwrap());
-            assert_eq!(record.cluster, "c1");
-            assert_eq!(record.namespace, "bookinfo");
-            assert_eq!(record.name, "ratings-1");
+            assert_eq!(&*record.cluster, "c1");
+            assert_eq!(&*record.namespace, "bookinfo");
+            assert_eq!(&*record.name, "ratings-1");
             assert_eq!(record.kind, EndpointKind::Pod);
             assert_eq!(labels_text(&record.labels), "app=ratings");
         }
