@@ -156,14 +156,14 @@ impl Pipeline {
         }
         if self.mode == Mode::Inspect {
             let (flows, log, snapshot) = (&mut self.flows, &self.flow_log, &self.snapshot);
-            flows.sweep(now_ms, &mut |flow, end| log_end(log, snapshot, flow, end));
+            flows.sweep(now_ms, &mut |flow, end| log_end(log, snapshot.as_ref(), flow, end));
         }
     }
 
     /// Ends every flow (writing end records); for shutdown.
     pub fn finish(&mut self) {
         let (flows, log, snapshot) = (&mut self.flows, &self.flow_log, &self.snapshot);
-        flows.drain(&mut |flow, end| log_end(log, snapshot, flow, end));
+        flows.drain(&mut |flow, end| log_end(log, snapshot.as_ref(), flow, end));
     }
 
     pub fn flow_counts(&self) -> FlowCounts {
@@ -183,12 +183,15 @@ impl Pipeline {
             Ok(packet) => packet,
             Err(reason) => return Outcome::Drop(reason),
         };
-        let Some(snapshot) = self.snapshot.clone() else {
+        // Taken out and put back rather than cloned: an `Arc` clone per packet would be an
+        // atomic operation on a counter every worker shares.
+        let Some(snapshot) = self.snapshot.take() else {
             // No policy has been published yet: nothing may pass.
             return Outcome::Withhold(Action::Deny);
         };
         let decision = self.judge(&snapshot, &packet, datagram.len());
         snapshot.rule_hits.add(self.worker, decision.rule);
+        self.snapshot = Some(snapshot);
         match decision.action {
             Action::Allow | Action::Audit => Outcome::SendBack(decision.action),
             Action::Deny => Outcome::Withhold(Action::Deny),
@@ -239,8 +242,7 @@ impl Pipeline {
         let is_tcp = inner.protocol == ip_proto::TCP;
         let pure_syn = is_tcp && flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0;
         let (flows, log) = (&mut self.flows, &self.flow_log);
-        let current = Some(Arc::clone(snapshot));
-        let mut ended = |flow: Flow, end: FlowEnd| log_end(log, &current, flow, end);
+        let mut ended = |flow: Flow, end: FlowEnd| log_end(log, Some(snapshot), flow, end);
 
         if let Some(flow) = flows.lookup(&key, now, &mut ended) {
             // Judged afresh instead: a SYN reusing a finished 5-tuple (GWLB gives it a new
@@ -387,9 +389,10 @@ fn wants_log(decision: &Decision) -> bool {
     decision.log || decision.action == Action::Audit
 }
 
+/// Hands an ended flow to the flow log if it is logged; the snapshot is cloned only then.
 fn log_end(
     log: &Option<FlowLogSender>,
-    snapshot: &Option<Arc<Snapshot>>,
+    snapshot: Option<&Arc<Snapshot>>,
     flow: Flow,
     end: FlowEnd,
 ) {
