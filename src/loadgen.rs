@@ -16,13 +16,13 @@ use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use hdrhistogram::Histogram;
+use ipnet::IpNet;
 use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSockRef, UdpSocketState};
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -97,11 +97,11 @@ pub struct LoadgenArgs {
     #[arg(long, value_name = "PPS")]
     pub rate: Option<u64>,
     /// Inner source addresses, drawn from this prefix by flow index.
-    #[arg(long, value_name = "CIDR", default_value_t = Cidr::DEFAULT_SRC)]
-    pub src: Cidr,
+    #[arg(long, value_name = "CIDR", default_value = "10.0.1.0/24", value_parser = parse_prefix)]
+    pub src: IpNet,
     /// Inner destination addresses (same family as --src).
-    #[arg(long, value_name = "CIDR", default_value_t = Cidr::DEFAULT_DST)]
-    pub dst: Cidr,
+    #[arg(long, value_name = "CIDR", default_value = "10.20.0.0/24", value_parser = parse_prefix)]
+    pub dst: IpNet,
     /// Inner transport protocol (TCP packets are mid-flow data: ACK set).
     #[arg(long, value_enum, default_value_t = Proto::Udp)]
     pub proto: Proto,
@@ -154,69 +154,31 @@ pub enum Proto {
     Udp,
 }
 
-/// An IPv4 or IPv6 prefix such as `10.0.1.0/24`; a bare address is a /32 or /128.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
+/// `--src` / `--dst`: a network (`10.0.1.0/24`) or a single address (`10.9.9.9`); host bits
+/// are allowed and ignored.
+fn parse_prefix(text: &str) -> Result<IpNet, String> {
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net);
+    }
+    text.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("`{text}` is not an IPv4 or IPv6 network (a.b.c.d/len) or address"))
 }
 
-impl Cidr {
-    pub const DEFAULT_SRC: Cidr = Cidr { addr: IpAddr::V4(Ipv4Addr::new(10, 0, 1, 0)), prefix: 24 };
-    pub const DEFAULT_DST: Cidr =
-        Cidr { addr: IpAddr::V4(Ipv4Addr::new(10, 20, 0, 0)), prefix: 24 };
-
-    fn width(&self) -> u8 {
-        if self.addr.is_ipv4() { 32 } else { 128 }
-    }
-
-    /// The address of flow `n`: host addresses in order (skipping the network and highest
-    /// address when the prefix has more than two), wrapping around when flows outnumber them.
-    pub fn nth(&self, n: u64) -> IpAddr {
-        let host_bits = u32::from(self.width() - self.prefix);
-        let (first, usable) = match host_bits {
-            0 => (0, 1),
-            1 => (0, 2),
-            bits if bits >= 127 => (1, u128::MAX - 1),
-            bits => (1, (1u128 << bits) - 2),
-        };
-        let host = first + u128::from(n) % usable;
-        match self.addr {
-            IpAddr::V4(net) => {
-                let mask = u32::MAX.checked_shl(host_bits).unwrap_or(0);
-                IpAddr::V4(Ipv4Addr::from((u32::from(net) & mask) | host as u32))
-            }
-            IpAddr::V6(net) => {
-                let mask = u128::MAX.checked_shl(host_bits).unwrap_or(0);
-                IpAddr::V6(Ipv6Addr::from((u128::from(net) & mask) | host))
-            }
-        }
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (addr, prefix) = text.split_once('/').unwrap_or((text, ""));
-        let addr: IpAddr =
-            addr.parse().map_err(|_| format!("`{addr}` is not an IPv4 or IPv6 address"))?;
-        let width = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            "" => width,
-            p => p
-                .parse()
-                .ok()
-                .filter(|p| *p <= width)
-                .ok_or_else(|| format!("`/{p}` is not a prefix length of 0 to {width}"))?,
-        };
-        Ok(Cidr { addr, prefix })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+/// The address of flow `n` in `net`: host addresses in order (skipping the network and highest
+/// address when the prefix has more than two), wrapping around when flows outnumber them.
+pub fn flow_address(net: &IpNet, n: u64) -> IpAddr {
+    let host_bits = u32::from(net.max_prefix_len() - net.prefix_len());
+    let (first, usable) = match host_bits {
+        0 => (0, 1),
+        1 => (0, 2),
+        bits if bits >= 127 => (1, u128::MAX - 1),
+        bits => (1, (1u128 << bits) - 2),
+    };
+    let host = first + u128::from(n) % usable;
+    match net.network() {
+        IpAddr::V4(network) => IpAddr::V4(Ipv4Addr::from(u32::from(network) | host as u32)),
+        IpAddr::V6(network) => IpAddr::V6(Ipv6Addr::from(u128::from(network) | host)),
     }
 }
 
@@ -317,7 +279,7 @@ pub fn generate(args: &LoadgenArgs) -> anyhow::Result<LoadgenReport> {
     Ok(LoadgenReport {
         flows: args.flows,
         proto: args.proto,
-        family: if args.src.addr.is_ipv4() { "ipv4" } else { "ipv6" },
+        family: if matches!(args.src, IpNet::V4(_)) { "ipv4" } else { "ipv6" },
         size: args.size,
         duration_s: secs,
         sent: sent.sent,
@@ -361,7 +323,7 @@ impl Layout {
             bail!("--train must be 1 to {MAX_TRAIN}");
         }
         check_duration(args.duration).map_err(|e| anyhow!("--duration: {e}"))?;
-        if args.src.addr.is_ipv4() != args.dst.addr.is_ipv4() {
+        if matches!(args.src, IpNet::V4(_)) != matches!(args.dst, IpNet::V4(_)) {
             bail!("--src {} and --dst {} must both be IPv4 or both IPv6", args.src, args.dst);
         }
         if args.listen.ip().is_unspecified() || args.listen.port() == 0 {
@@ -370,7 +332,7 @@ impl Layout {
                  replies to (its reply_port), also used as the outer source address"
             );
         }
-        let ip_len = if args.src.addr.is_ipv4() { 20 } else { 40 };
+        let ip_len = if matches!(args.src, IpNet::V4(_)) { 20 } else { 40 };
         let (l4_len, checksum_at) = match args.proto {
             Proto::Udp => (8, 6),
             Proto::Tcp => (20, 16),
@@ -425,7 +387,8 @@ fn build_flows(args: &LoadgenArgs, layout: &Layout) -> Vec<Flow> {
     let mut inner = Vec::with_capacity(usize::from(args.size));
     (0..args.flows)
         .map(|i| {
-            let (src, dst) = (args.src.nth(u64::from(i)), args.dst.nth(u64::from(i)));
+            let (src, dst) =
+                (flow_address(&args.src, u64::from(i)), flow_address(&args.dst, u64::from(i)));
             let ip = match (src, dst) {
                 (IpAddr::V4(s), IpAddr::V4(d)) => {
                     etherparse::PacketBuilder::ipv4(s.octets(), d.octets(), 64)
@@ -777,8 +740,8 @@ mod tests {
                 let flow = (seq / u64::from(args.train)) % 64;
                 assert_eq!(packet.gwlb.flow_cookie, flow_cookie(flow as u32));
                 assert_eq!(packet.gwlb.endpoint_id, Some(ENDPOINT_ID));
-                assert_eq!(packet.inner.src, args.src.nth(flow));
-                assert_eq!(packet.inner.dst, args.dst.nth(flow));
+                assert_eq!(packet.inner.src, flow_address(&args.src, flow));
+                assert_eq!(packet.inner.dst, flow_address(&args.dst, flow));
                 let sport = INNER_PORT_BASE + flow as u16;
                 assert_eq!(packet.inner.ports(), Some((sport, args.dport)));
                 match (args.proto, packet.inner.transport) {
@@ -835,18 +798,19 @@ mod tests {
 
     #[test]
     fn addresses_are_drawn_from_the_prefix_by_flow_index() {
-        let net: Cidr = "10.0.1.0/24".parse().unwrap();
-        assert_eq!(net.nth(0), "10.0.1.1".parse::<IpAddr>().unwrap());
-        assert_eq!(net.nth(253), "10.0.1.254".parse::<IpAddr>().unwrap());
-        assert_eq!(net.nth(254), "10.0.1.1".parse::<IpAddr>().unwrap());
-        let host: Cidr = "10.9.9.9".parse().unwrap();
-        assert_eq!((host.prefix, host.nth(5)), (32, host.addr));
-        let v6: Cidr = "fd00:20::77/64".parse().unwrap();
-        assert_eq!(v6.nth(5), "fd00:20::6".parse::<IpAddr>().unwrap());
-        let all: Cidr = "::/0".parse().unwrap();
-        assert_eq!(all.nth(0), "::1".parse::<IpAddr>().unwrap());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let net = parse_prefix("10.0.1.0/24").unwrap();
+        assert_eq!(flow_address(&net, 0), ip("10.0.1.1"));
+        assert_eq!(flow_address(&net, 253), ip("10.0.1.254"));
+        assert_eq!(flow_address(&net, 254), ip("10.0.1.1"));
+        let host = parse_prefix("10.9.9.9").unwrap();
+        assert_eq!((host.prefix_len(), flow_address(&host, 5)), (32, ip("10.9.9.9")));
+        let v6 = parse_prefix("fd00:20::77/64").unwrap();
+        assert_eq!(flow_address(&v6, 5), ip("fd00:20::6"));
+        let all = parse_prefix("::/0").unwrap();
+        assert_eq!(flow_address(&all, 0), ip("::1"));
         for bad in ["10.0.0.0/33", "fd00::/129", "nonsense/8", "10.0.0.0/x"] {
-            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+            assert!(parse_prefix(bad).is_err(), "{bad}");
         }
     }
 
@@ -868,7 +832,7 @@ mod tests {
         let mut mixed = args(&["--dst", "fd00::/64"]);
         let error = generate(&mixed).unwrap_err().to_string();
         assert!(error.contains("both be IPv4 or both IPv6"), "{error}");
-        mixed.dst = Cidr::DEFAULT_DST;
+        mixed.dst = parse_prefix("10.20.0.0/24").unwrap();
         mixed.size = 100;
         assert!(generate(&mixed).unwrap_err().to_string().contains("--size"));
         let mut unspecified = args(&[]);
