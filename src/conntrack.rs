@@ -201,17 +201,9 @@ impl FlowTable {
         self.index.is_empty()
     }
 
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     /// Flows evicted because the table was full, since it was created.
     pub fn evictions(&self) -> u64 {
         self.evictions
-    }
-
-    pub fn timeouts(&self) -> Timeouts {
-        self.timeouts
     }
 
     /// The live flow for `key`; a flow idle past its timeout is removed and handed to
