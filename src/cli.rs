@@ -136,8 +136,8 @@ fn check(path: &Path) -> anyhow::Result<()> {
         path.display(),
         policy.groups.len() - 1,
         policy.rules.len(),
-        labels.endpoints().len(),
-        labels.identities().len(),
+        labels.endpoint_count(),
+        labels.identity_count(),
         policy.default_action.as_str(),
     );
     if labels.conflicts() > 0 {

@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use crate::config::Config;
 use crate::diagnostics::Diagnostics;
 use crate::flowlog::FlowLogStats;
-use crate::labels::{LabelTable, SourceRecords};
+use crate::labels::{LabelBuilder, SourceRecords};
 use crate::policy::CompiledPolicy;
 use crate::snapshot::{RuleHits, Snapshot, SnapshotCell};
 use crate::sources::{SourceEvent, inventory, kubernetes_source_name};
@@ -99,11 +99,15 @@ pub struct ControlPlane {
     inventory_paths: Vec<PathBuf>,
     policy: Arc<CompiledPolicy>,
     rule_hits: Arc<RuleHits>,
-    /// Live sources first (Kubernetes clusters in config order), then the inventory files in
-    /// config order: on an address claimed twice, the earlier source wins.
-    sources: Vec<Arc<SourceRecords>>,
-    /// How many of `sources` are live (their index is their position).
+    /// Source names in priority order: live sources first (Kubernetes clusters in config
+    /// order), then the inventory files in config order; on an address claimed twice, the
+    /// earlier source wins. A source's index here is its index in `labels`.
+    source_names: Vec<String>,
+    /// How many of the sources are live.
     live_sources: usize,
+    /// What each inventory file said last (to tell whether a reload changed anything).
+    inventories: Vec<SourceRecords>,
+    labels: LabelBuilder,
     generation: u64,
     workers: usize,
     stamps: Vec<Option<FileStamp>>,
@@ -123,7 +127,7 @@ impl ControlPlane {
         let rule_hits = Arc::new(RuleHits::new(workers, policy.rules.len()));
         let now = Instant::now();
         let mut statuses = Vec::new();
-        let mut sources = Vec::new();
+        let mut source_names: Vec<String> = Vec::new();
         for cluster in &config.labels.kubernetes {
             // Not synced until its watcher delivers a first full list.
             let name = kubernetes_source_name(&cluster.cluster);
@@ -133,20 +137,25 @@ impl ControlPlane {
                 last_sync: None,
                 errors: 0,
             });
-            sources.push(Arc::new(SourceRecords { source: name, ..SourceRecords::default() }));
+            source_names.push(name);
         }
-        let live_sources = sources.len();
-        for records in inventories {
+        let live_sources = source_names.len();
+        for records in &inventories {
             statuses.push(SourceStatus {
                 name: records.source.clone(),
                 synced: true,
                 last_sync: Some(now),
                 errors: 0,
             });
-            sources.push(Arc::new(records));
+            source_names.push(records.source.clone());
         }
-        let labels = Arc::new(LabelTable::build(&sources));
-        let snapshot = Snapshot::new(1, labels, Arc::clone(&policy), Arc::clone(&rule_hits));
+        let mut labels = LabelBuilder::new(source_names.clone());
+        for (i, records) in inventories.iter().enumerate() {
+            labels.replace_source(live_sources + i, records);
+        }
+        let (table, _) = labels.publish();
+        let snapshot =
+            Snapshot::new(1, Arc::new(table), Arc::clone(&policy), Arc::clone(&rule_hits));
         let state = Arc::new(ControlState {
             snapshots: Arc::new(ArcSwap::from_pointee(snapshot)),
             reloads_ok: AtomicU64::new(0),
@@ -160,8 +169,10 @@ impl ControlPlane {
             policy_path,
             policy,
             rule_hits,
-            sources,
+            source_names,
             live_sources,
+            inventories,
+            labels,
             generation: 1,
             workers,
             stamps: Vec::new(),
@@ -256,10 +267,12 @@ impl ControlPlane {
                     status.synced = true;
                     status.last_sync = Some(Instant::now());
                 }
-                let slot = self.live_sources + index;
-                let changed = *self.sources[slot] != records;
-                self.sources[slot] = Arc::new(records);
-                changed
+                if self.inventories[index] == records {
+                    return false;
+                }
+                self.labels.replace_source(self.live_sources + index, &records);
+                self.inventories[index] = records;
+                true
             }
             Err(errors) => {
                 if let Some(status) = status {
@@ -279,20 +292,19 @@ impl ControlPlane {
     pub fn apply(&mut self, event: SourceEvent) -> bool {
         let mut statuses = self.state.sources.lock().unwrap_or_else(|e| e.into_inner());
         match event {
-            SourceEvent::Records { source, records } => {
+            SourceEvent::Changes { source, changes } => {
                 let Some(index) =
-                    self.sources[..self.live_sources].iter().position(|s| s.source == source)
+                    self.source_names[..self.live_sources].iter().position(|s| *s == source)
                 else {
-                    tracing::warn!(source, "records from an unknown label source ignored");
+                    tracing::warn!(source, "changes from an unknown label source ignored");
                     return false;
                 };
                 if let Some(status) = statuses.iter_mut().find(|s| s.name == source) {
                     status.synced = true;
                     status.last_sync = Some(Instant::now());
                 }
-                let changed = *self.sources[index] != *records;
-                self.sources[index] = records;
-                changed
+                self.labels.apply_changes(index, &changes);
+                !changes.is_empty()
             }
             SourceEvent::Lost { source, error } => {
                 if let Some(status) = statuses.iter_mut().find(|s| s.name == source) {
@@ -311,23 +323,26 @@ impl ControlPlane {
         }
     }
 
-    /// Builds and publishes a snapshot of the current policy and label sources.
+    /// Publishes a snapshot of the current policy and label sources: only what changed since
+    /// the last one is evaluated again, the rest is shared with it.
     pub fn publish(&mut self) {
         let started = Instant::now();
-        let labels = Arc::new(LabelTable::build(&self.sources));
+        let (labels, changed) = self.labels.publish();
         self.generation += 1;
-        let snapshot = Snapshot::new(
+        let snapshot = self.state.snapshots.load().next(
             self.generation,
-            labels,
+            Arc::new(labels),
             Arc::clone(&self.policy),
             Arc::clone(&self.rule_hits),
+            &changed,
         );
-        let identities = snapshot.labels.identities().len();
+        let identities = snapshot.labels.identity_count();
         self.state.snapshots.store(Arc::new(snapshot));
-        tracing::info!(
+        tracing::debug!(
             generation = self.generation,
             identities,
-            took_ms = started.elapsed().as_millis() as u64,
+            changed_identities = changed.len(),
+            took_us = started.elapsed().as_micros() as u64,
             "snapshot published"
         );
     }

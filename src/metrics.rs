@@ -224,13 +224,13 @@ impl Collector for ControlCollector {
             e,
             "labelwall_identities",
             "Distinct identities (cluster, namespace, kind, labels) in the label table.",
-            snapshot.labels.identities().len() as i64,
+            snapshot.labels.identity_count() as i64,
         )?;
         single_gauge(
             e,
             "labelwall_endpoints",
             "Addresses and networks in the label table.",
-            snapshot.labels.endpoints().len() as i64,
+            snapshot.labels.endpoint_count() as i64,
         )?;
         single_gauge(
             e,

@@ -2,7 +2,8 @@
 //! policy + the group membership of every identity, published whole through arc-swap.
 //!
 //! The control plane builds a new snapshot off to the side whenever labels or policy change
-//! (evaluating each group's selectors against each identity once) and swaps it in; a worker
+//! (evaluating each group's selectors against each new or changed identity once, sharing the
+//! rest with the snapshot before) and swaps it in; a worker
 //! loads it once per batch, so a packet sees the old snapshot or the new one, never a mix.
 //! Deciding a packet then costs two address lookups and a few bit operations.
 
@@ -14,6 +15,7 @@ use arc_swap::ArcSwap;
 
 use std::collections::HashMap;
 
+use crate::labels::shared::Chunked;
 use crate::labels::{EndpointKind, Identity, IdentityId, LabelTable};
 use crate::policy::compile::{ANY_GROUP, GROUP_WORDS};
 use crate::policy::selector::Operator;
@@ -72,8 +74,9 @@ pub struct Snapshot {
     pub policy: Arc<CompiledPolicy>,
     /// Per-rule packet counters of `policy`.
     pub rule_hits: Arc<RuleHits>,
-    /// `identities × group_words` bits: which groups' label parts select each identity.
-    membership: Vec<u64>,
+    /// Per identity id, `group_words` bits: which groups' label parts select the identity.
+    /// Shared in chunks with the snapshot before, when only labels changed.
+    membership: Chunked<u64>,
 }
 
 impl Snapshot {
@@ -85,16 +88,37 @@ impl Snapshot {
         policy: Arc<CompiledPolicy>,
         rule_hits: Arc<RuleHits>,
     ) -> Snapshot {
-        let words = policy.group_words;
+        let mut membership = Chunked::new(policy.group_words, 0);
+        membership.grow_to(labels.identity_id_bound());
         let index = MembershipIndex::new(&policy);
-        let mut membership = vec![0u64; labels.identities().len() * words];
-        for (i, identity) in labels.identities().iter().enumerate() {
-            let bits = &mut membership[i * words..(i + 1) * words];
-            index.for_each_candidate(identity, |g| {
-                if bits[g / 64] & (1 << (g % 64)) == 0 && policy.groups[g].selects(identity) {
-                    bits[g / 64] |= 1 << (g % 64);
-                }
-            });
+        for (id, identity) in labels.identities() {
+            index.evaluate(&policy, identity, membership.row_mut(id.0 as usize));
+        }
+        Snapshot { generation, labels, policy, rule_hits, membership }
+    }
+
+    /// The snapshot after this one: with the same policy, only the `changed` identities
+    /// (those [`crate::labels::LabelBuilder::publish`] names) are evaluated again and the
+    /// rest of the membership is shared; with another policy, everything is.
+    pub fn next(
+        &self,
+        generation: u64,
+        labels: Arc<LabelTable>,
+        policy: Arc<CompiledPolicy>,
+        rule_hits: Arc<RuleHits>,
+        changed: &[IdentityId],
+    ) -> Snapshot {
+        if !Arc::ptr_eq(&policy, &self.policy) {
+            return Snapshot::new(generation, labels, policy, rule_hits);
+        }
+        let mut membership = self.membership.clone();
+        membership.grow_to(labels.identity_id_bound());
+        let index = MembershipIndex::new(&policy);
+        for &id in changed {
+            let Some(identity) = labels.get_identity(id) else { continue }; // gone again
+            let row = membership.row_mut(id.0 as usize);
+            row.fill(0);
+            index.evaluate(&policy, identity, row);
         }
         Snapshot { generation, labels, policy, rule_hits, membership }
     }
@@ -112,8 +136,7 @@ impl Snapshot {
         let words = self.policy.group_words;
         let mut bits = [0u64; GROUP_WORDS];
         if let Some(id) = identity {
-            let start = id.0 as usize * words;
-            bits[..words].copy_from_slice(&self.membership[start..start + words]);
+            bits[..words].copy_from_slice(self.membership.row(id.0 as usize));
         }
         if !self.policy.cidrs.is_empty() {
             let mut exclude = [0u64; GROUP_WORDS];
@@ -212,6 +235,15 @@ impl<'a> MembershipIndex<'a> {
             }
         }
         index
+    }
+
+    /// Sets the bits of the groups that select `identity` in `row`.
+    fn evaluate(&self, policy: &CompiledPolicy, identity: &Identity, row: &mut [u64]) {
+        self.for_each_candidate(identity, |g| {
+            if row[g / 64] & (1 << (g % 64)) == 0 && policy.groups[g].selects(identity) {
+                row[g / 64] |= 1 << (g % 64);
+            }
+        });
     }
 
     /// Calls `f` with every group that could select `identity` (possibly more than once).

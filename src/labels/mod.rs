@@ -1,24 +1,28 @@
 //! Who an address is: identities and the immutable IP -> identity table.
 //!
-//! Label sources (inventory files, Kubernetes watchers) hand in plain records; [`LabelTable::build`]
-//! interns every distinct (cluster, namespace, kind, labels, namespace labels) set once as an
-//! [`Identity`] and maps each address or network to the endpoint that owns it. A table is
-//! never changed after it is built: a new one is built off to the side and published whole,
-//! so data-plane lookups need no lock.
+//! Label sources (inventory files, Kubernetes watchers) hand in plain records, as full views
+//! or as changes; [`LabelBuilder`] interns every distinct (cluster, namespace, kind, labels,
+//! namespace labels) set once as an [`Identity`] and maps each address or network to the
+//! endpoint that owns it. A published [`LabelTable`] is never changed: the next one is made
+//! off to the side, sharing what did not change (`shared`), and published whole, so
+//! data-plane lookups need no lock.
 //!
 //! Must not depend on: policy, sockets, async. Invariant: every `IdentityId` and endpoint
 //! index stored in a table is valid for that table.
 
-use std::collections::{BTreeMap, HashMap};
+mod builder;
+pub mod shared;
+
+use std::collections::BTreeMap;
 use std::fmt;
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+pub use self::builder::LabelBuilder;
+use self::shared::{Chunked, ShardedMap};
 use crate::prefix::PrefixMap;
 
 /// Label key -> value, ordered (so that equal sets compare and hash equal).
@@ -96,26 +100,102 @@ pub struct SourceRecords {
     pub namespaces: Vec<NamespaceRecord>,
 }
 
+impl SourceRecords {
+    /// Folds changes into a full view (endpoints kept sorted by network, namespaces by
+    /// cluster and name): how a one-shot reader or a test turns a change stream into a view.
+    pub fn apply(&mut self, changes: &SourceChanges) {
+        for change in &changes.namespaces {
+            let key = (&*change.cluster, &*change.name);
+            let at = self
+                .namespaces
+                .binary_search_by(|ns| (ns.cluster.as_str(), ns.name.as_str()).cmp(&key));
+            match (at, &change.labels) {
+                (Ok(i), Some(labels)) => self.namespaces[i].labels = Arc::clone(labels),
+                (Ok(i), None) => {
+                    self.namespaces.remove(i);
+                }
+                (Err(i), Some(labels)) => self.namespaces.insert(
+                    i,
+                    NamespaceRecord {
+                        cluster: change.cluster.to_string(),
+                        name: change.name.to_string(),
+                        labels: Arc::clone(labels),
+                    },
+                ),
+                (Err(_), None) => {}
+            }
+        }
+        for change in &changes.endpoints {
+            let at = self.endpoints.binary_search_by(|e| e.net.cmp(&change.net));
+            match (at, &change.record) {
+                (Ok(i), Some(record)) => self.endpoints[i] = record.clone(),
+                (Ok(i), None) => {
+                    self.endpoints.remove(i);
+                }
+                (Err(i), Some(record)) => self.endpoints.insert(i, record.clone()),
+                (Err(_), None) => {}
+            }
+        }
+    }
+}
+
+/// An address or network a source now says `record` owns, or (`None`) no longer knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointChange {
+    pub net: IpNet,
+    pub record: Option<EndpointRecord>,
+}
+
+/// A namespace's new labels, or (`None`) its removal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceChange {
+    pub cluster: Arc<str>,
+    pub name: Arc<str>,
+    pub labels: Option<Arc<Labels>>,
+}
+
+/// What changed in a source since what it last reported.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceChanges {
+    pub endpoints: Vec<EndpointChange>,
+    pub namespaces: Vec<NamespaceChange>,
+}
+
+impl SourceChanges {
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty() && self.namespaces.is_empty()
+    }
+}
+
 /// The owner of an address in a table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub net: IpNet,
     pub name: Arc<str>,
     pub identity: IdentityId,
-    /// Index of the source in the slice the table was built from.
+    /// Index of the source (in configuration order) the endpoint came from.
     pub source: usize,
 }
 
-/// The immutable IP -> endpoint -> identity table.
-#[derive(Debug, Clone, Default)]
+/// The immutable IP -> endpoint -> identity table. Built by [`LabelBuilder`]; a table shares
+/// the parts that did not change with the table published before it.
+#[derive(Debug, Clone)]
 pub struct LabelTable {
-    identities: Vec<Identity>,
-    endpoints: Vec<Endpoint>,
-    source_names: Vec<String>,
-    hosts_v4: FxHashMap<u32, u32>,
-    hosts_v6: FxHashMap<u128, u32>,
-    networks: PrefixMap<u32>,
+    /// By identity id; `None` for ids no endpoint uses (free for reuse).
+    identities: Chunked<Option<Arc<Identity>>>,
+    identity_count: usize,
+    hosts_v4: ShardedMap<u32, Endpoint>,
+    hosts_v6: ShardedMap<u128, Endpoint>,
+    networks: Arc<PrefixMap<Endpoint>>,
+    source_names: Arc<[String]>,
+    endpoint_count: usize,
     conflicts: usize,
+}
+
+impl Default for LabelTable {
+    fn default() -> Self {
+        LabelBuilder::new(Vec::new()).publish().0
+    }
 }
 
 impl LabelTable {
@@ -123,102 +203,21 @@ impl LabelTable {
     /// or network, the one from the earlier source (then the earlier record) wins and the
     /// other is counted in [`LabelTable::conflicts`].
     pub fn build(sources: &[Arc<SourceRecords>]) -> LabelTable {
-        let mut namespace_labels: HashMap<(&str, &str), &Labels> = HashMap::new();
-        for source in sources {
-            for ns in &source.namespaces {
-                namespace_labels.entry((&ns.cluster, &ns.name)).or_insert(&*ns.labels);
-            }
+        let mut builder = LabelBuilder::new(sources.iter().map(|s| s.source.clone()).collect());
+        for (index, source) in sources.iter().enumerate() {
+            builder.replace_source(index, source);
         }
-        let empty = Labels::new();
-        let mut table = LabelTable {
-            source_names: sources.iter().map(|s| s.source.clone()).collect(),
-            ..LabelTable::default()
-        };
-        // Interning without building an `Identity` per record: identities are found by the hash
-        // of the record's borrowed fields, with a chain through `next` for equal hashes.
-        let hasher = rustc_hash::FxBuildHasher;
-        let mut first_with_hash: FxHashMap<u64, u32> = FxHashMap::default();
-        let mut next: Vec<u32> = Vec::new();
-        for (source_index, source) in sources.iter().enumerate() {
-            for record in &source.endpoints {
-                let ns_labels = namespace_labels
-                    .get(&(&*record.cluster, &*record.namespace))
-                    .copied()
-                    .unwrap_or(&empty);
-                let hash = hasher.hash_one((
-                    &*record.cluster,
-                    &*record.namespace,
-                    record.kind,
-                    &*record.labels,
-                    ns_labels,
-                ));
-                let mut candidate = first_with_hash.get(&hash).copied();
-                let found = loop {
-                    let Some(id) = candidate else { break None };
-                    let identity = &table.identities[id as usize];
-                    if identity.kind == record.kind
-                        && *identity.cluster == *record.cluster
-                        && *identity.namespace == *record.namespace
-                        && identity.labels == *record.labels
-                        && identity.namespace_labels == *ns_labels
-                    {
-                        break Some(IdentityId(id));
-                    }
-                    candidate = Some(next[id as usize]).filter(|&n| n != u32::MAX);
-                };
-                let id = found.unwrap_or_else(|| {
-                    let id = table.identities.len() as u32;
-                    table.identities.push(Identity {
-                        cluster: record.cluster.to_string(),
-                        namespace: record.namespace.to_string(),
-                        kind: record.kind,
-                        labels: (*record.labels).clone(),
-                        namespace_labels: ns_labels.clone(),
-                    });
-                    next.push(first_with_hash.insert(hash, id).unwrap_or(u32::MAX));
-                    IdentityId(id)
-                });
-                table.insert(record, id, source_index);
-            }
-        }
-        table
-    }
-
-    fn insert(&mut self, record: &EndpointRecord, identity: IdentityId, source: usize) {
-        let index = self.endpoints.len() as u32;
-        let inserted = match record.net {
-            IpNet::V4(n) if n.prefix_len() == 32 => {
-                try_insert(&mut self.hosts_v4, u32::from(n.addr()), index)
-            }
-            IpNet::V6(n) if n.prefix_len() == 128 => {
-                try_insert(&mut self.hosts_v6, u128::from(n.addr()), index)
-            }
-            net => {
-                let mut fresh = true;
-                self.networks.insert_with(net.trunc(), index, |_, _| fresh = false);
-                fresh
-            }
-        };
-        if inserted {
-            self.endpoints.push(Endpoint {
-                net: record.net.trunc(),
-                name: record.name.clone(),
-                identity,
-                source,
-            });
-        } else {
-            self.conflicts += 1;
-        }
+        builder.publish().0
     }
 
     /// The endpoint that owns `ip`: an exact address first, else the longest network.
+    #[inline]
     pub fn lookup(&self, ip: IpAddr) -> Option<&Endpoint> {
-        let index = match ip {
+        let host = match ip {
             IpAddr::V4(a) => self.hosts_v4.get(&u32::from(a)),
             IpAddr::V6(a) => self.hosts_v6.get(&u128::from(a)),
         };
-        let index = index.or_else(|| self.networks.longest_match(ip))?;
-        self.endpoints.get(*index as usize)
+        host.or_else(|| self.networks.longest_match(ip))
     }
 
     /// The identity of `ip`, if any source knows it (the per-packet question).
@@ -227,16 +226,37 @@ impl LabelTable {
         self.lookup(ip).map(|e| e.identity)
     }
 
+    /// The identity behind an id taken from this table's endpoints.
     pub fn identity(&self, id: IdentityId) -> &Identity {
-        &self.identities[id.0 as usize]
+        self.get_identity(id).expect("an identity id of this table")
     }
 
-    pub fn identities(&self) -> &[Identity] {
-        &self.identities
+    /// The identity behind an id, if the id is in use.
+    pub fn get_identity(&self, id: IdentityId) -> Option<&Identity> {
+        let index = id.0 as usize;
+        (index < self.identities.rows()).then(|| self.identities.row(index)[0].as_deref()).flatten()
     }
 
-    pub fn endpoints(&self) -> &[Endpoint] {
-        &self.endpoints
+    /// Every live identity with its id.
+    pub fn identities(&self) -> impl Iterator<Item = (IdentityId, &Identity)> {
+        (0..self.identities.rows()).filter_map(|i| {
+            self.identities.row(i)[0].as_deref().map(|identity| (IdentityId(i as u32), identity))
+        })
+    }
+
+    /// Ids in use are below this.
+    pub fn identity_id_bound(&self) -> usize {
+        self.identities.rows()
+    }
+
+    /// Live identities.
+    pub fn identity_count(&self) -> usize {
+        self.identity_count
+    }
+
+    /// Addresses and networks with an owner.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoint_count
     }
 
     /// Name of the source an endpoint came from.
@@ -247,16 +267,6 @@ impl LabelTable {
     /// Records that lost to an earlier record for the same address or network.
     pub fn conflicts(&self) -> usize {
         self.conflicts
-    }
-}
-
-fn try_insert<K: std::hash::Hash + Eq>(map: &mut FxHashMap<K, u32>, key: K, index: u32) -> bool {
-    match map.entry(key) {
-        std::collections::hash_map::Entry::Occupied(_) => false,
-        std::collections::hash_map::Entry::Vacant(slot) => {
-            slot.insert(index);
-            true
-        }
     }
 }
 
@@ -301,7 +311,7 @@ mod tests {
                 pod("10.0.1.20/32", "other-1", "other"),
             ],
         )]);
-        assert_eq!(table.identities().len(), 2);
+        assert_eq!(table.identity_count(), 2);
         let a = table.lookup("10.0.1.10".parse().unwrap()).unwrap();
         let b = table.lookup("10.0.1.11".parse().unwrap()).unwrap();
         assert_eq!(a.identity, b.identity);

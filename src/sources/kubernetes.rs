@@ -1,28 +1,30 @@
 //! The Kubernetes label source: one task per configured cluster watches its Pods, Namespaces
-//! and Nodes through the API server and reports a full, compact view of the cluster to the
-//! control plane as [`SourceEvent::Records`], or [`SourceEvent::Lost`] while the API server
-//! cannot be reached. Owns the per-cluster store of compact entries (never whole objects) and
-//! the rule that decides which pod owns an address. Must not depend on the data plane, the
-//! policy or the label table's internals: it only hands in [`SourceRecords`]. Invariants: a
-//! `Records` is only ever sent once every kind has completed a full list (so it is a
-//! consistent view, never a half-listed one); an address belongs to at most one pod, the
-//! newest by creation time (then UID), so the delete of an old pod never removes the newer
-//! owner of the same address; pods that are Succeeded or Failed, run in the host network, or
-//! have no address yet own nothing; no error of the API server or of its data ends the task.
+//! and Nodes through the API server and reports to the control plane what changed, as
+//! [`SourceEvent::Changes`] (the owner of each changed address, each changed namespace's
+//! labels), or [`SourceEvent::Lost`] while the API server cannot be reached. Owns the
+//! per-cluster store of compact entries (never whole objects), who claims each address, what
+//! was reported, and the rule that decides which pod owns an address. Must not depend on the
+//! data plane, the policy or the label table's internals. Invariants: the first `Changes` is
+//! only sent once every kind has completed a full list (so every report leaves a consistent
+//! view, never a half-listed one); an address belongs to at most one pod, the newest by
+//! creation time (then UID), so the delete of an old pod never removes the newer owner of the
+//! same address, and a pod's address beats a node's; pods that are Succeeded or Failed, run in
+//! the host network, or have no address yet own nothing; no error of the API server or of its
+//! data ends the task.
 //!
 //! How the watch works: each kind has a `kube::runtime::watcher` (paged initial list, then a
 //! watch with bookmarks, default backoff). `Init`/`InitApply` are buffered and swapped in at
 //! `InitDone`, so objects that were not re-listed (after a 410 Gone, a restart) are gone.
 //! Dropped watch connections are resumed by the watcher from the last resource version. A
 //! failed list or watch start (or three failed watches in a row) means the API server is out
-//! of reach: the source is reported lost, the last records stay in force, and the kind's
+//! of reach: the source is reported lost, the last report stays in force, and the kind's
 //! watcher is restarted (a fresh list) on a backoff of its own until a list succeeds; the
-//! next full view marks the source synced again. A change after a quiet spell is rebuilt
-//! at once; the changes of a burst are gathered into one rebuild at least [`COALESCE`] (or
-//! twice the last rebuild's time) after the previous one, and a rebuild waits while the
-//! control plane has not taken the previous one, so at most one full copy per cluster is in
-//! flight. A quiet cluster in sync gets its last records sent again every 30 s, so that the
-//! last-sync age grows only for a source that is out of sync.
+//! next `Changes` (only what differs from the last report) marks the source synced again. An
+//! event marks the addresses and namespaces it touches; a change after a quiet spell is
+//! reported at once, the changes of a burst are gathered for at least [`COALESCE`], and
+//! nothing is sent while the control plane has not taken the previous report. A quiet cluster
+//! in sync sends an empty `Changes` every 30 s, so that the last-sync age grows only for a
+//! source that is out of sync.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -37,26 +39,27 @@ use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::KubernetesSource;
-use crate::labels::{EndpointKind, EndpointRecord, Labels, NamespaceRecord, SourceRecords};
+use crate::labels::{
+    EndpointChange, EndpointKind, EndpointRecord, Labels, NamespaceChange, NamespaceRecord,
+    SourceChanges, SourceRecords,
+};
 use crate::sources::{SourceEvent, kubernetes_source_name};
 
-/// The least time between two rebuilds of the records: a change after a quiet spell is
-/// rebuilt at once, the changes of a burst are gathered for at least this long.
+/// The least time between two reports: a change after a quiet spell is reported at once,
+/// the changes of a burst are gathered for at least this long.
 pub const COALESCE: Duration = Duration::from_millis(10);
-/// How often a retired view is checked for being free to drop.
-const RETIRE_CHECK: Duration = Duration::from_millis(2);
-/// Events taken at most in one go before the records are rebuilt.
+/// Events taken at most in one go before the changes are reported.
 const DRAIN_MAX: usize = 10_000;
 /// First and longest wait before a watcher that lost the API server is restarted.
 const RESTART_FIRST: Duration = Duration::from_millis(500);
 const RESTART_MAX: Duration = Duration::from_secs(10);
-/// While in sync and unchanged, the last records are sent again this often.
+/// While in sync and unchanged, an empty report is sent this often.
 const HEARTBEAT: Duration = Duration::from_secs(30);
 /// Failed watches in a row (without an event in between) that count as losing the server.
 const FAILED_WATCHES_LOST: u32 = 3;
@@ -457,7 +460,7 @@ fn intern<T: Hash + Eq>(set: &mut HashSet<Arc<T>>, value: T) -> Arc<T> {
 }
 
 /// The key of a pod: its UID, so that a new pod of the same name is a different entry.
-fn pod_key(pod: &PodView) -> Box<str> {
+fn pod_key(pod: &PodView) -> Arc<str> {
     match &pod.metadata.uid {
         Some(uid) if !uid.is_empty() => uid.as_str().into(),
         _ => format!(
@@ -495,8 +498,8 @@ fn node_entry(node: &NodeView, interner: &mut Interner) -> NodeEntry {
 /// The entries of one kind: the live ones, and a new list being gathered.
 #[derive(Debug)]
 struct Table<E> {
-    live: HashMap<Box<str>, E>,
-    listing: Option<HashMap<Box<str>, E>>,
+    live: HashMap<Arc<str>, E>,
+    listing: Option<HashMap<Arc<str>, E>>,
     /// Has completed a full list at least once.
     listed: bool,
 }
@@ -510,57 +513,96 @@ impl<E: PartialEq> Table<E> {
         self.listing = Some(HashMap::new());
     }
 
-    fn init_apply(&mut self, key: Box<str>, entry: Option<E>) {
+    fn init_apply(&mut self, key: Arc<str>, entry: Option<E>) {
         if let (Some(listing), Some(entry)) = (&mut self.listing, entry) {
             listing.insert(key, entry);
         }
     }
 
-    /// Swaps the new list in; objects that were not listed are gone.
-    fn init_done(&mut self) {
-        if let Some(listing) = self.listing.take() {
-            self.live = listing;
-        }
+    /// Swaps the new list in (objects that were not listed are gone); returns the entries
+    /// it replaced.
+    fn init_done(&mut self) -> HashMap<Arc<str>, E> {
         self.listed = true;
+        match self.listing.take() {
+            Some(listing) => std::mem::replace(&mut self.live, listing),
+            None => HashMap::new(),
+        }
     }
 
-    /// An added or changed object; `None` removes it. Returns whether anything changed.
-    fn apply(&mut self, key: Box<str>, entry: Option<E>) -> bool {
-        match entry {
-            Some(entry) => match self.live.get_mut(&key) {
-                Some(old) if *old == entry => false,
-                Some(old) => {
-                    *old = entry;
-                    true
-                }
-                None => {
-                    self.live.insert(key, entry);
-                    true
-                }
-            },
-            None => self.live.remove(&key).is_some(),
+    /// An added or changed object; `None` removes it. Returns the entry it replaced, or
+    /// `None` when nothing changed.
+    fn apply(&mut self, key: &Arc<str>, entry: Option<E>) -> Option<Option<E>> {
+        if self.live.get(key) == entry.as_ref() {
+            return None;
         }
+        Some(match entry {
+            Some(entry) => self.live.insert(Arc::clone(key), entry),
+            None => self.live.remove(key),
+        })
     }
 }
 
-/// Everything known of one cluster, in compact form.
+/// The pods and nodes that claim one address.
+#[derive(Debug, Default)]
+struct Claimants {
+    pods: Vec<Arc<str>>,
+    nodes: Vec<Arc<str>>,
+}
+
+/// Adds or withdraws (`claim`) a claimant's claims on `ips`; the addresses need reporting.
+fn claim(
+    claims: &mut FxHashMap<IpAddr, Claimants>,
+    dirty: &mut FxHashSet<IpAddr>,
+    ips: &[IpAddr],
+    key: &Arc<str>,
+    pick: fn(&mut Claimants) -> &mut Vec<Arc<str>>,
+    add: bool,
+) {
+    for ip in ips {
+        let list = pick(claims.entry(*ip).or_default());
+        if add {
+            list.push(Arc::clone(key));
+        } else if let Some(at) = list.iter().position(|k| k == key) {
+            list.swap_remove(at);
+        }
+        dirty.insert(*ip);
+    }
+}
+
+/// Everything known of one cluster, in compact form, and what the control plane was told.
 #[derive(Debug)]
 struct ClusterStore {
-    cluster: String,
+    cluster: Arc<str>,
     pods: Table<PodEntry>,
     namespaces: Table<Arc<Labels>>,
     nodes: Table<NodeEntry>,
     interner: Interner,
+    /// Which pods and nodes claim each address.
+    claims: FxHashMap<IpAddr, Claimants>,
+    /// Addresses and namespaces that may have changed since they were last reported.
+    dirty_ips: FxHashSet<IpAddr>,
+    dirty_namespaces: FxHashSet<Arc<str>>,
+    /// What the control plane was told: the owner of each address, each namespace's labels.
+    reported: FxHashMap<IpAddr, EndpointRecord>,
+    reported_namespaces: FxHashMap<Arc<str>, Arc<Labels>>,
+    /// The namespace of node records.
+    no_namespace: Arc<str>,
 }
 
 impl ClusterStore {
     fn new(cluster: String) -> ClusterStore {
         ClusterStore {
-            cluster,
+            cluster: cluster.into(),
             pods: Table::new(),
             namespaces: Table::new(),
             nodes: Table::new(),
             interner: Interner::default(),
+            claims: FxHashMap::default(),
+            dirty_ips: FxHashSet::default(),
+            dirty_namespaces: FxHashSet::default(),
+            reported: FxHashMap::default(),
+            reported_namespaces: FxHashMap::default(),
+            no_namespace: Arc::from(""),
         }
     }
 
@@ -569,84 +611,136 @@ impl ClusterStore {
     }
 
     fn apply_pod(&mut self, event: Event<PodView>) -> Applied {
-        let interner = &mut self.interner;
-        apply(&mut self.pods, event, |pod| {
+        let (interner, claims, dirty) = (&mut self.interner, &mut self.claims, &mut self.dirty_ips);
+        let entry = |pod: &PodView| {
             if pod.bad_ips > 0 {
                 tracing::debug!(pod = ?pod.metadata.name, "a pod address that is not an IP ignored");
             }
             (pod_key(pod), pod_entry(pod, interner))
+        };
+        apply(&mut self.pods, event, entry, |key, old, new| {
+            let pick: fn(&mut Claimants) -> &mut Vec<Arc<str>> = |c| &mut c.pods;
+            if let Some(old) = old {
+                claim(claims, dirty, &old.ips, key, pick, false);
+            }
+            if let Some(new) = new {
+                claim(claims, dirty, &new.ips, key, pick, true);
+            }
         })
     }
 
     fn apply_namespace(&mut self, event: Event<NamespaceView>) -> Applied {
-        let interner = &mut self.interner;
-        apply(&mut self.namespaces, event, |ns| {
+        let (interner, dirty) = (&mut self.interner, &mut self.dirty_namespaces);
+        let entry = |ns: &NamespaceView| {
             let name = ns.metadata.name.as_deref().unwrap_or_default();
             (name.into(), Some(interner.labels(ns.labels.clone())))
+        };
+        apply(&mut self.namespaces, event, entry, |key, _, _| {
+            dirty.insert(Arc::clone(key));
         })
     }
 
     fn apply_node(&mut self, event: Event<NodeView>) -> Applied {
-        let interner = &mut self.interner;
-        apply(&mut self.nodes, event, |node| {
+        let (interner, claims, dirty) = (&mut self.interner, &mut self.claims, &mut self.dirty_ips);
+        let entry = |node: &NodeView| {
             let name = node.metadata.name.as_deref().unwrap_or_default();
             (name.into(), Some(node_entry(node, interner)))
+        };
+        apply(&mut self.nodes, event, entry, |key, old, new| {
+            let pick: fn(&mut Claimants) -> &mut Vec<Arc<str>> = |c| &mut c.nodes;
+            if let Some(old) = old {
+                claim(claims, dirty, &old.ips, key, pick, false);
+            }
+            if let Some(new) = new {
+                claim(claims, dirty, &new.ips, key, pick, true);
+            }
         })
     }
 
-    /// The full view: every owned pod address, every node address, every namespace. Sorted,
-    /// so that equal views compare equal.
-    fn records(&mut self) -> SourceRecords {
-        self.interner.collect();
-        let mut owners: FxHashMap<IpAddr, (&str, &PodEntry)> = FxHashMap::default();
-        owners.reserve(self.pods.live.len());
-        for (uid, pod) in &self.pods.live {
-            for ip in pod.ips.iter() {
-                owners
-                    .entry(*ip)
-                    .and_modify(|owner| {
-                        if (pod.created, &**uid) > (owner.1.created, owner.0) {
-                            *owner = (uid, pod);
-                        }
-                    })
-                    .or_insert((uid, pod));
-            }
-        }
-        let node_addresses: usize = self.nodes.live.values().map(|n| n.ips.len()).sum();
-        let cluster: Arc<str> = self.cluster.as_str().into();
-        let no_namespace: Arc<str> = "".into();
-        let mut endpoints = Vec::with_capacity(owners.len() + node_addresses);
-        for (ip, (_, pod)) in owners {
-            endpoints.push(EndpointRecord {
+    /// The owner of an address: the newest pod that claims it (by creation time, then UID),
+    /// else the node with the least name that has it.
+    fn owner(&self, ip: IpAddr) -> Option<EndpointRecord> {
+        let claimants = self.claims.get(&ip)?;
+        let pod = claimants
+            .pods
+            .iter()
+            .filter_map(|uid| self.pods.live.get(uid).map(|pod| (pod.created, uid, pod)))
+            .max_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        if let Some((_, _, pod)) = pod {
+            return Some(EndpointRecord {
                 net: IpNet::from(ip),
-                cluster: Arc::clone(&cluster),
+                cluster: Arc::clone(&self.cluster),
                 namespace: Arc::clone(&pod.namespace),
-                name: pod.name.clone(),
+                name: Arc::clone(&pod.name),
                 kind: EndpointKind::Pod,
                 labels: Arc::clone(&pod.labels),
             });
         }
-        for (name, node) in &self.nodes.live {
-            for ip in node.ips.iter() {
-                endpoints.push(EndpointRecord {
-                    net: IpNet::from(*ip),
-                    cluster: Arc::clone(&cluster),
-                    namespace: Arc::clone(&no_namespace),
-                    name: Arc::from(&**name),
-                    kind: EndpointKind::Node,
-                    labels: Arc::clone(&node.labels),
-                });
+        let (name, node) = claimants
+            .nodes
+            .iter()
+            .filter_map(|name| self.nodes.live.get(name).map(|node| (name, node)))
+            .min_by(|a, b| a.0.cmp(b.0))?;
+        Some(EndpointRecord {
+            net: IpNet::from(ip),
+            cluster: Arc::clone(&self.cluster),
+            namespace: Arc::clone(&self.no_namespace),
+            name: Arc::clone(name),
+            kind: EndpointKind::Node,
+            labels: Arc::clone(&node.labels),
+        })
+    }
+
+    /// What changed since the last call, as the control plane is to be told; from then on
+    /// it counts as reported. Sorted by address and by namespace name.
+    fn take_changes(&mut self) -> SourceChanges {
+        let mut changes = SourceChanges::default();
+        for ip in std::mem::take(&mut self.dirty_ips) {
+            let owner = self.owner(ip);
+            if self.claims.get(&ip).is_some_and(|c| c.pods.is_empty() && c.nodes.is_empty()) {
+                self.claims.remove(&ip);
             }
+            if owner.as_ref() == self.reported.get(&ip) {
+                continue;
+            }
+            match &owner {
+                Some(record) => self.reported.insert(ip, record.clone()),
+                None => self.reported.remove(&ip),
+            };
+            changes.endpoints.push(EndpointChange { net: IpNet::from(ip), record: owner });
         }
-        endpoints.sort_unstable_by(|a, b| {
-            (a.net, a.kind, &a.name, &a.namespace).cmp(&(b.net, b.kind, &b.name, &b.namespace))
-        });
+        for name in std::mem::take(&mut self.dirty_namespaces) {
+            let labels = self.namespaces.live.get(&name).cloned();
+            if labels.as_ref() == self.reported_namespaces.get(&name) {
+                continue;
+            }
+            match &labels {
+                Some(labels) => self.reported_namespaces.insert(Arc::clone(&name), Arc::clone(labels)),
+                None => self.reported_namespaces.remove(&name),
+            };
+            changes.namespaces.push(NamespaceChange {
+                cluster: Arc::clone(&self.cluster),
+                name,
+                labels,
+            });
+        }
+        changes.endpoints.sort_unstable_by_key(|c| c.net);
+        changes.namespaces.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        self.interner.collect();
+        changes
+    }
+
+    /// The full view, as reported (after taking what changed): sorted by address, then
+    /// namespaces by name.
+    fn records(&mut self) -> SourceRecords {
+        self.take_changes();
+        let mut endpoints: Vec<EndpointRecord> = self.reported.values().cloned().collect();
+        endpoints.sort_unstable_by_key(|e| e.net);
         let mut namespaces: Vec<NamespaceRecord> = self
-            .namespaces
-            .live
+            .reported_namespaces
             .iter()
             .map(|(name, labels)| NamespaceRecord {
-                cluster: self.cluster.clone(),
+                cluster: self.cluster.to_string(),
                 name: name.to_string(),
                 labels: Arc::clone(labels),
             })
@@ -752,18 +846,18 @@ fn classify(error: &watcher::Error) -> ErrorClass {
 
 #[derive(Debug, Default)]
 struct Publish {
-    /// The records changed since the last `Records`.
+    /// Something happened since the last `Changes` (a change, or a list that says the source
+    /// is in sync again).
     dirty: bool,
-    /// When the gathered changes are rebuilt and sent.
+    /// When the gathered changes are sent.
     at: Option<Instant>,
-    /// A `Lost` was sent and no `Records` since.
+    /// A `Lost` was sent and no `Changes` since.
     lost_reported: bool,
-    /// The last records sent, and when they were last sent.
-    last_sent: Option<(Arc<SourceRecords>, Instant)>,
-    /// No rebuild before this: [`COALESCE`] or twice the last rebuild's time after it.
+    /// When the last `Changes` was sent.
+    last_sent: Option<Instant>,
+    /// No `Changes` before this: [`COALESCE`] (or twice the time the last took to gather)
+    /// after the last.
     not_before: Option<Instant>,
-    /// The view before the last one sent, until the control plane lets go of it.
-    retired: Option<Arc<SourceRecords>>,
 }
 
 struct ClusterWatch {
@@ -844,10 +938,8 @@ impl ClusterWatch {
     fn next_wake(&self) -> Option<Instant> {
         let restarts = self.health.iter().filter_map(|h| h.restart_at);
         let healthy = self.health.iter().all(|h| h.lost.is_none());
-        let retired = self.publish.retired.as_ref().map(|_| Instant::now() + RETIRE_CHECK);
-        let heartbeat =
-            self.publish.last_sent.as_ref().filter(|_| healthy).map(|s| s.1 + HEARTBEAT);
-        restarts.chain(self.publish.at).chain(heartbeat).chain(retired).min()
+        let heartbeat = self.publish.last_sent.filter(|_| healthy).map(|at| at + HEARTBEAT);
+        restarts.chain(self.publish.at).chain(heartbeat).min()
     }
 
     fn on_pod(&mut self, item: Result<Event<PodView>, watcher::Error>) {
@@ -963,12 +1055,9 @@ impl ClusterWatch {
         }
     }
 
-    /// Sends `Lost` when a kind lost the API server, and the records when changes are due.
+    /// Sends `Lost` when a kind lost the API server, and the changes when they are due.
     /// Returns false when the control plane is gone.
     async fn send_due(&mut self) -> bool {
-        if self.publish.retired.as_ref().is_some_and(|r| Arc::strong_count(r) == 1) {
-            self.publish.retired = None;
-        }
         let lost = self.health.iter().find_map(|h| h.lost.clone());
         if let (Some(error), false) = (&lost, self.publish.lost_reported) {
             self.publish.lost_reported = true;
@@ -981,13 +1070,13 @@ impl ClusterWatch {
         if !self.publish.dirty {
             // Nothing changed: say so now and then, so that the last-sync age tells a quiet
             // cluster from a lost one.
-            if let (None, Some((records, at))) = (&lost, &mut self.publish.last_sent)
+            if let (None, Some(at)) = (&lost, &mut self.publish.last_sent)
                 && *at + HEARTBEAT <= now
             {
                 *at = now;
-                let event = SourceEvent::Records {
+                let event = SourceEvent::Changes {
                     source: self.name.clone(),
-                    records: Arc::clone(records),
+                    changes: Arc::default(),
                 };
                 return self.events.send(event).await.is_ok();
             }
@@ -997,32 +1086,28 @@ impl ClusterWatch {
             return true;
         }
         if !self.store.listed() {
-            self.publish.at = None; // the first Records waits for every kind's first list
+            self.publish.at = None; // the first Changes waits for every kind's first list
             return true;
         }
         if self.events.capacity() < self.events.max_capacity() {
-            // The control plane has not taken everything yet: build later, from newer state.
+            // The control plane has not taken everything yet: gather more meanwhile.
             self.publish.at = Some(now + COALESCE);
             return true;
         }
-        let started = Instant::now();
-        let records = Arc::new(self.store.records());
-        let took = started.elapsed();
+        let changes = Arc::new(self.store.take_changes());
+        let took = now.elapsed();
         self.publish.not_before = Some(Instant::now() + COALESCE.max(took * 2));
         tracing::debug!(
             source = self.name,
-            endpoints = records.endpoints.len(),
+            endpoints = changes.endpoints.len(),
+            namespaces = changes.namespaces.len(),
             took_us = took.as_micros() as u64,
-            "records rebuilt"
+            "changes gathered"
         );
         self.publish.dirty = false;
         self.publish.at = None;
-        if let Some((previous, _)) = self.publish.last_sent.replace((Arc::clone(&records), now)) {
-            // Freed by this task once the control plane has swapped it out, so that freeing
-            // it does not delay the snapshot of the new view.
-            self.publish.retired = Some(previous);
-        }
-        let event = SourceEvent::Records { source: self.name.clone(), records };
+        self.publish.last_sent = Some(now);
+        let event = SourceEvent::Changes { source: self.name.clone(), changes };
         if self.events.send(event).await.is_err() {
             return false;
         }
@@ -1046,12 +1131,22 @@ enum Applied {
     Listed,
 }
 
+/// Applies one watcher event to a table; `changed` hears of every entry that went or came
+/// (`key`, the old entry, the new one), a relist as every old entry going and every listed
+/// one coming.
 fn apply<K, E: PartialEq>(
     table: &mut Table<E>,
     event: Event<K>,
-    mut entry: impl FnMut(&K) -> (Box<str>, Option<E>),
+    mut entry: impl FnMut(&K) -> (Arc<str>, Option<E>),
+    mut changed: impl FnMut(&Arc<str>, Option<&E>, Option<&E>),
 ) -> Applied {
-    let changed = |c: bool| if c { Applied::Changed } else { Applied::Unchanged };
+    let mut replace = |key: Arc<str>, value: Option<E>| match table.apply(&key, value) {
+        Some(old) => {
+            changed(&key, old.as_ref(), table.live.get(&key));
+            Applied::Changed
+        }
+        None => Applied::Unchanged,
+    };
     match event {
         Event::Init => {
             table.init();
@@ -1063,16 +1158,21 @@ fn apply<K, E: PartialEq>(
             Applied::Unchanged
         }
         Event::InitDone => {
-            table.init_done();
+            for (key, old) in &table.init_done() {
+                changed(key, Some(old), None);
+            }
+            for (key, new) in &table.live {
+                changed(key, None, Some(new));
+            }
             Applied::Listed
         }
         Event::Apply(object) => {
             let (key, value) = entry(&object);
-            changed(table.apply(key, value))
+            replace(key, value)
         }
         Event::Delete(object) => {
             let (key, _) = entry(&object);
-            changed(table.apply(key, None))
+            replace(key, None)
         }
     }
 }
@@ -1107,9 +1207,7 @@ mod tests {
     fn store_with(pods: &[serde_json::Value]) -> ClusterStore {
         let mut store = ClusterStore::new("c1".into());
         for json in pods {
-            let view = pod(json.clone());
-            let entry = pod_entry(&view, &mut store.interner);
-            store.pods.apply(pod_key(&view), entry);
+            store.apply_pod(Event::Apply(pod(json.clone())));
         }
         store.pods.listed = true;
         store.namespaces.listed = true;
@@ -1186,8 +1284,7 @@ mod tests {
         // The new pod is seen before the old one's delete.
         let mut store = store_with(&[new.clone(), old.clone()]);
         assert_eq!(owner(&store.records(), "10.0.1.15").as_deref(), Some("other-new"));
-        let old_view = pod(old);
-        assert!(store.pods.apply(pod_key(&old_view), None), "the old pod's delete");
+        assert_eq!(store.apply_pod(Event::Delete(pod(old))), Applied::Changed, "the delete");
         assert_eq!(owner(&store.records(), "10.0.1.15").as_deref(), Some("other-new"));
         // A late update of the old pod, still claiming the address, does not take it back.
         let late_old = running("u-old", "ratings-old", "2024-05-01T12:00:00Z", &["10.0.1.15"]);
@@ -1213,9 +1310,8 @@ mod tests {
         let mut store = store_with(&[running("u1", "job", "2024-05-01T12:00:00Z", &["10.0.1.1"])]);
         let mut done = running("u1", "job", "2024-05-01T12:00:00Z", &["10.0.1.1"]);
         done["status"]["phase"] = "Succeeded".into();
-        let view = pod(done);
-        let entry = pod_entry(&view, &mut store.interner);
-        assert!(store.pods.apply(pod_key(&view), entry));
+        assert_eq!(store.records().endpoints.len(), 1);
+        assert_eq!(store.apply_pod(Event::Apply(pod(done))), Applied::Changed);
         assert!(store.records().endpoints.is_empty());
     }
 
@@ -1233,8 +1329,7 @@ mod tests {
         }))
         .unwrap();
         let mut store = store_with(&[]);
-        let entry = node_entry(&node, &mut store.interner);
-        store.nodes.apply("ip-10-0-0-10".into(), Some(entry));
+        store.apply_node(Event::Apply(node));
         let records = store.records();
         let nets: Vec<String> = records.endpoints.iter().map(|e| e.net.to_string()).collect();
         assert_eq!(nets, ["10.0.0.10/32", "203.0.113.7/32", "fd00::a/128"]);

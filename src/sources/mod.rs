@@ -1,22 +1,23 @@
-//! Label sources: where the records of the label table come from. Each source produces a
-//! whole [`SourceRecords`](crate::labels::SourceRecords) at a time; the control plane builds
-//! the table from all of them.
+//! Label sources: where the records of the label table come from. Inventory files are read
+//! whole ([`SourceRecords`](crate::labels::SourceRecords)); Kubernetes watchers report what
+//! changed ([`SourceChanges`]). The control plane keeps the table current from both.
 
 pub mod inventory;
 pub mod kubernetes;
 
 use std::sync::Arc;
 
-use crate::labels::SourceRecords;
+use crate::labels::SourceChanges;
 
 /// What a live label source (a Kubernetes watcher) tells the control plane.
 #[derive(Debug, Clone)]
 pub enum SourceEvent {
-    /// A full, consistent view of the source: after its first complete list, and after every
-    /// change since. Replaces what the source had.
-    Records { source: String, records: Arc<SourceRecords> },
+    /// What changed since the source's last `Changes` (the first one, sent once every kind
+    /// has been listed in full, holds everything). Each leaves the source's view consistent,
+    /// and each, even an empty one, says the source is in sync.
+    Changes { source: String, changes: Arc<SourceChanges> },
     /// The source lost its origin (API server unreachable, watch failing): the control plane
-    /// keeps its last records and reports it as out of sync until the next `Records`.
+    /// keeps its last records and reports it as out of sync until the next `Changes`.
     Lost { source: String, error: String },
 }
 
