@@ -67,7 +67,7 @@ fn main() {
         "{ENDPOINTS} endpoints, {} identities: records {:.1} MiB, label table {:.1} MiB \
          (built in {:.1} ms), group membership for 1,000 groups {:.1} MiB ({:.1} ms); \
          process RSS {:.1} MiB",
-        table.identities().len(),
+        table.identity_count(),
         records - start,
         with_table - records,
         build.as_secs_f64() * 1000.0,

@@ -100,7 +100,7 @@ fn bench_policy() -> CompiledPolicy {
 /// group per service and 1,000 rules, rule k: svc-k -> svc-(k+1) on tcp/8080.
 fn world() -> Arc<Snapshot> {
     let labels = Arc::new(LabelTable::build(&[records()]));
-    assert_eq!(labels.identities().len(), identities() as usize);
+    assert_eq!(labels.identity_count(), identities() as usize);
     let policy = bench_policy();
     let hits = Arc::new(RuleHits::new(1, policy.rules.len()));
     Arc::new(Snapshot::new(1, labels, Arc::new(policy), hits))

@@ -145,7 +145,7 @@ fn groups_of<'a>(s: &'a Snapshot, addr: &str) -> Vec<&'a str> {
 #[test]
 fn the_bookinfo_inventory_interns_pods_with_equal_labels_once() {
     let table = LabelTable::build(&[bookinfo()]);
-    assert_eq!(table.endpoints().len(), 15);
+    assert_eq!(table.endpoint_count(), 15);
     let a = table.lookup(ip(RATINGS_A)).unwrap();
     let b = table.lookup(ip(RATINGS_B)).unwrap();
     assert_eq!((&*a.name, &*b.name), ("ratings-v1-a", "ratings-v1-b"));

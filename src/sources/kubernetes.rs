@@ -715,7 +715,9 @@ impl ClusterStore {
                 continue;
             }
             match &labels {
-                Some(labels) => self.reported_namespaces.insert(Arc::clone(&name), Arc::clone(labels)),
+                Some(labels) => {
+                    self.reported_namespaces.insert(Arc::clone(&name), Arc::clone(labels))
+                }
                 None => self.reported_namespaces.remove(&name),
             };
             changes.namespaces.push(NamespaceChange {
@@ -1074,10 +1076,8 @@ impl ClusterWatch {
                 && *at + HEARTBEAT <= now
             {
                 *at = now;
-                let event = SourceEvent::Changes {
-                    source: self.name.clone(),
-                    changes: Arc::default(),
-                };
+                let event =
+                    SourceEvent::Changes { source: self.name.clone(), changes: Arc::default() };
                 return self.events.send(event).await.is_ok();
             }
             return true;
