@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use labelwall::labels::{EndpointKind, EndpointRecord, LabelTable, Labels, SourceRecords};
+use labelwall::labels::{EndpointKind, EndpointRecord, LabelBuilder, Labels, SourceRecords};
 use labelwall::policy::CompiledPolicy;
 use labelwall::snapshot::{RuleHits, Snapshot};
 
@@ -50,7 +50,10 @@ fn main() {
     let source = Arc::new(SourceRecords { source: "bench".into(), endpoints, namespaces: vec![] });
     let records = resident_mib();
     let started = Instant::now();
-    let table = Arc::new(LabelTable::build(std::slice::from_ref(&source)));
+    // What the control plane keeps: the builder (every claim, the identities) and the table.
+    let mut builder = LabelBuilder::new(vec![source.source.clone()]);
+    builder.replace_source(0, &source);
+    let table = Arc::new(builder.publish().0);
     let build = started.elapsed();
     let with_table = resident_mib();
     let mut policy = String::from("default_action: deny\ngroups:\n");
@@ -64,7 +67,7 @@ fn main() {
     let membership = started.elapsed();
     let with_snapshot = resident_mib();
     println!(
-        "{ENDPOINTS} endpoints, {} identities: records {:.1} MiB, label table {:.1} MiB \
+        "{ENDPOINTS} endpoints, {} identities: records {:.1} MiB, label builder + table {:.1} MiB \
          (built in {:.1} ms), group membership for 1,000 groups {:.1} MiB ({:.1} ms); \
          process RSS {:.1} MiB",
         table.identity_count(),
@@ -75,5 +78,5 @@ fn main() {
         membership.as_secs_f64() * 1000.0,
         with_snapshot,
     );
-    drop(snapshot);
+    drop((snapshot, builder));
 }

@@ -11,7 +11,10 @@ use std::sync::Arc;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use etherparse::PacketBuilder;
 use labelwall::conntrack::Timeouts;
-use labelwall::labels::{EndpointKind, EndpointRecord, LabelTable, Labels, SourceRecords};
+use labelwall::labels::{
+    EndpointChange, EndpointKind, EndpointRecord, LabelBuilder, LabelTable, Labels, SourceChanges,
+    SourceRecords,
+};
 use labelwall::packet::ip_proto;
 use labelwall::pipeline::{FlowSettings, Mode, Pipeline, decode};
 use labelwall::policy::CompiledPolicy;
@@ -106,8 +109,9 @@ fn world() -> Arc<Snapshot> {
     Arc::new(Snapshot::new(1, labels, Arc::new(policy), hits))
 }
 
-/// The control plane's work after one label change: rebuild the table from all records and
-/// evaluate every group against every identity (memory: `cargo bench --bench memory`).
+/// The control plane's work: building everything from scratch (start, a relist, a policy
+/// reload), and what one pod's label change costs: apply it, publish the table, evaluate the
+/// changed identity (memory: `cargo bench --bench memory`).
 fn control_plane(c: &mut Criterion) {
     let source = records();
     let labels = Arc::new(LabelTable::build(std::slice::from_ref(&source)));
@@ -115,11 +119,40 @@ fn control_plane(c: &mut Criterion) {
     let hits = Arc::new(RuleHits::new(1, policy.rules.len()));
     let mut group = c.benchmark_group("control_plane_100k_endpoints");
     group.sample_size(10);
-    group.bench_function("label_table_rebuild", |b| {
+    group.bench_function("label_table_full_build", |b| {
         b.iter(|| LabelTable::build(black_box(std::slice::from_ref(&source))))
     });
     group.bench_function("snapshot_membership_1000_groups", |b| {
         b.iter(|| Snapshot::new(2, Arc::clone(&labels), Arc::clone(&policy), Arc::clone(&hits)))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("control_plane_100k_endpoints");
+    let mut builder = LabelBuilder::new(vec![source.source.clone()]);
+    builder.replace_source(0, &source);
+    let (table, _) = builder.publish();
+    let mut snapshot =
+        Arc::new(Snapshot::new(1, Arc::new(table), Arc::clone(&policy), Arc::clone(&hits)));
+    // Pod 7 flips between its own labels and pod 8's: one identity created, one released.
+    let pod = source.endpoints[7].clone();
+    let flipped = EndpointRecord { labels: Arc::clone(&source.endpoints[8].labels), ..pod.clone() };
+    let mut generation = 1;
+    group.bench_function("one_pod_relabelled_apply_publish_evaluate", |b| {
+        b.iter(|| {
+            generation += 1;
+            let record = if generation % 2 == 0 { &flipped } else { &pod };
+            let change = EndpointChange { net: record.net, record: Some(record.clone()) };
+            let changes = SourceChanges { endpoints: vec![change], namespaces: vec![] };
+            builder.apply_changes(0, &changes);
+            let (table, changed) = builder.publish();
+            snapshot = Arc::new(snapshot.next(
+                generation,
+                Arc::new(table),
+                Arc::clone(&policy),
+                Arc::clone(&hits),
+                &changed,
+            ));
+        })
     });
     group.finish();
 }

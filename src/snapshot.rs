@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use crate::labels::shared::Chunked;
 use crate::labels::{EndpointKind, Identity, IdentityId, LabelTable};
@@ -77,6 +77,8 @@ pub struct Snapshot {
     /// Per identity id, `group_words` bits: which groups' label parts select the identity.
     /// Shared in chunks with the snapshot before, when only labels changed.
     membership: Chunked<u64>,
+    /// How `membership` is evaluated under `policy`.
+    index: Arc<MembershipIndex>,
 }
 
 impl Snapshot {
@@ -90,11 +92,11 @@ impl Snapshot {
     ) -> Snapshot {
         let mut membership = Chunked::new(policy.group_words, 0);
         membership.grow_to(labels.identity_id_bound());
-        let index = MembershipIndex::new(&policy);
+        let index = Arc::new(MembershipIndex::new(&policy));
         for (id, identity) in labels.identities() {
             index.evaluate(&policy, identity, membership.row_mut(id.0 as usize));
         }
-        Snapshot { generation, labels, policy, rule_hits, membership }
+        Snapshot { generation, labels, policy, rule_hits, membership, index }
     }
 
     /// The snapshot after this one: with the same policy, only the `changed` identities
@@ -113,14 +115,14 @@ impl Snapshot {
         }
         let mut membership = self.membership.clone();
         membership.grow_to(labels.identity_id_bound());
-        let index = MembershipIndex::new(&policy);
         for &id in changed {
             let Some(identity) = labels.get_identity(id) else { continue }; // gone again
             let row = membership.row_mut(id.0 as usize);
             row.fill(0);
-            index.evaluate(&policy, identity, row);
+            self.index.evaluate(&policy, identity, row);
         }
-        Snapshot { generation, labels, policy, rule_hits, membership }
+        let index = Arc::clone(&self.index);
+        Snapshot { generation, labels, policy, rule_hits, membership, index }
     }
 
     /// The groups an address belongs to: its identity's groups, plus CIDR groups that contain
@@ -203,16 +205,18 @@ impl Snapshot {
 /// exact-match requirement (`k=v`, `k==v`, `k in (...)`) can only select identities carrying
 /// one of those labels, so it is filed under them; the other parts are checked for every
 /// identity of their kind. Turns groups x identities selector evaluations into a few hash
-/// probes per identity.
-struct MembershipIndex<'a> {
-    anchored: HashMap<(EndpointKind, &'a str, &'a str), Vec<usize>>,
+/// probes per identity. Built once per policy and kept by the snapshots of that policy.
+#[derive(Debug)]
+struct MembershipIndex {
+    /// By kind, then label key, then value.
+    anchored: [FxHashMap<String, FxHashMap<String, Vec<usize>>>; 3],
     unanchored: [Vec<usize>; 3],
 }
 
-impl<'a> MembershipIndex<'a> {
-    fn new(policy: &'a CompiledPolicy) -> MembershipIndex<'a> {
+impl MembershipIndex {
+    fn new(policy: &CompiledPolicy) -> MembershipIndex {
         let mut index =
-            MembershipIndex { anchored: HashMap::new(), unanchored: Default::default() };
+            MembershipIndex { anchored: Default::default(), unanchored: Default::default() };
         for (g, group) in policy.groups.iter().enumerate() {
             let parts = [
                 (EndpointKind::Pod, group.pods.as_ref().map(|p| &p.selector)),
@@ -226,8 +230,10 @@ impl<'a> MembershipIndex<'a> {
                 });
                 match anchor {
                     Some(r) => {
+                        let by_value =
+                            index.anchored[kind as usize].entry(r.key.clone()).or_default();
                         for value in &r.values {
-                            index.anchored.entry((kind, &r.key, value)).or_default().push(g);
+                            by_value.entry(value.clone()).or_default().push(g);
                         }
                     }
                     None => index.unanchored[kind as usize].push(g),
@@ -248,13 +254,14 @@ impl<'a> MembershipIndex<'a> {
 
     /// Calls `f` with every group that could select `identity` (possibly more than once).
     fn for_each_candidate(&self, identity: &Identity, mut f: impl FnMut(usize)) {
-        self.unanchored[identity.kind as usize].iter().for_each(|&g| f(g));
-        if self.anchored.is_empty() {
+        let kind = identity.kind as usize;
+        self.unanchored[kind].iter().for_each(|&g| f(g));
+        let anchored = &self.anchored[kind];
+        if anchored.is_empty() {
             return;
         }
         for (key, value) in &identity.labels {
-            if let Some(groups) = self.anchored.get(&(identity.kind, key.as_str(), value.as_str()))
-            {
+            if let Some(groups) = anchored.get(key.as_str()).and_then(|v| v.get(value.as_str())) {
                 groups.iter().for_each(|&g| f(g));
             }
         }
