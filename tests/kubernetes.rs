@@ -36,7 +36,15 @@ fn source(cluster: &str, kubeconfig: &std::path::Path) -> KubernetesSource {
 
 /// A server with the bookinfo namespace, one node and `pods`.
 fn server_with(pods: &[serde_json::Value]) -> FakeApiServer {
-    let server = FakeApiServer::start();
+    populated(FakeApiServer::start(), pods)
+}
+
+/// The same over HTTPS, with a certificate authority of its own.
+fn tls_server_with(pods: &[serde_json::Value]) -> FakeApiServer {
+    populated(FakeApiServer::start_tls(), pods)
+}
+
+fn populated(server: FakeApiServer, pods: &[serde_json::Value]) -> FakeApiServer {
     server.apply("namespaces", namespace("bookinfo", json!({"team": "books"})));
     server.apply("nodes", node("node-1", "10.0.0.10", json!({"role": "worker"})));
     for p in pods {
@@ -316,6 +324,32 @@ async fn an_exec_credential_plugin_supplies_the_bearer_token() {
     let kubeconfig = server.kubeconfig(dir.path(), "c1", Some(("/bin/sh", &[script.as_str()])));
     let mut watched = watch_with(source("c1", &kubeconfig), dir);
     records_where(&mut watched, "pod a", |r| pod_names(r).len() == 1).await;
+}
+
+#[tokio::test]
+async fn over_tls_the_api_servers_certificate_is_checked_against_the_kubeconfigs_authority() {
+    let server = tls_server_with(&[pod("bookinfo", "a", &["10.0.1.1"], json!({}))]);
+    let mut watched = watch(&server, "c1");
+    records_where(&mut watched, "pod a over TLS", |r| pod_names(r) == ["a 10.0.1.1/32"]).await;
+    drop(watched);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let requests = server.requests().len();
+    // The same server without its authority in the kubeconfig: the handshake fails, so the
+    // source is lost and no request gets through.
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = server.kubeconfig(dir.path(), "c2", None);
+    let text = std::fs::read_to_string(&kubeconfig).unwrap();
+    let untrusting: String = text
+        .lines()
+        .filter(|l| !l.contains("certificate-authority"))
+        .map(|l| l.to_owned() + "\n")
+        .collect();
+    assert_ne!(text, untrusting);
+    std::fs::write(&kubeconfig, untrusting).unwrap();
+    let mut refused = watch_with(source("c2", &kubeconfig), dir);
+    let event = next_event(&mut refused, Duration::from_secs(10)).await;
+    assert!(matches!(event, Some(SourceEvent::Lost { .. })), "{event:?}");
+    assert_eq!(server.requests().len(), requests, "no request without a trusted certificate");
 }
 
 #[tokio::test]
@@ -655,6 +689,39 @@ fn pod_labels_decide_live_and_a_reused_ip_follows_its_newest_owner() {
     server.apply("pods", pod("bookinfo", "marker", &["10.0.1.20"], json!({"app": "other"})));
     scene.wait(POD_B, 3306, Verdict::Rejected);
     assert_eq!(scene.verdict(POD_A, 3306), Verdict::Allowed, "the newest owner stays");
+}
+
+/// `in_cluster: true` as in a pod: the service account's token and CA at
+/// /var/run/secrets/kubernetes.io/serviceaccount (a tmpfs of a private mount namespace made by
+/// `unshare`, so the host is untouched), the API server from KUBERNETES_SERVICE_HOST/PORT,
+/// over TLS; the server refuses any other token.
+#[test]
+fn in_cluster_the_service_account_token_and_authority_reach_the_api_server_over_tls() {
+    let ratings = pod("bookinfo", "ratings-1", &["10.0.1.15"], json!({"app": "ratings"}));
+    let server = tls_server_with(&[ratings]);
+    server.require_token("service-account-token");
+    let account = tempfile::tempdir().unwrap();
+    std::fs::write(account.path().join("token"), "service-account-token").unwrap();
+    std::fs::write(account.path().join("namespace"), "labelwall").unwrap();
+    std::fs::copy(&server.tls.as_ref().unwrap().ca_path, account.path().join("ca.crt")).unwrap();
+    let mount = "mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io/serviceaccount \
+                 && cp \"$0\"/* /run/secrets/kubernetes.io/serviceaccount/ && exec \"$@\"";
+    let account_dir = account.path().display().to_string();
+    let wrapper =
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, &account_dir];
+    let port = server.addr.port().to_string();
+    let env =
+        [("KUBERNETES_SERVICE_HOST", "127.0.0.1"), ("KUBERNETES_SERVICE_PORT", port.as_str())];
+    let peer = GwlbPeer::new(1);
+    let clusters = "labels:\n  kubernetes:\n    - cluster: c1\n      in_cluster: true\n";
+    let appliance =
+        Appliance::start_wrapped(peer.reply_port(), 1, POLICY, None, clusters, &[], &wrapper, &env);
+    // Ready means every kind was listed, which the server only allows with the token.
+    let log = || appliance.log();
+    wait_verdict(&peer, appliance.listen, POD_A, 3306, Verdict::Allowed, &log);
+    server.set_labels("pods", "bookinfo", "ratings-1", json!({"app": "other"}));
+    wait_verdict(&peer, appliance.listen, POD_A, 3306, Verdict::Rejected, &log);
+    assert!(server.count_requests(&["/api/v1/pods?", "watch=true"]) >= 1);
 }
 
 #[test]

@@ -47,6 +47,22 @@ impl Appliance {
         extra: &str,
         args: &[&str],
     ) -> Appliance {
+        Appliance::start_wrapped(reply_port, workers, policy, inventory, extra, args, &[], &[])
+    }
+
+    /// As [`Appliance::start_with`], the binary started as the last arguments of `wrapper`
+    /// (a program and its first arguments, e.g. `unshare ...`), with `env` added.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_wrapped(
+        reply_port: u16,
+        workers: usize,
+        policy: &str,
+        inventory: Option<&str>,
+        extra: &str,
+        args: &[&str],
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> Appliance {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
         let mut extra = format!("policy: policy.yaml\n{extra}");
@@ -63,11 +79,21 @@ impl Appliance {
         let config_path = dir.path().join("labelwall.yaml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("labelwall.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_labelwall"))
+        let binary = env!("CARGO_BIN_EXE_labelwall");
+        let mut command = match wrapper.split_first() {
+            Some((program, first)) => {
+                let mut command = Command::new(program);
+                command.args(first).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("run")
             .arg("-c")
             .arg(&config_path)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

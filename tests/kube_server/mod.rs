@@ -1,4 +1,5 @@
-//! A fake Kubernetes API server for the tests: plain HTTP/1.1 on 127.0.0.1, written against
+//! A fake Kubernetes API server for the tests: HTTP/1.1 on 127.0.0.1, plain or over TLS with
+//! a certificate authority of its own (made with the `openssl` command), written against
 //! the wire protocol rather than any Kubernetes library, so that the real kube client (and
 //! kubectl) talk to it as to an API server.
 //!
@@ -27,9 +28,116 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+
+/// A client connection, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type Connection = BufReader<Box<dyn Io>>;
+
+/// The server's TLS: its acceptor and the certificate authority clients must trust.
+pub struct Tls {
+    acceptor: TlsAcceptor,
+    pub ca_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("ca_path", &self.ca_path).finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// A fresh CA and a server certificate it signed for the address 127.0.0.1.
+    fn generate() -> Tls {
+        let dir = tempfile::tempdir().unwrap();
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("the openssl command (tests/run.sh installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=fake-kubernetes-ca",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=kube-apiserver"],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            dir.path().join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ]);
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(dir.path().join("server.crt"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(dir.path().join("server.key")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        Tls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            ca_path: dir.path().join("ca.crt"),
+            _dir: dir,
+        }
+    }
+}
 
 /// The resources served, by URL segment.
 pub const KINDS: [&str; 3] = ["pods", "namespaces", "nodes"];
@@ -94,11 +202,22 @@ pub struct FakeApiServer {
     thread: Option<std::thread::JoinHandle<()>>,
     accept: Mutex<Option<AbortHandle>>,
     pub addr: SocketAddr,
+    /// Set when the server speaks TLS.
+    pub tls: Option<Tls>,
 }
 
 impl FakeApiServer {
-    /// Starts an empty server on a free port of 127.0.0.1.
+    /// Starts an empty server on a free port of 127.0.0.1, plain HTTP.
     pub fn start() -> FakeApiServer {
+        FakeApiServer::start_with(None)
+    }
+
+    /// Starts an empty server speaking HTTPS with a certificate authority of its own.
+    pub fn start_tls() -> FakeApiServer {
+        FakeApiServer::start_with(Some(Tls::generate()))
+    }
+
+    fn start_with(tls: Option<Tls>) -> FakeApiServer {
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -143,6 +262,7 @@ impl FakeApiServer {
             thread: Some(thread),
             accept: Mutex::new(None),
             addr,
+            tls,
         };
         server.serve(listener);
         server
@@ -151,11 +271,23 @@ impl FakeApiServer {
     fn serve(&self, listener: TcpListener) {
         let shared = Arc::clone(&self.shared);
         let runtime = self.runtime.clone();
+        let acceptor = self.tls.as_ref().map(|tls| tls.acceptor.clone());
         let task = self.runtime.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let _ = stream.set_nodelay(true);
-                let connection = runtime.spawn(serve_connection(Arc::clone(&shared), stream));
+                let shared_for_connection = Arc::clone(&shared);
+                let acceptor = acceptor.clone();
+                let connection = runtime.spawn(async move {
+                    let stream: Box<dyn Io> = match acceptor {
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls) => Box::new(tls),
+                            Err(_) => return, // a client that does not trust us
+                        },
+                        None => Box::new(stream),
+                    };
+                    serve_connection(shared_for_connection, stream).await
+                });
                 shared.connections.lock().unwrap().push(connection.abort_handle());
             }
         });
@@ -204,9 +336,15 @@ impl FakeApiServer {
                  \x20       command: {command}\n        args: {args:?}\n        interactiveMode: Never\n"
             );
         }
+        let (scheme, authority) = match &self.tls {
+            Some(tls) => {
+                ("https", format!("\n      certificate-authority: {}", tls.ca_path.display()))
+            }
+            None => ("http", String::new()),
+        };
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n  - name: {name}\n    cluster:\n\
-             \x20     server: http://{addr}\ncontexts:\n  - name: {name}\n    context:\n\
+             \x20     server: {scheme}://{addr}{authority}\ncontexts:\n  - name: {name}\n    context:\n\
              \x20     cluster: {name}\n      user: {name}\ncurrent-context: {name}\n\
              users:\n  - name: {name}\n{user}",
             addr = self.addr
@@ -506,7 +644,7 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+async fn read_request(reader: &mut Connection) -> Option<Request> {
     let mut line = String::new();
     if reader.read_line(&mut line).await.ok()? == 0 {
         return None;
@@ -540,7 +678,7 @@ async fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
     Some(Request { path: path.to_string(), query, authorization })
 }
 
-async fn respond(stream: &mut BufReader<TcpStream>, status: u16, body: &str) -> bool {
+async fn respond(stream: &mut Connection, status: u16, body: &str) -> bool {
     let reason = match status {
         200 => "OK",
         401 => "Unauthorized",
@@ -564,7 +702,7 @@ fn status_json(code: u16, reason: &str, message: &str) -> String {
     .to_string()
 }
 
-async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
+async fn serve_connection(shared: Arc<Shared>, stream: Box<dyn Io>) {
     let mut stream = BufReader::new(stream);
     while let Some(request) = read_request(&mut stream).await {
         let mut logged = request.path.clone();
@@ -642,7 +780,7 @@ fn discovery() -> Value {
 
 async fn serve_list(
     shared: &Shared,
-    stream: &mut BufReader<TcpStream>,
+    stream: &mut Connection,
     resource: &'static str,
     request: &Request,
 ) -> bool {
@@ -705,7 +843,7 @@ fn list_response(state: &mut State, resource: &'static str, request: &Request) -
 }
 
 /// Writes one chunk of a chunked body.
-async fn write_chunk(stream: &mut BufReader<TcpStream>, data: &[u8]) -> bool {
+async fn write_chunk(stream: &mut Connection, data: &[u8]) -> bool {
     let mut chunk = Vec::with_capacity(data.len() + 16);
     let _ = write!(chunk, "{:x}\r\n", data.len());
     chunk.extend_from_slice(data);
@@ -719,7 +857,7 @@ fn event_line(kind: &str, object: &str) -> Vec<u8> {
 
 async fn serve_watch(
     shared: &Shared,
-    stream: &mut BufReader<TcpStream>,
+    stream: &mut Connection,
     resource: &'static str,
     request: &Request,
 ) -> bool {
@@ -740,7 +878,7 @@ async fn serve_watch(
 
 async fn stream_watch(
     shared: &Shared,
-    stream: &mut BufReader<TcpStream>,
+    stream: &mut Connection,
     resource: &'static str,
     request: &Request,
     mut changed: tokio::sync::watch::Receiver<u64>,
