@@ -70,8 +70,8 @@ pub struct Identity {
 }
 
 /// One address or network as a label source reports it. The strings and the label set are
-/// shared (`Arc`), so that a source can hand over a full view of 100k pods without copying
-/// them, and views compare cheaply (pointer equality first).
+/// shared (`Arc`), so that the copies a source, its reports and the label builder keep of
+/// 100k pods share their text, and records compare cheaply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointRecord {
     pub net: IpNet,
