@@ -136,8 +136,8 @@ mod tests {
              &X-Amz-Algorithm=AWS4-HMAC-SHA256\
              &X-Amz-Credential=AKIDEXAMPLE%2F20251127%2Feu-west-1%2Fsts%2Faws4_request\
              &X-Amz-Date=20251127T152030Z&X-Amz-Expires=60\
-             &X-Amz-Security-Token=SESSION%2FTOKEN%2B%3D\
-             &X-Amz-SignedHeaders=host%3Bx-k8s-aws-id&X-Amz-Signature=";
+             &X-Amz-SignedHeaders=host%3Bx-k8s-aws-id\
+             &X-Amz-Security-Token=SESSION%2FTOKEN%2B%3D&X-Amz-Signature=";
         assert!(url.starts_with(expected_start), "{url}");
         let signature = &url[expected_start.len()..];
         assert_eq!(signature.len(), 64);

@@ -48,7 +48,9 @@ pub struct Signed {
     pub canonical_request: String,
     pub string_to_sign: String,
     pub signature: String,
-    /// The canonical query string plus `&X-Amz-Signature=...`: what goes after `?`.
+    /// What goes after `?`: the query parameters (the request's in their order, then
+    /// `X-Amz-Algorithm`, `-Credential`, `-Date`, `-Expires`, `-SignedHeaders`,
+    /// `-Security-Token`), then `X-Amz-Signature`.
     pub query: String,
 }
 
@@ -84,9 +86,14 @@ pub fn presign(request: &Presign<'_>, credentials: &Credentials) -> Signed {
         auth.push(("X-Amz-Security-Token", token.as_str()));
     }
     query.extend(auth.iter().map(|(k, v)| (uri_encode(k), uri_encode(v))));
+    let join = |pairs: &[(String, String)]| {
+        pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
+    };
+    // The URL keeps botocore's order (the request's parameters, then the X-Amz-* ones), so
+    // tokens are byte for byte those of `aws eks get-token`; the signature covers them sorted.
+    let url_query = join(&query);
     query.sort();
-    let canonical_query =
-        query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+    let canonical_query = join(&query);
 
     let canonical_headers: String = headers.iter().map(|(n, v)| format!("{n}:{v}\n")).collect();
     let canonical_request = format!(
@@ -103,7 +110,7 @@ pub fn presign(request: &Presign<'_>, credentials: &Credentials) -> Signed {
         key = hmac_sha256(&key, part.as_bytes());
     }
     let signature = hex(&hmac_sha256(&key, string_to_sign.as_bytes()));
-    let query = format!("{canonical_query}&X-Amz-Signature={signature}");
+    let query = format!("{url_query}&X-Amz-Signature={signature}");
     Signed { canonical_request, string_to_sign, signature, query }
 }
 
