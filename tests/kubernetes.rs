@@ -7,6 +7,7 @@
 //! memory and event-to-verdict latency at 10k and 100k pods.
 
 mod common;
+mod imds_server;
 mod kube_server;
 
 use std::net::SocketAddr;
@@ -316,6 +317,66 @@ async fn an_exec_credential_plugin_supplies_the_bearer_token() {
     let kubeconfig = server.kubeconfig(dir.path(), "c1", Some(("/bin/sh", &[script.as_str()])));
     let mut watched = watch_with(source("c1", &kubeconfig), dir);
     records_where(&mut watched, "pod a", |r| pod_names(r).len() == 1).await;
+}
+
+/// The cluster's side of an EKS token, as EKS checks it (without calling STS): the prefix, a
+/// presigned GetCallerIdentity for `cluster` in `region` signed within the last two minutes
+/// with `credentials` (the signature recomputed, so the cluster name is signed too).
+fn eks_token_is_valid(
+    token: &str,
+    cluster: &str,
+    region: &str,
+    credentials: &labelwall::eks::Credentials,
+) -> bool {
+    use base64::Engine;
+    let Some(encoded) = token.strip_prefix("k8s-aws-v1.") else { return false };
+    let Ok(url) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) else {
+        return false;
+    };
+    let url = String::from_utf8_lossy(&url);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let Some(date) = url.split('&').find_map(|p| p.strip_prefix("X-Amz-Date=")) else {
+        return false;
+    };
+    (now - 120..=now + 1)
+        .filter(|t| labelwall::eks::sigv4::amz_dates(*t).1 == date)
+        .any(|t| url == labelwall::eks::presigned_url(cluster, region, credentials, t))
+}
+
+#[tokio::test]
+async fn labelwall_eks_token_as_exec_plugin_authenticates_with_the_instance_role() {
+    let imds = imds_server::FakeImds::start();
+    let server = server_with(&[pod("bookinfo", "a", &["10.0.1.1"], json!({}))]);
+    let role = labelwall::eks::Credentials {
+        access_key_id: imds_server::ACCESS_KEY_ID.into(),
+        secret_access_key: imds_server::SECRET_ACCESS_KEY.into(),
+        session_token: Some(imds_server::SESSION_TOKEN.into()),
+    };
+    let accepted = std::sync::Arc::new(AtomicU16::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    server.require_bearer(move |token| {
+        let valid = eks_token_is_valid(token, "eks-prod", "eu-west-1", &role);
+        counter.fetch_add(u16::from(valid), Ordering::Relaxed);
+        valid
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = imds.endpoint();
+    let env = [
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint.as_str()),
+        // Empty counts as unset: the instance role, whatever this machine's environment has.
+        ("AWS_ACCESS_KEY_ID", ""),
+        ("AWS_SECRET_ACCESS_KEY", ""),
+        ("AWS_SESSION_TOKEN", ""),
+        ("AWS_EC2_METADATA_DISABLED", ""),
+    ];
+    let args = ["eks-token", "--cluster-name", "eks-prod", "--region", "eu-west-1"];
+    let exec = Some((env!("CARGO_BIN_EXE_labelwall"), &args[..]));
+    let kubeconfig = server.kubeconfig_with_env(dir.path(), "c1", exec, &env);
+    let mut watched = watch_with(source("c1", &kubeconfig), dir);
+    records_where(&mut watched, "pod a", |r| pod_names(r).len() == 1).await;
+    assert!(accepted.load(Ordering::Relaxed) > 0);
+    assert!(imds.requests().contains(&"PUT /latest/api/token".to_string()));
+    assert!(!server.requests().is_empty());
 }
 
 #[tokio::test]
