@@ -435,6 +435,15 @@ fn the_shipped_cluster_role_reads_pods_namespaces_and_nodes_and_nothing_else() {
     let exec = example.auth_infos[0].auth_info.as_ref().unwrap().exec.as_ref().unwrap();
     assert_eq!(exec.command.as_deref(), Some("aws"));
     assert!(exec.args.as_ref().unwrap().windows(2).any(|w| w == ["eks", "get-token"]));
+    // The native one execs `labelwall eks-token` with arguments the command accepts.
+    let native =
+        kube::config::Kubeconfig::read_from(dir.join("kubeconfig.native.example.yaml")).unwrap();
+    let exec = native.auth_infos[0].auth_info.as_ref().unwrap().exec.as_ref().unwrap();
+    assert_eq!(exec.command.as_deref(), Some("/usr/local/bin/labelwall"));
+    let args = exec.args.clone().unwrap();
+    assert_eq!(args[0], "eks-token");
+    let help = Command::new(env!("CARGO_BIN_EXE_labelwall")).args(&args).arg("--help").output();
+    assert!(help.unwrap().status.success(), "labelwall {args:?} parses");
 }
 
 #[test]
