@@ -214,6 +214,17 @@ fn eks_token_prints_an_exec_credential_signed_with_the_instance_role() {
     assert!(url.starts_with(&format!("https://sts.{}.amazonaws.com/", imds_server::REGION)));
     assert!(imds.requests().contains(&"GET /latest/meta-data/placement/region".to_string()));
     assert!(!imds.requests().iter().any(|r| r.contains("no token")), "{:?}", imds.requests());
+
+    // Role credentials expiring in 5 minutes: the token is reported expiring a minute before
+    // them, so the client asks again in time.
+    let expires = now() + 300;
+    imds.set_expiration(&sigv4::rfc3339(expires));
+    let output = eks_token(
+        &["--cluster-name", "prod", "--region", "eu-west-1"],
+        &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", &endpoint)],
+    );
+    let (credential, _, _) = parse_credential(&output);
+    assert_eq!(credential["status"]["expirationTimestamp"], sigv4::rfc3339(expires - 60));
 }
 
 #[test]
@@ -268,6 +279,17 @@ fn eks_token_says_what_is_missing() {
     let endpoint = format!("http://{closed}");
     let output = eks_token(&args, &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", &endpoint)]);
     assert_fails(&output, &["no AWS_ACCESS_KEY_ID", &endpoint, "did not answer", "hop limit"]);
+
+    // Environment credentials but no region anywhere, off EC2.
+    let output = eks_token(
+        &["--cluster-name", "prod"],
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIA"),
+            ("AWS_SECRET_ACCESS_KEY", "x"),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &endpoint),
+        ],
+    );
+    assert_fails(&output, &["no --region, AWS_REGION or AWS_DEFAULT_REGION", "did not answer"]);
 
     let output = eks_token(&args, &[("AWS_ACCESS_KEY_ID", "AKIA")]);
     assert_fails(&output, &["AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not"]);

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -26,17 +27,23 @@ const MAX_RESPONSE: usize = 64 * 1024;
 pub struct Found {
     pub credentials: Credentials,
     pub source: String,
+    /// When temporary credentials stop working (UNIX seconds), if known: the role's
+    /// `Expiration` from IMDS, or `AWS_CREDENTIAL_EXPIRATION`.
+    pub expires: Option<u64>,
 }
 
 /// The environment's credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optional
 /// `AWS_SESSION_TOKEN`), else the instance role's from IMDSv2.
 pub async fn resolve(env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Found> {
     if let Some(credentials) = from_env(env)? {
-        return Ok(Found { credentials, source: "environment".into() });
+        let expires =
+            env("AWS_CREDENTIAL_EXPIRATION").and_then(|e| super::sigv4::parse_rfc3339(&e));
+        return Ok(Found { credentials, source: "environment".into(), expires });
     }
-    let imds = Imds::from_env(env)?;
-    let (role, credentials) = imds.role_credentials().await?;
-    Ok(Found { credentials, source: format!("instance role {role}") })
+    let context = "cannot get AWS credentials (no AWS_ACCESS_KEY_ID in the environment, so from the instance role)";
+    let imds = Imds::from_env(env).context(context)?;
+    let (role, credentials, expires) = imds.role_credentials().await.context(context)?;
+    Ok(Found { credentials, source: format!("instance role {role}"), expires })
 }
 
 /// The process environment, empty values treated as unset.
@@ -93,8 +100,8 @@ impl Imds {
         Ok(Imds { authority, endpoint })
     }
 
-    /// The attached role's name and its temporary credentials.
-    pub async fn role_credentials(&self) -> anyhow::Result<(String, Credentials)> {
+    /// The attached role's name, its temporary credentials and when they expire.
+    pub async fn role_credentials(&self) -> anyhow::Result<(String, Credentials, Option<u64>)> {
         let token = self.session_token().await?;
         const ROLES: &str = "/latest/meta-data/iam/security-credentials/";
         let roles = match self.get(ROLES, &token).await? {
@@ -132,6 +139,7 @@ impl Imds {
             access_key_id: Option<String>,
             secret_access_key: Option<String>,
             token: Option<String>,
+            expiration: Option<String>,
         }
         let parsed: RoleCredentials = serde_json::from_str(&body).map_err(|e| {
             anyhow::anyhow!("IMDS returned unreadable credentials for role {role}: {e}")
@@ -146,6 +154,7 @@ impl Imds {
             (Some(access_key_id), Some(secret_access_key)) => Ok((
                 role.to_string(),
                 Credentials { access_key_id, secret_access_key, session_token: parsed.token },
+                parsed.expiration.as_deref().and_then(super::sigv4::parse_rfc3339),
             )),
             _ => anyhow::bail!(
                 "IMDS credentials for role {role} lack AccessKeyId or SecretAccessKey"
@@ -203,8 +212,8 @@ impl Imds {
             }
         }
         anyhow::bail!(
-            "cannot get AWS credentials: no AWS_ACCESS_KEY_ID in the environment, and the instance metadata service {} did not answer {method} {path} ({last}; {IMDS_ATTEMPTS} attempts). \
-             Not on EC2, IMDS turned off, or (in a container) the instance's metadata hop limit is 1: \
+            "the instance metadata service {} did not answer {method} {path} ({last}; {IMDS_ATTEMPTS} attempts): \
+             not on EC2, IMDS turned off, or (in a container) the instance's metadata hop limit is 1: \
              raise it with `aws ec2 modify-instance-metadata-options --http-put-response-hop-limit 2`",
             self.endpoint
         )

@@ -11,6 +11,7 @@ pub mod sigv4;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -92,7 +93,11 @@ pub fn run(cluster: &str, region: Option<&str>) -> anyhow::Result<()> {
             .or_else(|| env("AWS_DEFAULT_REGION"))
         {
             Some(region) => region,
-            None => credentials::Imds::from_env(&env)?.region().await?,
+            None => {
+                let imds = credentials::Imds::from_env(&env);
+                let region = async { imds?.region().await };
+                region.await.context("no --region, AWS_REGION or AWS_DEFAULT_REGION, and no region from the instance")?
+            }
         };
         let found = credentials::resolve(&env).await?;
         anyhow::Ok((region, found))
@@ -103,9 +108,21 @@ pub fn run(cluster: &str, region: Option<&str>) -> anyhow::Result<()> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let token = token(cluster, &region, &found.credentials, now);
     let exec_info = env("KUBERNETES_EXEC_INFO");
-    let credential = exec_credential(&token, now + TOKEN_LIFETIME_SECS, exec_info.as_deref());
+    let expires = token_expiry(now, found.expires);
+    let credential = exec_credential(&token, expires, exec_info.as_deref());
     println!("{credential}");
     Ok(())
+}
+
+/// When the client should ask again: 14 minutes from now, or a minute before the signing
+/// credentials expire if that is sooner (a presigned URL dies with its temporary
+/// credentials; IMDS hands out new ones at least 5 minutes before the old ones expire).
+pub fn token_expiry(now: u64, credentials_expire: Option<u64>) -> u64 {
+    let lifetime = now + TOKEN_LIFETIME_SECS;
+    match credentials_expire {
+        Some(expires) => lifetime.min(expires.saturating_sub(60)).max(now),
+        None => lifetime,
+    }
 }
 
 fn valid_region(region: &str) -> bool {
@@ -164,6 +181,14 @@ mod tests {
         let info = r#"{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","spec":{"interactive":false}}"#;
         let credential = exec_credential("t", 0, Some(info));
         assert_eq!(credential["apiVersion"], "client.authentication.k8s.io/v1");
+    }
+
+    #[test]
+    fn the_token_expires_before_its_credentials() {
+        assert_eq!(token_expiry(1000, None), 1000 + 840);
+        assert_eq!(token_expiry(1000, Some(100_000)), 1000 + 840);
+        assert_eq!(token_expiry(1000, Some(1300)), 1240);
+        assert_eq!(token_expiry(1000, Some(500)), 1000);
     }
 
     #[test]

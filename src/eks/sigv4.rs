@@ -156,6 +156,44 @@ pub fn rfc3339(time: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
+/// The UNIX time of an RFC 3339 UTC time as AWS writes them (`2026-11-27T21:42:07Z`,
+/// fractions of a second ignored); `None` for anything else.
+pub fn parse_rfc3339(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    if !(text.ends_with('Z') && (b.len() == 20 || b[19] == b'.')) {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<u64>().ok();
+    let (y, mo, d) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (h, mi, s) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    if !(1970..=9999).contains(&y)
+        || !(1..=12).contains(&mo)
+        || !(1..=31).contains(&d)
+        || h > 23
+        || mi > 59
+        || s > 60
+    {
+        return None;
+    }
+    // days_from_civil (Howard Hinnant), the inverse of `civil`.
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * if mo > 2 { mo - 3 } else { mo + 9 } + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(days * 86_400 + h * 3600 + mi * 60 + s)
+}
+
 /// The UTC calendar date and time of a UNIX time (Howard Hinnant's civil_from_days).
 fn civil(time: u64) -> (u64, u64, u64, u64, u64, u64) {
     let days = time / 86_400;
@@ -306,6 +344,14 @@ mod tests {
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_798_761_599), "2026-12-31T23:59:59Z");
         assert_eq!(rfc3339(4_107_542_400), "2100-03-01T00:00:00Z");
+        for time in [0, 951_782_400, 1_440_938_160, 1_798_761_599, 4_107_542_400, 4_102_444_799] {
+            assert_eq!(parse_rfc3339(&rfc3339(time)), Some(time));
+        }
+        assert_eq!(parse_rfc3339("2015-08-30T12:36:00.123Z"), Some(SUITE_TIME));
+        for bad in ["", "2015-08-30 12:36:00Z", "2015-08-30T12:36:00+02:00", "2015-13-30T12:36:00Z"]
+        {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
     }
 
     #[test]

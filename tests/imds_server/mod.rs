@@ -20,6 +20,8 @@ struct State {
     /// `METHOD path` of every request, with ` (no token)` when a GET lacked a valid one.
     requests: Vec<String>,
     issued: Vec<String>,
+    /// The credentials' `Expiration`.
+    expiration: String,
 }
 
 #[derive(Debug)]
@@ -37,6 +39,7 @@ impl FakeImds {
             role: Some("labelwall-appliance".into()),
             requests: Vec::new(),
             issued: Vec::new(),
+            expiration: "2099-01-01T00:00:00Z".into(),
         }));
         let shared = Arc::clone(&state);
         std::thread::spawn(move || {
@@ -55,6 +58,11 @@ impl FakeImds {
 
     pub fn detach_role(&self) {
         self.state.lock().unwrap().role = None;
+    }
+
+    /// The `Expiration` of the role's credentials (RFC 3339).
+    pub fn set_expiration(&self, expiration: &str) {
+        self.state.lock().unwrap().expiration = expiration.to_string();
     }
 
     pub fn requests(&self) -> Vec<String> {
@@ -108,7 +116,7 @@ fn serve(state: &Mutex<State>, stream: TcpStream) {
                 let body = serde_json::json!({
                     "Code": "Success", "LastUpdated": "2026-11-27T15:00:00Z", "Type": "AWS-HMAC",
                     "AccessKeyId": ACCESS_KEY_ID, "SecretAccessKey": SECRET_ACCESS_KEY,
-                    "Token": SESSION_TOKEN, "Expiration": "2099-01-01T00:00:00Z"});
+                    "Token": SESSION_TOKEN, "Expiration": state.expiration});
                 (200, body.to_string())
             }
             _ => (404, "<?xml version=\"1.0\"?><title>404 - Not Found</title>".to_string()),
