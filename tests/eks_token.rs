@@ -294,6 +294,9 @@ fn eks_token_says_what_is_missing() {
     let output = eks_token(&args, &[("AWS_ACCESS_KEY_ID", "AKIA")]);
     assert_fails(&output, &["AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not"]);
 
+    let output = eks_token(&["--cluster-name", "prod", "--region", "EU West"], &[]);
+    assert_fails(&output, &["\"EU West\" is not an AWS region name"]);
+
     let output = eks_token(&["--region", "eu-west-1"], &[]);
     assert_eq!(output.status.code(), Some(2), "usage error");
     assert!(String::from_utf8_lossy(&output.stderr).contains("--cluster-name"));

@@ -99,12 +99,12 @@ pub fn run(cluster: &str, region: Option<&str>) -> anyhow::Result<()> {
                 region.await.context("no --region, AWS_REGION or AWS_DEFAULT_REGION, and no region from the instance")?
             }
         };
+        if !valid_region(&region) {
+            anyhow::bail!("the region {region:?} is not an AWS region name (e.g. eu-west-1)");
+        }
         let found = credentials::resolve(&env).await?;
         anyhow::Ok((region, found))
     })?;
-    if !valid_region(&region) {
-        anyhow::bail!("--region {region:?} is not an AWS region name (e.g. eu-west-1)");
-    }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let token = token(cluster, &region, &found.credentials, now);
     let exec_info = env("KUBERNETES_EXEC_INFO");
