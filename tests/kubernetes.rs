@@ -343,10 +343,12 @@ fn eks_token_is_valid(
         .any(|t| url == labelwall::eks::presigned_url(cluster, region, credentials, t))
 }
 
-#[tokio::test]
-async fn labelwall_eks_token_as_exec_plugin_authenticates_with_the_instance_role() {
-    let imds = imds_server::FakeImds::start();
-    let server = server_with(&[pod("bookinfo", "a", &["10.0.1.1"], json!({}))]);
+/// A watch of cluster `c1` (EKS name `eks-prod`) whose kubeconfig execs `labelwall eks-token`
+/// against `imds`; the API server accepts only valid tokens and counts them.
+fn watch_with_eks_token(
+    server: &FakeApiServer,
+    imds: &imds_server::FakeImds,
+) -> (Watched, std::sync::Arc<AtomicU16>) {
     let role = labelwall::eks::Credentials {
         access_key_id: imds_server::ACCESS_KEY_ID.into(),
         secret_access_key: imds_server::SECRET_ACCESS_KEY.into(),
@@ -372,11 +374,64 @@ async fn labelwall_eks_token_as_exec_plugin_authenticates_with_the_instance_role
     let args = ["eks-token", "--cluster-name", "eks-prod", "--region", "eu-west-1"];
     let exec = Some((env!("CARGO_BIN_EXE_labelwall"), &args[..]));
     let kubeconfig = server.kubeconfig_with_env(dir.path(), "c1", exec, &env);
-    let mut watched = watch_with(source("c1", &kubeconfig), dir);
-    records_where(&mut watched, "pod a", |r| pod_names(r).len() == 1).await;
-    assert!(accepted.load(Ordering::Relaxed) > 0);
-    assert!(imds.requests().contains(&"PUT /latest/api/token".to_string()));
-    assert!(!server.requests().is_empty());
+    (watch_with(source("c1", &kubeconfig), dir), accepted)
+}
+
+fn imds_token_requests(imds: &imds_server::FakeImds) -> usize {
+    imds.requests().iter().filter(|r| *r == "PUT /latest/api/token").count()
+}
+
+/// Syncs, then drops every watch and adds a pod: the watchers make new requests, each
+/// authorized. Returns how many times the plugin ran before and after the drop.
+async fn plugin_runs_across_a_reconnect(
+    server: &FakeApiServer,
+    imds: &imds_server::FakeImds,
+    watched: &mut Watched,
+    accepted: &AtomicU16,
+) -> (usize, usize) {
+    records_where(watched, "pod a", |r| pod_names(r).len() == 1).await;
+    // The three watches started (not `wait_for_watches`, which would block this runtime
+    // while the plugin runs for them).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.count_requests(&["watch=true"]) < 3 {
+        assert!(Instant::now() < deadline, "the watches never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(accepted.load(Ordering::Relaxed) >= 6, "lists and watches of three kinds");
+    let before = imds_token_requests(imds);
+    let accepted_before = accepted.load(Ordering::Relaxed);
+    server.drop_watches();
+    server.apply("pods", pod("bookinfo", "b", &["10.0.1.2"], json!({})));
+    records_where(watched, "pods a and b", |r| pod_names(r).len() == 2).await;
+    assert!(accepted.load(Ordering::Relaxed) > accepted_before, "new requests were authorized");
+    (before, imds_token_requests(imds))
+}
+
+#[tokio::test]
+async fn labelwall_eks_token_as_exec_plugin_authenticates_with_the_instance_role() {
+    let imds = imds_server::FakeImds::start();
+    let server = server_with(&[pod("bookinfo", "a", &["10.0.1.1"], json!({}))]);
+    let (mut watched, accepted) = watch_with_eks_token(&server, &imds);
+    let (before, after) =
+        plugin_runs_across_a_reconnect(&server, &imds, &mut watched, &accepted).await;
+    assert!(before >= 1, "the plugin ran");
+    // The token is valid 14 minutes: the resumed watches use it without running the plugin.
+    assert_eq!(after, before, "{:?}", imds.requests());
+}
+
+#[tokio::test]
+async fn the_kube_client_runs_labelwall_eks_token_again_when_its_token_expires() {
+    // Role credentials that expire in 90 s: tokens say they expire in 30 s, which the kube
+    // client treats as expiring (less than 60 s left), so it runs the plugin again.
+    let imds = imds_server::FakeImds::start();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    imds.set_expiration(&labelwall::eks::sigv4::rfc3339(now.as_secs() + 90));
+    let server = server_with(&[pod("bookinfo", "a", &["10.0.1.1"], json!({}))]);
+    let (mut watched, accepted) = watch_with_eks_token(&server, &imds);
+    let (before, after) =
+        plugin_runs_across_a_reconnect(&server, &imds, &mut watched, &accepted).await;
+    assert!(after > before, "fresh tokens for the resumed watches: {:?}", imds.requests());
 }
 
 #[tokio::test]
