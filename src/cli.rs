@@ -84,6 +84,19 @@ pub enum Command {
     /// A GWLB simulator: inner packets from a TUN device, wrapped in GENEVE toward an
     /// appliance, checked and delivered back, so real TCP crosses the appliance.
     GwlbSim(crate::gwlbsim::GwlbSimArgs),
+    /// Print an EKS bearer token as a Kubernetes ExecCredential, like `aws eks get-token`,
+    /// without the AWS CLI: for a kubeconfig's exec plugin. Credentials from
+    /// AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, else the instance role
+    /// (IMDSv2).
+    EksToken {
+        /// The EKS cluster's name (as in `aws eks describe-cluster --name`).
+        #[arg(long, value_name = "NAME")]
+        cluster_name: String,
+        /// The cluster's region; default: AWS_REGION, AWS_DEFAULT_REGION, else the
+        /// instance's region from IMDS.
+        #[arg(long, value_name = "REGION")]
+        region: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -117,6 +130,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Loadgen(args) => crate::loadgen::run(&args),
         Command::Replay(args) => crate::replay::run(&args),
         Command::GwlbSim(args) => crate::gwlbsim::run(&args),
+        Command::EksToken { cluster_name, region } => {
+            crate::eks::run(&cluster_name, region.as_deref())
+        }
         Command::Demo { write_config: Some(dir) } => {
             for path in crate::demo::write_config(&dir)? {
                 println!("wrote {}", path.display());

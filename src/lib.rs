@@ -10,6 +10,7 @@ pub mod control;
 pub mod dataplane;
 pub mod demo;
 pub mod diagnostics;
+pub mod eks;
 pub mod explain;
 pub mod flowlog;
 #[doc(hidden)]

@@ -7,6 +7,7 @@
 //! memory and event-to-verdict latency at 10k and 100k pods.
 
 mod common;
+mod imds_server;
 mod kube_server;
 
 use std::net::SocketAddr;
@@ -326,6 +327,121 @@ async fn an_exec_credential_plugin_supplies_the_bearer_token() {
     records_where(&mut watched, "pod a", |r| pod_names(r).len() == 1).await;
 }
 
+/// The cluster's side of an EKS token, as EKS checks it (without calling STS): the prefix, a
+/// presigned GetCallerIdentity for `cluster` in `region` signed within the last two minutes
+/// with `credentials` (the signature recomputed, so the cluster name is signed too).
+fn eks_token_is_valid(
+    token: &str,
+    cluster: &str,
+    region: &str,
+    credentials: &labelwall::eks::Credentials,
+) -> bool {
+    use base64::Engine;
+    let Some(encoded) = token.strip_prefix("k8s-aws-v1.") else { return false };
+    let Ok(url) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) else {
+        return false;
+    };
+    let url = String::from_utf8_lossy(&url);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let Some(date) = url.split('&').find_map(|p| p.strip_prefix("X-Amz-Date=")) else {
+        return false;
+    };
+    (now - 120..=now + 1)
+        .filter(|t| labelwall::eks::sigv4::amz_dates(*t).1 == date)
+        .any(|t| url == labelwall::eks::presigned_url(cluster, region, credentials, t))
+}
+
+/// A watch of cluster `c1` (EKS name `eks-prod`) whose kubeconfig execs `labelwall eks-token`
+/// against `imds`; the API server accepts only valid tokens and counts them.
+fn watch_with_eks_token(
+    server: &FakeApiServer,
+    imds: &imds_server::FakeImds,
+) -> (Watched, std::sync::Arc<AtomicU16>) {
+    let role = labelwall::eks::Credentials {
+        access_key_id: imds_server::ACCESS_KEY_ID.into(),
+        secret_access_key: imds_server::SECRET_ACCESS_KEY.into(),
+        session_token: Some(imds_server::SESSION_TOKEN.into()),
+    };
+    let accepted = std::sync::Arc::new(AtomicU16::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    server.require_bearer(move |token| {
+        let valid = eks_token_is_valid(token, "eks-prod", "eu-west-1", &role);
+        counter.fetch_add(u16::from(valid), Ordering::Relaxed);
+        valid
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = imds.endpoint();
+    let env = [
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint.as_str()),
+        // Empty counts as unset: the instance role, whatever this machine's environment has.
+        ("AWS_ACCESS_KEY_ID", ""),
+        ("AWS_SECRET_ACCESS_KEY", ""),
+        ("AWS_SESSION_TOKEN", ""),
+        ("AWS_EC2_METADATA_DISABLED", ""),
+    ];
+    let args = ["eks-token", "--cluster-name", "eks-prod", "--region", "eu-west-1"];
+    let exec = Some((env!("CARGO_BIN_EXE_labelwall"), &args[..]));
+    let kubeconfig = server.kubeconfig_with_env(dir.path(), "c1", exec, &env);
+    (watch_with(source("c1", &kubeconfig), dir), accepted)
+}
+
+fn imds_token_requests(imds: &imds_server::FakeImds) -> usize {
+    imds.requests().iter().filter(|r| *r == "PUT /latest/api/token").count()
+}
+
+/// Syncs, then drops every watch and adds a pod: the watchers make new requests, each
+/// authorized. Returns how many times the plugin ran before and after the drop.
+async fn plugin_runs_across_a_reconnect(
+    server: &FakeApiServer,
+    imds: &imds_server::FakeImds,
+    watched: &mut Watched,
+    accepted: &AtomicU16,
+) -> (usize, usize) {
+    records_where(watched, "pod a", |r| pod_names(r).len() == 1).await;
+    // The three watches started (not `wait_for_watches`, which would block this runtime
+    // while the plugin runs for them).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.count_requests(&["watch=true"]) < 3 {
+        assert!(Instant::now() < deadline, "the watches never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(accepted.load(Ordering::Relaxed) >= 6, "lists and watches of three kinds");
+    let before = imds_token_requests(imds);
+    let accepted_before = accepted.load(Ordering::Relaxed);
+    server.drop_watches();
+    server.apply("pods", pod("bookinfo", "b", &["10.0.1.2"], json!({})));
+    records_where(watched, "pods a and b", |r| pod_names(r).len() == 2).await;
+    assert!(accepted.load(Ordering::Relaxed) > accepted_before, "new requests were authorized");
+    (before, imds_token_requests(imds))
+}
+
+#[tokio::test]
+async fn labelwall_eks_token_as_exec_plugin_authenticates_with_the_instance_role() {
+    let imds = imds_server::FakeImds::start();
+    let server = server_with(&[pod("bookinfo", "a", &["10.0.1.1"], json!({}))]);
+    let (mut watched, accepted) = watch_with_eks_token(&server, &imds);
+    let (before, after) =
+        plugin_runs_across_a_reconnect(&server, &imds, &mut watched, &accepted).await;
+    assert!(before >= 1, "the plugin ran");
+    // The token is valid 14 minutes: the resumed watches use it without running the plugin.
+    assert_eq!(after, before, "{:?}", imds.requests());
+}
+
+#[tokio::test]
+async fn the_kube_client_runs_labelwall_eks_token_again_when_its_token_expires() {
+    // Role credentials that expire in 90 s: tokens say they expire in 30 s, which the kube
+    // client treats as expiring (less than 60 s left), so it runs the plugin again.
+    let imds = imds_server::FakeImds::start();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    imds.set_expiration(&labelwall::eks::sigv4::rfc3339(now.as_secs() + 90));
+    let server = server_with(&[pod("bookinfo", "a", &["10.0.1.1"], json!({}))]);
+    let (mut watched, accepted) = watch_with_eks_token(&server, &imds);
+    let (before, after) =
+        plugin_runs_across_a_reconnect(&server, &imds, &mut watched, &accepted).await;
+    assert!(after > before, "fresh tokens for the resumed watches: {:?}", imds.requests());
+}
+
 #[tokio::test]
 async fn over_tls_the_api_servers_certificate_is_checked_against_the_kubeconfigs_authority() {
     let server = tls_server_with(&[pod("bookinfo", "a", &["10.0.1.1"], json!({}))]);
@@ -408,6 +524,15 @@ fn the_shipped_cluster_role_reads_pods_namespaces_and_nodes_and_nothing_else() {
     let exec = example.auth_infos[0].auth_info.as_ref().unwrap().exec.as_ref().unwrap();
     assert_eq!(exec.command.as_deref(), Some("aws"));
     assert!(exec.args.as_ref().unwrap().windows(2).any(|w| w == ["eks", "get-token"]));
+    // The native one execs `labelwall eks-token` with arguments the command accepts.
+    let native =
+        kube::config::Kubeconfig::read_from(dir.join("kubeconfig.native.example.yaml")).unwrap();
+    let exec = native.auth_infos[0].auth_info.as_ref().unwrap().exec.as_ref().unwrap();
+    assert_eq!(exec.command.as_deref(), Some("/usr/local/bin/labelwall"));
+    let args = exec.args.clone().unwrap();
+    assert_eq!(args[0], "eks-token");
+    let help = Command::new(env!("CARGO_BIN_EXE_labelwall")).args(&args).arg("--help").output();
+    assert!(help.unwrap().status.success(), "labelwall {args:?} parses");
 }
 
 #[test]

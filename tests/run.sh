@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README: installs what the tests need if it is missing (tshark,
-# iperf3, tcpreplay, tcpdump, iproute2, kubectl, openssl, unshare), then runs every test target.
+# iperf3, tcpreplay, tcpdump, iproute2, kubectl, openssl, unshare, python3-venv from Debian;
+# botocore from PyPI into a virtualenv), then runs every test target.
 # Needs root (network namespaces, raw sockets, packet capture). Extra arguments go to cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,5 +17,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# botocore, the independent SigV4 presigner tests/eks_token.rs checks `labelwall eks-token`
+# against (what `aws eks get-token` runs), in its own virtualenv (first run only).
+BOTOCORE_VERSION="1.35.99"
+cache="${LABELWALL_CI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/labelwall-ci}"
+botocore_venv="$cache/botocore-$BOTOCORE_VERSION"
+if ! "$botocore_venv/bin/python" -c 'import botocore' >/dev/null 2>&1; then
+  echo "tests/run.sh: installing botocore $BOTOCORE_VERSION into $botocore_venv"
+  if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  fi
+  rm -rf "$botocore_venv"
+  mkdir -p "$cache"
+  python3 -m venv "$botocore_venv"
+  "$botocore_venv/bin/pip" install --quiet --disable-pip-version-check "botocore==$BOTOCORE_VERSION"
+fi
+export LABELWALL_BOTOCORE_PYTHON="$botocore_venv/bin/python"
 
 cargo test --all-targets --locked "$@"

@@ -4,7 +4,8 @@
 #
 #   appliance/kubernetes/eks-access-entry.sh CLUSTER REGION APPLIANCE_ROLE_ARN
 #
-# Then, on an appliance, a kubeconfig whose user execs `aws eks get-token`:
+# Then, on an appliance, a kubeconfig whose user execs `labelwall eks-token` (what
+# appliance/cloud-init writes; kubeconfig.native.example.yaml), or `aws eks get-token`:
 #   aws eks update-kubeconfig --region REGION --name CLUSTER --alias CLUSTER \
 #     --kubeconfig /etc/labelwall/CLUSTER.kubeconfig
 set -euo pipefail

@@ -184,13 +184,23 @@ struct Shared {
     drop_watches: tokio::sync::watch::Sender<u64>,
     list_delay: Mutex<Duration>,
     bookmark_interval: Mutex<Duration>,
-    token: Mutex<Option<String>>,
+    token: Mutex<Option<TokenCheck>>,
     /// `GET path?query` of every request, in order.
     requests: Mutex<Vec<String>>,
     connections: Mutex<Vec<AbortHandle>>,
     uid_counter: AtomicU64,
     /// Watches currently streaming.
     open_watches: AtomicU64,
+}
+
+/// Decides whether a bearer token is accepted.
+#[derive(Clone)]
+struct TokenCheck(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for TokenCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenCheck")
+    }
 }
 
 /// The running (or stopped) fake API server.
@@ -329,12 +339,29 @@ impl FakeApiServer {
     /// Writes a kubeconfig for this server into `dir` and returns its path. `exec` adds an
     /// exec credential plugin (the command and its arguments) to the user.
     pub fn kubeconfig(&self, dir: &Path, name: &str, exec: Option<(&str, &[&str])>) -> PathBuf {
+        self.kubeconfig_with_env(dir, name, exec, &[])
+    }
+
+    /// `kubeconfig`, with `env` set for the exec plugin (the kubeconfig's `exec.env`).
+    pub fn kubeconfig_with_env(
+        &self,
+        dir: &Path,
+        name: &str,
+        exec: Option<(&str, &[&str])>,
+        env: &[(&str, &str)],
+    ) -> PathBuf {
         let mut user = String::from("    user: {}\n");
         if let Some((command, args)) = exec {
             user = format!(
                 "    user:\n      exec:\n        apiVersion: client.authentication.k8s.io/v1beta1\n\
                  \x20       command: {command}\n        args: {args:?}\n        interactiveMode: Never\n"
             );
+            if !env.is_empty() {
+                user.push_str("        env:\n");
+                for (name, value) in env {
+                    user.push_str(&format!("          - {{name: {name:?}, value: {value:?}}}\n"));
+                }
+            }
         }
         let (scheme, authority) = match &self.tls {
             Some(tls) => {
@@ -365,7 +392,13 @@ impl FakeApiServer {
 
     /// Requires `Authorization: Bearer <token>` from now on.
     pub fn require_token(&self, token: &str) {
-        *self.shared.token.lock().unwrap() = Some(token.to_string());
+        let token = token.to_string();
+        self.require_bearer(move |t| t == token);
+    }
+
+    /// Requires `Authorization: Bearer <token>` with a token `accept` says yes to.
+    pub fn require_bearer(&self, accept: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        *self.shared.token.lock().unwrap() = Some(TokenCheck(Arc::new(accept)));
     }
 
     /// `GET path?query` of every request so far.
@@ -713,9 +746,13 @@ async fn serve_connection(shared: Arc<Shared>, stream: Box<dyn Io>) {
             logged.push_str(&format!("{k}={v}"));
         }
         shared.requests.lock().unwrap().push(logged);
-        let token = shared.token.lock().unwrap().clone();
-        if let Some(token) = token
-            && request.authorization.as_deref() != Some(&format!("Bearer {token}"))
+        let check = shared.token.lock().unwrap().clone();
+        if let Some(TokenCheck(accept)) = check
+            && !request
+                .authorization
+                .as_deref()
+                .and_then(|a| a.strip_prefix("Bearer "))
+                .is_some_and(|t| accept(t))
         {
             let body = status_json(401, "Unauthorized", "Unauthorized");
             if !respond(&mut stream, 401, &body).await {
