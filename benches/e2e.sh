@@ -17,11 +17,13 @@
 # recv_pps (loadgen received), gbit/s (received GENEVE bits), ratio (fwd_pps / the null
 # reflector's fwd_pps), cpu_ns/pkt, and reply latency percentiles (meaningful only when paced).
 # Usage: benches/e2e.sh [SIZES...]   (default: 128 1500 8500; DURATION=5 seconds per case;
-#        RATE=pps paces loadgen, default as fast as possible; TRAINS="1 64" the train lengths)
+#        RATE=pps paces loadgen, default as fast as possible; TRAINS="1 64" the train lengths;
+#        CASES="null reflector|..." limits the cases, by name)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q
-bin=${CARGO_TARGET_DIR:-$PWD/target}/release/labelwall
+# BIN=path uses that binary instead of building (to compare two builds).
+if [ -z "${BIN:-}" ]; then cargo build --release -q; fi
+bin=${BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/labelwall}
 duration=${DURATION:-5}
 sizes=("${@:-128 1500 8500}")
 trains=(${TRAINS:-1 64})
@@ -71,6 +73,7 @@ for size in ${sizes[*]}; do
   cases=("null reflector" "labelwall allow-all" "labelwall bookinfo")
   [ "$train" -gt 1 ] && cases+=("reflector raw send")
   for case in "${cases[@]}"; do
+    if [ -n "${CASES:-}" ] && ! grep -qxE "$CASES" <<<"$case"; then continue; fi
     case $case in
       "null reflector") start_appliance "$dir/allow.yaml" 256 --reflect ;;
       "labelwall allow-all") start_appliance "$dir/allow.yaml" 256 ;;
