@@ -8,7 +8,9 @@
 # (--train 64: loadgen sends each train as segmented UDP sends, loopback hands it to the
 # appliance as one GRO train, and the appliance answers with segmented sends from per-port
 # sockets). With trains one more case, "reflector raw send" (dataplane.send_sockets: 0),
-# shows the same reflector answering trains one raw packet at a time.
+# shows the same reflector answering trains one raw packet at a time. "plain reflector (C)"
+# is benches/plain_reflector.c (built with cc when there is one): recvmmsg/sendmmsg on one UDP
+# socket, no GWLB rules, no GRO/GSO, the yardstick for the per-packet socket cost.
 # The appliance (1 worker) runs on CPU 1, loadgen on CPU 0. Needs root (raw sockets).
 # Besides packet rates it reports the appliance's CPU time per packet it received (user +
 # system time of the process over its received-packet counter), which holds up better than
@@ -33,6 +35,8 @@ cleanup() { [ -n "$appliance_pid" ] && kill "$appliance_pid" 2>/dev/null; rm -rf
 trap cleanup EXIT
 "$bin" demo --write-config "$dir" >/dev/null
 printf 'default_action: allow\n' >"$dir/allow.yaml"
+plain=""
+if command -v cc >/dev/null && cc -O2 -o "$dir/plain" benches/plain_reflector.c; then plain="$dir/plain"; fi
 port=$((20000 + RANDOM % 10000)); reply=$((port + 1)); admin=$((port + 2))
 
 start_appliance() { # policy-file send-sockets [--reflect]
@@ -72,6 +76,7 @@ for size in ${sizes[*]}; do
   base=""; base_back=""
   cases=("null reflector" "labelwall allow-all" "labelwall bookinfo")
   [ "$train" -gt 1 ] && cases+=("reflector raw send")
+  [ -n "$plain" ] && cases+=("plain reflector (C)")
   for case in "${cases[@]}"; do
     if [ -n "${CASES:-}" ] && ! grep -qxE "$CASES" <<<"$case"; then continue; fi
     case $case in
@@ -79,15 +84,28 @@ for size in ${sizes[*]}; do
       "labelwall allow-all") start_appliance "$dir/allow.yaml" 256 ;;
       "labelwall bookinfo") start_appliance "$dir/policy.yaml" 256 ;;
       "reflector raw send") start_appliance "$dir/allow.yaml" 0 --reflect ;;
+      "plain reflector (C)")
+        taskset -c 1 "$plain" 127.0.0.1 "$port" 127.0.0.2 "$reply" 600 >"$dir/plain.out" &
+        appliance_pid=$!; sleep 0.3 ;;
     esac
-    ticks_before=$(cpu_ticks)
-    packets_before=$(counter labelwall_worker_received_packets_total)
-    back_before=$(counter labelwall_worker_sent_packets_total)
-    result=$(loadgen "$size" "$train")
-    ticks=$(( $(cpu_ticks) - ticks_before ))
-    packets=$(( $(counter labelwall_worker_received_packets_total) - packets_before ))
-    back=$(( $(counter labelwall_worker_sent_packets_total) - back_before ))
-    stop_appliance
+    if [ "$case" = "plain reflector (C)" ]; then
+      ticks_before=$(cpu_ticks)
+      result=$(loadgen "$size" "$train")
+      ticks=$(( $(cpu_ticks) - ticks_before ))
+      stop_appliance
+      packets=$(cat "$dir/plain.out"); back=$packets
+      # Its replies come from its listen port, which loadgen counts as unexpected.
+      result=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["received"]=r["unexpected"]; r["pps"]=r["unexpected"]/r["duration_s"]; r["gbps"]=r["pps"]*(r["size"]+40)*8/1e9; print(json.dumps(r))' "$result")
+    else
+      ticks_before=$(cpu_ticks)
+      packets_before=$(counter labelwall_worker_received_packets_total)
+      back_before=$(counter labelwall_worker_sent_packets_total)
+      result=$(loadgen "$size" "$train")
+      ticks=$(( $(cpu_ticks) - ticks_before ))
+      packets=$(( $(counter labelwall_worker_received_packets_total) - packets_before ))
+      back=$(( $(counter labelwall_worker_sent_packets_total) - back_before ))
+      stop_appliance
+    fi
     base=${base:-$result}
     base_back=${base_back:-$back}
     python3 - "$size" "$case" "$result" "$base" "$ticks" "$packets" "$(getconf CLK_TCK)" \
