@@ -317,3 +317,35 @@ fn a_gwlb_source_port_equal_to_the_listen_port_never_joins_the_listen_sockets() 
     assert_eq!(metric(&metrics, r#"labelwall_send_fallbacks_total{reason="no_socket"}"#), 24);
     assert_eq!(metric(&metrics, "labelwall_send_sockets"), 0);
 }
+
+#[test]
+fn a_reject_inside_a_train_comes_back_in_its_place() {
+    let policy = "default_action: deny\nrules:\n  - name: db\n    from: [any]\n    to: [any]\n    \
+                  ports: [tcp/3306]\n    action: allow\n  - name: no-ssh\n    from: [any]\n    \
+                  to: [any]\n    ports: [tcp/22]\n    action: reject\n";
+    let peer = GwlbPeer::new(1);
+    let appliance = Appliance::start_with(peer.reply_port(), 1, policy, None, "", &[]);
+    let datagrams = train(12, |i| if i == 5 { 22 } else { 3306 });
+    peer.send_train(0, appliance.listen, &datagrams);
+    let port = peer.source_port(0);
+    for (i, sent) in datagrams.iter().enumerate() {
+        let (from, reply) = peer.receive().unwrap_or_else(|| panic!("reply {i} missing"));
+        assert_eq!(from, SocketAddr::from((APPLIANCE_IP, port)));
+        if i == 5 {
+            // The RST, in the triggering packet's GENEVE header, between the two runs.
+            assert!(reply != *sent, "datagram 5 was rejected, not sent back");
+            assert_eq!(reply[..40], sent[..40], "same GENEVE header and cookie");
+            let inner = etherparse::SlicedPacket::from_ip(&reply[40..]).unwrap();
+            match inner.transport {
+                Some(etherparse::TransportSlice::Tcp(tcp)) => assert!(tcp.rst()),
+                other => panic!("{other:?}"),
+            }
+        } else {
+            assert!(reply == *sent, "reply {i} differs");
+        }
+    }
+    assert!(peer.receive().is_none());
+    let metrics = appliance.metrics();
+    // Runs 0-4 and 6-11 segmented; the RST raw.
+    assert_eq!(send_paths(&metrics), (11, 2, 1), "{metrics}");
+}
