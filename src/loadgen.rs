@@ -60,6 +60,9 @@ const SEND_BUFFER: usize = 4 << 20;
 const RECEIVE_BUFFER: usize = 32 << 20;
 /// One receive slot holds a whole GRO train (the kernel caps those at 64 KiB).
 const RECEIVE_SLOT: usize = 64 * 1024;
+/// Distance between receive slots: not a multiple of 4 KiB, so that the slots' first bytes do
+/// not all fall into the same cache sets (see the data plane's worker).
+const RECEIVE_STRIDE: usize = RECEIVE_SLOT + 17 * 64;
 /// How long an idle receiver waits before it looks at the stop flag again.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// Latencies above this are recorded as this (60 s, in ns).
@@ -647,13 +650,14 @@ fn receive_loop(
         unexpected: 0,
         latency_ns: Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).expect("valid bounds"),
     };
-    let mut storage = vec![0u8; RECEIVE_SLOT * BATCH_SIZE];
+    let mut storage = vec![0u8; RECEIVE_STRIDE * BATCH_SIZE];
     let mut metas = [RecvMeta::default(); BATCH_SIZE];
     while !stop.load(Ordering::Acquire) {
         let result = {
-            let mut chunks = storage.chunks_exact_mut(RECEIVE_SLOT);
-            let mut slots: [IoSliceMut<'_>; BATCH_SIZE] =
-                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+            let mut chunks = storage.chunks_exact_mut(RECEIVE_STRIDE);
+            let mut slots: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
+                IoSliceMut::new(chunks.next().map_or(&mut [][..], |c| &mut c[..RECEIVE_SLOT]))
+            });
             state.recv(UdpSockRef::from(socket), &mut slots, &mut metas)
         };
         let count = match result {
@@ -667,7 +671,7 @@ fn receive_loop(
         };
         let now_ns = start.elapsed().as_nanos() as u64;
         for (slot, meta) in metas[..count].iter().enumerate() {
-            let data = &storage[slot * RECEIVE_SLOT..slot * RECEIVE_SLOT + meta.len];
+            let data = &storage[slot * RECEIVE_STRIDE..slot * RECEIVE_STRIDE + meta.len];
             let stride = if meta.stride == 0 { meta.len.max(1) } else { meta.stride };
             for datagram in data.chunks(stride) {
                 match checker.latency_ns(meta.addr.port(), datagram, now_ns) {

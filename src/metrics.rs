@@ -132,9 +132,8 @@ impl Collector for DataplaneCollector {
             "labelwall_send_packets",
             "Packets sent back to GWLB by path: gso (a train as one segmented UDP send from a \
              per-port socket) or raw (the raw IPv4 socket, one packet per message).",
-            [true, false].map(|gso| {
-                ([("path", if gso { "gso" } else { "raw" })], total.path_packets(gso))
-            }),
+            [true, false]
+                .map(|gso| ([("path", if gso { "gso" } else { "raw" })], total.path_packets(gso))),
         )?;
         counter(
             e,

@@ -126,7 +126,8 @@ impl Counters {
 
     /// A send system call that carried `packets`, by path (`gso`: one segmented UDP send).
     pub fn send_path(&mut self, gso: bool, packets: u64, calls: u64) {
-        let (p, c) = if gso { (TX_GSO_PACKETS, TX_GSO_CALLS) } else { (TX_RAW_PACKETS, TX_RAW_CALLS) };
+        let (p, c) =
+            if gso { (TX_GSO_PACKETS, TX_GSO_CALLS) } else { (TX_RAW_PACKETS, TX_RAW_CALLS) };
         self.values[p] += packets;
         self.values[c] += calls;
     }
