@@ -4,6 +4,13 @@
 #   --reflect`), labelwall with an allow-all policy, and labelwall with the bookinfo policy
 #   (the demo's inventory and policy; traffic is ratings -> rating-database tcp/3306, allowed
 #   by the second-to-last lookup of a 5-rule policy).
+# Each size runs twice: single packets (--train 1, the raw send path) and same-flow trains
+# (--train 64: loadgen sends each train as segmented UDP sends, loopback hands it to the
+# appliance as one GRO train, and the appliance answers with segmented sends from per-port
+# sockets). With trains one more case, "reflector raw send" (dataplane.send_sockets: 0),
+# shows the same reflector answering trains one raw packet at a time. "plain reflector (C)"
+# is benches/plain_reflector.c (built with cc when there is one): recvmmsg/sendmmsg on one UDP
+# socket, no GWLB rules, no GRO/GSO, the yardstick for the per-packet socket cost.
 # The appliance (1 worker) runs on CPU 1, loadgen on CPU 0. Needs root (raw sockets).
 # Besides packet rates it reports the appliance's CPU time per packet it received (user +
 # system time of the process over its received-packet counter), which holds up better than
@@ -12,28 +19,34 @@
 # recv_pps (loadgen received), gbit/s (received GENEVE bits), ratio (fwd_pps / the null
 # reflector's fwd_pps), cpu_ns/pkt, and reply latency percentiles (meaningful only when paced).
 # Usage: benches/e2e.sh [SIZES...]   (default: 128 1500 8500; DURATION=5 seconds per case;
-#        RATE=pps paces loadgen, default as fast as possible)
+#        RATE=pps paces loadgen, default as fast as possible; TRAINS="1 64" the train lengths;
+#        CASES="null reflector|..." limits the cases, by name)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q
-bin=$PWD/target/release/labelwall
+# BIN=path uses that binary instead of building (to compare two builds).
+if [ -z "${BIN:-}" ]; then cargo build --release -q; fi
+bin=${BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/labelwall}
 duration=${DURATION:-5}
 sizes=("${@:-128 1500 8500}")
+trains=(${TRAINS:-1 64})
 dir=$(mktemp -d)
-cleanup() { pkill -f "$dir/labelwall.yaml" 2>/dev/null || true; rm -rf "$dir"; }
+appliance_pid=""
+cleanup() { [ -n "$appliance_pid" ] && kill "$appliance_pid" 2>/dev/null; rm -rf "$dir"; }
 trap cleanup EXIT
 "$bin" demo --write-config "$dir" >/dev/null
 printf 'default_action: allow\n' >"$dir/allow.yaml"
+plain=""
+if command -v cc >/dev/null && cc -O2 -o "$dir/plain" benches/plain_reflector.c; then plain="$dir/plain"; fi
 port=$((20000 + RANDOM % 10000)); reply=$((port + 1)); admin=$((port + 2))
 
-start_appliance() { # policy-file [--reflect]
+start_appliance() { # policy-file send-sockets [--reflect]
   cat >"$dir/labelwall.yaml" <<YAML
-dataplane: {listen: 127.0.0.1:$port, workers: 1, reply_port: $reply}
+dataplane: {listen: 127.0.0.1:$port, workers: 1, reply_port: $reply, send_sockets: $2}
 admin: {listen: 127.0.0.1:$admin}
 policy: $1
 labels: {inventory: [$dir/inventory.yaml]}
 YAML
-  taskset -c 1 "$bin" run -c "$dir/labelwall.yaml" ${2:-} 2>"$dir/appliance.log" &
+  taskset -c 1 "$bin" run -c "$dir/labelwall.yaml" ${3:-} 2>"$dir/appliance.log" &
   appliance_pid=$!
   for _ in $(seq 100); do
     curl -sf "127.0.0.1:$admin/readyz" >/dev/null 2>&1 && return 0
@@ -42,10 +55,10 @@ YAML
   echo "appliance did not start:"; cat "$dir/appliance.log"; exit 1
 }
 
-loadgen() { # size
+loadgen() { # size train
   taskset -c 0 "$bin" loadgen --target "127.0.0.1:$port" --listen "127.0.0.2:$reply" \
-    --size "$1" --duration "$duration" --proto tcp --src 10.0.1.15/32 --dst 10.20.0.0/24 \
-    --dport 3306 --flows 64 ${RATE:+--rate $RATE} --json
+    --size "$1" --train "$2" --duration "$duration" --proto tcp --src 10.0.1.15/32 \
+    --dst 10.20.0.0/24 --dport 3306 --flows 64 ${RATE:+--rate $RATE} --json
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$appliance_pid/stat"; }
@@ -53,46 +66,68 @@ counter() { # metric name: summed over workers
   curl -sf "127.0.0.1:$admin/metrics" | awk -v m="^$1" '$0 ~ m {n += $2} END {print n + 0}'
 }
 
-stop_appliance() { pkill -f "$dir/labelwall.yaml" || true; wait 2>/dev/null || true; }
+stop_appliance() { kill "$appliance_pid" 2>/dev/null || true; wait "$appliance_pid" 2>/dev/null || true; appliance_pid=""; }
 
-printf '%-6s %-22s %11s %11s %11s %8s %6s %11s %10s %10s\n' \
-  size case sent_pps fwd_pps recv_pps gbit/s ratio cpu_ns/pkt p50_us p99_us
+printf '%-6s %-5s %-22s %11s %11s %11s %8s %6s %11s %10s %10s\n' \
+  size train case sent_pps fwd_pps recv_pps gbit/s ratio cpu_ns/pkt p50_us p99_us
 for size in ${sizes[*]}; do
-  ceiling=$(loadgen "$size")
+ for train in ${trains[*]}; do
+  ceiling=$(loadgen "$size" "$train")
   base=""; base_back=""
-  for case in "null reflector" "labelwall allow-all" "labelwall bookinfo"; do
+  cases=("null reflector" "labelwall allow-all" "labelwall bookinfo")
+  [ "$train" -gt 1 ] && cases+=("reflector raw send")
+  [ -n "$plain" ] && cases+=("plain reflector (C)")
+  for case in "${cases[@]}"; do
+    if [ -n "${CASES:-}" ] && ! grep -qxE "$CASES" <<<"$case"; then continue; fi
     case $case in
-      "null reflector") start_appliance "$dir/allow.yaml" --reflect ;;
-      "labelwall allow-all") start_appliance "$dir/allow.yaml" ;;
-      "labelwall bookinfo") start_appliance "$dir/policy.yaml" ;;
+      "null reflector") start_appliance "$dir/allow.yaml" 256 --reflect ;;
+      "labelwall allow-all") start_appliance "$dir/allow.yaml" 256 ;;
+      "labelwall bookinfo") start_appliance "$dir/policy.yaml" 256 ;;
+      "reflector raw send") start_appliance "$dir/allow.yaml" 0 --reflect ;;
+      "plain reflector (C)")
+        taskset -c 1 "$plain" 127.0.0.1 "$port" 127.0.0.2 "$reply" 600 >"$dir/plain.out" &
+        appliance_pid=$!; sleep 0.3 ;;
     esac
-    ticks_before=$(cpu_ticks)
-    packets_before=$(counter labelwall_worker_received_packets_total)
-    back_before=$(counter labelwall_worker_sent_packets_total)
-    result=$(loadgen "$size")
-    ticks=$(( $(cpu_ticks) - ticks_before ))
-    packets=$(( $(counter labelwall_worker_received_packets_total) - packets_before ))
-    back=$(( $(counter labelwall_worker_sent_packets_total) - back_before ))
-    stop_appliance
+    if [ "$case" = "plain reflector (C)" ]; then
+      ticks_before=$(cpu_ticks)
+      result=$(loadgen "$size" "$train")
+      ticks=$(( $(cpu_ticks) - ticks_before ))
+      stop_appliance
+      packets=$(cat "$dir/plain.out"); back=$packets
+      # Its replies come from its listen port, which loadgen counts as unexpected.
+      result=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["received"]=r["unexpected"]; r["pps"]=r["unexpected"]/r["duration_s"]; r["gbps"]=r["pps"]*(r["size"]+40)*8/1e9; print(json.dumps(r))' "$result")
+    else
+      ticks_before=$(cpu_ticks)
+      packets_before=$(counter labelwall_worker_received_packets_total)
+      back_before=$(counter labelwall_worker_sent_packets_total)
+      result=$(loadgen "$size" "$train")
+      ticks=$(( $(cpu_ticks) - ticks_before ))
+      packets=$(( $(counter labelwall_worker_received_packets_total) - packets_before ))
+      back=$(( $(counter labelwall_worker_sent_packets_total) - back_before ))
+      stop_appliance
+    fi
     base=${base:-$result}
     base_back=${base_back:-$back}
     python3 - "$size" "$case" "$result" "$base" "$ticks" "$packets" "$(getconf CLK_TCK)" \
-      "$back" "$base_back" <<'PY'
+      "$back" "$base_back" "$train" <<'PY'
 import json, sys
 size, case, r, b = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
 ticks, packets, hz = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
-back, base_back = int(sys.argv[8]), int(sys.argv[9])
+back, base_back, train = int(sys.argv[8]), int(sys.argv[9]), sys.argv[10]
 seconds = r["duration_s"]
 ratio = back / base_back if base_back else 0
 cpu_ns = ticks / hz * 1e9 / packets if packets else 0
-print(f'{size:<6} {case:<22} {r["sent_pps"]:>11.0f} {back / seconds:>11.0f} {r["pps"]:>11.0f} '
+print(f'{size:<6} {train:<5} {case:<22} {r["sent_pps"]:>11.0f} {back / seconds:>11.0f} {r["pps"]:>11.0f} '
       f'{r["gbps"]:>8.2f} {ratio:>6.2f} {cpu_ns:>11.0f} {r["latency_us"]["p50"]:>10.0f} '
       f'{r["latency_us"]["p99"]:>10.0f}')
 PY
   done
-  python3 - "$size" "$ceiling" <<'PY'
+  python3 - "$size" "$ceiling" "$train" <<'PY'
 import json, sys
 r = json.loads(sys.argv[2])
-print(f'{sys.argv[1]:<6} {"loadgen ceiling":<22} {r["sent_pps"]:>11.0f} {"(no replies)":>11}')
+gbps = r["sent_pps"] * (r["size"] + 40) * 8 / 1e9
+print(f'{sys.argv[1]:<6} {sys.argv[3]:<5} {"loadgen ceiling":<22} {r["sent_pps"]:>11.0f} '
+      f'{"(no replies)":>11} {"":>11} {gbps:>8.2f}')
 PY
+ done
 done

@@ -235,6 +235,7 @@ fn run(path: &Path, reflect: bool) -> anyhow::Result<()> {
         mode: if reflect { Mode::Reflect } else { Mode::Inspect },
         receive_buffer: config.dataplane.receive_buffer,
         send_buffer: config.dataplane.send_buffer,
+        send_sockets: config.dataplane.send_sockets,
         flows: config.flows.per_pipeline(workers),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()

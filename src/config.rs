@@ -34,6 +34,11 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+/// Default of `dataplane.send_sockets`.
+pub const DEFAULT_SEND_SOCKETS: usize = 256;
+/// Most `dataplane.send_sockets` (file descriptors per worker).
+pub const MAX_SEND_SOCKETS: usize = 65536;
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataplaneConfig {
@@ -47,6 +52,9 @@ pub struct DataplaneConfig {
     pub receive_buffer: usize,
     /// SO_SNDBUF per worker raw socket, bytes.
     pub send_buffer: usize,
+    /// Per-port UDP send sockets each worker keeps for segmentation offload of GRO trains
+    /// (least recently used evicted); 0 sends everything through the raw socket.
+    pub send_sockets: usize,
 }
 
 impl Default for DataplaneConfig {
@@ -57,6 +65,7 @@ impl Default for DataplaneConfig {
             reply_port: 6081,
             receive_buffer: 8 << 20,
             send_buffer: 8 << 20,
+            send_sockets: DEFAULT_SEND_SOCKETS,
         }
     }
 }
@@ -200,6 +209,9 @@ impl Config {
         }
         if self.dataplane.send_buffer < 64 * 1024 {
             error("dataplane.send_buffer", "must be at least 65536 bytes".into());
+        }
+        if self.dataplane.send_sockets > MAX_SEND_SOCKETS {
+            error("dataplane.send_sockets", format!("must be at most {MAX_SEND_SOCKETS}"));
         }
         if self.policy.is_none() {
             error("policy", "is required: the path of policy.yaml".into());

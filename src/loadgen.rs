@@ -27,7 +27,10 @@ use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSockRef, UdpSocketState};
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::dataplane::sys::{RawSender, SEND_BATCH, TxItem, set_buffer_size, wait_readable};
+use crate::dataplane::sys::{
+    GsoSocket, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RawSender, SEND_BATCH, TxItem, set_buffer_size,
+    wait_readable,
+};
 use crate::wire::geneve::{PROTOCOL_IPV4, PROTOCOL_IPV6};
 use crate::wire::outer::{self, OUTER_HEADER_LEN, OuterAddressing};
 use crate::wire::{GWLB_HEADER_LEN, GwlbOptions, emit_gwlb_header};
@@ -57,6 +60,9 @@ const SEND_BUFFER: usize = 4 << 20;
 const RECEIVE_BUFFER: usize = 32 << 20;
 /// One receive slot holds a whole GRO train (the kernel caps those at 64 KiB).
 const RECEIVE_SLOT: usize = 64 * 1024;
+/// Distance between receive slots: not a multiple of 4 KiB, so that the slots' first bytes do
+/// not all fall into the same cache sets (see the data plane's worker).
+const RECEIVE_STRIDE: usize = RECEIVE_SLOT + 17 * 64;
 /// How long an idle receiver waits before it looks at the stop flag again.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// Latencies above this are recorded as this (60 s, in ns).
@@ -108,7 +114,10 @@ pub struct LoadgenArgs {
     /// Inner destination port.
     #[arg(long, default_value_t = 3306)]
     pub dport: u16,
-    /// Send this many consecutive packets of one flow before the next flow (for GRO).
+    /// Send this many consecutive packets of one flow before the next flow, as GRO would
+    /// hand them to the appliance: above 1, each flow sends from its own UDP socket and a
+    /// train goes out as segmented sends (UDP_SEGMENT, at most 64 KiB each), which loopback
+    /// delivers to the appliance as one GRO train.
     #[arg(
         long,
         value_name = "N",
@@ -263,7 +272,8 @@ pub fn generate(args: &LoadgenArgs) -> anyhow::Result<LoadgenReport> {
             .spawn(move || receive_loop(&socket, &state, &checker, start, &stop, &received))
             .context("cannot start the loadgen receive thread")?
     };
-    let sent = send_loop(args, &layout, &flows, &mut sender, start);
+    let gso = if args.train > 1 { Some(open_flow_sockets(args)?) } else { None };
+    let sent = send_loop(args, &layout, &flows, &mut sender, gso.as_deref(), start);
     let send_end = start.elapsed();
     if let Ok(totals) = &sent {
         let deadline = Instant::now() + GRACE;
@@ -459,6 +469,25 @@ struct SendTotals {
     failed: u64,
 }
 
+/// One UDP socket per flow, bound to the flow's outer source port on the `--listen` address,
+/// for segmented sends of trains.
+fn open_flow_sockets(args: &LoadgenArgs) -> anyhow::Result<Vec<GsoSocket>> {
+    if !GsoSocket::supported() {
+        bail!("--train needs UDP segmentation offload (UDP_SEGMENT, Linux 4.18 or later)");
+    }
+    (0..args.flows)
+        .map(|i| {
+            let local = SocketAddrV4::new(*args.listen.ip(), OUTER_PORT_BASE + i as u16);
+            GsoSocket::open(local).map_err(|error| {
+                anyhow!(
+                    "cannot bind {local} to send flow {i}'s trains from ({error}); with --train \
+                     each flow needs its own port: use fewer --flows or free the port"
+                )
+            })
+        })
+        .collect()
+}
+
 /// Sends until `--duration` or `--count`, one `sendmmsg` per batch. Packet `n` belongs to flow
 /// `(n / train) % flows`. Each batch slot keeps the prefix of the flow it last carried, so a
 /// slot is rewritten only when its flow changes; per packet only the stamp and the checksum
@@ -468,6 +497,7 @@ fn send_loop(
     layout: &Layout,
     flows: &[Flow],
     sender: &mut RawSender,
+    gso: Option<&[GsoSocket]>,
     start: Instant,
 ) -> anyhow::Result<SendTotals> {
     let duration = Duration::from_secs_f64(args.duration);
@@ -509,6 +539,9 @@ fn send_loop(
                 slot_flow[k] = index;
             }
             layout.stamp(slot, flow, now_ns, n);
+            if gso.is_some() {
+                continue;
+            }
             tx.push(TxItem {
                 header: flow.outer,
                 offset: k * slot_len,
@@ -516,7 +549,10 @@ fn send_loop(
                 dst: *args.target.ip(),
             });
         }
-        let report = sender.send(&tx, &payloads);
+        let report = match gso {
+            Some(sockets) => send_trains(sockets, args, next, due, slot_len, &payloads),
+            None => sender.send(&tx, &payloads),
+        };
         if report.sent == 0 && totals.sent == 0 {
             let error = io::Error::from_raw_os_error(report.last_error.unwrap_or(0));
             bail!("cannot send to {}: {error}", args.target);
@@ -525,6 +561,45 @@ fn send_loop(
         totals.failed += report.failed;
         next += due;
     }
+}
+
+/// Sends packets `next..next + due` (stamped in `payloads`, one `slot_len` slot each) as
+/// segmented sends: consecutive packets of one flow go out together from the flow's socket.
+fn send_trains(
+    sockets: &[GsoSocket],
+    args: &LoadgenArgs,
+    next: u64,
+    due: u64,
+    slot_len: usize,
+    payloads: &[u8],
+) -> crate::dataplane::sys::SendReport {
+    let train = u64::from(args.train);
+    let per_send = MAX_GSO_SEGMENTS.min(MAX_GSO_BYTES / slot_len).max(1);
+    let flow_of = |k: usize| ((next + k as u64) / train % sockets.len() as u64) as usize;
+    let target = args.target;
+    let mut report = crate::dataplane::sys::SendReport::default();
+    let mut k = 0;
+    while k < due as usize {
+        let flow = flow_of(k);
+        let mut end = k + 1;
+        while end < due as usize && end - k < per_send && flow_of(end) == flow {
+            end += 1;
+        }
+        let count = (end - k) as u64;
+        match sockets[flow].send(target, &payloads[k * slot_len..end * slot_len], slot_len as u16) {
+            Ok(()) => {
+                report.sent += count;
+                report.sent_bytes += count * (slot_len + OUTER_HEADER_LEN) as u64;
+                report.calls += 1;
+            }
+            Err(error) => {
+                report.failed += count;
+                report.last_error = error.raw_os_error();
+            }
+        }
+        k = end;
+    }
+    report
 }
 
 /// How a reply is recognised as one of ours.
@@ -575,13 +650,14 @@ fn receive_loop(
         unexpected: 0,
         latency_ns: Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).expect("valid bounds"),
     };
-    let mut storage = vec![0u8; RECEIVE_SLOT * BATCH_SIZE];
+    let mut storage = vec![0u8; RECEIVE_STRIDE * BATCH_SIZE];
     let mut metas = [RecvMeta::default(); BATCH_SIZE];
     while !stop.load(Ordering::Acquire) {
         let result = {
-            let mut chunks = storage.chunks_exact_mut(RECEIVE_SLOT);
-            let mut slots: [IoSliceMut<'_>; BATCH_SIZE] =
-                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+            let mut chunks = storage.chunks_exact_mut(RECEIVE_STRIDE);
+            let mut slots: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
+                IoSliceMut::new(chunks.next().map_or(&mut [][..], |c| &mut c[..RECEIVE_SLOT]))
+            });
             state.recv(UdpSockRef::from(socket), &mut slots, &mut metas)
         };
         let count = match result {
@@ -595,7 +671,7 @@ fn receive_loop(
         };
         let now_ns = start.elapsed().as_nanos() as u64;
         for (slot, meta) in metas[..count].iter().enumerate() {
-            let data = &storage[slot * RECEIVE_SLOT..slot * RECEIVE_SLOT + meta.len];
+            let data = &storage[slot * RECEIVE_STRIDE..slot * RECEIVE_STRIDE + meta.len];
             let stride = if meta.stride == 0 { meta.len.max(1) } else { meta.stride };
             for datagram in data.chunks(stride) {
                 match checker.latency_ns(meta.addr.port(), datagram, now_ns) {

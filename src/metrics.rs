@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::control::ControlState;
-use crate::dataplane::{self, WorkerStatus};
+use crate::dataplane::{self, Fallback, SocketEvent, WorkerStatus};
 use crate::policy::Action;
 use crate::wire::DropReason;
 
@@ -126,6 +126,39 @@ impl Collector for DataplaneCollector {
             "Datagrams dropped without a reply, by layer (class) and cause (reason).",
             DropReason::ALL
                 .map(|r| ([("class", r.class()), ("reason", r.as_str())], total.drops(r))),
+        )?;
+        counter(
+            e,
+            "labelwall_send_packets",
+            "Packets sent back to GWLB by path: gso (a train as one segmented UDP send from a \
+             per-port socket) or raw (the raw IPv4 socket, one packet per message).",
+            [true, false]
+                .map(|gso| ([("path", if gso { "gso" } else { "raw" })], total.path_packets(gso))),
+        )?;
+        counter(
+            e,
+            "labelwall_send_calls",
+            "Send system calls by path (packets / calls = packets per call).",
+            [true, false]
+                .map(|gso| ([("path", if gso { "gso" } else { "raw" })], total.path_calls(gso))),
+        )?;
+        counter(
+            e,
+            "labelwall_send_fallbacks",
+            "Datagrams of a train sent through the raw socket instead of one segmented send, by cause.",
+            Fallback::ALL.map(|r| ([("reason", r.as_str())], total.fallbacks(r))),
+        )?;
+        counter(
+            e,
+            "labelwall_send_socket_events",
+            "Per-port send sockets opened, evicted (cache full) or that could not be opened.",
+            SocketEvent::ALL.map(|ev| ([("event", ev.as_str())], total.socket_events(ev))),
+        )?;
+        single_gauge(
+            e,
+            "labelwall_send_sockets",
+            "Per-port send sockets open now, over all workers.",
+            total.sockets_open() as i64,
         )?;
         let workers = || per_worker.iter().enumerate().map(|(i, c)| (i.to_string(), c));
         counter(

@@ -198,3 +198,154 @@ fn reply_goes_to_the_node_that_sent_the_packet() {
     assert_eq!(from, SocketAddr::from((APPLIANCE_IP, sender_b.local_addr().unwrap().port())));
     assert!(peer_a.receive().is_none(), "node A got nothing");
 }
+
+/// The `labelwall_send_*` samples a test looks at: (gso packets, gso calls, raw packets).
+fn send_paths(metrics: &str) -> (u64, u64, u64) {
+    (
+        metric(metrics, r#"labelwall_send_packets_total{path="gso"}"#),
+        metric(metrics, r#"labelwall_send_calls_total{path="gso"}"#),
+        metric(metrics, r#"labelwall_send_packets_total{path="raw"}"#),
+    )
+}
+
+/// Receives `count` replies and checks each is `expected[i]` byte for byte, from `port`.
+fn expect_replies(peer: &GwlbPeer, port: u16, expected: &[&Vec<u8>]) {
+    for (i, want) in expected.iter().enumerate() {
+        let (from, reply) = peer.receive().unwrap_or_else(|| panic!("reply {i} missing"));
+        assert_eq!(from, SocketAddr::from((APPLIANCE_IP, port)), "reply {i} from GWLB's port");
+        assert!(reply == **want, "reply {i} differs from what was sent ({} bytes)", reply.len());
+    }
+    assert!(peer.receive().is_none(), "nothing more came back");
+}
+
+/// 1,500-byte inner TCP packets of one flow (distinct sequence numbers), the last shorter.
+fn train(count: usize, dport_of: impl Fn(usize) -> u16) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|i| {
+            let payload = if i + 1 == count { 600 } else { 1460 };
+            gwlb_datagram(0x77, &ipv4_tcp_seq(dport_of(i), 1000 + 1460 * i as u32, payload))
+        })
+        .collect()
+}
+
+#[test]
+fn a_gro_train_comes_back_byte_exact_as_one_segmented_send() {
+    let peer = GwlbPeer::new(1);
+    let appliance = Appliance::start(peer.reply_port(), 1, "", &[]);
+    let capture = OuterCapture::open();
+    let datagrams = train(40, |_| 3306);
+    assert_eq!(datagrams[0].len(), 1540);
+    peer.send_train(0, appliance.listen, &datagrams);
+    expect_replies(&peer, peer.source_port(0), &datagrams.iter().collect::<Vec<_>>());
+    let metrics = appliance.metrics();
+    assert_eq!(metric(&metrics, "labelwall_worker_receive_batches_total{worker=\"0\"}"), 1);
+    assert_eq!(send_paths(&metrics), (40, 1, 0), "one segmented send, nothing raw\n{metrics}");
+    assert_eq!(metric(&metrics, r#"labelwall_send_socket_events_total{event="opened"}"#), 1);
+    assert_eq!(metric(&metrics, "labelwall_send_sockets"), 1);
+
+    // On the wire: from the address GWLB sent to and GWLB's source port, to reply_port.
+    let outer = capture.collect(peer.reply_port(), Duration::from_millis(300));
+    assert!(!outer.is_empty());
+    for packet in &outer {
+        let (ip, rest) = etherparse::Ipv4Header::from_slice(packet).unwrap();
+        assert_eq!((ip.source, ip.destination), ([127, 0, 0, 1], [127, 0, 0, 2]));
+        let (udp, _) = etherparse::UdpHeader::from_slice(rest).unwrap();
+        assert_eq!(udp.source_port, peer.source_port(0));
+        assert_eq!(udp.destination_port, peer.reply_port());
+    }
+
+    // The reflector uses the same path.
+    drop(appliance);
+    let reflector = Appliance::start(peer.reply_port(), 1, "", &["--reflect"]);
+    peer.send_train(0, reflector.listen, &datagrams);
+    expect_replies(&peer, peer.source_port(0), &datagrams.iter().collect::<Vec<_>>());
+    assert_eq!(send_paths(&reflector.metrics()), (40, 1, 0));
+}
+
+#[test]
+fn a_denied_datagram_splits_the_train_and_only_permitted_ones_come_back() {
+    let policy = "default_action: deny\nrules:\n  - name: db\n    from: [any]\n    to: [any]\n    \
+                  ports: [tcp/3306]\n    action: allow\n";
+    let peer = GwlbPeer::new(1);
+    let appliance = Appliance::start_with(peer.reply_port(), 1, policy, None, "", &[]);
+    // Datagrams 4 and 12 go to port 22: denied.
+    let datagrams = train(20, |i| if i == 4 || i == 12 { 22 } else { 3306 });
+    peer.send_train(0, appliance.listen, &datagrams);
+    let permitted: Vec<_> =
+        datagrams.iter().enumerate().filter(|(i, _)| *i != 4 && *i != 12).map(|(_, d)| d).collect();
+    expect_replies(&peer, peer.source_port(0), &permitted);
+    let metrics = appliance.metrics();
+    assert_eq!(metric(&metrics, r#"labelwall_packets_total{verdict="deny"}"#), 2);
+    // Runs 0-3, 5-11, 13-19: three segmented sends.
+    assert_eq!(send_paths(&metrics), (18, 3, 0), "{metrics}");
+}
+
+#[test]
+fn a_port_the_appliance_cannot_bind_falls_back_to_the_raw_socket() {
+    let peer = GwlbPeer::new(1);
+    let appliance = Appliance::start(peer.reply_port(), 1, "", &[]);
+    // Something on this host already holds (appliance IP, GWLB's source port).
+    let holder = std::net::UdpSocket::bind((APPLIANCE_IP, peer.source_port(0))).unwrap();
+    let datagrams = train(10, |_| 3306);
+    peer.send_train(0, appliance.listen, &datagrams);
+    expect_replies(&peer, peer.source_port(0), &datagrams.iter().collect::<Vec<_>>());
+    let metrics = appliance.metrics();
+    assert_eq!(send_paths(&metrics), (0, 0, 10), "{metrics}");
+    assert_eq!(metric(&metrics, r#"labelwall_send_fallbacks_total{reason="no_socket"}"#), 10);
+    assert_eq!(metric(&metrics, r#"labelwall_send_socket_events_total{event="open_failed"}"#), 1);
+    let mut buf = [0u8; 64];
+    holder.set_nonblocking(true).unwrap();
+    assert!(holder.recv(&mut buf).is_err(), "the holder's socket got nothing");
+}
+
+#[test]
+fn a_gwlb_source_port_equal_to_the_listen_port_never_joins_the_listen_sockets() {
+    let mut peer = GwlbPeer::new(0);
+    let appliance = Appliance::start(peer.reply_port(), 2, "", &[]);
+    // GWLB sends from the port the appliance listens on: binding (appliance IP, that port)
+    // must fail (the listen sockets hold it) rather than join their SO_REUSEPORT group.
+    let port = appliance.listen.port();
+    peer.senders.push(std::net::UdpSocket::bind((GWLB_IP, port)).unwrap());
+    let datagrams = train(8, |_| 3306);
+    for round in 0..3 {
+        peer.send_train(0, appliance.listen, &datagrams);
+        expect_replies(&peer, port, &datagrams.iter().collect::<Vec<_>>());
+        let metrics = appliance.metrics();
+        assert_eq!(send_paths(&metrics), (0, 0, 8 * (round + 1)), "{metrics}");
+    }
+    let metrics = appliance.metrics();
+    assert_eq!(metric(&metrics, r#"labelwall_send_fallbacks_total{reason="no_socket"}"#), 24);
+    assert_eq!(metric(&metrics, "labelwall_send_sockets"), 0);
+}
+
+#[test]
+fn a_reject_inside_a_train_comes_back_in_its_place() {
+    let policy = "default_action: deny\nrules:\n  - name: db\n    from: [any]\n    to: [any]\n    \
+                  ports: [tcp/3306]\n    action: allow\n  - name: no-ssh\n    from: [any]\n    \
+                  to: [any]\n    ports: [tcp/22]\n    action: reject\n";
+    let peer = GwlbPeer::new(1);
+    let appliance = Appliance::start_with(peer.reply_port(), 1, policy, None, "", &[]);
+    let datagrams = train(12, |i| if i == 5 { 22 } else { 3306 });
+    peer.send_train(0, appliance.listen, &datagrams);
+    let port = peer.source_port(0);
+    for (i, sent) in datagrams.iter().enumerate() {
+        let (from, reply) = peer.receive().unwrap_or_else(|| panic!("reply {i} missing"));
+        assert_eq!(from, SocketAddr::from((APPLIANCE_IP, port)));
+        if i == 5 {
+            // The RST, in the triggering packet's GENEVE header, between the two runs.
+            assert!(reply != *sent, "datagram 5 was rejected, not sent back");
+            assert_eq!(reply[..40], sent[..40], "same GENEVE header and cookie");
+            let inner = etherparse::SlicedPacket::from_ip(&reply[40..]).unwrap();
+            match inner.transport {
+                Some(etherparse::TransportSlice::Tcp(tcp)) => assert!(tcp.rst()),
+                other => panic!("{other:?}"),
+            }
+        } else {
+            assert!(reply == *sent, "reply {i} differs");
+        }
+    }
+    assert!(peer.receive().is_none());
+    let metrics = appliance.metrics();
+    // Runs 0-4 and 6-11 segmented; the RST raw.
+    assert_eq!(send_paths(&metrics), (11, 2, 1), "{metrics}");
+}

@@ -8,6 +8,7 @@
 //!
 //! Must not depend on: tokio, kube, the admin server.
 
+mod send;
 mod stats;
 pub(crate) mod sys;
 mod worker;
@@ -20,7 +21,7 @@ use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-pub use stats::{Counters, SharedCounters};
+pub use stats::{Counters, Fallback, SharedCounters, SocketEvent};
 
 use crate::flowlog::FlowLogSender;
 use crate::pipeline::{FlowSettings, Mode};
@@ -37,6 +38,8 @@ pub struct DataplaneSettings {
     pub receive_buffer: usize,
     /// Requested SO_SNDBUF of each worker's raw socket.
     pub send_buffer: usize,
+    /// Per-port UDP send sockets (segmentation offload) each worker may keep; 0 = raw only.
+    pub send_sockets: usize,
     pub flows: FlowSettings,
 }
 

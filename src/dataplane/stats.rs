@@ -18,10 +18,66 @@ const RX_ERRORS: usize = 5;
 const FLOWS_ACTIVE: usize = 6;
 const FLOWS_CREATED: usize = 7;
 const FLOWS_EVICTED: usize = 8;
-const VERDICT_PACKETS: usize = 9;
+const TX_GSO_PACKETS: usize = 9;
+const TX_GSO_CALLS: usize = 10;
+const TX_RAW_PACKETS: usize = 11;
+const TX_RAW_CALLS: usize = 12;
+const SOCKETS_OPEN: usize = 13;
+const SOCKET_EVENTS: usize = 14;
+const FALLBACKS: usize = SOCKET_EVENTS + SocketEvent::COUNT;
+const VERDICT_PACKETS: usize = FALLBACKS + Fallback::COUNT;
 const VERDICT_BYTES: usize = VERDICT_PACKETS + Action::COUNT;
 const DROPS: usize = VERDICT_BYTES + Action::COUNT;
 const LEN: usize = DROPS + DropReason::COUNT;
+
+/// What happened to a per-port send socket (segmentation-offload path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketEvent {
+    Opened,
+    /// Closed to make room for another port (the cache is full).
+    Evicted,
+    /// Could not be opened or bound (the address is in use, no file descriptors left, ...).
+    OpenFailed,
+}
+
+impl SocketEvent {
+    pub const COUNT: usize = 3;
+    pub const ALL: [SocketEvent; Self::COUNT] =
+        [SocketEvent::Opened, SocketEvent::Evicted, SocketEvent::OpenFailed];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SocketEvent::Opened => "opened",
+            SocketEvent::Evicted => "evicted",
+            SocketEvent::OpenFailed => "open_failed",
+        }
+    }
+}
+
+/// Why datagrams of a train went out through the raw socket one by one instead of as one
+/// segmented send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// No per-port socket: it could not be bound (e.g. the port is in use here) or the
+    /// cache is off (`dataplane.send_sockets: 0`).
+    NoSocket,
+    /// The kernel has no UDP segmentation offload, or refused it on this route (EIO).
+    GsoUnsupported,
+    /// The segmented send failed otherwise (the datagrams were sent raw instead).
+    SendError,
+}
+
+impl Fallback {
+    pub const COUNT: usize = 3;
+    pub const ALL: [Fallback; Self::COUNT] =
+        [Fallback::NoSocket, Fallback::GsoUnsupported, Fallback::SendError];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::NoSocket => "no_socket",
+            Fallback::GsoUnsupported => "gso_unsupported",
+            Fallback::SendError => "send_error",
+        }
+    }
+}
 
 /// Counters owned by one worker thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +122,44 @@ impl Counters {
     pub fn sent(&mut self, packets: u64, bytes: u64) {
         self.values[TX_PACKETS] += packets;
         self.values[TX_BYTES] += bytes;
+    }
+
+    /// A send system call that carried `packets`, by path (`gso`: one segmented UDP send).
+    pub fn send_path(&mut self, gso: bool, packets: u64, calls: u64) {
+        let (p, c) =
+            if gso { (TX_GSO_PACKETS, TX_GSO_CALLS) } else { (TX_RAW_PACKETS, TX_RAW_CALLS) };
+        self.values[p] += packets;
+        self.values[c] += calls;
+    }
+
+    pub fn socket_event(&mut self, event: SocketEvent) {
+        self.values[SOCKET_EVENTS + event as usize] += 1;
+    }
+
+    /// `packets` datagrams of a train sent raw instead of segmented.
+    pub fn fallback(&mut self, reason: Fallback, packets: u64) {
+        self.values[FALLBACKS + reason as usize] += packets;
+    }
+
+    pub fn set_sockets_open(&mut self, open: usize) {
+        self.values[SOCKETS_OPEN] = open as u64;
+    }
+
+    /// Packets and system calls of one send path.
+    pub fn path_packets(&self, gso: bool) -> u64 {
+        self.values[if gso { TX_GSO_PACKETS } else { TX_RAW_PACKETS }]
+    }
+    pub fn path_calls(&self, gso: bool) -> u64 {
+        self.values[if gso { TX_GSO_CALLS } else { TX_RAW_CALLS }]
+    }
+    pub fn socket_events(&self, event: SocketEvent) -> u64 {
+        self.values[SOCKET_EVENTS + event as usize]
+    }
+    pub fn fallbacks(&self, reason: Fallback) -> u64 {
+        self.values[FALLBACKS + reason as usize]
+    }
+    pub fn sockets_open(&self) -> u64 {
+        self.values[SOCKETS_OPEN]
     }
 
     /// The pipeline's flow counts (a gauge and two running totals, set as they are).

@@ -1,4 +1,5 @@
-//! The only place with `unsafe`: the raw-socket `sendmmsg(2)` of the send-back path, a
+//! The only place with `unsafe`: the raw-socket `sendmmsg(2)` of the send-back path, the
+//! `sendmsg(2)` with a `UDP_SEGMENT` control message of the segmentation-offload path, a
 //! `poll(2)` wait, and the interface ioctls `labelwall gwlb-sim` needs for its TUN device.
 //!
 //! Why unsafe: GWLB wants replies from its own source port to `reply_port`, which a UDP socket
@@ -12,11 +13,11 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 
 use crate::wire::outer::OUTER_HEADER_LEN;
 
@@ -38,6 +39,8 @@ pub struct SendReport {
     pub sent: u64,
     pub sent_bytes: u64,
     pub failed: u64,
+    /// `sendmmsg` calls that sent something.
+    pub calls: u64,
     /// The errno of the last failure, for a rate-limited log line.
     pub last_error: Option<i32>,
 }
@@ -112,11 +115,116 @@ impl RawSender {
                 done += 1;
                 continue;
             }
+            report.calls += 1;
             for item in &chunk[done..done + rc as usize] {
                 report.sent += 1;
                 report.sent_bytes += (OUTER_HEADER_LEN + item.len) as u64;
             }
             done += rc as usize;
+        }
+    }
+}
+
+/// `UDP_SEGMENT` (linux/udp.h; not in the libc crate for glibc targets).
+const UDP_SEGMENT: libc::c_int = 103;
+/// Most segments the kernel accepts in one `UDP_SEGMENT` send (UDP_MAX_SEGMENTS).
+pub const MAX_GSO_SEGMENTS: usize = 64;
+/// Most payload bytes in one UDP send: the IPv4 total length field's limit minus the IPv4 and
+/// UDP headers (a segmented send is one UDP datagram until the kernel cuts it).
+pub const MAX_GSO_BYTES: usize = 65535 - OUTER_HEADER_LEN;
+
+/// A UDP socket bound to one (appliance IP, GWLB source port), used only to send trains of
+/// same-size datagrams with UDP segmentation offload (`UDP_SEGMENT`): one system call and one
+/// pass through the stack for up to 64 datagrams, cut by the kernel (or the NIC) at the end.
+///
+/// It never joins a `SO_REUSEPORT` group and sets no `SO_REUSEADDR`: if anything else holds the
+/// address (the listen sockets, when GWLB's source port is the listen port; another worker;
+/// another program), `open` fails with `EADDRINUSE` and the caller falls back to the raw
+/// socket, rather than stealing that socket's traffic. It must not collect traffic either:
+/// a socket filter that drops everything keeps anything addressed to it out of its receive
+/// queue (no memory held, nothing to drain), and the receive buffer is the kernel's minimum.
+#[derive(Debug)]
+pub struct GsoSocket {
+    socket: Socket,
+}
+
+impl GsoSocket {
+    /// Opens and binds the socket to `local`.
+    pub fn open(local: SocketAddrV4) -> io::Result<Self> {
+        let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        // BPF "ret #0": accept nothing.
+        socket.attach_filter(&[SockFilter::new((libc::BPF_RET | libc::BPF_K) as u16, 0, 0, 0)])?;
+        let _ = socket.set_recv_buffer_size(0); // rounded up to the kernel's minimum
+        socket.bind(&local.into())?;
+        Ok(GsoSocket { socket })
+    }
+
+    /// Whether this kernel has UDP segmentation offload (Linux 4.18+): sets `UDP_SEGMENT` on a
+    /// throwaway socket.
+    pub fn supported() -> bool {
+        let Ok(socket) = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)) else {
+            return false;
+        };
+        let value: libc::c_int = 1400;
+        // SAFETY: setsockopt with a valid fd and a pointer to a c_int of the right length.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_UDP,
+                UDP_SEGMENT,
+                (&value as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        rc == 0
+    }
+
+    /// Sends `data` to `dst` as datagrams of `segment_size` bytes (the last may be shorter)
+    /// in one `sendmsg`. With `segment_size >= data.len()` it is one plain datagram. The
+    /// caller keeps `data` within [`MAX_GSO_BYTES`] and [`MAX_GSO_SEGMENTS`] segments.
+    pub fn send(&self, dst: SocketAddrV4, data: &[u8], segment_size: u16) -> io::Result<()> {
+        // SAFETY: all-zero is a valid value for these plain C structs.
+        let mut addr: libc::sockaddr_in = unsafe { zeroed() };
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_port = dst.port().to_be();
+        addr.sin_addr.s_addr = u32::from_ne_bytes(dst.ip().octets());
+        let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
+        // Room for one cmsg carrying a u16, aligned like a cmsghdr.
+        let mut control = [0u64; 4];
+        // SAFETY: as above.
+        let mut message: libc::msghdr = unsafe { zeroed() };
+        message.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
+        message.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        message.msg_iov = &mut iov;
+        message.msg_iovlen = 1;
+        let segmented = usize::from(segment_size) < data.len();
+        if segmented {
+            message.msg_control = control.as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE is a pure computation.
+            message.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as _;
+            debug_assert!(message.msg_controllen <= size_of::<[u64; 4]>());
+            // SAFETY: msg_control points at `control`, which is large enough for one cmsghdr
+            // with a u16 (checked above) and aligned for it (u64); CMSG_FIRSTHDR and
+            // CMSG_DATA stay inside it.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&message);
+                (*cmsg).cmsg_level = libc::SOL_UDP;
+                (*cmsg).cmsg_type = UDP_SEGMENT;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment_size);
+            }
+        }
+        loop {
+            // SAFETY: `message` points at `addr`, `iov` (-> `data`) and `control`, all alive
+            // for the call; the kernel only reads them.
+            let rc = unsafe { libc::sendmsg(self.socket.as_raw_fd(), &message, 0) };
+            if rc >= 0 {
+                return Ok(());
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! One data-plane worker: a loop of batched receive, decide, batched send.
 
 use std::io::{self, IoSliceMut};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSockRef, UdpSocketState};
 
-use super::stats::Counters;
-use super::sys::{RawSender, TxItem, wait_readable};
+use super::send::{Run, RunBuilder, SendSockets};
+use super::stats::{Counters, Fallback};
+use super::sys::{GsoSocket, MAX_GSO_SEGMENTS, RawSender, TxItem, wait_readable};
 use super::{ControlLinks, DataplaneSettings, WorkerStatus};
 use crate::pipeline::{Outcome, Pipeline};
 use crate::policy::Action;
@@ -20,12 +21,20 @@ use crate::wire::outer::{self, OUTER_HEADER_LEN, OuterAddressing};
 
 /// One receive slot holds a whole GRO train (the kernel caps those at 64 KiB).
 const SLOT_SIZE: usize = 64 * 1024;
+/// Distance between slot starts: 17 cache lines more than a slot, so that the slots' first
+/// bytes (all a single datagram fills) fall into different cache sets. At a 64 KiB stride
+/// they would all map to the same few sets of L1 and L2 and evict each other.
+const SLOT_STRIDE: usize = SLOT_SIZE + 17 * 64;
 /// At most 64 datagrams per GRO train (UDP_GRO_CNT_MAX).
 const MAX_SEGMENTS_PER_SLOT: usize = 64;
 /// The receive region of a worker's buffer.
-const RX_REGION: usize = SLOT_SIZE * BATCH_SIZE;
+const RX_REGION: usize = SLOT_STRIDE * BATCH_SIZE;
 /// Room after it for injected rejects: two slots' worth, flushed when less than one is left.
 const INJECT_REGION: usize = 2 * MAX_SEGMENTS_PER_SLOT * MAX_REJECT_LEN;
+/// Receive slots per call while trains arrive: 8 trains (up to 512 datagrams, 512 KiB) per
+/// call keep what was received in the core's cache until it is sent; 32 slots of 64 KiB
+/// would be 2 MiB, and the segmented sends would read it back from memory.
+const TRAIN_BATCH: usize = 8;
 /// How long an idle worker sleeps before it looks at the stop flag again.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// At most one log line per this interval for repeated errors.
@@ -35,6 +44,10 @@ pub(super) struct Worker {
     index: usize,
     socket: std::net::UdpSocket,
     sender: RawSender,
+    /// Per-port UDP sockets for segmented sends of trains.
+    sockets: SendSockets,
+    /// False when the kernel has no UDP segmentation offload (or refused it): raw only.
+    gso: bool,
     listen_ip: Ipv4Addr,
     reply_port: u16,
     pipeline: Pipeline,
@@ -56,6 +69,8 @@ impl Worker {
             index,
             socket,
             sender,
+            sockets: SendSockets::new(settings.send_sockets),
+            gso: settings.send_sockets > 0 && GsoSocket::supported(),
             listen_ip: *settings.listen.ip(),
             reply_port: settings.reply_port,
             pipeline: Pipeline::new(
@@ -81,19 +96,26 @@ impl Worker {
         tracing::debug!(worker = self.index, gro_segments = state.gro_segments(), "worker started");
         let mut storage = vec![0u8; RX_REGION + INJECT_REGION];
         let mut metas = [RecvMeta::default(); BATCH_SIZE];
-        let mut tx: Vec<TxItem> = Vec::with_capacity(BATCH_SIZE * MAX_SEGMENTS_PER_SLOT * 2);
+        let mut tx = SendQueue {
+            raw: Vec::with_capacity(BATCH_SIZE * MAX_SEGMENTS_PER_SLOT * 2),
+            runs: Vec::with_capacity(BATCH_SIZE * MAX_SEGMENTS_PER_SLOT),
+            fallback: Vec::with_capacity(MAX_GSO_SEGMENTS),
+            now_ms: 0,
+        };
         let mut counters = Counters::default();
         let mut errors = RateLimitedLog::default();
         let fd = self.socket.as_raw_fd();
         let clock = Instant::now();
+        let mut batch = BATCH_SIZE;
         self.status.running.store(true, Ordering::Release);
 
         while !self.stop.load(Ordering::Acquire) {
             let received = {
-                let mut chunks = storage[..RX_REGION].chunks_exact_mut(SLOT_SIZE);
-                let mut slots: [IoSliceMut<'_>; BATCH_SIZE] =
-                    std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-                state.recv(UdpSockRef::from(&self.socket), &mut slots, &mut metas)
+                let mut chunks = storage[..RX_REGION].chunks_exact_mut(SLOT_STRIDE);
+                let mut slots: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
+                    IoSliceMut::new(chunks.next().map_or(&mut [][..], |c| &mut c[..SLOT_SIZE]))
+                });
+                state.recv(UdpSockRef::from(&self.socket), &mut slots[..batch], &mut metas[..batch])
             };
             let count = match received {
                 Ok(count) => count,
@@ -115,7 +137,11 @@ impl Worker {
                 }
             };
             counters.batch();
-            self.pipeline.begin_batch(clock.elapsed().as_millis() as u64);
+            // Trains (several datagrams per slot on average): fewer, fuller slots per call.
+            let datagrams: usize = metas[..count].iter().map(|m| m.len / m.stride.max(1)).sum();
+            batch = if datagrams >= 4 * count { TRAIN_BATCH } else { BATCH_SIZE };
+            tx.now_ms = clock.elapsed().as_millis() as u64;
+            self.pipeline.begin_batch(tx.now_ms);
             let mut injected = 0;
             for (slot, meta) in metas[..count].iter().enumerate() {
                 if INJECT_REGION - injected < MAX_SEGMENTS_PER_SLOT * MAX_REJECT_LEN {
@@ -124,10 +150,11 @@ impl Worker {
                 }
                 let (rx, inject) = storage.split_at_mut(RX_REGION);
                 let mut slot_io = SlotIo { rx, inject, injected: &mut injected, tx: &mut tx };
-                self.handle_slot(slot * SLOT_SIZE, meta, &mut slot_io, &mut counters);
+                self.handle_slot(slot * SLOT_STRIDE, meta, &mut slot_io, &mut counters);
             }
             self.flush(&mut tx, &storage, &mut counters, &mut errors);
             counters.set_flows(self.pipeline.flow_counts());
+            counters.set_sockets_open(self.sockets.open());
             self.status.counters.publish(&counters);
         }
         self.pipeline.finish();
@@ -137,26 +164,89 @@ impl Worker {
         tracing::debug!(worker = self.index, "worker stopped");
     }
 
-    /// Sends what is queued.
+    /// Sends what is queued, in order: raw packets in `sendmmsg` batches, each run of a
+    /// train as one segmented send (or raw, one by one, when that cannot be done).
     fn flush(
         &mut self,
-        tx: &mut Vec<TxItem>,
+        tx: &mut SendQueue,
         storage: &[u8],
         counters: &mut Counters,
         errors: &mut RateLimitedLog,
     ) {
-        if tx.is_empty() {
+        let mut raw_sent = 0;
+        for queued in &tx.runs {
+            if queued.raw_before > raw_sent {
+                self.send_raw(&tx.raw[raw_sent..queued.raw_before], storage, counters, errors);
+                raw_sent = queued.raw_before;
+            }
+            let run = queued.run;
+            let a = queued.addressing;
+            let local = SocketAddrV4::new(a.src, a.src_port);
+            let reason = if !self.gso {
+                Fallback::GsoUnsupported
+            } else if let Some(socket) = self.sockets.get(local, tx.now_ms, counters) {
+                let data = &storage[run.offset..run.offset + run.len];
+                match socket.send(SocketAddrV4::new(a.dst, a.dst_port), data, run.segment as u16) {
+                    Ok(()) => {
+                        let count = run.count as u64;
+                        counters.sent(count, (run.len + count as usize * OUTER_HEADER_LEN) as u64);
+                        counters.send_path(true, count, 1);
+                        continue;
+                    }
+                    Err(error) => {
+                        errors.log(self.index, "segmented send", &error);
+                        if error.raw_os_error() == Some(libc::EIO) {
+                            // No checksum offload on this route: segmentation cannot work.
+                            self.gso = false;
+                            Fallback::GsoUnsupported
+                        } else {
+                            Fallback::SendError
+                        }
+                    }
+                }
+            } else {
+                Fallback::NoSocket
+            };
+            counters.fallback(reason, run.count as u64);
+            tx.fallback.clear();
+            let mut offset = run.offset;
+            while offset < run.offset + run.len {
+                let len = run.segment.min(run.offset + run.len - offset);
+                if let Some(item) = raw_item(&a, offset, len) {
+                    tx.fallback.push(item);
+                } else {
+                    counters.drop(DropReason::SendFailed);
+                }
+                offset += len;
+            }
+            self.send_raw(&tx.fallback, storage, counters, errors);
+        }
+        if tx.raw.len() > raw_sent {
+            self.send_raw(&tx.raw[raw_sent..], storage, counters, errors);
+        }
+        tx.raw.clear();
+        tx.runs.clear();
+    }
+
+    fn send_raw(
+        &mut self,
+        items: &[TxItem],
+        storage: &[u8],
+        counters: &mut Counters,
+        errors: &mut RateLimitedLog,
+    ) {
+        if items.is_empty() {
             return;
         }
-        let report = self.sender.send(tx, storage);
+        let report = self.sender.send(items, storage);
         counters.sent(report.sent, report.sent_bytes);
+        counters.send_path(false, report.sent, report.calls);
         for _ in 0..report.failed {
             counters.drop(DropReason::SendFailed);
         }
         if let Some(errno) = report.last_error {
             errors.log(self.index, "send", &io::Error::from_raw_os_error(errno));
         }
-        tx.clear();
     }
 
     /// Decides every datagram of one receive slot (several when GRO coalesced a train).
@@ -180,43 +270,100 @@ impl Worker {
         };
         let data = &io.rx[slot_offset..slot_offset + meta.len];
         let stride = if meta.stride == 0 { meta.len.max(1) } else { meta.stride };
+        let usable = !appliance_ip.is_unspecified();
+        let mut runs = RunBuilder::default();
         let mut offset = slot_offset;
         for datagram in data.chunks(stride) {
             counters.received(datagram.len());
             let inject = &mut io.inject[*io.injected..];
-            let send = match self.pipeline.process(datagram, inject) {
+            let closed = match self.pipeline.process(datagram, inject) {
                 Outcome::SendBack(action) => {
                     counters.verdict(action, datagram.len());
-                    Some((offset, datagram.len()))
+                    if usable {
+                        runs.push(offset, datagram.len())
+                    } else {
+                        counters.drop(DropReason::SendFailed);
+                        runs.finish()
+                    }
                 }
                 Outcome::Withhold(action) => {
                     counters.verdict(action, datagram.len());
-                    None
+                    runs.finish()
                 }
                 Outcome::Reject { len } => {
                     counters.verdict(Action::Reject, datagram.len());
                     let at = RX_REGION + *io.injected;
                     *io.injected += len.next_multiple_of(8);
-                    Some((at, len))
+                    // The train's datagrams before the trigger go first.
+                    if let Some(run) = runs.finish() {
+                        io.tx.push_run(run, &addressing, counters);
+                    }
+                    io.tx.push_raw(&addressing, usable, at, len, counters);
+                    None
                 }
                 Outcome::Drop(reason) => {
                     counters.drop(reason);
-                    None
+                    runs.finish()
                 }
             };
-            if let Some((at, len)) = send {
-                let mut header = [0u8; OUTER_HEADER_LEN];
-                if appliance_ip.is_unspecified()
-                    || outer::emit(&mut header, &addressing, len).is_none()
-                {
-                    counters.drop(DropReason::SendFailed);
-                } else {
-                    io.tx.push(TxItem { header, offset: at, len, dst: addressing.dst });
-                }
+            if let Some(run) = closed {
+                io.tx.push_run(run, &addressing, counters);
             }
             offset += datagram.len();
         }
+        if let Some(run) = runs.finish() {
+            io.tx.push_run(run, &addressing, counters);
+        }
     }
+}
+
+/// What a worker will send at the next flush, in order: single packets for the raw socket,
+/// and runs of trains, each placed after the raw packets queued before it.
+struct SendQueue {
+    raw: Vec<TxItem>,
+    runs: Vec<QueuedRun>,
+    /// Scratch for a run that has to go out raw after all.
+    fallback: Vec<TxItem>,
+    /// The batch's clock, for the send-socket cache.
+    now_ms: u64,
+}
+
+struct QueuedRun {
+    run: Run,
+    addressing: OuterAddressing,
+    raw_before: usize,
+}
+
+impl SendQueue {
+    fn push_raw(
+        &mut self,
+        addressing: &OuterAddressing,
+        usable: bool,
+        at: usize,
+        len: usize,
+        counters: &mut Counters,
+    ) {
+        match raw_item(addressing, at, len).filter(|_| usable) {
+            Some(item) => self.raw.push(item),
+            None => counters.drop(DropReason::SendFailed),
+        }
+    }
+
+    /// A run of one datagram goes raw (batched with others); longer ones as one send.
+    fn push_run(&mut self, run: Run, addressing: &OuterAddressing, counters: &mut Counters) {
+        if run.count == 1 {
+            self.push_raw(addressing, true, run.offset, run.len, counters);
+        } else {
+            self.runs.push(QueuedRun { run, addressing: *addressing, raw_before: self.raw.len() });
+        }
+    }
+}
+
+/// A raw-socket packet: our outer header, then `len` bytes at `at`.
+fn raw_item(addressing: &OuterAddressing, at: usize, len: usize) -> Option<TxItem> {
+    let mut header = [0u8; OUTER_HEADER_LEN];
+    outer::emit(&mut header, addressing, len)?;
+    Some(TxItem { header, offset: at, len, dst: addressing.dst })
 }
 
 /// The buffers one slot is handled with: received datagrams, room for rejects, the send queue.
@@ -224,7 +371,7 @@ struct SlotIo<'a> {
     rx: &'a [u8],
     inject: &'a mut [u8],
     injected: &'a mut usize,
-    tx: &'a mut Vec<TxItem>,
+    tx: &'a mut SendQueue,
 }
 
 /// Logs repeated errors at most once per [`ERROR_LOG_INTERVAL`], with how many were held back.

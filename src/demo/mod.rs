@@ -213,6 +213,7 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
         mode: Mode::Inspect,
         receive_buffer: config.dataplane.receive_buffer,
         send_buffer: config.dataplane.send_buffer,
+        send_sockets: config.dataplane.send_sockets,
         flows: config.flows.per_pipeline(1),
     };
     let links = ControlLinks { snapshots: Some(Arc::clone(&state.snapshots)), flow_log: None };

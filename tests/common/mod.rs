@@ -216,6 +216,24 @@ impl GwlbPeer {
         self.senders[sender].send_to(datagram, to).unwrap();
     }
 
+    /// Sends `datagrams` (all of one size but the last, which may be shorter) from one source
+    /// port as ONE segmented send (UDP_SEGMENT): on loopback the appliance's GRO socket gets
+    /// them as one train, as from a NIC that coalesced a flow's burst.
+    pub fn send_train(&self, sender: usize, to: SocketAddr, datagrams: &[Vec<u8>]) {
+        let socket = quinn_udp::UdpSockRef::from(&self.senders[sender]);
+        let state = quinn_udp::UdpSocketState::new(socket).unwrap();
+        assert!(state.max_gso_segments() >= datagrams.len(), "this kernel has UDP GSO");
+        let contents = datagrams.concat();
+        let transmit = quinn_udp::Transmit {
+            destination: to,
+            ecn: None,
+            contents: &contents,
+            segment_size: Some(datagrams[0].len()),
+            src_ip: None,
+        };
+        state.try_send(quinn_udp::UdpSockRef::from(&self.senders[sender]), &transmit).unwrap();
+    }
+
     /// The next datagram sent back, or `None` after the read timeout.
     pub fn receive(&self) -> Option<(SocketAddr, Vec<u8>)> {
         let mut buf = vec![0u8; 65536];
@@ -265,6 +283,17 @@ pub fn ipv4_tcp(
         builder = builder.ack(5000);
     }
     let payload: Vec<u8> = (0..payload_len).map(|i| i as u8).collect();
+    let mut out = Vec::with_capacity(builder.size(payload.len()));
+    builder.write(&mut out, &payload).unwrap();
+    out
+}
+
+/// IPv4 TCP data segment with sequence number `seq` and `payload_len` bytes (distinct per seq).
+pub fn ipv4_tcp_seq(dport: u16, seq: u32, payload_len: usize) -> Vec<u8> {
+    let builder = etherparse::PacketBuilder::ipv4([10, 0, 1, 10], [10, 20, 0, 5], 64)
+        .tcp(40000, dport, seq, 65535)
+        .ack(5000);
+    let payload: Vec<u8> = (0..payload_len).map(|i| (i as u32 ^ seq) as u8).collect();
     let mut out = Vec::with_capacity(builder.size(payload.len()));
     builder.write(&mut out, &payload).unwrap();
     out
