@@ -183,6 +183,9 @@ pub struct FlowTable {
     index: HashTable<u32>,
     hasher: ahash::RandomState,
     hand: usize,
+    /// The slot of the flow looked up or inserted last: the datagrams of a GRO train are one
+    /// flow, so all but the first find it without hashing.
+    recent: Option<(FlowKey, u32)>,
     timeouts: Timeouts,
     evictions: u64,
 }
@@ -202,6 +205,7 @@ impl FlowTable {
             index: HashTable::with_capacity(capacity),
             hasher: ahash::RandomState::new(),
             hand: 0,
+            recent: None,
             timeouts,
             evictions: 0,
         }
@@ -227,7 +231,14 @@ impl FlowTable {
         now_ms: u64,
         ended: &mut impl FnMut(Flow, FlowEnd),
     ) -> Option<&mut Flow> {
-        let slot = self.find(key)?;
+        let slot = match self.recent {
+            Some((recent, slot)) if recent == *key => slot as usize,
+            _ => {
+                let slot = self.find(key)?;
+                self.recent = Some((*key, slot as u32));
+                slot
+            }
+        };
         let expired = self.slots[slot].as_ref().is_some_and(|s| {
             now_ms.saturating_sub(s.flow.last_seen_ms) > self.timeouts.of(&s.flow)
         });
@@ -275,6 +286,7 @@ impl FlowTable {
             }
         };
         let hash = self.hasher.hash_one(flow.key);
+        self.recent = Some((flow.key, slot as u32));
         let slots = &self.slots;
         self.index.insert_unique(hash, slot as u32, |&s| slot_hash(slots, s));
         &mut self.slots[slot].insert(Slot { hash, flow }).flow
@@ -318,6 +330,9 @@ impl FlowTable {
 
     fn remove_slot(&mut self, slot: usize) -> Flow {
         let taken = self.slots[slot].take().expect("slot is occupied");
+        if self.recent.is_some_and(|(_, recent)| recent as usize == slot) {
+            self.recent = None;
+        }
         if let Ok(entry) = self.index.find_entry(taken.hash, |&s| s as usize == slot) {
             entry.remove();
         }
@@ -415,6 +430,21 @@ mod tests {
         assert_eq!(ended.len(), 1);
         assert_eq!(ended[0].1, FlowEnd::Evicted);
         assert!(table.lookup(&key(2), 3, &mut |_, _| {}).is_some(), "the new flow is in");
+    }
+
+    #[test]
+    fn the_recent_flow_shortcut_never_outlives_its_flow() {
+        let mut table = FlowTable::new(1, Timeouts::default());
+        let none = &mut |_: Flow, _: FlowEnd| {};
+        table.insert(flow(key(1), 0, TcpState::Established), none);
+        assert!(table.lookup(&key(1), 1, none).is_some(), "found through the shortcut");
+        // Evicted by a new flow that takes the very same slot.
+        table.insert(flow(key(2), 2, TcpState::Established), none);
+        assert!(table.lookup(&key(1), 3, none).is_none());
+        assert_eq!(table.lookup(&key(2), 3, none).map(|f| f.key), Some(key(2)));
+        assert!(table.remove(&key(2)).is_some());
+        assert!(table.lookup(&key(2), 4, none).is_none(), "removed, not found again");
+        assert!(table.is_empty());
     }
 
     #[test]
