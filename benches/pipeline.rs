@@ -227,12 +227,28 @@ fn whole_pipeline(c: &mut Criterion) {
     assert_eq!(pipeline.flow_counts().active, flow_count as u64);
     let mut group = c.benchmark_group("pipeline_1M_flows");
     group.throughput(Throughput::Elements(1));
+    // Two flows in turn, so that every packet is a lookup in the 1M-flow index (a train of
+    // one flow takes the flow table's last-flow shortcut instead: `established_flow_train`).
     let established = tcp_packet(pod_ip(500), pod_ip(501), 1024, 8080, 128, false);
+    let other = tcp_packet(pod_ip(600), pod_ip(601), 1024, 8080, 128, false);
+    let mut turn = false;
     group.bench_function("established_flow_128B", |b| {
-        b.iter(|| pipeline.process(black_box(&established), &mut inject))
+        b.iter(|| {
+            turn = !turn;
+            let packet = if turn { &established } else { &other };
+            pipeline.process(black_box(packet), &mut inject)
+        })
     });
     let established_1500 = tcp_packet(pod_ip(500), pod_ip(501), 1024, 8080, 1500, false);
+    let other_1500 = tcp_packet(pod_ip(600), pod_ip(601), 1024, 8080, 1500, false);
     group.bench_function("established_flow_1500B", |b| {
+        b.iter(|| {
+            turn = !turn;
+            let packet = if turn { &established_1500 } else { &other_1500 };
+            pipeline.process(black_box(packet), &mut inject)
+        })
+    });
+    group.bench_function("established_flow_train", |b| {
         b.iter(|| pipeline.process(black_box(&established_1500), &mut inject))
     });
     // New flows into the full table (each one evicts one).
