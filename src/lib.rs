@@ -27,5 +27,6 @@ pub mod reject;
 pub mod replay;
 pub mod snapshot;
 pub mod sources;
+pub mod utc;
 pub mod wire;
 pub mod yaml_lines;

@@ -4,6 +4,7 @@
 //! Proven by AWS's SigV4 test suite (the query-signing vectors below) and, in
 //! tests/eks_token.rs, against botocore's presigner.
 
+use crate::utc::Civil;
 use ring::{digest, hmac};
 
 /// AWS credentials. `Debug` never prints the secret or the session token.
@@ -146,68 +147,21 @@ fn trim_header_value(value: &str) -> String {
 
 /// `YYYYMMDD` and `YYYYMMDDTHHMMSSZ` of a UNIX time (UTC).
 pub fn amz_dates(time: u64) -> (String, String) {
-    let (y, mo, d, h, mi, s) = civil(time);
-    (format!("{y:04}{mo:02}{d:02}"), format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z"))
+    let c = Civil::from_unix(time as i64);
+    let date = format!("{:04}{:02}{:02}", c.year, c.month, c.day);
+    let time = format!("{date}T{:02}{:02}{:02}Z", c.hour, c.minute, c.second);
+    (date, time)
 }
 
 /// RFC 3339 in UTC with a `Z`, seconds precision: `2026-11-27T15:20:30Z`.
 pub fn rfc3339(time: u64) -> String {
-    let (y, mo, d, h, mi, s) = civil(time);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    format!("{}Z", Civil::from_unix(time as i64).date_time())
 }
 
-/// The UNIX time of an RFC 3339 UTC time as AWS writes them (`2026-11-27T21:42:07Z`,
-/// fractions of a second ignored); `None` for anything else.
+/// The UNIX time of an RFC 3339 time as AWS writes them (`2026-11-27T21:42:07Z`, fractions of
+/// a second ignored); `None` for anything else or before 1970.
 pub fn parse_rfc3339(text: &str) -> Option<u64> {
-    let b = text.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    if !(text.ends_with('Z') && (b.len() == 20 || b[19] == b'.')) {
-        return None;
-    }
-    let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<u64>().ok();
-    let (y, mo, d) = (number(0..4)?, number(5..7)?, number(8..10)?);
-    let (h, mi, s) = (number(11..13)?, number(14..16)?, number(17..19)?);
-    if !(1970..=9999).contains(&y)
-        || !(1..=12).contains(&mo)
-        || !(1..=31).contains(&d)
-        || h > 23
-        || mi > 59
-        || s > 60
-    {
-        return None;
-    }
-    // days_from_civil (Howard Hinnant), the inverse of `civil`.
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * if mo > 2 { mo - 3 } else { mo + 9 } + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = (era * 146_097 + doe).checked_sub(719_468)?;
-    Some(days * 86_400 + h * 3600 + mi * 60 + s)
-}
-
-/// The UTC calendar date and time of a UNIX time (Howard Hinnant's civil_from_days).
-fn civil(time: u64) -> (u64, u64, u64, u64, u64, u64) {
-    let days = time / 86_400;
-    let secs = time % 86_400;
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day, secs / 3600, secs % 3600 / 60, secs % 60)
+    crate::utc::parse_rfc3339(text).and_then(|t| u64::try_from(t).ok())
 }
 
 #[cfg(test)]
@@ -348,8 +302,8 @@ mod tests {
             assert_eq!(parse_rfc3339(&rfc3339(time)), Some(time));
         }
         assert_eq!(parse_rfc3339("2015-08-30T12:36:00.123Z"), Some(SUITE_TIME));
-        for bad in ["", "2015-08-30 12:36:00Z", "2015-08-30T12:36:00+02:00", "2015-13-30T12:36:00Z"]
-        {
+        assert_eq!(parse_rfc3339("2015-08-30T14:36:00+02:00"), Some(SUITE_TIME));
+        for bad in ["", "2015-08-30 12:36:00Z", "1969-12-31T23:59:59Z", "2015-13-30T12:36:00Z"] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }

@@ -250,7 +250,12 @@ impl From<RawPod> for PodView {
         }
         PodView {
             labels: raw.metadata.labels.take().unwrap_or_default(),
-            created: raw.metadata.creation_timestamp.as_deref().and_then(unix_seconds).unwrap_or(0),
+            created: raw
+                .metadata
+                .creation_timestamp
+                .as_deref()
+                .and_then(crate::utc::parse_rfc3339)
+                .unwrap_or(0),
             metadata: raw.metadata.object_meta(),
             phase: status.phase,
             host_network: raw.spec.and_then(|s| s.host_network).unwrap_or(false),
@@ -359,44 +364,6 @@ macro_rules! core_v1_resource {
 core_v1_resource!(PodView, "Pod", "pods", k8s_openapi::NamespaceResourceScope);
 core_v1_resource!(NamespaceView, "Namespace", "namespaces", k8s_openapi::ClusterResourceScope);
 core_v1_resource!(NodeView, "Node", "nodes", k8s_openapi::ClusterResourceScope);
-
-/// `2024-05-01T12:00:00Z` (RFC 3339, as the API server writes timestamps) to Unix seconds.
-fn unix_seconds(text: &str) -> Option<i64> {
-    let b = text.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
-        return None;
-    }
-    let num = |range: std::ops::Range<usize>| -> Option<i64> {
-        text.get(range)?.parse::<u32>().ok().map(i64::from)
-    };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
-        return None;
-    }
-    // Days from the civil date (H. Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let mut seconds = days * 86_400 + hour * 3600 + minute * 60 + second;
-    // A numeric offset (`+02:00`) instead of `Z`.
-    let zone = text.get(19..)?.trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
-    if let Some(sign) =
-        zone.strip_prefix('+').map(|z| (1, z)).or(zone.strip_prefix('-').map(|z| (-1, z)))
-    {
-        let (factor, offset) = sign;
-        let h = offset.get(0..2)?.parse::<i64>().ok()?;
-        let m = offset.get(3..5)?.parse::<i64>().ok()?;
-        seconds -= factor * (h * 3600 + m * 60);
-    } else if zone != "Z" && zone != "z" {
-        return None;
-    }
-    Some(seconds)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Compact entries and the store.
@@ -1369,15 +1336,5 @@ mod tests {
         let mut reversed = pods.clone();
         reversed.reverse();
         assert_eq!(store_with(&pods).records(), store_with(&reversed).records());
-    }
-
-    #[test]
-    fn timestamps_parse_as_the_api_server_writes_them() {
-        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(unix_seconds("2000-03-01T00:00:01Z"), Some(951_868_801));
-        assert_eq!(unix_seconds("2024-05-01T12:00:00.123456Z"), Some(1_714_564_800));
-        assert_eq!(unix_seconds("2024-05-01T14:00:00+02:00"), Some(1_714_564_800));
-        assert_eq!(unix_seconds("yesterday"), None);
-        assert_eq!(unix_seconds("2024-13-01T00:00:00Z"), None);
     }
 }
