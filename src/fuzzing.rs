@@ -27,9 +27,20 @@ pub fn receive_path(data: &[u8]) {
         src_port: 50000,
         dst_port: 6081,
     };
+    // As a worker does: each datagram of a train after the first is decoded by comparison
+    // with the one before when it can be, which must agree with the full decode.
+    let mut previous: Option<&[u8]> = None;
     for datagram in train.chunks(stride) {
         let decoded = pipeline::decode(datagram);
-        match inspect.process(datagram, &mut inject) {
+        if let Some(before) = previous
+            && let Ok(before_decoded) = pipeline::decode(before)
+            && let Some(shortcut) = pipeline::decode_after(before, &before_decoded, datagram)
+        {
+            assert_eq!(Ok(shortcut), decoded, "the train shortcut agrees with decode");
+        }
+        let outcome = inspect.process_after(previous, datagram, &mut inject);
+        previous = Some(datagram);
+        match outcome {
             Outcome::SendBack(_) => {
                 let packet = decoded.expect("only decodable datagrams are sent back");
                 assert_eq!(

@@ -273,10 +273,14 @@ impl Worker {
         let usable = !appliance_ip.is_unspecified();
         let mut runs = RunBuilder::default();
         let mut offset = slot_offset;
+        // The datagram before in this train: the next one is decoded by comparison with it.
+        let mut previous: Option<&[u8]> = None;
         for datagram in data.chunks(stride) {
             counters.received(datagram.len());
             let inject = &mut io.inject[*io.injected..];
-            let closed = match self.pipeline.process(datagram, inject) {
+            let outcome = self.pipeline.process_after(previous, datagram, inject);
+            previous = Some(datagram);
+            let closed = match outcome {
                 Outcome::SendBack(action) => {
                     counters.verdict(action, datagram.len());
                     if usable {
