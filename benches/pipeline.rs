@@ -251,6 +251,14 @@ fn whole_pipeline(c: &mut Criterion) {
     group.bench_function("established_flow_train", |b| {
         b.iter(|| pipeline.process(black_box(&established_1500), &mut inject))
     });
+    // The same, decoded by comparison with the datagram before (what a worker does within a
+    // GRO train).
+    let previous = established_1500.clone();
+    group.bench_function("established_flow_train_by_comparison", |b| {
+        b.iter(|| {
+            pipeline.process_after(Some(&previous), black_box(&established_1500), &mut inject)
+        })
+    });
     // New flows into the full table (each one evicts one).
     let mut sport = 20_000u16;
     group.bench_function("new_flow_full_table", |b| {
