@@ -824,8 +824,9 @@ struct Publish {
     lost_reported: bool,
     /// When the last `Changes` was sent.
     last_sent: Option<Instant>,
-    /// No `Changes` before this: [`COALESCE`] (or twice the time the last took to gather)
-    /// after the last.
+    /// No `Changes` before this: [`COALESCE`] after the last. (A report costs what it holds,
+    /// and none is sent while the control plane has not taken the last, so a large report,
+    /// such as a relist's, needs no longer spacing.)
     not_before: Option<Instant>,
 }
 
@@ -1063,7 +1064,7 @@ impl ClusterWatch {
         }
         let changes = Arc::new(self.store.take_changes());
         let took = now.elapsed();
-        self.publish.not_before = Some(Instant::now() + COALESCE.max(took * 2));
+        self.publish.not_before = Some(Instant::now() + COALESCE);
         tracing::debug!(
             source = self.name,
             endpoints = changes.endpoints.len(),
