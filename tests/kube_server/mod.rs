@@ -429,11 +429,8 @@ impl FakeApiServer {
     /// creationTimestamp (when absent) and resourceVersion, and records the change.
     pub fn apply(&self, resource: &'static str, mut object: Value) {
         let mut state = self.shared.state.lock().unwrap();
-        state.rv += 1;
-        let rv = state.rv;
         let key = object_key(&object);
         let meta = &mut object["metadata"];
-        meta["resourceVersion"] = rv.to_string().into();
         if meta.get("uid").is_none() {
             let n = self.shared.uid_counter.fetch_add(1, Ordering::Relaxed);
             meta["uid"] = format!("00000000-0000-4000-8000-{n:012}").into();
@@ -441,9 +438,7 @@ impl FakeApiServer {
         if meta.get("creationTimestamp").is_none() {
             meta["creationTimestamp"] = "2024-05-01T12:00:00Z".into();
         }
-        object["kind"] = kind_name(resource).into();
-        object["apiVersion"] = "v1".into();
-        let text: Arc<str> = serde_json::to_string(&object).unwrap().into();
+        let (rv, text) = state.stamp(resource, &mut object);
         let objects = state.objects.get_mut(resource).unwrap();
         let kind =
             if objects.insert(key, Arc::clone(&text)).is_some() { "MODIFIED" } else { "ADDED" };
@@ -457,12 +452,8 @@ impl FakeApiServer {
     pub fn preload(&self, resource: &'static str, objects: impl IntoIterator<Item = Value>) {
         let mut state = self.shared.state.lock().unwrap();
         for mut object in objects {
-            state.rv += 1;
-            object["metadata"]["resourceVersion"] = state.rv.to_string().into();
-            object["kind"] = kind_name(resource).into();
-            object["apiVersion"] = "v1".into();
             let key = object_key(&object);
-            let text: Arc<str> = serde_json::to_string(&object).unwrap().into();
+            let (_, text) = state.stamp(resource, &mut object);
             state.objects.get_mut(resource).unwrap().insert(key, text);
         }
         state.compacted = state.rv;
@@ -489,11 +480,8 @@ impl FakeApiServer {
         else {
             return;
         };
-        state.rv += 1;
-        let rv = state.rv;
         let mut object: Value = serde_json::from_str(&text).unwrap();
-        object["metadata"]["resourceVersion"] = rv.to_string().into();
-        let text: Arc<str> = serde_json::to_string(&object).unwrap().into();
+        let (rv, text) = state.stamp(resource, &mut object);
         state.history.push(Change { rv, resource, kind: "DELETED", object: text });
         drop(state);
         self.shared.changed.send_modify(|v| *v += 1);
@@ -503,13 +491,7 @@ impl FakeApiServer {
     /// (the late delete of an old pod whose name a new pod has taken).
     pub fn send_delete_event(&self, resource: &'static str, object: &Value) {
         let mut state = self.shared.state.lock().unwrap();
-        state.rv += 1;
-        let rv = state.rv;
-        let mut object = object.clone();
-        object["metadata"]["resourceVersion"] = rv.to_string().into();
-        object["kind"] = kind_name(resource).into();
-        object["apiVersion"] = "v1".into();
-        let text: Arc<str> = serde_json::to_string(&object).unwrap().into();
+        let (rv, text) = state.stamp(resource, &mut object.clone());
         state.history.push(Change { rv, resource, kind: "DELETED", object: text });
         drop(state);
         self.shared.changed.send_modify(|v| *v += 1);
@@ -518,12 +500,8 @@ impl FakeApiServer {
     /// Replaces an object without any event (a change whose event was compacted away).
     pub fn replace_silently(&self, resource: &'static str, mut object: Value) {
         let mut state = self.shared.state.lock().unwrap();
-        state.rv += 1;
-        object["metadata"]["resourceVersion"] = state.rv.to_string().into();
-        object["kind"] = kind_name(resource).into();
-        object["apiVersion"] = "v1".into();
         let key = object_key(&object);
-        let text: Arc<str> = serde_json::to_string(&object).unwrap().into();
+        let (_, text) = state.stamp(resource, &mut object);
         state.objects.get_mut(resource).unwrap().insert(key, text);
     }
 
@@ -568,6 +546,18 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(128)
+}
+
+impl State {
+    /// Gives `object` the next resource version, its kind and API version; returns the version
+    /// and the object as stored and streamed.
+    fn stamp(&mut self, resource: &'static str, object: &mut Value) -> (u64, Arc<str>) {
+        self.rv += 1;
+        object["metadata"]["resourceVersion"] = self.rv.to_string().into();
+        object["kind"] = kind_name(resource).into();
+        object["apiVersion"] = "v1".into();
+        (self.rv, serde_json::to_string(object).unwrap().into())
+    }
 }
 
 fn key_of(namespace: &str, name: &str) -> String {
