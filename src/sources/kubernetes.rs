@@ -875,9 +875,15 @@ impl ClusterWatch {
         loop {
             let wake = self.next_wake();
             tokio::select! {
-                Some(item) = self.pods.next() => self.on_pod(item),
-                Some(item) = self.namespaces.next() => self.on_namespace(item),
-                Some(item) = self.nodes.next() => self.on_node(item),
+                Some(item) = self.pods.next() => {
+                    self.on_item(Kind::Pods, item, ClusterStore::apply_pod)
+                }
+                Some(item) = self.namespaces.next() => {
+                    self.on_item(Kind::Namespaces, item, ClusterStore::apply_namespace)
+                }
+                Some(item) = self.nodes.next() => {
+                    self.on_item(Kind::Nodes, item, ClusterStore::apply_node)
+                }
                 () = sleep_until(wake) => {}
                 () = self.events.closed() => return,
             }
@@ -889,16 +895,16 @@ impl ClusterWatch {
         }
     }
 
-    /// Takes every event that is already there, so that a burst becomes one rebuild.
+    /// Takes every event that is already there, so that a burst becomes one report.
     fn drain_ready(&mut self) {
         use futures::FutureExt;
         for _ in 0..DRAIN_MAX {
             if let Some(Some(item)) = self.pods.next().now_or_never() {
-                self.on_pod(item);
+                self.on_item(Kind::Pods, item, ClusterStore::apply_pod);
             } else if let Some(Some(item)) = self.namespaces.next().now_or_never() {
-                self.on_namespace(item);
+                self.on_item(Kind::Namespaces, item, ClusterStore::apply_namespace);
             } else if let Some(Some(item)) = self.nodes.next().now_or_never() {
-                self.on_node(item);
+                self.on_item(Kind::Nodes, item, ClusterStore::apply_node);
             } else {
                 return;
             }
@@ -912,33 +918,19 @@ impl ClusterWatch {
         restarts.chain(self.publish.at).chain(heartbeat).min()
     }
 
-    fn on_pod(&mut self, item: Result<Event<PodView>, watcher::Error>) {
+    /// One item of a kind's watch stream: an event goes into the store with `apply`.
+    fn on_item<K>(
+        &mut self,
+        kind: Kind,
+        item: Result<Event<K>, watcher::Error>,
+        apply: fn(&mut ClusterStore, Event<K>) -> Applied,
+    ) {
         match item {
             Ok(event) => {
-                let applied = self.store.apply_pod(event);
-                self.on_event(Kind::Pods, applied);
+                let applied = apply(&mut self.store, event);
+                self.on_event(kind, applied);
             }
-            Err(error) => self.on_error(Kind::Pods, &error),
-        }
-    }
-
-    fn on_namespace(&mut self, item: Result<Event<NamespaceView>, watcher::Error>) {
-        match item {
-            Ok(event) => {
-                let applied = self.store.apply_namespace(event);
-                self.on_event(Kind::Namespaces, applied);
-            }
-            Err(error) => self.on_error(Kind::Namespaces, &error),
-        }
-    }
-
-    fn on_node(&mut self, item: Result<Event<NodeView>, watcher::Error>) {
-        match item {
-            Ok(event) => {
-                let applied = self.store.apply_node(event);
-                self.on_event(Kind::Nodes, applied);
-            }
-            Err(error) => self.on_error(Kind::Nodes, &error),
+            Err(error) => self.on_error(kind, &error),
         }
     }
 
