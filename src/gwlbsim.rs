@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, IoSliceMut, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,10 +41,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSockRef, UdpSocketState};
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::conntrack::FlowKey;
-use crate::dataplane::sys::{self, RawSender, SEND_BATCH, TxItem, set_buffer_size, wait_readable};
+use crate::dataplane::sys::{
+    self, RawSender, SEND_BATCH, TxItem, bind_udp_receiver, wait_readable,
+};
 use crate::packet::{InnerPacket, Transport, ip_proto, tcp_flags};
 use crate::pipeline::{MAX_GENEVE_DATAGRAM, decode};
 use crate::wire::geneve::{PROTOCOL_IPV4, PROTOCOL_IPV6};
@@ -708,15 +709,7 @@ pub fn run(args: &GwlbSimArgs) -> anyhow::Result<()> {
 }
 
 fn bind_reply_socket(at: SocketAddrV4) -> anyhow::Result<std::net::UdpSocket> {
-    let bind = || -> io::Result<Socket> {
-        let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-        set_buffer_size(&socket, libc::SO_RCVBUFFORCE, RECEIVE_BUFFER, |s, n| {
-            s.set_recv_buffer_size(n)
-        });
-        socket.bind(&SocketAddr::V4(at).into())?;
-        Ok(socket)
-    };
-    bind().map(Into::into).with_context(|| {
+    bind_udp_receiver(at, RECEIVE_BUFFER).with_context(|| {
         format!(
             "cannot listen for replies on {at}: give --local an address of this host and \
              --reply-port a free port (the appliance's reply_port)"

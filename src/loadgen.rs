@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,10 +25,9 @@ use hdrhistogram::Histogram;
 use ipnet::IpNet;
 use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSockRef, UdpSocketState};
 use serde::Serialize;
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::dataplane::sys::{
-    GsoSocket, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RawSender, SEND_BATCH, TxItem, set_buffer_size,
+    GsoSocket, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RawSender, SEND_BATCH, TxItem, bind_udp_receiver,
     wait_readable,
 };
 use crate::wire::geneve::{PROTOCOL_IPV4, PROTOCOL_IPV6};
@@ -689,16 +688,8 @@ fn receive_loop(
 }
 
 fn bind_listen(listen: SocketAddrV4) -> anyhow::Result<std::net::UdpSocket> {
-    let bind = || -> io::Result<Socket> {
-        let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-        set_buffer_size(&socket, libc::SO_RCVBUFFORCE, RECEIVE_BUFFER, |s, n| {
-            s.set_recv_buffer_size(n)
-        });
-        socket.bind(&SocketAddr::V4(listen).into())?;
-        Ok(socket)
-    };
-    match bind() {
-        Ok(socket) => Ok(socket.into()),
+    match bind_udp_receiver(listen, RECEIVE_BUFFER) {
+        Ok(socket) => Ok(socket),
         Err(error) if error.kind() == io::ErrorKind::AddrInUse => bail!(
             "cannot listen on {listen}: the address is in use; give --listen a free address that \
              the appliance sends replies to (its reply_port)"

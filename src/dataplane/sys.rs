@@ -253,6 +253,15 @@ pub fn set_buffer_size(
     }
 }
 
+/// A UDP socket bound to `at` with a receive buffer of `buffer` bytes (forced past the
+/// sysctl cap when we may): how loadgen and gwlb-sim listen for what comes back.
+pub fn bind_udp_receiver(at: SocketAddrV4, buffer: usize) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    set_buffer_size(&socket, libc::SO_RCVBUFFORCE, buffer, |s, n| s.set_recv_buffer_size(n));
+    socket.bind(&std::net::SocketAddr::V4(at).into())?;
+    Ok(socket.into())
+}
+
 /// Waits until `fd` is readable or `timeout` passes; true when readable.
 pub fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
     let mut pollfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
