@@ -49,7 +49,7 @@ use crate::dataplane::sys::{
 use crate::packet::{InnerPacket, Transport, ip_proto, tcp_flags};
 use crate::pipeline::{MAX_GENEVE_DATAGRAM, decode};
 use crate::wire::geneve::{PROTOCOL_IPV4, PROTOCOL_IPV6};
-use crate::wire::outer::{self, OUTER_HEADER_LEN, OuterAddressing};
+use crate::wire::outer::{OUTER_HEADER_LEN, OuterAddressing};
 use crate::wire::{DropReason, GWLB_HEADER_LEN, GwlbOptions, emit_gwlb_header};
 
 /// Largest `--mtu`: the inner packet plus GENEVE must fit in the largest datagram GWLB sends.
@@ -665,6 +665,7 @@ pub fn run(args: &GwlbSimArgs) -> anyhow::Result<()> {
     let replies = bind_reply_socket(reply_at)?;
     let reply_state = UdpSocketState::new(UdpSockRef::from(&replies))
         .context("cannot set up the reply socket")?;
+    sys::skip_unused_control_messages(&replies, false).context("cannot set up the reply socket")?;
     let stop = Arc::new(AtomicBool::new(false));
     watch_signals(Arc::clone(&stop))?;
 
@@ -827,14 +828,8 @@ impl ForwardLoop<'_> {
                     src_port: wrap.port,
                     dst_port: appliance.port(),
                 };
-                let mut header = [0u8; OUTER_HEADER_LEN];
-                if outer::emit(&mut header, &addressing, GWLB_HEADER_LEN + len).is_some() {
-                    tx.push(TxItem {
-                        header,
-                        offset: at,
-                        len: GWLB_HEADER_LEN + len,
-                        dst: addressing.dst,
-                    });
+                if let Some(item) = TxItem::new(&addressing, at, GWLB_HEADER_LEN + len) {
+                    tx.push(item);
                 }
             }
             drop(table);

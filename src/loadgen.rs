@@ -28,10 +28,10 @@ use serde::Serialize;
 
 use crate::dataplane::sys::{
     GsoSocket, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RawSender, SEND_BATCH, TxItem, bind_udp_receiver,
-    wait_readable,
+    skip_unused_control_messages, wait_readable,
 };
 use crate::wire::geneve::{PROTOCOL_IPV4, PROTOCOL_IPV6};
-use crate::wire::outer::{self, OUTER_HEADER_LEN, OuterAddressing};
+use crate::wire::outer::{OUTER_HEADER_LEN, OuterAddressing};
 use crate::wire::{GWLB_HEADER_LEN, GwlbOptions, emit_gwlb_header};
 
 /// Smallest inner IP packet (`--size`).
@@ -256,6 +256,8 @@ pub fn generate(args: &LoadgenArgs) -> anyhow::Result<LoadgenReport> {
     let socket = bind_listen(args.listen)?;
     let state = UdpSocketState::new(UdpSockRef::from(&socket))
         .with_context(|| format!("cannot configure the socket on {}", args.listen))?;
+    skip_unused_control_messages(&socket, false)
+        .with_context(|| format!("cannot configure the socket on {}", args.listen))?;
     let checker = ReplyChecker {
         layout,
         geneve: flows.iter().map(|f| f.geneve_header()).collect(),
@@ -373,8 +375,9 @@ impl Layout {
 /// One flow, fixed for the whole run.
 #[derive(Debug)]
 struct Flow {
-    /// Outer IPv4 + UDP header: listen IP -> target, from this flow's own source port.
-    outer: [u8; OUTER_HEADER_LEN],
+    /// The raw send of one of its datagrams (at offset 0): listen IP -> target, from this
+    /// flow's own outer source port.
+    packet: TxItem,
     /// The first [`Layout::prefix_len`] bytes of the datagram, stamp zeroed.
     prefix: Box<[u8]>,
     /// Ones' complement sum that the template's transport checksum is the complement of;
@@ -429,15 +432,14 @@ fn build_flows(args: &LoadgenArgs, layout: &Layout) -> Vec<Flow> {
             rest.copy_from_slice(&inner[..rest.len()]);
             let checksum = &prefix[layout.checksum_offset..layout.checksum_offset + 2];
             let l4_sum = !u16::from_be_bytes([checksum[0], checksum[1]]);
-            let mut outer = [0u8; OUTER_HEADER_LEN];
             let addressing = OuterAddressing {
                 src: *args.listen.ip(),
                 dst: *args.target.ip(),
                 src_port: OUTER_PORT_BASE + i as u16,
                 dst_port: args.target.port(),
             };
-            outer::emit(&mut outer, &addressing, layout.datagram_len).expect("fits in IPv4");
-            Flow { outer, prefix: prefix.into(), l4_sum }
+            let packet = TxItem::new(&addressing, 0, layout.datagram_len).expect("fits in IPv4");
+            Flow { packet, prefix: prefix.into(), l4_sum }
         })
         .collect()
 }
@@ -541,12 +543,7 @@ fn send_loop(
             if gso.is_some() {
                 continue;
             }
-            tx.push(TxItem {
-                header: flow.outer,
-                offset: k * slot_len,
-                len: slot_len,
-                dst: *args.target.ip(),
-            });
+            tx.push(TxItem { offset: k * slot_len, ..flow.packet });
         }
         let report = match gso {
             Some(sockets) => send_trains(sockets, args, next, due, slot_len, &payloads),
@@ -831,11 +828,12 @@ mod tests {
         let mut ports = std::collections::HashSet::new();
         let mut cookies = std::collections::HashSet::new();
         for flow in &flows {
-            let outer = etherparse::Ipv4HeaderSlice::from_slice(&flow.outer).unwrap();
-            assert_eq!(outer.source_addr(), Ipv4Addr::new(127, 0, 0, 2));
-            assert_eq!(outer.destination_addr(), Ipv4Addr::LOCALHOST);
-            assert!(ports.insert(u16::from_be_bytes([flow.outer[20], flow.outer[21]])));
-            assert_eq!(u16::from_be_bytes([flow.outer[22], flow.outer[23]]), 6081);
+            assert_eq!(flow.packet.src, Ipv4Addr::new(127, 0, 0, 2));
+            assert_eq!(flow.packet.dst, Ipv4Addr::LOCALHOST);
+            let udp = etherparse::UdpHeaderSlice::from_slice(&flow.packet.udp).unwrap();
+            assert!(ports.insert(udp.source_port()));
+            assert_eq!(udp.destination_port(), 6081);
+            assert_eq!(usize::from(udp.length()), 8 + flow.packet.len);
             assert!(cookies.insert(flow.prefix[36..40].to_vec()));
         }
         assert_eq!(ports.len(), 300);

@@ -78,6 +78,8 @@ fn every_packet_kind_comes_back_byte_exact_from_every_source_port() {
         assert_eq!(ip.destination, [127, 0, 0, 2], "to the GWLB node that sent");
         assert_eq!(ip.protocol, etherparse::IpNumber::UDP);
         assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+        assert!(ip.dont_fragment, "DF set: GWLB does not fragment");
+        assert_eq!(ip.time_to_live, 64);
         let (udp, payload) = etherparse::UdpHeader::from_slice(rest).unwrap();
         assert_eq!(udp.destination_port, peer.reply_port());
         assert_eq!(usize::from(udp.length), 8 + payload.len());
@@ -89,6 +91,27 @@ fn every_packet_kind_comes_back_byte_exact_from_every_source_port() {
     }
     let metrics = appliance.metrics();
     assert_eq!(metric(&metrics, r#"labelwall_packets_total{verdict="allow"}"#), sent.len() as u64);
+}
+
+#[test]
+fn listening_on_every_address_answers_from_the_address_gwlb_sent_to() {
+    let peer = GwlbPeer::new(2);
+    let appliance = Appliance::start_listening_on(Ipv4Addr::UNSPECIFIED, peer.reply_port());
+    let capture = OuterCapture::open();
+    let datagram = gwlb_datagram(9, &ipv4_udp([10, 0, 1, 11], [10, 0, 2, 2], 5353, 53, 100));
+    // Two appliance addresses, twice each, alternating: one send socket per source address.
+    let targets = [[127, 0, 0, 1], [127, 0, 0, 3], [127, 0, 0, 1], [127, 0, 0, 3]];
+    for (i, target) in targets.iter().enumerate() {
+        let to = SocketAddr::from((*target, appliance.listen.port()));
+        peer.send(i % 2, to, &datagram);
+        let (from, reply) = peer.receive().expect("a reply from the appliance");
+        assert_eq!(from, SocketAddr::from((*target, peer.source_port(i % 2))), "reply {i}");
+        assert_eq!(reply, datagram);
+    }
+    let outer = capture.collect(peer.reply_port(), Duration::from_millis(300));
+    let sources: Vec<[u8; 4]> =
+        outer.iter().map(|p| etherparse::Ipv4Header::from_slice(p).unwrap().0.source).collect();
+    assert_eq!(sources, targets);
 }
 
 #[test]

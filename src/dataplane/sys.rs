@@ -1,13 +1,14 @@
 //! The only place with `unsafe`: the raw-socket `sendmmsg(2)` of the send-back path, the
-//! `sendmsg(2)` with a `UDP_SEGMENT` control message of the segmentation-offload path, a
-//! `poll(2)` wait, and the interface ioctls `labelwall gwlb-sim` needs for its TUN device.
+//! `sendmsg(2)` with a `UDP_SEGMENT` control message of the segmentation-offload path, socket
+//! options socket2 does not have, a `poll(2)` wait, and the interface ioctls `labelwall
+//! gwlb-sim` needs for its TUN device.
 //!
 //! Why unsafe: GWLB wants replies from its own source port to `reply_port`, which a UDP socket
-//! bound to 6081 cannot send, so replies go through an `IPPROTO_RAW` socket with a header we
-//! write. No maintained crate batches sends on a raw socket (quinn-udp only does UDP sockets),
-//! and one system call per packet would cost more than everything else on the path. Each
-//! message is two iovecs (our 28-byte header, the unchanged datagram in the receive buffer),
-//! so nothing is copied.
+//! bound to 6081 cannot send, so replies go through a raw `IPPROTO_UDP` socket with a UDP
+//! header we write. No maintained crate batches sends on a raw socket (quinn-udp only does UDP
+//! sockets), and one system call per packet would cost more than everything else on the path.
+//! Each message is two iovecs (our 8-byte UDP header, the unchanged datagram in the receive
+//! buffer), so nothing is copied.
 
 #![allow(unsafe_code)]
 
@@ -19,18 +20,33 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 
-use crate::wire::outer::OUTER_HEADER_LEN;
+use crate::wire::outer::{self, OUTER_HEADER_LEN, OuterAddressing, UDP_HEADER_LEN};
 
 /// Messages per `sendmmsg` call.
 pub const SEND_BATCH: usize = 64;
+/// Source addresses a [`RawSender`] keeps a socket for (an appliance answers from the one or
+/// few addresses GWLB sends to); past that the oldest socket is closed.
+const MAX_SOURCE_ADDRESSES: usize = 8;
 
-/// One packet to send: our outer header, then `len` bytes at `offset` in the payload buffer.
+/// One packet to send: a UDP header, then `len` bytes at `offset` in the payload buffer, from
+/// `src` to `dst`. The kernel writes the IPv4 header in front.
 #[derive(Debug, Clone, Copy)]
 pub struct TxItem {
-    pub header: [u8; OUTER_HEADER_LEN],
+    pub udp: [u8; UDP_HEADER_LEN],
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
     pub offset: usize,
     pub len: usize,
-    pub dst: Ipv4Addr,
+}
+
+impl TxItem {
+    /// The packet for a UDP payload of `len` bytes at `offset`, or `None` when it cannot fit
+    /// in one IPv4 packet.
+    pub fn new(addressing: &OuterAddressing, offset: usize, len: usize) -> Option<TxItem> {
+        let mut udp = [0u8; UDP_HEADER_LEN];
+        outer::emit_udp(&mut udp, addressing, len)?;
+        Some(TxItem { udp, src: addressing.src, dst: addressing.dst, offset, len })
+    }
 }
 
 /// What one [`RawSender::send`] achieved.
@@ -45,84 +61,181 @@ pub struct SendReport {
     pub last_error: Option<i32>,
 }
 
-/// An `IPPROTO_RAW` socket (implies `IP_HDRINCL`): we write the whole IPv4 header.
+/// Sends UDP datagrams with any source port through raw `IPPROTO_UDP` sockets: we write the
+/// UDP header, the kernel the IPv4 header (DF set, TTL 64, checksum).
+///
+/// Not `IPPROTO_RAW` (`IP_HDRINCL`, where we would write the IPv4 header too): the kernel
+/// routes such packets with "next hop known", which for a directly connected destination (GWLB
+/// in the appliance's subnet, or loopback) builds and frees a route entry for every packet,
+/// about 100 ns more per packet than a UDP socket's send. Without `IP_HDRINCL` the source
+/// address is the socket's own, so there is one socket per source address, bound to it.
+///
+/// A raw `IPPROTO_UDP` socket would also be handed a copy of every UDP datagram the host
+/// receives. Each socket is therefore connected to its own address: the kernel then copies to
+/// it only datagrams from that address to that address (none, in practice), and a filter that
+/// drops everything keeps even those out of its queue.
 #[derive(Debug)]
 pub struct RawSender {
-    socket: Socket,
+    send_buffer: usize,
+    /// Oldest first.
+    sockets: Vec<(Ipv4Addr, Socket)>,
 }
 
 impl RawSender {
-    /// Opens the raw socket; needs CAP_NET_RAW.
+    /// Checks that raw sockets may be opened (CAP_NET_RAW); sockets are opened per source
+    /// address on first use.
     pub fn open(send_buffer: usize) -> io::Result<Self> {
-        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))?;
-        set_buffer_size(&socket, libc::SO_SNDBUFFORCE, send_buffer, |s, n| {
-            s.set_send_buffer_size(n)
-        });
-        Ok(RawSender { socket })
+        drop(Self::raw_udp_socket()?);
+        Ok(RawSender { send_buffer, sockets: Vec::new() })
     }
 
-    /// Sends every item, batching system calls; a message the kernel refuses is counted as
+    fn raw_udp_socket() -> io::Result<Socket> {
+        Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP))
+    }
+
+    /// A socket sending from `src` (from the kernel's choice of source address when `src` is
+    /// unspecified).
+    fn open_from(&self, src: Ipv4Addr) -> io::Result<Socket> {
+        let socket = Self::raw_udp_socket()?;
+        // BPF "ret #0": accept nothing.
+        socket.attach_filter(&[SockFilter::new((libc::BPF_RET | libc::BPF_K) as u16, 0, 0, 0)])?;
+        let _ = socket.set_recv_buffer_size(0); // rounded up to the kernel's minimum
+        set_buffer_size(&socket, libc::SO_SNDBUFFORCE, self.send_buffer, |s, n| {
+            s.set_send_buffer_size(n)
+        });
+        set_int_option(&socket, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)?;
+        set_int_option(&socket, libc::IPPROTO_IP, libc::IP_TTL, i32::from(outer::TTL))?;
+        if !src.is_unspecified() {
+            let local = SocketAddrV4::new(src, 0);
+            socket.bind(&local.into())?;
+            socket.connect(&local.into())?;
+        }
+        Ok(socket)
+    }
+
+    /// The socket for `src`, opened on first use.
+    fn socket_for(&mut self, src: Ipv4Addr) -> io::Result<RawFd> {
+        if let Some((_, socket)) = self.sockets.iter().find(|(address, _)| *address == src) {
+            return Ok(socket.as_raw_fd());
+        }
+        let socket = self.open_from(src)?;
+        if self.sockets.len() == MAX_SOURCE_ADDRESSES {
+            self.sockets.remove(0);
+        }
+        let fd = socket.as_raw_fd();
+        self.sockets.push((src, socket));
+        Ok(fd)
+    }
+
+    /// Sends every item, batching system calls (one `sendmmsg` per run of items with the same
+    /// source address, up to [`SEND_BATCH`] each); a message the kernel refuses is counted as
     /// failed and skipped, the rest still go out.
     pub fn send(&mut self, items: &[TxItem], payloads: &[u8]) -> SendReport {
         let mut report = SendReport::default();
-        for chunk in items.chunks(SEND_BATCH) {
-            self.send_chunk(chunk, payloads, &mut report);
+        let mut rest = items;
+        while let Some(first) = rest.first() {
+            let same =
+                rest.iter().take(SEND_BATCH).take_while(|item| item.src == first.src).count();
+            let (chunk, after) = rest.split_at(same);
+            match self.socket_for(first.src) {
+                Ok(fd) => send_chunk(fd, chunk, payloads, &mut report),
+                Err(error) => {
+                    report.failed += chunk.len() as u64;
+                    report.last_error = error.raw_os_error();
+                }
+            }
+            rest = after;
         }
         report
     }
+}
 
-    fn send_chunk(&mut self, chunk: &[TxItem], payloads: &[u8], report: &mut SendReport) {
-        // SAFETY: all-zero is a valid value for these plain C structs.
-        let mut iovecs: [[libc::iovec; 2]; SEND_BATCH] = unsafe { zeroed() };
-        let mut addrs: [libc::sockaddr_in; SEND_BATCH] = unsafe { zeroed() };
-        let mut messages: [libc::mmsghdr; SEND_BATCH] = unsafe { zeroed() };
-        for (i, item) in chunk.iter().enumerate() {
-            let payload = &payloads[item.offset..item.offset + item.len];
-            iovecs[i] = [
-                libc::iovec { iov_base: item.header.as_ptr() as *mut _, iov_len: OUTER_HEADER_LEN },
-                libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() },
-            ];
-            addrs[i].sin_family = libc::AF_INET as libc::sa_family_t;
-            addrs[i].sin_addr.s_addr = u32::from_ne_bytes(item.dst.octets());
-            let header = &mut messages[i].msg_hdr;
-            header.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
-            header.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            header.msg_iov = iovecs[i].as_mut_ptr();
-            header.msg_iovlen = 2;
-        }
-        let fd = self.socket.as_raw_fd();
-        let mut done = 0;
-        while done < chunk.len() {
-            // SAFETY: `messages[done..chunk.len()]` are initialised above and point into
-            // `iovecs`, `addrs`, `chunk` and `payloads`, all of which outlive this call; the
-            // kernel only reads them.
-            let rc = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    messages.as_mut_ptr().add(done),
-                    (chunk.len() - done) as libc::c_uint,
-                    0,
-                )
-            };
-            if rc < 0 {
-                let error = io::Error::last_os_error();
-                if error.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                // sendmmsg reports the error of the first message it could not send.
-                report.failed += 1;
-                report.last_error = error.raw_os_error();
-                done += 1;
+fn send_chunk(fd: RawFd, chunk: &[TxItem], payloads: &[u8], report: &mut SendReport) {
+    // SAFETY: all-zero is a valid value for these plain C structs.
+    let mut iovecs: [[libc::iovec; 2]; SEND_BATCH] = unsafe { zeroed() };
+    let mut addrs: [libc::sockaddr_in; SEND_BATCH] = unsafe { zeroed() };
+    let mut messages: [libc::mmsghdr; SEND_BATCH] = unsafe { zeroed() };
+    for (i, item) in chunk.iter().enumerate() {
+        let payload = &payloads[item.offset..item.offset + item.len];
+        iovecs[i] = [
+            libc::iovec { iov_base: item.udp.as_ptr() as *mut _, iov_len: UDP_HEADER_LEN },
+            libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() },
+        ];
+        addrs[i].sin_family = libc::AF_INET as libc::sa_family_t;
+        addrs[i].sin_addr.s_addr = u32::from_ne_bytes(item.dst.octets());
+        let header = &mut messages[i].msg_hdr;
+        header.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
+        header.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        header.msg_iov = iovecs[i].as_mut_ptr();
+        header.msg_iovlen = 2;
+    }
+    let mut done = 0;
+    while done < chunk.len() {
+        // SAFETY: `messages[done..chunk.len()]` are initialised above and point into
+        // `iovecs`, `addrs`, `chunk` and `payloads`, all of which outlive this call; the
+        // kernel only reads them.
+        let rc = unsafe {
+            libc::sendmmsg(
+                fd,
+                messages.as_mut_ptr().add(done),
+                (chunk.len() - done) as libc::c_uint,
+                0,
+            )
+        };
+        if rc < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            report.calls += 1;
-            for item in &chunk[done..done + rc as usize] {
-                report.sent += 1;
-                report.sent_bytes += (OUTER_HEADER_LEN + item.len) as u64;
-            }
-            done += rc as usize;
+            // sendmmsg reports the error of the first message it could not send.
+            report.failed += 1;
+            report.last_error = error.raw_os_error();
+            done += 1;
+            continue;
         }
+        report.calls += 1;
+        for item in &chunk[done..done + rc as usize] {
+            report.sent += 1;
+            report.sent_bytes += (OUTER_HEADER_LEN + item.len) as u64;
+        }
+        done += rc as usize;
     }
+}
+
+/// Turns off the per-datagram control messages quinn-udp's `UdpSocketState::new` asks for but
+/// the caller does not use: the TOS byte always, the destination address (`IP_PKTINFO`) unless
+/// `destination` is wanted. Each costs the kernel a `put_cmsg` per datagram, together about
+/// 5% of a single packet's path on loopback. GRO segment sizes stay on.
+pub fn skip_unused_control_messages(
+    socket: &std::net::UdpSocket,
+    destination: bool,
+) -> io::Result<()> {
+    let socket = socket2::SockRef::from(socket);
+    set_int_option(&socket, libc::IPPROTO_IP, libc::IP_RECVTOS, 0)?;
+    if !destination {
+        set_int_option(&socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 0)?;
+    }
+    Ok(())
+}
+
+/// Sets an integer socket option.
+pub fn set_int_option(
+    socket: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: setsockopt with a valid fd and a pointer to a c_int of the right length.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// `UDP_SEGMENT` (linux/udp.h; not in the libc crate for glibc targets).
@@ -165,18 +278,7 @@ impl GsoSocket {
         let Ok(socket) = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)) else {
             return false;
         };
-        let value: libc::c_int = 1400;
-        // SAFETY: setsockopt with a valid fd and a pointer to a c_int of the right length.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_UDP,
-                UDP_SEGMENT,
-                (&value as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        rc == 0
+        set_int_option(&socket, libc::SOL_UDP, UDP_SEGMENT, 1400).is_ok()
     }
 
     /// Sends `data` to `dst` as datagrams of `segment_size` bytes (the last may be shorter)
@@ -238,17 +340,7 @@ pub fn set_buffer_size(
     fallback: impl Fn(&Socket, usize) -> io::Result<()>,
 ) {
     let value = size.min(i32::MAX as usize) as libc::c_int;
-    // SAFETY: setsockopt with a valid fd and a pointer to a c_int of the right length.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            force_option,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
+    if set_int_option(socket, libc::SOL_SOCKET, force_option, value).is_err() {
         let _ = fallback(socket, size);
     }
 }

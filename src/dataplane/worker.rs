@@ -11,13 +11,15 @@ use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSockRef, UdpSocketState};
 
 use super::send::{Run, RunBuilder, SendSockets};
 use super::stats::{Counters, Fallback};
-use super::sys::{GsoSocket, MAX_GSO_SEGMENTS, RawSender, TxItem, wait_readable};
+use super::sys::{
+    GsoSocket, MAX_GSO_SEGMENTS, RawSender, TxItem, skip_unused_control_messages, wait_readable,
+};
 use super::{ControlLinks, DataplaneSettings, WorkerStatus};
 use crate::pipeline::{Outcome, Pipeline};
 use crate::policy::Action;
 use crate::reject::MAX_REJECT_LEN;
 use crate::wire::DropReason;
-use crate::wire::outer::{self, OUTER_HEADER_LEN, OuterAddressing};
+use crate::wire::outer::{OUTER_HEADER_LEN, OuterAddressing};
 
 /// One receive slot holds a whole GRO train (the kernel caps those at 64 KiB).
 const SLOT_SIZE: usize = 64 * 1024;
@@ -93,6 +95,13 @@ impl Worker {
                 return;
             }
         };
+        // The destination address of each datagram is needed only to answer from it when
+        // listening on 0.0.0.0.
+        if let Err(error) =
+            skip_unused_control_messages(&self.socket, self.listen_ip.is_unspecified())
+        {
+            tracing::warn!(worker = self.index, %error, "cannot turn off unused control messages");
+        }
         tracing::debug!(worker = self.index, gro_segments = state.gro_segments(), "worker started");
         let mut storage = vec![0u8; RX_REGION + INJECT_REGION];
         let mut metas = [RecvMeta::default(); BATCH_SIZE];
@@ -212,7 +221,7 @@ impl Worker {
             let mut offset = run.offset;
             while offset < run.offset + run.len {
                 let len = run.segment.min(run.offset + run.len - offset);
-                if let Some(item) = raw_item(&a, offset, len) {
+                if let Some(item) = TxItem::new(&a, offset, len) {
                     tx.fallback.push(item);
                 } else {
                     counters.drop(DropReason::SendFailed);
@@ -347,7 +356,7 @@ impl SendQueue {
         len: usize,
         counters: &mut Counters,
     ) {
-        match raw_item(addressing, at, len).filter(|_| usable) {
+        match TxItem::new(addressing, at, len).filter(|_| usable) {
             Some(item) => self.raw.push(item),
             None => counters.drop(DropReason::SendFailed),
         }
@@ -361,13 +370,6 @@ impl SendQueue {
             self.runs.push(QueuedRun { run, addressing: *addressing, raw_before: self.raw.len() });
         }
     }
-}
-
-/// A raw-socket packet: our outer header, then `len` bytes at `at`.
-fn raw_item(addressing: &OuterAddressing, at: usize, len: usize) -> Option<TxItem> {
-    let mut header = [0u8; OUTER_HEADER_LEN];
-    outer::emit(&mut header, addressing, len)?;
-    Some(TxItem { header, offset: at, len, dst: addressing.dst })
 }
 
 /// The buffers one slot is handled with: received datagrams, room for rejects, the send queue.

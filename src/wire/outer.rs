@@ -2,16 +2,20 @@
 //!
 //! The data plane receives GENEVE on a UDP socket, so the kernel has already stripped and
 //! checked the outer headers. To send back with GWLB's ports preserved (source = the port GWLB
-//! sent from, destination = `reply_port`), it writes these 28 bytes itself in front of the
-//! unchanged GENEVE datagram and sends through a raw socket.
+//! sent from, destination = `reply_port`), it writes the UDP header itself in front of the
+//! unchanged GENEVE datagram ([`emit_udp`]) and sends through a raw UDP socket, whose kernel
+//! adds the IPv4 header (DF, TTL 64). [`emit`] writes all 28 bytes the same way, for what
+//! `labelwall replay` writes to its capture.
 
 use std::net::Ipv4Addr;
 
 /// IPv4 header (no options) + UDP header.
 pub const OUTER_HEADER_LEN: usize = 28;
 const IPV4_HEADER_LEN: usize = 20;
-const UDP_HEADER_LEN: usize = 8;
-const TTL: u8 = 64;
+/// The UDP header alone: what the data plane writes (the kernel adds the IPv4 header).
+pub const UDP_HEADER_LEN: usize = 8;
+/// The IPv4 TTL of what is sent back.
+pub const TTL: u8 = 64;
 const PROTOCOL_UDP: u8 = 17;
 /// Largest UDP payload an IPv4 packet can carry.
 pub const MAX_UDP_PAYLOAD: usize = u16::MAX as usize - OUTER_HEADER_LEN;
@@ -43,7 +47,6 @@ pub fn emit(
         return None;
     }
     let total_len = (OUTER_HEADER_LEN + payload_len) as u16;
-    let udp_len = (UDP_HEADER_LEN + payload_len) as u16;
     let (ip, udp) = header.split_at_mut(IPV4_HEADER_LEN);
     ip[0] = 0x45;
     ip[1] = 0;
@@ -57,6 +60,20 @@ pub fn emit(
     ip[16..20].copy_from_slice(&addressing.dst.octets());
     let checksum = ipv4_header_checksum(ip);
     ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+    emit_udp(udp.try_into().expect("UDP_HEADER_LEN bytes"), addressing, payload_len)
+}
+
+/// Writes the outer UDP header alone for a payload of `payload_len` bytes (checksum 0), as
+/// the send path hands it to the kernel; `None` if the payload cannot fit in one IPv4 packet.
+pub fn emit_udp(
+    udp: &mut [u8; UDP_HEADER_LEN],
+    addressing: &OuterAddressing,
+    payload_len: usize,
+) -> Option<()> {
+    if payload_len > MAX_UDP_PAYLOAD {
+        return None;
+    }
+    let udp_len = (UDP_HEADER_LEN + payload_len) as u16;
     udp[0..2].copy_from_slice(&addressing.src_port.to_be_bytes());
     udp[2..4].copy_from_slice(&addressing.dst_port.to_be_bytes());
     udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
@@ -117,6 +134,21 @@ mod tests {
         assert_eq!((udp.source_port, udp.destination_port), (55555, 6081));
         assert_eq!(usize::from(udp.length), 8 + payload.len());
         assert_eq!(data, &payload[..]);
+    }
+
+    #[test]
+    fn udp_header_alone_is_the_full_headers_tail() {
+        let addressing = OuterAddressing {
+            src: Ipv4Addr::new(10, 0, 1, 5),
+            dst: Ipv4Addr::new(10, 0, 0, 9),
+            src_port: 40000,
+            dst_port: 6081,
+        };
+        let (mut full, mut udp) = ([0u8; OUTER_HEADER_LEN], [0u8; UDP_HEADER_LEN]);
+        emit(&mut full, &addressing, 100).unwrap();
+        emit_udp(&mut udp, &addressing, 100).unwrap();
+        assert_eq!(udp, full[IPV4_HEADER_LEN..]);
+        assert!(emit_udp(&mut udp, &addressing, MAX_UDP_PAYLOAD + 1).is_none());
     }
 
     #[test]

@@ -63,6 +63,28 @@ impl Appliance {
         wrapper: &[&str],
         env: &[(&str, &str)],
     ) -> Appliance {
+        let (ip, port) = (APPLIANCE_IP, reply_port);
+        Appliance::launch(ip, port, workers, policy, inventory, extra, args, wrapper, env)
+    }
+
+    /// As [`Appliance::start`], listening on `ip` (0.0.0.0: every local address) instead of
+    /// 127.0.0.1; `listen` is then the port on 127.0.0.1.
+    pub fn start_listening_on(ip: Ipv4Addr, reply_port: u16) -> Appliance {
+        Appliance::launch(ip, reply_port, 1, ALLOW_ALL, None, "", &[], &[], &[])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        listen_ip: Ipv4Addr,
+        reply_port: u16,
+        workers: usize,
+        policy: &str,
+        inventory: Option<&str>,
+        extra: &str,
+        args: &[&str],
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> Appliance {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
         let mut extra = format!("policy: policy.yaml\n{extra}");
@@ -70,10 +92,11 @@ impl Appliance {
             std::fs::write(dir.path().join("inventory.yaml"), inventory).unwrap();
             extra.push_str("labels:\n  inventory: [inventory.yaml]\n");
         }
-        let listen = SocketAddr::from((APPLIANCE_IP, free_udp_port(APPLIANCE_IP)));
+        let listen = SocketAddr::from((APPLIANCE_IP, free_udp_port(listen_ip)));
         let admin = SocketAddr::from((APPLIANCE_IP, free_tcp_port(APPLIANCE_IP)));
+        let listen_at = SocketAddr::from((listen_ip, listen.port()));
         let config = format!(
-            "dataplane:\n  listen: {listen}\n  workers: {workers}\n  reply_port: {reply_port}\n\
+            "dataplane:\n  listen: {listen_at}\n  workers: {workers}\n  reply_port: {reply_port}\n\
              admin:\n  listen: {admin}\n{extra}"
         );
         let config_path = dir.path().join("labelwall.yaml");
