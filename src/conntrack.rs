@@ -250,6 +250,11 @@ impl FlowTable {
         self.slots[slot].as_mut().map(|s| &mut s.flow)
     }
 
+    /// Every tracked flow, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Flow> {
+        self.slots.iter().flatten().map(|slot| &slot.flow)
+    }
+
     /// Removes the flow for `key`, if any.
     pub fn remove(&mut self, key: &FlowKey) -> Option<Flow> {
         let slot = self.find(key)?;

@@ -3,6 +3,11 @@
 //! the code a worker runs on a datagram.
 
 use std::net::Ipv4Addr;
+use std::sync::{Arc, OnceLock};
+
+use crate::labels::LabelTable;
+use crate::policy::CompiledPolicy;
+use crate::snapshot::{RuleHits, Snapshot, SnapshotCell};
 
 use crate::pipeline::{self, FlowSettings, Mode, Outcome, Pipeline};
 use crate::reject::MAX_REJECT_LEN;
@@ -18,9 +23,15 @@ pub fn receive_path(data: &[u8]) {
     };
     // A small flow table: allocating the default one would dominate every execution.
     let flows = FlowSettings { max_flows: 64, ..FlowSettings::default() };
-    let mut inspect = Pipeline::new(Mode::Inspect, 0, Some(fuzz_snapshot()), flows, None);
+    let (cell, reference_cell) = (fuzz_snapshot(), fuzz_snapshot());
+    let mut inspect = Pipeline::new(Mode::Inspect, 0, Some(Arc::clone(&cell)), flows, None);
     inspect.begin_batch(0);
+    // Judges every datagram in full: what the train shortcuts must agree with.
+    let mut reference =
+        Pipeline::new(Mode::Inspect, 0, Some(Arc::clone(&reference_cell)), flows, None);
+    reference.begin_batch(0);
     let mut inject = [0u8; MAX_REJECT_LEN];
+    let mut reference_inject = [0u8; MAX_REJECT_LEN];
     let addressing = OuterAddressing {
         src: Ipv4Addr::new(10, 0, 0, 1),
         dst: Ipv4Addr::new(10, 0, 0, 2),
@@ -39,6 +50,11 @@ pub fn receive_path(data: &[u8]) {
             assert_eq!(Ok(shortcut), decoded, "the train shortcut agrees with decode");
         }
         let outcome = inspect.process_after(previous, datagram, &mut inject);
+        let judged_alone = reference.process(datagram, &mut reference_inject);
+        assert_eq!(outcome, judged_alone, "a datagram of a train is judged as on its own");
+        if let Outcome::Reject { len } = outcome {
+            assert_eq!(inject[..len], reference_inject[..len]);
+        }
         previous = Some(datagram);
         match outcome {
             Outcome::SendBack(_) => {
@@ -65,27 +81,36 @@ pub fn receive_path(data: &[u8]) {
             }
         }
     }
+    let flows_of = |p: &mut Pipeline| {
+        let mut flows: Vec<String> = p
+            .flows()
+            .map(|f| format!("{:?} {:?} {:?} {} {}", f.key, f.tcp, f.decision, f.packets, f.bytes))
+            .collect();
+        flows.sort();
+        flows
+    };
+    assert_eq!(flows_of(&mut inspect), flows_of(&mut reference), "same flows, same counts");
+    let (hits, reference_hits) = (&cell.load().rule_hits, &reference_cell.load().rule_hits);
+    for rule in (0..3).map(Some).chain([None]) {
+        assert_eq!(hits.count(0, rule), reference_hits.count(0, rule), "rule {rule:?} counts");
+    }
 }
 
 /// A policy that exercises every action: allow TCP to 10.20.0.0/24:3306, reject other TCP and
-/// UDP to it, audit 10.30/16, deny the rest.
-fn fuzz_snapshot() -> std::sync::Arc<crate::snapshot::SnapshotCell> {
-    static CELL: std::sync::OnceLock<std::sync::Arc<crate::snapshot::SnapshotCell>> =
-        std::sync::OnceLock::new();
-    std::sync::Arc::clone(CELL.get_or_init(build_fuzz_snapshot))
-}
-
-fn build_fuzz_snapshot() -> std::sync::Arc<crate::snapshot::SnapshotCell> {
-    use std::sync::Arc;
-    const POLICY: &str = "default_action: deny\ngroups:\n  db: {cidrs: [10.20.0.0/24, \"fd00:20::/64\"]}\n\
-        \x20 audited: {cidrs: [10.30.0.0/16]}\nrules:\n\
-        \x20 - {name: db, from: [any], to: [db], ports: [tcp/3306], action: allow}\n\
-        \x20 - {name: no-db, from: [any], to: [db], action: reject}\n\
-        \x20 - {name: audit, from: [any], to: [audited], action: audit}\n";
-    let policy = crate::policy::CompiledPolicy::parse(std::path::Path::new("fuzz.yaml"), POLICY)
-        .expect("the fuzz policy compiles");
-    let hits = Arc::new(crate::snapshot::RuleHits::new(1, policy.rules.len()));
-    let labels = Arc::new(crate::labels::LabelTable::default());
-    let snapshot = crate::snapshot::Snapshot::new(1, labels, Arc::new(policy), hits);
+/// UDP to it, audit 10.30/16, deny the rest. Each call gets its own rule counters.
+fn fuzz_snapshot() -> Arc<SnapshotCell> {
+    static POLICY: OnceLock<Arc<CompiledPolicy>> = OnceLock::new();
+    let policy = Arc::clone(POLICY.get_or_init(|| {
+        const POLICY: &str = "default_action: deny\ngroups:\n  db: {cidrs: [10.20.0.0/24, \"fd00:20::/64\"]}\n\
+            \x20 audited: {cidrs: [10.30.0.0/16]}\nrules:\n\
+            \x20 - {name: db, from: [any], to: [db], ports: [tcp/3306], action: allow}\n\
+            \x20 - {name: no-db, from: [any], to: [db], action: reject}\n\
+            \x20 - {name: audit, from: [any], to: [audited], action: audit}\n";
+        let policy = CompiledPolicy::parse(std::path::Path::new("fuzz.yaml"), POLICY)
+            .expect("the fuzz policy compiles");
+        Arc::new(policy)
+    }));
+    let hits = Arc::new(RuleHits::new(1, policy.rules.len()));
+    let snapshot = Snapshot::new(1, Arc::new(LabelTable::default()), policy, hits);
     Arc::new(arc_swap::ArcSwap::from_pointee(snapshot))
 }

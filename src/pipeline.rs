@@ -63,6 +63,13 @@ pub fn decode_after(
     decoded: &DecodedPacket,
     datagram: &[u8],
 ) -> Option<DecodedPacket> {
+    let transport = segment_after(previous, decoded, datagram)?;
+    Some(DecodedPacket { inner: InnerPacket { transport, ..decoded.inner }, ..*decoded })
+}
+
+/// The comparisons of [`decode_after`]: the transport header of `datagram` when it is a
+/// segment of the same flow as `previous` in the sense given there.
+fn segment_after(previous: &[u8], decoded: &DecodedPacket, datagram: &[u8]) -> Option<Transport> {
     let inner = &decoded.inner;
     let g = decoded.geneve_header_len;
     if datagram.len() != previous.len() || inner.fragment.is_some() {
@@ -109,7 +116,15 @@ pub fn decode_after(
         Transport::Udp { .. } if l4.get(..6)? == previous_l4.get(..6)? => inner.transport,
         _ => return None,
     };
-    Some(DecodedPacket { inner: InnerPacket { transport, ..*inner }, ..*decoded })
+    Some(transport)
+}
+
+/// The TCP flags of a transport header (0 for anything but TCP).
+fn tcp_flags_of(transport: &Transport) -> u8 {
+    match transport {
+        Transport::Tcp { flags, .. } => *flags,
+        _ => 0,
+    }
 }
 
 /// What the caller must do with a datagram.
@@ -179,6 +194,28 @@ pub struct Pipeline {
     created: u64,
     /// What the last datagram decoded to, for [`Pipeline::process_after`].
     last_decoded: Option<DecodedPacket>,
+    /// The flow the last judged datagram belongs to and its TCP state after it, set by
+    /// `judge_flow`.
+    judged: Option<(FlowKey, TcpState)>,
+    /// The last judged datagram's outcome, for copies of it later in its train.
+    repeat: Option<Repeat>,
+}
+
+/// What the datagram judged last in a train decided, for the datagrams after it that are
+/// copies of it but for the per-segment fields ([`segment_after`]) and carry the same TCP
+/// flags, which leave the flow's TCP state as it is. Judging such a copy changes nothing but
+/// the counters (same flow, same snapshot, same batch clock, same cookie), so a copy takes the
+/// outcome as it is and its counts are added to the flow and the rule once, when the run of
+/// copies ends ([`Pipeline::settle_repeats`]).
+#[derive(Debug, Clone, Copy)]
+struct Repeat {
+    outcome: Outcome,
+    key: FlowKey,
+    rule: Option<usize>,
+    flags: u8,
+    /// Copies since the judged datagram, not yet counted.
+    packets: u64,
+    bytes: u64,
 }
 
 impl Pipeline {
@@ -206,11 +243,15 @@ impl Pipeline {
             now_ms: 0,
             created: 0,
             last_decoded: None,
+            judged: None,
+            repeat: None,
         }
     }
 
     /// Called once per receive batch: picks up the newest snapshot and lets idle flows go.
     pub fn begin_batch(&mut self, now_ms: u64) {
+        // Under the batch's clock and snapshot that judged them.
+        self.settle_repeats();
         self.now_ms = now_ms;
         if let Some(cell) = &self.cell {
             let current = cell.load();
@@ -226,8 +267,15 @@ impl Pipeline {
 
     /// Ends every flow (writing end records); for shutdown.
     pub fn finish(&mut self) {
+        self.settle_repeats();
         let (flows, log, snapshot) = (&mut self.flows, &self.flow_log, &self.snapshot);
         flows.drain(&mut |flow, end| log_end(log, snapshot.as_ref(), flow, end));
+    }
+
+    /// Every tracked flow with everything counted so far (for tests and the fuzz target).
+    pub fn flows(&mut self) -> impl Iterator<Item = &Flow> {
+        self.settle_repeats();
+        self.flows.iter()
     }
 
     pub fn flow_counts(&self) -> FlowCounts {
@@ -255,6 +303,16 @@ impl Pipeline {
         if self.mode == Mode::Reflect {
             return Outcome::SendBack(Action::Allow);
         }
+        if let (Some(previous), Some(decoded), Some(repeat)) =
+            (previous, &self.last_decoded, self.repeat.as_mut())
+            && let Some(transport) = segment_after(previous, decoded, datagram)
+            && tcp_flags_of(&transport) == repeat.flags
+        {
+            repeat.packets += 1;
+            repeat.bytes += datagram.len() as u64;
+            return repeat.outcome;
+        }
+        self.settle_repeats();
         let shortcut = match (previous, &self.last_decoded) {
             (Some(previous), Some(decoded)) => decode_after(previous, decoded, datagram),
             _ => None,
@@ -277,20 +335,47 @@ impl Pipeline {
         let decision = self.judge(&snapshot, &packet, datagram.len());
         snapshot.rule_hits.add(self.worker, decision.rule);
         self.snapshot = Some(snapshot);
-        match decision.action {
+        let judged = self.judged.take().filter(|_| packet.inner.fragment.is_none());
+        let outcome = match decision.action {
             Action::Allow | Action::Audit => Outcome::SendBack(decision.action),
             Action::Deny => Outcome::Withhold(Action::Deny),
-            Action::Reject => {
-                match crate::reject::build(
-                    datagram,
-                    packet.geneve_header_len,
-                    &packet.inner,
-                    inject,
-                ) {
-                    Some(len) => Outcome::Reject { len },
-                    None => Outcome::Withhold(Action::Reject),
-                }
-            }
+            // Each reject is built from its own trigger: never repeated.
+            Action::Reject => return self.reject(datagram, &packet, inject),
+        };
+        let flags = tcp_flags_of(&packet.inner.transport);
+        self.repeat = judged.filter(|(_, tcp)| tcp.advance(flags) == *tcp).map(|(key, _)| Repeat {
+            outcome,
+            key,
+            rule: decision.rule,
+            flags,
+            packets: 0,
+            bytes: 0,
+        });
+        outcome
+    }
+
+    fn reject(&mut self, datagram: &[u8], packet: &DecodedPacket, inject: &mut [u8]) -> Outcome {
+        match crate::reject::build(datagram, packet.geneve_header_len, &packet.inner, inject) {
+            Some(len) => Outcome::Reject { len },
+            None => Outcome::Withhold(Action::Reject),
+        }
+    }
+
+    /// Counts the copies the last [`Repeat`] stood for into its flow and rule.
+    fn settle_repeats(&mut self) {
+        let Some(repeat) = self.repeat.take() else { return };
+        if repeat.packets == 0 {
+            return;
+        }
+        if let Some(snapshot) = &self.snapshot {
+            snapshot.rule_hits.add_many(self.worker, repeat.rule, repeat.packets);
+        }
+        let (flows, log, snapshot) = (&mut self.flows, &self.flow_log, &self.snapshot);
+        let mut ended = |flow: Flow, end: FlowEnd| log_end(log, snapshot.as_ref(), flow, end);
+        // Found through the table's last-flow shortcut: nothing touched the table since.
+        if let Some(flow) = flows.lookup(&repeat.key, self.now_ms, &mut ended) {
+            flow.packets += repeat.packets;
+            flow.bytes += repeat.bytes;
         }
     }
 
@@ -353,6 +438,7 @@ impl Pipeline {
                 flow.bytes += len as u64;
                 flow.tcp = flow.tcp.advance(flags);
                 flow.cookie = packet.gwlb.flow_cookie;
+                self.judged = Some((key, flow.tcp));
                 return flow.decision;
             }
             if let Some(old) = flows.remove(&key) {
@@ -402,6 +488,7 @@ impl Pipeline {
         };
         self.created += 1;
         let flow = flows.insert(flow, &mut ended);
+        self.judged = Some((key, flow.tcp));
         if wants_log(&flow.decision)
             && let Some(log) = log
         {
@@ -681,6 +768,84 @@ mod tests {
             assert_eq!(decode_after(&head, &decoded, &next[..next.len() - 1]), None);
         }
         assert!(taken > 1000, "the shortcut was taken {taken} times");
+    }
+
+    /// `next_segment` with the TCP flags set to `flags` (TCP only).
+    fn segment_with_flags(head: &[u8], n: u8, flags: u8) -> Vec<u8> {
+        let mut next = next_segment(head, n);
+        let decoded = decode(head).unwrap();
+        if decoded.inner.protocol == ip_proto::TCP {
+            let ip = decoded.geneve_header_len;
+            let l4 = match decoded.inner.src {
+                IpAddr::V4(_) => ip + usize::from(head[ip] & 0x0f) * 4,
+                IpAddr::V6(_) => ip + 40,
+            };
+            next[l4 + 13] = flags;
+        }
+        next
+    }
+
+    /// The flows of a pipeline, comparable.
+    fn flow_states(p: &mut Pipeline) -> Vec<String> {
+        let mut flows: Vec<String> = p
+            .flows()
+            .map(|f| format!("{:?} {:?} {:?} {} {}", f.key, f.tcp, f.decision, f.packets, f.bytes))
+            .collect();
+        flows.sort();
+        flows
+    }
+
+    #[test]
+    fn copies_in_a_train_take_the_judged_outcome_and_count_as_judging_each_would() {
+        const PSH_ACK: u8 = tcp_flags::PSH | tcp_flags::ACK;
+        const FIN_ACK: u8 = tcp_flags::FIN | tcp_flags::ACK;
+        const RST: u8 = tcp_flags::RST;
+        let flag_runs: [&[u8]; 4] = [
+            &[ACK, ACK, ACK, PSH_ACK, PSH_ACK, ACK],
+            &[ACK, ACK, FIN_ACK, FIN_ACK, FIN_ACK, ACK, ACK],
+            &[SYN, SYN, SYN_ACK, ACK, ACK, RST, RST, ACK, SYN, SYN],
+            &[PSH_ACK; 12],
+        ];
+        let mut heads = train_heads();
+        // Refused by a reject rule: every reject is built from its own trigger.
+        let mut rejected = heads[0].clone();
+        let at = decode(&rejected).unwrap().geneve_header_len + 24 + 2;
+        rejected[at..at + 2].copy_from_slice(&3307u16.to_be_bytes());
+        heads.push(rejected);
+        let (mut by_repeats, cell_a) = pipeline();
+        let (mut one_by_one, cell_b) = pipeline();
+        let (mut inject_a, mut inject_b) = ([0u8; MAX_REJECT_LEN], [0u8; MAX_REJECT_LEN]);
+        let mut taken = 0;
+        for (batch, flags) in flag_runs.iter().enumerate() {
+            for head in &heads {
+                let train: Vec<Vec<u8>> = flags
+                    .iter()
+                    .enumerate()
+                    .map(|(n, &f)| segment_with_flags(head, n as u8 + 1, f))
+                    .collect();
+                let mut previous: Option<&[u8]> = None;
+                for (n, datagram) in train.iter().enumerate() {
+                    let before = by_repeats.repeat.map_or(0, |r| r.packets);
+                    let a = by_repeats.process_after(previous, datagram, &mut inject_a);
+                    let b = one_by_one.process(datagram, &mut inject_b);
+                    assert_eq!(a, b, "batch {batch}, segment {n}");
+                    if let Outcome::Reject { len } = a {
+                        assert_eq!(inject_a[..len], inject_b[..len]);
+                    }
+                    taken += usize::from(by_repeats.repeat.is_some_and(|r| r.packets > before));
+                    previous = Some(datagram);
+                }
+            }
+            assert_eq!(flow_states(&mut by_repeats), flow_states(&mut one_by_one), "batch {batch}");
+            by_repeats.begin_batch(2 + batch as u64);
+            one_by_one.begin_batch(2 + batch as u64);
+        }
+        assert!(taken > 40, "copies were taken {taken} times");
+        let (hits_a, hits_b) = (&cell_a.load().rule_hits, &cell_b.load().rule_hits);
+        for rule in [Some(0), Some(1), None] {
+            assert_eq!(hits_a.count(0, rule), hits_b.count(0, rule), "rule {rule:?}");
+        }
+        assert_eq!(flow_states(&mut by_repeats), flow_states(&mut one_by_one));
     }
 
     #[test]

@@ -49,19 +49,27 @@ impl RuleHits {
     /// Counts one packet for `rule` (`None` = default action) on `worker`.
     #[inline]
     pub fn add(&self, worker: usize, rule: Option<usize>) {
+        self.add_many(worker, rule, 1);
+    }
+
+    /// Counts `packets` packets for `rule` on `worker`.
+    #[inline]
+    pub fn add_many(&self, worker: usize, rule: Option<usize>, packets: u64) {
         let Some(row) = self.rows.get(worker) else { return };
         let slot = &row[rule.unwrap_or(row.len() - 1).min(row.len() - 1)];
-        slot.store(slot.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        slot.store(slot.load(Ordering::Relaxed) + packets, Ordering::Relaxed);
+    }
+
+    /// What `worker` counted for `rule` (`None` = default action).
+    pub fn count(&self, worker: usize, rule: Option<usize>) -> u64 {
+        self.rows.get(worker).map_or(0, |row| {
+            row[rule.unwrap_or(row.len() - 1).min(row.len() - 1)].load(Ordering::Relaxed)
+        })
     }
 
     /// Total for `rule` (`None` = default action) over all workers.
     pub fn total(&self, rule: Option<usize>) -> u64 {
-        self.rows
-            .iter()
-            .map(|row| {
-                row[rule.unwrap_or(row.len() - 1).min(row.len() - 1)].load(Ordering::Relaxed)
-            })
-            .sum()
+        (0..self.rows.len()).map(|worker| self.count(worker, rule)).sum()
     }
 }
 
