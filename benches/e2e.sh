@@ -37,7 +37,8 @@ trap cleanup EXIT
 printf 'default_action: allow\n' >"$dir/allow.yaml"
 plain=""
 if command -v cc >/dev/null && cc -O2 -o "$dir/plain" benches/plain_reflector.c; then plain="$dir/plain"; fi
-port=$((20000 + RANDOM % 10000)); reply=$((port + 1)); admin=$((port + 2))
+# Above loadgen's per-flow source ports (20000 + flow, on 127.0.0.2 with --train).
+port=$((40000 + RANDOM % 20000)); reply=$((port + 1)); admin=$((port + 2))
 
 start_appliance() { # policy-file send-sockets [--reflect]
   cat >"$dir/labelwall.yaml" <<YAML

@@ -255,6 +255,12 @@ impl FlowTable {
         self.slots.iter().flatten().map(|slot| &slot.flow)
     }
 
+    /// The flow most recently found or inserted, while it is in the table.
+    pub fn recent_mut(&mut self) -> Option<&mut Flow> {
+        let (_, slot) = self.recent?;
+        self.slots[slot as usize].as_mut().map(|s| &mut s.flow)
+    }
+
     /// Removes the flow for `key`, if any.
     pub fn remove(&mut self, key: &FlowKey) -> Option<Flow> {
         let slot = self.find(key)?;

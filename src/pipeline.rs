@@ -194,9 +194,9 @@ pub struct Pipeline {
     created: u64,
     /// What the last datagram decoded to, for [`Pipeline::process_after`].
     last_decoded: Option<DecodedPacket>,
-    /// The flow the last judged datagram belongs to and its TCP state after it, set by
-    /// `judge_flow`.
-    judged: Option<(FlowKey, TcpState)>,
+    /// The TCP state of the flow the last judged datagram belongs to, after it; set by
+    /// `judge_flow` (that flow is then the flow table's most recent one).
+    judged: Option<TcpState>,
     /// The last judged datagram's outcome, for copies of it later in its train.
     repeat: Option<Repeat>,
 }
@@ -210,7 +210,6 @@ pub struct Pipeline {
 #[derive(Debug, Clone, Copy)]
 struct Repeat {
     outcome: Outcome,
-    key: FlowKey,
     rule: Option<usize>,
     flags: u8,
     /// Copies since the judged datagram, not yet counted.
@@ -312,7 +311,24 @@ impl Pipeline {
             repeat.bytes += datagram.len() as u64;
             return repeat.outcome;
         }
-        self.settle_repeats();
+        if self.repeat.is_some_and(|repeat| repeat.packets > 0) {
+            self.settle_repeats();
+        }
+        self.judge_datagram(previous, datagram, inject)
+    }
+
+    /// The full path of [`Pipeline::process_after`]: decode, judge, and remember the outcome
+    /// for copies. Kept out of line so that the copy path stays small.
+    #[inline(never)]
+    fn judge_datagram(
+        &mut self,
+        previous: Option<&[u8]>,
+        datagram: &[u8],
+        inject: &mut [u8],
+    ) -> Outcome {
+        if self.repeat.is_some() {
+            self.repeat = None;
+        }
         let shortcut = match (previous, &self.last_decoded) {
             (Some(previous), Some(decoded)) => decode_after(previous, decoded, datagram),
             _ => None,
@@ -343,14 +359,10 @@ impl Pipeline {
             Action::Reject => return self.reject(datagram, &packet, inject),
         };
         let flags = tcp_flags_of(&packet.inner.transport);
-        self.repeat = judged.filter(|(_, tcp)| tcp.advance(flags) == *tcp).map(|(key, _)| Repeat {
-            outcome,
-            key,
-            rule: decision.rule,
-            flags,
-            packets: 0,
-            bytes: 0,
-        });
+        if judged.is_some_and(|tcp| tcp.advance(flags) == tcp) {
+            let rule = decision.rule;
+            self.repeat = Some(Repeat { outcome, rule, flags, packets: 0, bytes: 0 });
+        }
         outcome
     }
 
@@ -362,6 +374,7 @@ impl Pipeline {
     }
 
     /// Counts the copies the last [`Repeat`] stood for into its flow and rule.
+    #[inline(never)]
     fn settle_repeats(&mut self) {
         let Some(repeat) = self.repeat.take() else { return };
         if repeat.packets == 0 {
@@ -370,10 +383,8 @@ impl Pipeline {
         if let Some(snapshot) = &self.snapshot {
             snapshot.rule_hits.add_many(self.worker, repeat.rule, repeat.packets);
         }
-        let (flows, log, snapshot) = (&mut self.flows, &self.flow_log, &self.snapshot);
-        let mut ended = |flow: Flow, end: FlowEnd| log_end(log, snapshot.as_ref(), flow, end);
-        // Found through the table's last-flow shortcut: nothing touched the table since.
-        if let Some(flow) = flows.lookup(&repeat.key, self.now_ms, &mut ended) {
+        // The judged datagram's flow: nothing touched the table since.
+        if let Some(flow) = self.flows.recent_mut() {
             flow.packets += repeat.packets;
             flow.bytes += repeat.bytes;
         }
@@ -438,7 +449,7 @@ impl Pipeline {
                 flow.bytes += len as u64;
                 flow.tcp = flow.tcp.advance(flags);
                 flow.cookie = packet.gwlb.flow_cookie;
-                self.judged = Some((key, flow.tcp));
+                self.judged = Some(flow.tcp);
                 return flow.decision;
             }
             if let Some(old) = flows.remove(&key) {
@@ -488,7 +499,7 @@ impl Pipeline {
         };
         self.created += 1;
         let flow = flows.insert(flow, &mut ended);
-        self.judged = Some((key, flow.tcp));
+        self.judged = Some(flow.tcp);
         if wants_log(&flow.decision)
             && let Some(log) = log
         {
