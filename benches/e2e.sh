@@ -20,7 +20,10 @@
 # reflector's fwd_pps), cpu_ns/pkt, and reply latency percentiles (meaningful only when paced).
 # Usage: benches/e2e.sh [SIZES...]   (default: 128 1500 8500; DURATION=5 seconds per case;
 #        RATE=pps paces loadgen, default as fast as possible; TRAINS="1 64" the train lengths;
-#        CASES="null reflector|..." limits the cases, by name)
+#        CASES="null reflector|..." limits the cases, by name; PERF=1 adds cpu1_ns/pkt: busy
+#        time of CPU 1 (where the appliance runs) per packet, sampled by `perf record` at 2 kHz,
+#        which counts the softirq work done there exactly and varies less between runs than
+#        the process's CPU time, kept by the scheduler tick)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # BIN=path uses that binary instead of building (to compare two builds).
@@ -63,14 +66,25 @@ loadgen() { # size train
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$appliance_pid/stat"; }
+# Runs loadgen (args: size train); with PERF=1 samples CPU 1 meanwhile into $dir/busy.
+measured_loadgen() {
+  if [ -z "${PERF:-}" ]; then echo 0 >"$dir/busy"; loadgen "$@"; return; fi
+  perf record -q -F 2000 -e cpu-clock -C 1 -o "$dir/perf.data" -- sleep "$duration" 2>/dev/null &
+  local perf_pid=$!
+  loadgen "$@"
+  wait "$perf_pid"
+  perf report -i "$dir/perf.data" -q --stdio --sort comm -F sample 2>/dev/null \
+    | awk '{n += $1} END {print n + 0}' >"$dir/busy"
+}
 counter() { # metric name: summed over workers
   curl -sf "127.0.0.1:$admin/metrics" | awk -v m="^$1" '$0 ~ m {n += $2} END {print n + 0}'
 }
 
 stop_appliance() { kill "$appliance_pid" 2>/dev/null || true; wait "$appliance_pid" 2>/dev/null || true; appliance_pid=""; }
 
-printf '%-6s %-5s %-22s %11s %11s %11s %8s %6s %11s %10s %10s\n' \
-  size train case sent_pps fwd_pps recv_pps gbit/s ratio cpu_ns/pkt p50_us p99_us
+printf '%-6s %-5s %-22s %11s %11s %11s %8s %6s %11s %10s %10s %s\n' \
+  size train case sent_pps fwd_pps recv_pps gbit/s ratio cpu_ns/pkt p50_us p99_us \
+  "${PERF:+cpu1_ns/pkt}"
 for size in ${sizes[*]}; do
  for train in ${trains[*]}; do
   ceiling=$(loadgen "$size" "$train")
@@ -91,7 +105,7 @@ for size in ${sizes[*]}; do
     esac
     if [ "$case" = "plain reflector (C)" ]; then
       ticks_before=$(cpu_ticks)
-      result=$(loadgen "$size" "$train")
+      result=$(measured_loadgen "$size" "$train")
       ticks=$(( $(cpu_ticks) - ticks_before ))
       stop_appliance
       packets=$(cat "$dir/plain.out"); back=$packets
@@ -101,7 +115,7 @@ for size in ${sizes[*]}; do
       ticks_before=$(cpu_ticks)
       packets_before=$(counter labelwall_worker_received_packets_total)
       back_before=$(counter labelwall_worker_sent_packets_total)
-      result=$(loadgen "$size" "$train")
+      result=$(measured_loadgen "$size" "$train")
       ticks=$(( $(cpu_ticks) - ticks_before ))
       packets=$(( $(counter labelwall_worker_received_packets_total) - packets_before ))
       back=$(( $(counter labelwall_worker_sent_packets_total) - back_before ))
@@ -110,17 +124,20 @@ for size in ${sizes[*]}; do
     base=${base:-$result}
     base_back=${base_back:-$back}
     python3 - "$size" "$case" "$result" "$base" "$ticks" "$packets" "$(getconf CLK_TCK)" \
-      "$back" "$base_back" "$train" <<'PY'
+      "$back" "$base_back" "$train" "$(cat "$dir/busy")" <<'PY'
 import json, sys
 size, case, r, b = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
 ticks, packets, hz = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 back, base_back, train = int(sys.argv[8]), int(sys.argv[9]), sys.argv[10]
+busy = int(sys.argv[11])
+cpu1 = f' {busy / 2000 * 1e9 / packets:>11.0f}' if busy and packets else ''
+
 seconds = r["duration_s"]
 ratio = back / base_back if base_back else 0
 cpu_ns = ticks / hz * 1e9 / packets if packets else 0
 print(f'{size:<6} {train:<5} {case:<22} {r["sent_pps"]:>11.0f} {back / seconds:>11.0f} {r["pps"]:>11.0f} '
       f'{r["gbps"]:>8.2f} {ratio:>6.2f} {cpu_ns:>11.0f} {r["latency_us"]["p50"]:>10.0f} '
-      f'{r["latency_us"]["p99"]:>10.0f}')
+      f'{r["latency_us"]["p99"]:>10.0f}{cpu1}')
 PY
   done
   python3 - "$size" "$ceiling" "$train" <<'PY'

@@ -20,7 +20,7 @@ use labelwall::pipeline::{FlowSettings, Mode, Pipeline, decode};
 use labelwall::policy::CompiledPolicy;
 use labelwall::reject::MAX_REJECT_LEN;
 use labelwall::snapshot::{RuleHits, Snapshot, SnapshotCell};
-use labelwall::wire::outer::{self, OUTER_HEADER_LEN, OuterAddressing};
+use labelwall::wire::outer::{self, OUTER_HEADER_LEN, OuterAddressing, UDP_HEADER_LEN};
 use labelwall::wire::{GWLB_HEADER_LEN, GwlbOptions, emit_gwlb_header};
 
 const SERVICES: u32 = 1_000;
@@ -173,6 +173,12 @@ fn parse_and_prepare(c: &mut Criterion) {
         src_port: 50000,
         dst_port: 6081,
     };
+    // What the send path writes per packet (the kernel adds the IPv4 header), and the whole
+    // outer header as `labelwall replay` writes it.
+    c.bench_function("sendback/udp_header", |b| {
+        let mut header = [0u8; UDP_HEADER_LEN];
+        b.iter(|| outer::emit_udp(&mut header, black_box(&addressing), black_box(1540)))
+    });
     c.bench_function("sendback/outer_header", |b| {
         let mut header = [0u8; OUTER_HEADER_LEN];
         b.iter(|| outer::emit(&mut header, black_box(&addressing), black_box(1540)))

@@ -1,0 +1,76 @@
+// What one packet costs through each way of sending a UDP datagram on this kernel, and what
+// the receive side's control messages cost: one thread sends N datagrams of SIZE bytes to a
+// UDP socket on 127.0.0.2 in sendmmsg batches of 32 (outer source ports cycling over 64, as
+// GWLB's flows) and drains them with recvmmsg, so the figure is send + loopback delivery +
+// receive per packet. Deterministic enough to compare paths (full batches, one core, no
+// second process). Used for docs/performance.md ("Single packets"); needs root.
+//   cc -O2 -o send_paths benches/send_paths.c
+//   taskset -c 1 ./send_paths MODE SIZE N [pktinfo]
+// MODE: udp (one UDP socket: the plain reflector's path, from a fixed port), rawhdr
+// (IPPROTO_RAW, IP_HDRINCL, 28-byte header iovec), rawudp (raw IPPROTO_UDP, 8-byte header
+// iovec, bound and connected to its own address: labelwall's path; NOCONNECT=1 skips the
+// connect, DSTRESET=1 drops the route the connect cached, "pktinfo" as 4th argument sets the
+// source per message instead of binding), udpport (64 UDP sockets, one per source port,
+// connected: one send per packet). RXCMSG=1 asks the receiver for IP_PKTINFO, UDP_GRO and
+// the sender's address, TOS=1 also for IP_RECVTOS.
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <linux/filter.h>
+#include <netinet/in.h>
+#include <netinet/ip.h>
+#include <netinet/udp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#define B 32
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+int main(int c, char **v) {
+  const char *mode = v[1]; int size = atoi(v[2]); long n = atol(v[3]); int pktinfo = c > 4;
+  int rx = socket(AF_INET, SOCK_DGRAM, 0); int buf = 32 << 20;
+  setsockopt(rx, SOL_SOCKET, SO_RCVBUFFORCE, &buf, 4);
+  struct sockaddr_in ra = {.sin_family = AF_INET, .sin_port = htons(40000 + getpid() % 20000)}; inet_pton(AF_INET, "127.0.0.2", &ra.sin_addr);
+  int rxc = getenv("RXCMSG") != 0, one = 1; static char rctl[B][128]; struct sockaddr_in rsrc[B];
+  if (rxc) { setsockopt(rx, IPPROTO_IP, IP_PKTINFO, &one, 4); if (getenv("TOS")) setsockopt(rx, IPPROTO_IP, IP_RECVTOS, &one, 4); setsockopt(rx, SOL_UDP, 104, &one, 4); }
+  if (bind(rx, (void *)&ra, sizeof ra)) { perror("bind rx"); return 1; }
+  struct sockaddr_in la = {.sin_family = AF_INET}; inet_pton(AF_INET, "127.0.0.1", &la.sin_addr);
+  int fd; int udp = !strcmp(mode, "udp"), hdr = !strcmp(mode, "rawhdr"), port = !strcmp(mode, "udpport"), nocon = getenv("NOCONNECT") != 0;
+  int pfd[64];
+  if (port) { for (int i = 0; i < 64; i++) { pfd[i] = socket(AF_INET, SOCK_DGRAM, 0); struct sockaddr_in b = la; b.sin_port = htons(30000 + i); if (bind(pfd[i], (void *)&b, sizeof b)) perror("bind port"); connect(pfd[i], (void *)&ra, sizeof ra); } }
+  if (udp || port) { fd = socket(AF_INET, SOCK_DGRAM, 0); bind(fd, (void *)&la, sizeof la); }
+  else if (hdr) fd = socket(AF_INET, SOCK_RAW, IPPROTO_RAW);
+  else { fd = socket(AF_INET, SOCK_RAW, IPPROTO_UDP); int d = IP_PMTUDISC_DO; setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &d, 4);
+    struct sock_filter f = {0x06, 0, 0, 0}; struct sock_fprog p = {1, &f}; setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &p, sizeof p);
+    if (!pktinfo) bind(fd, (void *)&la, sizeof la);
+    struct sockaddr_in d2 = {.sin_family = AF_INET}; inet_pton(AF_INET, "127.255.255.254", &d2.sin_addr); if (!nocon && connect(fd, (void *)&d2, sizeof d2)) perror("connect");
+    if (getenv("DSTRESET")) { int t = 4; setsockopt(fd, IPPROTO_IP, IP_TOS, &t, 4); t = 0; setsockopt(fd, IPPROTO_IP, IP_TOS, &t, 4); } }
+  setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &buf, 4);
+  static char payload[B][9100]; unsigned char h[B][28]; struct iovec iov[B][2]; struct mmsghdr m[B];
+  char ctl[B][64];
+  static char rbuf[B][9100]; struct iovec riov[B]; struct mmsghdr rm[B];
+  for (int i = 0; i < B; i++) { riov[i].iov_base = rbuf[i]; riov[i].iov_len = 9100; memset(&rm[i], 0, sizeof rm[i]); rm[i].msg_hdr.msg_iov = &riov[i]; rm[i].msg_hdr.msg_iovlen = 1; }
+  long sent = 0, got = 0; double t0 = now(); clock_t c0 = clock();
+  while (sent < n) {
+    memset(m, 0, sizeof m);
+    for (int i = 0; i < B; i++) {
+      struct iphdr *ip = (void *)h[i]; struct udphdr *u = (void *)(h[i] + 20);
+      memset(ip, 0, 20); ip->version = 4; ip->ihl = 5; ip->ttl = 64; ip->protocol = 17; ip->frag_off = htons(0x4000);
+      ip->tot_len = htons(28 + size); ip->saddr = la.sin_addr.s_addr; ip->daddr = ra.sin_addr.s_addr;
+      u->source = htons(30000 + (sent + i) % 64); u->dest = ra.sin_port; u->len = htons(8 + size); u->check = 0;
+      m[i].msg_hdr.msg_name = &ra; m[i].msg_hdr.msg_namelen = sizeof ra;
+      if (udp) { iov[i][0].iov_base = payload[i]; iov[i][0].iov_len = size; m[i].msg_hdr.msg_iovlen = 1; }
+      else { iov[i][0].iov_base = hdr ? h[i] : h[i] + 20; iov[i][0].iov_len = hdr ? 28 : 8; iov[i][1].iov_base = payload[i]; iov[i][1].iov_len = size; m[i].msg_hdr.msg_iovlen = 2; }
+      m[i].msg_hdr.msg_iov = iov[i];
+      if (pktinfo && !udp && !hdr) { struct cmsghdr *cm = (void *)ctl[i]; cm->cmsg_level = IPPROTO_IP; cm->cmsg_type = IP_PKTINFO; cm->cmsg_len = CMSG_LEN(sizeof(struct in_pktinfo));
+        struct in_pktinfo *pi = (void *)CMSG_DATA(cm); memset(pi, 0, sizeof *pi); pi->ipi_spec_dst = la.sin_addr; m[i].msg_hdr.msg_control = ctl[i]; m[i].msg_hdr.msg_controllen = CMSG_SPACE(sizeof *pi); }
+    }
+    int k; if (port) { for (int i = 0; i < B; i++) { if (send(pfd[(sent + i) % 64], payload[i], size, 0) < 0) perror("send"); } k = B; } else k = sendmmsg(fd, m, B, 0); if (k < 0) { perror("sendmmsg"); return 1; } sent += k;
+    if (rxc) for (int i = 0; i < B; i++) { rm[i].msg_hdr.msg_control = rctl[i]; rm[i].msg_hdr.msg_controllen = 128; rm[i].msg_hdr.msg_name = &rsrc[i]; rm[i].msg_hdr.msg_namelen = sizeof rsrc[i]; }
+    int r; while ((r = recvmmsg(rx, rm, B, MSG_DONTWAIT, 0)) > 0) got += r;
+  }
+  double dt = now() - t0; double cpu = (double)(clock() - c0) / CLOCKS_PER_SEC;
+  printf("%-7s %s size %d sent %ld got %ld wall %.0f ns/pkt cpu %.0f ns/pkt\n", mode, pktinfo ? "pktinfo" : "", size, sent, got, dt * 1e9 / sent, cpu * 1e9 / sent);
+  return 0;
+}
