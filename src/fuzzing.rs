@@ -110,7 +110,9 @@ fn fuzz_snapshot() -> Arc<SnapshotCell> {
             .expect("the fuzz policy compiles");
         Arc::new(policy)
     }));
+    static LABELS: OnceLock<Arc<LabelTable>> = OnceLock::new();
+    let labels = Arc::clone(LABELS.get_or_init(|| Arc::new(LabelTable::default())));
     let hits = Arc::new(RuleHits::new(1, policy.rules.len()));
-    let snapshot = Snapshot::new(1, Arc::new(LabelTable::default()), policy, hits);
+    let snapshot = Snapshot::new(1, labels, policy, hits);
     Arc::new(arc_swap::ArcSwap::from_pointee(snapshot))
 }

@@ -93,8 +93,10 @@ impl RawSender {
         Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP))
     }
 
-    /// A socket sending from `src` (from the kernel's choice of source address when `src` is
-    /// unspecified).
+    /// A socket sending from `src`. When `src` is unspecified (loadgen or gwlb-sim told to
+    /// listen on 0.0.0.0; never the data plane, which answers from a known address) the kernel
+    /// picks the source address, and the socket, unconnected, is handed copies of incoming UDP
+    /// that its filter drops.
     fn open_from(&self, src: Ipv4Addr) -> io::Result<Socket> {
         let socket = Self::raw_udp_socket()?;
         // BPF "ret #0": accept nothing.
