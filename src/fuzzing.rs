@@ -81,19 +81,22 @@ pub fn receive_path(data: &[u8]) {
             }
         }
     }
-    let flows_of = |p: &mut Pipeline| {
-        let mut flows: Vec<String> = p
-            .flows()
-            .map(|f| format!("{:?} {:?} {:?} {} {}", f.key, f.tcp, f.decision, f.packets, f.bytes))
-            .collect();
-        flows.sort();
-        flows
-    };
-    assert_eq!(flows_of(&mut inspect), flows_of(&mut reference), "same flows, same counts");
+    assert_eq!(flow_states(&mut inspect), flow_states(&mut reference), "same flows, same counts");
     let (hits, reference_hits) = (&cell.load().rule_hits, &reference_cell.load().rule_hits);
     for rule in (0..3).map(Some).chain([None]) {
         assert_eq!(hits.count(0, rule), reference_hits.count(0, rule), "rule {rule:?} counts");
     }
+}
+
+/// Every flow of `pipeline` (key, TCP state, decision, packets, bytes), sorted: comparable
+/// between two pipelines fed the same datagrams.
+pub fn flow_states(pipeline: &mut Pipeline) -> Vec<String> {
+    let mut flows: Vec<String> = pipeline
+        .flows()
+        .map(|f| format!("{:?} {:?} {:?} {} {}", f.key, f.tcp, f.decision, f.packets, f.bytes))
+        .collect();
+    flows.sort();
+    flows
 }
 
 /// A policy that exercises every action: allow TCP to 10.20.0.0/24:3306, reject other TCP and

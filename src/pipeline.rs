@@ -194,9 +194,6 @@ pub struct Pipeline {
     created: u64,
     /// What the last datagram decoded to, for [`Pipeline::process_after`].
     last_decoded: Option<DecodedPacket>,
-    /// The TCP state of the flow the last judged datagram belongs to, after it; set by
-    /// `judge_flow` (that flow is then the flow table's most recent one).
-    judged: Option<TcpState>,
     /// The last judged datagram's outcome, for copies of it later in its train.
     repeat: Option<Repeat>,
 }
@@ -242,7 +239,6 @@ impl Pipeline {
             now_ms: 0,
             created: 0,
             last_decoded: None,
-            judged: None,
             repeat: None,
         }
     }
@@ -351,7 +347,12 @@ impl Pipeline {
         let decision = self.judge(&snapshot, &packet, datagram.len());
         snapshot.rule_hits.add(self.worker, decision.rule);
         self.snapshot = Some(snapshot);
-        let judged = self.judged.take().filter(|_| packet.inner.fragment.is_none());
+        // A datagram that is no fragment was judged by its flow, which is now the flow table's
+        // most recent one.
+        let judged = match packet.inner.fragment {
+            None => self.flows.recent_mut().map(|flow| flow.tcp),
+            Some(_) => None,
+        };
         let outcome = match decision.action {
             Action::Allow | Action::Audit => Outcome::SendBack(decision.action),
             Action::Deny => Outcome::Withhold(Action::Deny),
@@ -449,7 +450,6 @@ impl Pipeline {
                 flow.bytes += len as u64;
                 flow.tcp = flow.tcp.advance(flags);
                 flow.cookie = packet.gwlb.flow_cookie;
-                self.judged = Some(flow.tcp);
                 return flow.decision;
             }
             if let Some(old) = flows.remove(&key) {
@@ -499,7 +499,6 @@ impl Pipeline {
         };
         self.created += 1;
         let flow = flows.insert(flow, &mut ended);
-        self.judged = Some(flow.tcp);
         if wants_log(&flow.decision)
             && let Some(log) = log
         {
@@ -589,6 +588,7 @@ fn log_end(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzzing::flow_states;
     use crate::labels::LabelTable;
     use crate::policy::CompiledPolicy;
     use crate::reject::MAX_REJECT_LEN;
@@ -796,24 +796,16 @@ mod tests {
         next
     }
 
-    /// The flows of a pipeline, comparable.
-    fn flow_states(p: &mut Pipeline) -> Vec<String> {
-        let mut flows: Vec<String> = p
-            .flows()
-            .map(|f| format!("{:?} {:?} {:?} {} {}", f.key, f.tcp, f.decision, f.packets, f.bytes))
-            .collect();
-        flows.sort();
-        flows
-    }
-
     #[test]
     fn copies_in_a_train_take_the_judged_outcome_and_count_as_judging_each_would() {
         const PSH_ACK: u8 = tcp_flags::PSH | tcp_flags::ACK;
         const FIN_ACK: u8 = tcp_flags::FIN | tcp_flags::ACK;
         const RST: u8 = tcp_flags::RST;
-        let flag_runs: [&[u8]; 4] = [
+        let flag_runs: [&[u8]; 5] = [
             &[ACK, ACK, ACK, PSH_ACK, PSH_ACK, ACK],
-            &[ACK, ACK, FIN_ACK, FIN_ACK, FIN_ACK, ACK, ACK],
+            // Two FINs: the second closes what the first half-closed (not steady).
+            &[ACK, ACK, FIN_ACK, FIN_ACK, ACK, ACK],
+            &[ACK, FIN_ACK, FIN_ACK, FIN_ACK, ACK],
             &[SYN, SYN, SYN_ACK, ACK, ACK, RST, RST, ACK, SYN, SYN],
             &[PSH_ACK; 12],
         ];
