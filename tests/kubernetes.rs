@@ -839,8 +839,17 @@ fn in_cluster_the_service_account_token_and_authority_reach_the_api_server_over_
         [("KUBERNETES_SERVICE_HOST", "127.0.0.1"), ("KUBERNETES_SERVICE_PORT", port.as_str())];
     let peer = GwlbPeer::new(1);
     let clusters = "labels:\n  kubernetes:\n    - cluster: c1\n      in_cluster: true\n";
-    let appliance =
-        Appliance::start_wrapped(peer.reply_port(), 1, POLICY, None, clusters, &[], &wrapper, &env);
+    let appliance = Appliance::start_wrapped(
+        APPLIANCE_IP,
+        peer.reply_port(),
+        1,
+        POLICY,
+        None,
+        clusters,
+        &[],
+        &wrapper,
+        &env,
+    );
     // Ready means every kind was listed, which the server only allows with the token.
     let log = || appliance.log();
     wait_verdict(&peer, appliance.listen, POD_A, 3306, Verdict::Allowed, &log);

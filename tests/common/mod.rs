@@ -47,34 +47,21 @@ impl Appliance {
         extra: &str,
         args: &[&str],
     ) -> Appliance {
-        Appliance::start_wrapped(reply_port, workers, policy, inventory, extra, args, &[], &[])
-    }
-
-    /// As [`Appliance::start_with`], the binary started as the last arguments of `wrapper`
-    /// (a program and its first arguments, e.g. `unshare ...`), with `env` added.
-    #[allow(clippy::too_many_arguments)]
-    pub fn start_wrapped(
-        reply_port: u16,
-        workers: usize,
-        policy: &str,
-        inventory: Option<&str>,
-        extra: &str,
-        args: &[&str],
-        wrapper: &[&str],
-        env: &[(&str, &str)],
-    ) -> Appliance {
-        let (ip, port) = (APPLIANCE_IP, reply_port);
-        Appliance::launch(ip, port, workers, policy, inventory, extra, args, wrapper, env)
+        let ip = APPLIANCE_IP;
+        Appliance::start_wrapped(ip, reply_port, workers, policy, inventory, extra, args, &[], &[])
     }
 
     /// As [`Appliance::start`], listening on `ip` (0.0.0.0: every local address) instead of
     /// 127.0.0.1; `listen` is then the port on 127.0.0.1.
     pub fn start_listening_on(ip: Ipv4Addr, reply_port: u16) -> Appliance {
-        Appliance::launch(ip, reply_port, 1, ALLOW_ALL, None, "", &[], &[], &[])
+        Appliance::start_wrapped(ip, reply_port, 1, ALLOW_ALL, None, "", &[], &[], &[])
     }
 
+    /// As [`Appliance::start_with`], listening on `listen_ip`, the binary started as the last
+    /// arguments of `wrapper` (a program and its first arguments, e.g. `unshare ...`), with
+    /// `env` added.
     #[allow(clippy::too_many_arguments)]
-    fn launch(
+    pub fn start_wrapped(
         listen_ip: Ipv4Addr,
         reply_port: u16,
         workers: usize,
