@@ -26,9 +26,11 @@
 #        the process's CPU time, kept by the scheduler tick)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# BIN=path uses that binary instead of building (to compare two builds).
+# BIN=path uses that binary instead of building (to compare two builds); LOADGEN=path runs
+# loadgen from another binary (default: BIN), so that two appliance builds face the same one.
 if [ -z "${BIN:-}" ]; then cargo build --release -q; fi
 bin=${BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/labelwall}
+loadgen_bin=${LOADGEN:-$bin}
 duration=${DURATION:-5}
 sizes=("${@:-128 1500 8500}")
 trains=(${TRAINS:-1 64})
@@ -60,7 +62,7 @@ YAML
 }
 
 loadgen() { # size train
-  taskset -c 0 "$bin" loadgen --target "127.0.0.1:$port" --listen "127.0.0.2:$reply" \
+  taskset -c 0 "$loadgen_bin" loadgen --target "127.0.0.1:$port" --listen "127.0.0.2:$reply" \
     --size "$1" --train "$2" --duration "$duration" --proto tcp --src 10.0.1.15/32 \
     --dst 10.20.0.0/24 --dport 3306 --flows 64 ${RATE:+--rate $RATE} --json
 }
