@@ -228,16 +228,8 @@ fn run(path: &Path, reflect: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     init_tracing(&config.log);
     let workers = config.dataplane.worker_count();
-    let settings = DataplaneSettings {
-        listen: config.dataplane.listen,
-        workers,
-        reply_port: config.dataplane.reply_port,
-        mode: if reflect { Mode::Reflect } else { Mode::Inspect },
-        receive_buffer: config.dataplane.receive_buffer,
-        send_buffer: config.dataplane.send_buffer,
-        send_sockets: config.dataplane.send_sockets,
-        flows: config.flows.per_pipeline(workers),
-    };
+    let mode = if reflect { Mode::Reflect } else { Mode::Inspect };
+    let settings = DataplaneSettings::new(&config, workers, mode);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

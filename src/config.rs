@@ -55,6 +55,10 @@ pub struct DataplaneConfig {
     /// Per-port UDP send sockets each worker keeps for segmentation offload of GRO trains
     /// (least recently used evicted); 0 sends everything through the raw socket.
     pub send_sockets: usize,
+    /// Single packets to a GWLB node whose next hop the kernel's neighbour table knows go out
+    /// as Ethernet frames through a packet socket (past the kernel's IP output path); false
+    /// sends everything through the raw socket.
+    pub packet_socket: bool,
 }
 
 impl Default for DataplaneConfig {
@@ -66,6 +70,7 @@ impl Default for DataplaneConfig {
             receive_buffer: 8 << 20,
             send_buffer: 8 << 20,
             send_sockets: DEFAULT_SEND_SOCKETS,
+            packet_socket: true,
         }
     }
 }

@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::control::ControlState;
-use crate::dataplane::{self, Fallback, SocketEvent, WorkerStatus};
+use crate::dataplane::{self, Fallback, SendPath, SocketEvent, WorkerStatus};
 use crate::policy::Action;
 use crate::wire::DropReason;
 
@@ -131,16 +131,15 @@ impl Collector for DataplaneCollector {
             e,
             "labelwall_send_packets",
             "Packets sent back to GWLB by path: gso (a train as one segmented UDP send from a \
-             per-port socket) or raw (the raw IPv4 socket, one packet per message).",
-            [true, false]
-                .map(|gso| ([("path", if gso { "gso" } else { "raw" })], total.path_packets(gso))),
+             per-port socket), raw (the raw IPv4 socket, one packet per message) or packet (the \
+             packet socket, one Ethernet frame per message).",
+            SendPath::ALL.map(|path| ([("path", path.as_str())], total.path_packets(path))),
         )?;
         counter(
             e,
             "labelwall_send_calls",
             "Send system calls by path (packets / calls = packets per call).",
-            [true, false]
-                .map(|gso| ([("path", if gso { "gso" } else { "raw" })], total.path_calls(gso))),
+            SendPath::ALL.map(|path| ([("path", path.as_str())], total.path_calls(path))),
         )?;
         counter(
             e,

@@ -8,6 +8,8 @@
 //!
 //! Must not depend on: tokio, kube, the admin server.
 
+mod netlink;
+pub mod nexthop;
 mod send;
 mod stats;
 pub(crate) mod sys;
@@ -21,8 +23,10 @@ use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-pub use stats::{Counters, Fallback, SharedCounters, SocketEvent};
+use nexthop::{LinkSender, NextHops, Resolver};
+pub use stats::{Counters, Fallback, SendPath, SharedCounters, SocketEvent};
 
+use crate::config::Config;
 use crate::flowlog::FlowLogSender;
 use crate::pipeline::{FlowSettings, Mode};
 use crate::snapshot::SnapshotCell;
@@ -40,7 +44,27 @@ pub struct DataplaneSettings {
     pub send_buffer: usize,
     /// Per-port UDP send sockets (segmentation offload) each worker may keep; 0 = raw only.
     pub send_sockets: usize,
+    /// Single packets through the packet socket where the next hop is known.
+    pub packet_socket: bool,
     pub flows: FlowSettings,
+}
+
+impl DataplaneSettings {
+    /// The settings of labelwall.yaml's `dataplane:` and `flows:` for `workers` workers.
+    pub fn new(config: &Config, workers: usize, mode: Mode) -> DataplaneSettings {
+        let dataplane = &config.dataplane;
+        DataplaneSettings {
+            listen: dataplane.listen,
+            workers,
+            reply_port: dataplane.reply_port,
+            mode,
+            receive_buffer: dataplane.receive_buffer,
+            send_buffer: dataplane.send_buffer,
+            send_sockets: dataplane.send_sockets,
+            packet_socket: dataplane.packet_socket,
+            flows: config.flows.per_pipeline(workers),
+        }
+    }
 }
 
 /// What the workers judge by and report to, from the control plane.
@@ -78,6 +102,16 @@ pub enum StartError {
          (it needs CAP_NET_RAW: run as root or grant the capability, see docs/operations.md)"
     )]
     RawSocket(io::Error),
+    #[error(
+        "cannot open the packet socket used to send packets back to GWLB: {0} (it needs \
+         CAP_NET_RAW, like the raw socket; or set dataplane.packet_socket: false)"
+    )]
+    PacketSocket(io::Error),
+    #[error(
+        "cannot open the netlink socket that finds next hops for the packet socket: {0} \
+         (set dataplane.packet_socket: false to send through the raw socket only)"
+    )]
+    Netlink(io::Error),
     #[error("cannot start data-plane worker {worker}: {source}")]
     Spawn { worker: usize, source: io::Error },
 }
@@ -98,25 +132,37 @@ impl Dataplane {
         links: &ControlLinks,
     ) -> Result<Dataplane, StartError> {
         let workers = settings.workers.max(1);
+        let hops = Arc::new(NextHops::default());
         let mut sockets = Vec::with_capacity(workers);
         for worker in 0..workers {
-            let udp = bind_worker_socket(settings).map_err(|source| StartError::Bind {
+            let receive = bind_worker_socket(settings).map_err(|source| StartError::Bind {
                 listen: settings.listen,
                 worker,
                 source,
             })?;
             let raw = sys::RawSender::open(settings.send_buffer).map_err(StartError::RawSocket)?;
-            sockets.push((udp, raw));
+            let link = if settings.packet_socket {
+                let socket = sys::PacketSocket::open(settings.send_buffer)
+                    .map_err(StartError::PacketSocket)?;
+                Some(LinkSender::new(socket, Arc::clone(&hops)))
+            } else {
+                None
+            };
+            sockets.push(worker::WorkerSockets { receive: receive.into(), raw, link });
         }
         let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::with_capacity(workers + 1);
+        if settings.packet_socket {
+            let resolver = Resolver::spawn(Arc::clone(&hops), Arc::clone(&stop))
+                .map_err(StartError::Netlink)?;
+            threads.push(resolver);
+        }
         let status: Arc<[Arc<WorkerStatus>]> =
             (0..workers).map(|_| Arc::new(WorkerStatus::default())).collect();
-        let mut threads = Vec::with_capacity(workers);
-        for (index, (udp, raw)) in sockets.into_iter().enumerate() {
+        for (index, sockets) in sockets.into_iter().enumerate() {
             let worker = worker::Worker::new(
                 index,
-                udp.into(),
-                raw,
+                sockets,
                 settings,
                 links,
                 Arc::clone(&status[index]),

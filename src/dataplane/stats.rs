@@ -18,17 +18,40 @@ const RX_ERRORS: usize = 5;
 const FLOWS_ACTIVE: usize = 6;
 const FLOWS_CREATED: usize = 7;
 const FLOWS_EVICTED: usize = 8;
-const TX_GSO_PACKETS: usize = 9;
-const TX_GSO_CALLS: usize = 10;
-const TX_RAW_PACKETS: usize = 11;
-const TX_RAW_CALLS: usize = 12;
-const SOCKETS_OPEN: usize = 13;
-const SOCKET_EVENTS: usize = 14;
+const SOCKETS_OPEN: usize = 9;
+/// Packets, then system calls, per [`SendPath`].
+const TX_PATH_PACKETS: usize = 10;
+const TX_PATH_CALLS: usize = TX_PATH_PACKETS + SendPath::COUNT;
+const SOCKET_EVENTS: usize = TX_PATH_CALLS + SendPath::COUNT;
 const FALLBACKS: usize = SOCKET_EVENTS + SocketEvent::COUNT;
 const VERDICT_PACKETS: usize = FALLBACKS + Fallback::COUNT;
 const VERDICT_BYTES: usize = VERDICT_PACKETS + Action::COUNT;
 const DROPS: usize = VERDICT_BYTES + Action::COUNT;
 const LEN: usize = DROPS + DropReason::COUNT;
+
+/// The ways a packet goes back to GWLB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendPath {
+    /// A train as one segmented UDP send from a per-port socket.
+    Gso,
+    /// The raw IPv4 socket, one packet per message.
+    Raw,
+    /// The packet socket: a whole Ethernet frame per message, to a next hop the kernel's
+    /// neighbour table knows.
+    Packet,
+}
+
+impl SendPath {
+    pub const COUNT: usize = 3;
+    pub const ALL: [SendPath; Self::COUNT] = [SendPath::Gso, SendPath::Raw, SendPath::Packet];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendPath::Gso => "gso",
+            SendPath::Raw => "raw",
+            SendPath::Packet => "packet",
+        }
+    }
+}
 
 /// What happened to a per-port send socket (segmentation-offload path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,12 +147,10 @@ impl Counters {
         self.values[TX_BYTES] += bytes;
     }
 
-    /// A send system call that carried `packets`, by path (`gso`: one segmented UDP send).
-    pub fn send_path(&mut self, gso: bool, packets: u64, calls: u64) {
-        let (p, c) =
-            if gso { (TX_GSO_PACKETS, TX_GSO_CALLS) } else { (TX_RAW_PACKETS, TX_RAW_CALLS) };
-        self.values[p] += packets;
-        self.values[c] += calls;
+    /// `calls` send system calls of one path that carried `packets`.
+    pub fn send_path(&mut self, path: SendPath, packets: u64, calls: u64) {
+        self.values[TX_PATH_PACKETS + path as usize] += packets;
+        self.values[TX_PATH_CALLS + path as usize] += calls;
     }
 
     pub fn socket_event(&mut self, event: SocketEvent) {
@@ -146,11 +167,11 @@ impl Counters {
     }
 
     /// Packets and system calls of one send path.
-    pub fn path_packets(&self, gso: bool) -> u64 {
-        self.values[if gso { TX_GSO_PACKETS } else { TX_RAW_PACKETS }]
+    pub fn path_packets(&self, path: SendPath) -> u64 {
+        self.values[TX_PATH_PACKETS + path as usize]
     }
-    pub fn path_calls(&self, gso: bool) -> u64 {
-        self.values[if gso { TX_GSO_CALLS } else { TX_RAW_CALLS }]
+    pub fn path_calls(&self, path: SendPath) -> u64 {
+        self.values[TX_PATH_CALLS + path as usize]
     }
     pub fn socket_events(&self, event: SocketEvent) -> u64 {
         self.values[SOCKET_EVENTS + event as usize]

@@ -1,14 +1,14 @@
-//! The only place with `unsafe`: the raw-socket `sendmmsg(2)` of the send-back path, the
-//! `sendmsg(2)` with a `UDP_SEGMENT` control message of the segmentation-offload path, socket
-//! options socket2 does not have, a `poll(2)` wait, and the interface ioctls `labelwall
-//! gwlb-sim` needs for its TUN device.
+//! The only place with `unsafe`: the raw-socket and packet-socket `sendmmsg(2)` of the
+//! send-back path, the `sendmsg(2)` with a `UDP_SEGMENT` control message of the
+//! segmentation-offload path, socket options socket2 does not have, a `poll(2)` wait, and the
+//! interface ioctls `labelwall gwlb-sim` needs for its TUN device.
 //!
 //! Why unsafe: GWLB wants replies from its own source port to `reply_port`, which a UDP socket
 //! bound to 6081 cannot send, so replies go through a raw `IPPROTO_UDP` socket with a UDP
-//! header we write. No maintained crate batches sends on a raw socket (quinn-udp only does UDP
-//! sockets), and one system call per packet would cost more than everything else on the path.
-//! Each message is two iovecs (our 8-byte UDP header, the unchanged datagram in the receive
-//! buffer), so nothing is copied.
+//! header we write, or through a packet socket with the whole Ethernet frame. No maintained
+//! crate batches sends on these (quinn-udp only does UDP sockets), and one system call per
+//! packet would cost more than everything else on the path. Each message is two iovecs (the
+//! headers we write, the unchanged datagram in the receive buffer), so nothing is copied.
 
 #![allow(unsafe_code)]
 
@@ -176,16 +176,31 @@ fn send_chunk(fd: RawFd, chunk: &[TxItem], payloads: &[u8], report: &mut SendRep
         header.msg_iov = iovecs[i].as_mut_ptr();
         header.msg_iovlen = 2;
     }
+    // SAFETY: the messages point into `iovecs`, `addrs`, `chunk` and `payloads`, which
+    // outlive the call.
+    unsafe { send_messages(fd, &mut messages[..chunk.len()], |i| chunk[i].len, report) };
+}
+
+/// `sendmmsg` until every message went out or failed: a message the kernel refuses is
+/// counted as failed and skipped. `payload_len(i)` is message `i`'s UDP payload, counted in
+/// `sent_bytes` with the outer IPv4 and UDP headers.
+///
+/// # Safety
+/// Every message must point to memory valid for reads for the duration of the call.
+unsafe fn send_messages(
+    fd: RawFd,
+    messages: &mut [libc::mmsghdr],
+    payload_len: impl Fn(usize) -> usize,
+    report: &mut SendReport,
+) {
     let mut done = 0;
-    while done < chunk.len() {
-        // SAFETY: `messages[done..chunk.len()]` are initialised above and point into
-        // `iovecs`, `addrs`, `chunk` and `payloads`, all of which outlive this call; the
-        // kernel only reads them.
+    while done < messages.len() {
+        // SAFETY: the caller vouches for what the messages point to; the kernel only reads it.
         let rc = unsafe {
             libc::sendmmsg(
                 fd,
                 messages.as_mut_ptr().add(done),
-                (chunk.len() - done) as libc::c_uint,
+                (messages.len() - done) as libc::c_uint,
                 0,
             )
         };
@@ -201,11 +216,82 @@ fn send_chunk(fd: RawFd, chunk: &[TxItem], payloads: &[u8], report: &mut SendRep
             continue;
         }
         report.calls += 1;
-        for item in &chunk[done..done + rc as usize] {
+        for i in done..done + rc as usize {
             report.sent += 1;
-            report.sent_bytes += (OUTER_HEADER_LEN + item.len) as u64;
+            report.sent_bytes += (OUTER_HEADER_LEN + payload_len(i)) as u64;
         }
         done += rc as usize;
+    }
+}
+
+/// Ethernet header, then the outer IPv4 and UDP headers.
+pub const FRAME_HEADER_LEN: usize = ETHERNET_HEADER_LEN + OUTER_HEADER_LEN;
+pub const ETHERNET_HEADER_LEN: usize = 14;
+
+/// One Ethernet frame for the packet socket: a header we wrote whole (Ethernet, IPv4, UDP),
+/// then `len` bytes at `offset` in the payload buffer, out of interface `interface`.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame {
+    pub header: [u8; FRAME_HEADER_LEN],
+    pub interface: u32,
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// Sends whole Ethernet frames through an `AF_PACKET` socket, past the kernel's IP layer: no
+/// route lookup, no socket lock, no checksumming copy per packet. Used for replies whose next
+/// hop's hardware address the kernel's neighbour table knows (see `nexthop`); the socket
+/// receives nothing (protocol 0 and never bound).
+#[derive(Debug)]
+pub struct PacketSocket {
+    socket: Socket,
+}
+
+impl PacketSocket {
+    pub fn open(send_buffer: usize) -> io::Result<Self> {
+        let socket = Socket::new(Domain::PACKET, Type::RAW.cloexec(), Some(Protocol::from(0)))?;
+        set_buffer_size(&socket, libc::SO_SNDBUFFORCE, send_buffer, |s, n| {
+            s.set_send_buffer_size(n)
+        });
+        Ok(PacketSocket { socket })
+    }
+
+    /// Sends every frame in `sendmmsg` batches of up to [`SEND_BATCH`].
+    pub fn send(&self, frames: &[Frame], payloads: &[u8], report: &mut SendReport) {
+        for chunk in frames.chunks(SEND_BATCH) {
+            // SAFETY: all-zero is a valid value for these plain C structs.
+            let mut iovecs: [[libc::iovec; 2]; SEND_BATCH] = unsafe { zeroed() };
+            let mut addrs: [libc::sockaddr_ll; SEND_BATCH] = unsafe { zeroed() };
+            let mut messages: [libc::mmsghdr; SEND_BATCH] = unsafe { zeroed() };
+            for (i, frame) in chunk.iter().enumerate() {
+                let payload = &payloads[frame.offset..frame.offset + frame.len];
+                iovecs[i] = [
+                    libc::iovec {
+                        iov_base: frame.header.as_ptr() as *mut _,
+                        iov_len: FRAME_HEADER_LEN,
+                    },
+                    libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() },
+                ];
+                addrs[i].sll_family = libc::AF_PACKET as libc::sa_family_t;
+                addrs[i].sll_protocol = (libc::ETH_P_IP as u16).to_be();
+                addrs[i].sll_ifindex = frame.interface as i32;
+                let header = &mut messages[i].msg_hdr;
+                header.msg_name = (&mut addrs[i] as *mut libc::sockaddr_ll).cast();
+                header.msg_namelen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                header.msg_iov = iovecs[i].as_mut_ptr();
+                header.msg_iovlen = 2;
+            }
+            // SAFETY: the messages point into `iovecs`, `addrs`, `chunk` and `payloads`,
+            // which outlive the call.
+            unsafe {
+                send_messages(
+                    self.socket.as_raw_fd(),
+                    &mut messages[..chunk.len()],
+                    |i| chunk[i].len,
+                    report,
+                )
+            };
+        }
     }
 }
 

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSockRef, UdpSocketState};
 
+use super::nexthop::LinkSender;
 use super::send::{Run, RunBuilder, SendSockets};
-use super::stats::{Counters, Fallback};
+use super::stats::{Counters, Fallback, SendPath};
 use super::sys::{
-    GsoSocket, MAX_GSO_SEGMENTS, RawSender, TxItem, skip_unused_control_messages, wait_readable,
+    GsoSocket, MAX_GSO_SEGMENTS, RawSender, SendReport, TxItem, skip_unused_control_messages,
+    wait_readable,
 };
 use super::{ControlLinks, DataplaneSettings, WorkerStatus};
 use crate::pipeline::{Outcome, Pipeline};
@@ -42,10 +44,22 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// At most one log line per this interval for repeated errors.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The sockets a worker receives and sends through (opened before any worker starts).
+pub(super) struct WorkerSockets {
+    pub receive: std::net::UdpSocket,
+    pub raw: RawSender,
+    /// The packet socket, when `dataplane.packet_socket` is on.
+    pub link: Option<LinkSender>,
+}
+
 pub(super) struct Worker {
     index: usize,
     socket: std::net::UdpSocket,
     sender: RawSender,
+    /// The packet socket for replies whose next hop is known (`dataplane.packet_socket`).
+    link: Option<LinkSender>,
+    /// Scratch: the single packets the packet socket left for the raw socket.
+    rest: Vec<TxItem>,
     /// Per-port UDP sockets for segmented sends of trains.
     sockets: SendSockets,
     /// False when the kernel has no UDP segmentation offload (or refused it): raw only.
@@ -60,8 +74,7 @@ pub(super) struct Worker {
 impl Worker {
     pub(super) fn new(
         index: usize,
-        socket: std::net::UdpSocket,
-        sender: RawSender,
+        sockets: WorkerSockets,
         settings: &DataplaneSettings,
         links: &ControlLinks,
         status: Arc<WorkerStatus>,
@@ -69,8 +82,10 @@ impl Worker {
     ) -> Self {
         Worker {
             index,
-            socket,
-            sender,
+            socket: sockets.receive,
+            sender: sockets.raw,
+            link: sockets.link,
+            rest: Vec::with_capacity(BATCH_SIZE * MAX_SEGMENTS_PER_SLOT * 2),
             sockets: SendSockets::new(settings.send_sockets),
             gso: settings.send_sockets > 0 && GsoSocket::supported(),
             listen_ip: *settings.listen.ip(),
@@ -199,7 +214,7 @@ impl Worker {
                     Ok(()) => {
                         let count = run.count as u64;
                         counters.sent(count, (run.len + count as usize * OUTER_HEADER_LEN) as u64);
-                        counters.send_path(true, count, 1);
+                        counters.send_path(SendPath::Gso, count, 1);
                         continue;
                     }
                     Err(error) => {
@@ -237,6 +252,8 @@ impl Worker {
         tx.runs.clear();
     }
 
+    /// Sends single packets: as Ethernet frames where the next hop is known, else through
+    /// the raw socket.
     fn send_raw(
         &mut self,
         items: &[TxItem],
@@ -247,9 +264,32 @@ impl Worker {
         if items.is_empty() {
             return;
         }
-        let report = self.sender.send(items, storage);
+        let Some(link) = &mut self.link else {
+            let report = self.sender.send(items, storage);
+            self.record(SendPath::Raw, &report, counters, errors);
+            return;
+        };
+        let mut rest = std::mem::take(&mut self.rest);
+        let mut report = SendReport::default();
+        link.send(items, storage, &mut rest, &mut report);
+        self.record(SendPath::Packet, &report, counters, errors);
+        if !rest.is_empty() {
+            let report = self.sender.send(&rest, storage);
+            self.record(SendPath::Raw, &report, counters, errors);
+            rest.clear();
+        }
+        self.rest = rest;
+    }
+
+    fn record(
+        &self,
+        path: SendPath,
+        report: &SendReport,
+        counters: &mut Counters,
+        errors: &mut RateLimitedLog,
+    ) {
         counters.sent(report.sent, report.sent_bytes);
-        counters.send_path(false, report.sent, report.calls);
+        counters.send_path(path, report.sent, report.calls);
         for _ in 0..report.failed {
             counters.drop(DropReason::SendFailed);
         }

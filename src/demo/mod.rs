@@ -206,16 +206,7 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::parse(&config_path, &config_text)?;
     let control = ControlPlane::start(&config, 1, None)?;
     let state = control.state();
-    let settings = DataplaneSettings {
-        listen: config.dataplane.listen,
-        workers: 1,
-        reply_port: config.dataplane.reply_port,
-        mode: Mode::Inspect,
-        receive_buffer: config.dataplane.receive_buffer,
-        send_buffer: config.dataplane.send_buffer,
-        send_sockets: config.dataplane.send_sockets,
-        flows: config.flows.per_pipeline(1),
-    };
+    let settings = DataplaneSettings::new(&config, 1, Mode::Inspect);
     let links = ControlLinks { snapshots: Some(Arc::clone(&state.snapshots)), flow_log: None };
     let dataplane = Dataplane::start(&settings, &links)?;
     while !dataplane.status().iter().all(|w| w.is_running()) {

@@ -5,13 +5,14 @@
 //! sent from, destination = `reply_port`), it writes the UDP header itself in front of the
 //! unchanged GENEVE datagram ([`emit_udp`]) and sends through a raw UDP socket, whose kernel
 //! adds the IPv4 header (DF, TTL 64). [`emit`] writes all 28 bytes the same way, for what
-//! `labelwall replay` writes to its capture.
+//! `labelwall replay` writes to its capture and for the packet socket, which sends whole
+//! Ethernet frames ([`emit_ipv4`] is its IPv4 part).
 
 use std::net::Ipv4Addr;
 
 /// IPv4 header (no options) + UDP header.
 pub const OUTER_HEADER_LEN: usize = 28;
-const IPV4_HEADER_LEN: usize = 20;
+pub const IPV4_HEADER_LEN: usize = 20;
 /// The UDP header alone: what the data plane writes (the kernel adds the IPv4 header).
 pub const UDP_HEADER_LEN: usize = 8;
 /// The IPv4 TTL of what is sent back.
@@ -43,24 +44,34 @@ pub fn emit(
     addressing: &OuterAddressing,
     payload_len: usize,
 ) -> Option<()> {
-    if payload_len > MAX_UDP_PAYLOAD {
-        return None;
-    }
-    let total_len = (OUTER_HEADER_LEN + payload_len) as u16;
     let (ip, udp) = header.split_at_mut(IPV4_HEADER_LEN);
+    emit_udp(udp.try_into().expect("UDP_HEADER_LEN bytes"), addressing, payload_len)?;
+    emit_ipv4(
+        ip.try_into().expect("IPV4_HEADER_LEN bytes"),
+        addressing.src,
+        addressing.dst,
+        payload_len,
+    );
+    Some(())
+}
+
+/// Writes the outer IPv4 header (DF, TTL 64, checksum) for a UDP payload of `payload_len`
+/// bytes, which must fit ([`MAX_UDP_PAYLOAD`]).
+pub fn emit_ipv4(ip: &mut [u8; IPV4_HEADER_LEN], src: Ipv4Addr, dst: Ipv4Addr, payload_len: usize) {
+    debug_assert!(payload_len <= MAX_UDP_PAYLOAD);
+    let total_len = (OUTER_HEADER_LEN + payload_len) as u16;
     ip[0] = 0x45;
     ip[1] = 0;
     ip[2..4].copy_from_slice(&total_len.to_be_bytes());
-    ip[4..6].copy_from_slice(&[0, 0]); // identification: unused with DF
+    ip[4..6].copy_from_slice(&[0, 0]); // identification: unused with DF (RFC 6864)
     ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // DF
     ip[8] = TTL;
     ip[9] = PROTOCOL_UDP;
     ip[10..12].copy_from_slice(&[0, 0]);
-    ip[12..16].copy_from_slice(&addressing.src.octets());
-    ip[16..20].copy_from_slice(&addressing.dst.octets());
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
     let checksum = ipv4_header_checksum(ip);
     ip[10..12].copy_from_slice(&checksum.to_be_bytes());
-    emit_udp(udp.try_into().expect("UDP_HEADER_LEN bytes"), addressing, payload_len)
 }
 
 /// Writes the outer UDP header alone for a payload of `payload_len` bytes (checksum 0), as

@@ -1,0 +1,304 @@
+//! Replies through the link layer: which Ethernet header a reply to a GWLB node takes, learned
+//! from the kernel, and the sender that uses it.
+//!
+//! A reply sent through the raw socket costs the kernel a route lookup, a socket lock and a
+//! checksumming copy per packet (about 1 µs of 3.3 on a veth link, see docs/performance.md).
+//! The appliance answers only a handful of GWLB node addresses, so it can ask the kernel once
+//! where each of them is (route, interface, neighbour's hardware address) and then send whole
+//! Ethernet frames through a packet socket. The kernel stays the authority: [`Resolver`] asks
+//! again every [`REFRESH`], and whatever it cannot answer (no route, a loopback or non-Ethernet
+//! interface, a neighbour not resolved yet) goes through the raw socket, which also makes the
+//! kernel resolve the neighbour.
+//!
+//! Workers never wait for the resolver and take no lock: they read the published
+//! [`NextHopTable`] and, for an address pair it does not have, leave a request in an atomic
+//! slot.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use super::netlink::{Netlink, NetlinkError};
+use super::sys::{ETHERNET_HEADER_LEN, FRAME_HEADER_LEN, Frame, PacketSocket, SendReport, TxItem};
+use crate::wire::outer::{self, IPV4_HEADER_LEN, OUTER_HEADER_LEN};
+
+/// How often every known next hop is asked about again.
+pub const REFRESH: Duration = Duration::from_secs(1);
+/// How soon a request from a worker is answered.
+const POLL: Duration = Duration::from_millis(20);
+/// Address pairs kept; past that the oldest is forgotten (and asked for again if still used).
+const MAX_ENTRIES: usize = 64;
+/// Requests that can wait for the resolver at once.
+const WANTED_SLOTS: usize = 16;
+const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+
+/// Where a reply from one appliance address to one GWLB node goes on the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkHop {
+    pub interface: u32,
+    /// Destination and source hardware addresses, EtherType IPv4.
+    pub ethernet: [u8; ETHERNET_HEADER_LEN],
+    /// Largest IPv4 packet the interface takes.
+    pub mtu: u32,
+}
+
+impl LinkHop {
+    fn new(interface: u32, neighbour: [u8; 6], own: [u8; 6], mtu: u32) -> LinkHop {
+        let mut ethernet = [0u8; ETHERNET_HEADER_LEN];
+        ethernet[..6].copy_from_slice(&neighbour);
+        ethernet[6..12].copy_from_slice(&own);
+        ethernet[12..].copy_from_slice(&ETHERTYPE_IPV4);
+        LinkHop { interface, ethernet, mtu }
+    }
+}
+
+/// One address pair: its hop, or `None` while replies go through the raw socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextHopEntry {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub hop: Option<LinkHop>,
+}
+
+/// What the resolver published; searched linearly (a few GWLB nodes per appliance).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NextHopTable {
+    pub entries: Vec<NextHopEntry>,
+}
+
+impl NextHopTable {
+    pub fn find(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Option<&NextHopEntry> {
+        self.entries.iter().find(|entry| entry.dst == dst && entry.src == src)
+    }
+}
+
+/// The table shared by the resolver (one writer) and the senders, and the senders' requests.
+#[derive(Debug, Default)]
+pub struct NextHops {
+    table: ArcSwap<NextHopTable>,
+    /// Address pairs a sender found no entry for: `src << 32 | dst`, 0 = free.
+    wanted: [AtomicU64; WANTED_SLOTS],
+}
+
+impl NextHops {
+    pub fn table(&self) -> arc_swap::Guard<Arc<NextHopTable>> {
+        self.table.load()
+    }
+
+    /// Asks the resolver about `src -> dst` (lock-free; a request already waiting is not
+    /// repeated, and one that finds every slot taken is dropped: the next packet asks again).
+    pub fn want(&self, src: Ipv4Addr, dst: Ipv4Addr) {
+        let key = (u64::from(u32::from(src)) << 32) | u64::from(u32::from(dst));
+        for slot in &self.wanted {
+            match slot.load(Ordering::Relaxed) {
+                found if found == key => return,
+                0 => match slot.compare_exchange(0, key, Ordering::Release, Ordering::Relaxed) {
+                    Ok(_) => return,
+                    Err(found) if found == key => return,
+                    Err(_) => {}
+                },
+                _ => {}
+            }
+        }
+    }
+
+    fn take_wanted(&self) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+        self.wanted
+            .iter()
+            .map(|slot| slot.swap(0, Ordering::Acquire))
+            .filter(|&key| key != 0)
+            .map(|key| (Ipv4Addr::from((key >> 32) as u32), Ipv4Addr::from(key as u32)))
+            .collect()
+    }
+
+    fn publish(&self, table: NextHopTable) {
+        self.table.store(Arc::new(table));
+    }
+}
+
+/// Keeps a [`NextHops`] table current from the kernel's routes, links and neighbours.
+#[derive(Debug)]
+pub struct Resolver {
+    hops: Arc<NextHops>,
+    netlink: Netlink,
+}
+
+impl Resolver {
+    /// Opens the netlink socket (so that an error stops startup) and starts the thread, which
+    /// ends soon after `stop` is set.
+    pub fn spawn(hops: Arc<NextHops>, stop: Arc<AtomicBool>) -> io::Result<JoinHandle<()>> {
+        let mut resolver = Resolver { hops, netlink: Netlink::open()? };
+        std::thread::Builder::new().name("lw-nexthop".into()).spawn(move || resolver.run(&stop))
+    }
+
+    fn run(&mut self, stop: &AtomicBool) {
+        let mut refreshed = Instant::now();
+        while !stop.load(Ordering::Acquire) {
+            std::thread::sleep(POLL);
+            let wanted = self.hops.take_wanted();
+            if wanted.is_empty() && refreshed.elapsed() < REFRESH {
+                continue;
+            }
+            if refreshed.elapsed() >= REFRESH {
+                refreshed = Instant::now();
+            }
+            self.update(&wanted);
+        }
+    }
+
+    /// Asks again about every known pair and the `wanted` ones, and publishes the answers if
+    /// anything changed.
+    pub fn update(&mut self, wanted: &[(Ipv4Addr, Ipv4Addr)]) {
+        let current = self.hops.table();
+        let mut pairs: Vec<(Ipv4Addr, Ipv4Addr)> =
+            current.entries.iter().map(|entry| (entry.src, entry.dst)).collect();
+        for pair in wanted {
+            if !pairs.contains(pair) {
+                pairs.push(*pair);
+            }
+        }
+        let skip = pairs.len().saturating_sub(MAX_ENTRIES);
+        let entries: Vec<NextHopEntry> = pairs[skip..]
+            .iter()
+            .map(|&(src, dst)| NextHopEntry { src, dst, hop: self.resolve(src, dst) })
+            .collect();
+        for entry in &entries {
+            let before = current.find(entry.src, entry.dst).map(|entry| entry.hop);
+            if before != Some(entry.hop) {
+                log_change(entry);
+            }
+        }
+        let table = NextHopTable { entries };
+        if table != **current {
+            drop(current);
+            self.hops.publish(table);
+        }
+    }
+
+    fn resolve(&mut self, src: Ipv4Addr, dst: Ipv4Addr) -> Option<LinkHop> {
+        match self.ask(src, dst) {
+            Ok(Ok(hop)) => Some(hop),
+            Ok(Err(reason)) => {
+                tracing::trace!(%src, %dst, %reason, "no link-layer next hop");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%src, %dst, %error, "cannot ask the kernel for a next hop");
+                None
+            }
+        }
+    }
+
+    fn ask(&mut self, src: Ipv4Addr, dst: Ipv4Addr) -> io::Result<Result<LinkHop, NetlinkError>> {
+        let route = match self.netlink.route(dst, src)? {
+            Ok(route) => route,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let link = match self.netlink.link(route.interface)? {
+            Ok(link) if link.ethernet => link,
+            Ok(_) => return Ok(Err(NetlinkError::NotEthernet(route.interface))),
+            Err(reason) => return Ok(Err(reason)),
+        };
+        Ok(self
+            .netlink
+            .neighbour(route.interface, route.next_hop)?
+            .map(|mac| LinkHop::new(route.interface, mac, link.mac, link.mtu)))
+    }
+}
+
+fn log_change(entry: &NextHopEntry) {
+    match entry.hop {
+        Some(hop) => {
+            let m = &hop.ethernet[..6];
+            tracing::info!(
+                src = %entry.src,
+                dst = %entry.dst,
+                interface = hop.interface,
+                next_hop = format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]),
+                "replies leave through the packet socket"
+            );
+        }
+        None => tracing::info!(
+            src = %entry.src,
+            dst = %entry.dst,
+            "replies leave through the raw socket (no link-layer next hop known)"
+        ),
+    }
+}
+
+/// The packet socket and the table, as one sender of a worker (or of loadgen) uses them.
+#[derive(Debug)]
+pub struct LinkSender {
+    socket: PacketSocket,
+    hops: Arc<NextHops>,
+    frames: Vec<Frame>,
+}
+
+impl LinkSender {
+    pub fn new(socket: PacketSocket, hops: Arc<NextHops>) -> LinkSender {
+        LinkSender { socket, hops, frames: Vec::with_capacity(super::sys::SEND_BATCH) }
+    }
+
+    /// Sends the items whose next hop is known as frames, and leaves the others in `rest`
+    /// (in order) for the raw socket, asking the resolver about pairs it has not seen.
+    pub fn send(
+        &mut self,
+        items: &[TxItem],
+        payloads: &[u8],
+        rest: &mut Vec<TxItem>,
+        report: &mut SendReport,
+    ) {
+        let table = self.hops.table();
+        // The previous item's pair and hop: replies mostly go to one GWLB node.
+        let mut last: Option<(Ipv4Addr, Ipv4Addr, Option<LinkHop>)> = None;
+        for item in items {
+            let hop = match last {
+                Some((src, dst, hop)) if src == item.src && dst == item.dst => hop,
+                _ => {
+                    let hop = match table.find(item.src, item.dst) {
+                        Some(entry) => entry.hop,
+                        None => {
+                            self.hops.want(item.src, item.dst);
+                            None
+                        }
+                    };
+                    last = Some((item.src, item.dst, hop));
+                    hop
+                }
+            };
+            match hop {
+                Some(hop) if (OUTER_HEADER_LEN + item.len) as u64 <= u64::from(hop.mtu) => {
+                    self.frames.push(frame(&hop, item));
+                    if self.frames.len() == self.frames.capacity() {
+                        self.flush(payloads, report);
+                    }
+                }
+                _ => rest.push(*item),
+            }
+        }
+        self.flush(payloads, report);
+    }
+
+    fn flush(&mut self, payloads: &[u8], report: &mut SendReport) {
+        if !self.frames.is_empty() {
+            self.socket.send(&self.frames, payloads, report);
+            self.frames.clear();
+        }
+    }
+}
+
+/// The frame for `item` out through `hop`.
+fn frame(hop: &LinkHop, item: &TxItem) -> Frame {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    let (ethernet, rest) = header.split_at_mut(ETHERNET_HEADER_LEN);
+    let (ip, udp) = rest.split_at_mut(IPV4_HEADER_LEN);
+    ethernet.copy_from_slice(&hop.ethernet);
+    outer::emit_ipv4(ip.try_into().expect("IPv4 header"), item.src, item.dst, item.len);
+    udp.copy_from_slice(&item.udp);
+    Frame { header, interface: hop.interface, offset: item.offset, len: item.len }
+}
