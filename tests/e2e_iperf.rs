@@ -134,6 +134,11 @@ impl Bench {
     /// Builds the topology, starts the appliance with `policy` (and the demo's inventory) and
     /// the simulator, and routes pod <-> db traffic through them.
     fn start(policy: &str) -> Bench {
+        Bench::start_with(policy, true)
+    }
+
+    /// As [`Bench::start`], with `dataplane.packet_socket` set to `packet_socket`.
+    fn start_with(policy: &str, packet_socket: bool) -> Bench {
         netns::require_tools(&[("ip", "-V"), ("iperf3", "--version")]);
         let dir = tempfile::tempdir().unwrap();
         let (rat, oth, db) = (Netns::new("rat"), Netns::new("oth"), Netns::new("db"));
@@ -168,7 +173,7 @@ impl Bench {
             gw.ip(&["rule", "add", "iif", dev, "to", to, "lookup", TO_GWLB_TABLE]);
         }
 
-        let appliance = start_appliance(&app, &dir, policy);
+        let appliance = start_appliance(&app, &dir, policy, packet_socket);
         let mut sim = Daemon::start(
             "labelwall gwlb-sim",
             {
@@ -279,13 +284,18 @@ impl Bench {
     }
 }
 
-fn start_appliance(app: &Netns, dir: &tempfile::TempDir, policy: &str) -> Daemon {
+fn start_appliance(
+    app: &Netns,
+    dir: &tempfile::TempDir,
+    policy: &str,
+    packet_socket: bool,
+) -> Daemon {
     let path = |name: &str| dir.path().join(name);
     std::fs::write(path("policy.yaml"), policy).unwrap();
     std::fs::write(path("inventory.yaml"), labelwall::demo::INVENTORY).unwrap();
     let config = format!(
         "dataplane:\n  listen: {APPLIANCE_IP}:{GENEVE_PORT}\n  workers: 1\n  reply_port: \
-         {GENEVE_PORT}\nadmin:\n  listen: 127.0.0.1:{ADMIN_PORT}\npolicy: {}\nlabels:\n  \
+         {GENEVE_PORT}\n  packet_socket: {packet_socket}\nadmin:\n  listen: 127.0.0.1:{ADMIN_PORT}\npolicy: {}\nlabels:\n  \
          inventory: [{}]\n",
         path("policy.yaml").display(),
         path("inventory.yaml").display()
@@ -398,6 +408,13 @@ fn ratings_reaches_the_database_through_the_appliance_and_other_is_refused_at_on
     let metrics = bench.admin_get("/metrics");
     assert!(metric(&metrics, "labelwall_packets_total{verdict=\"reject\"}") >= 1, "{metrics}");
     assert!(metric(&metrics, "labelwall_packets_total{verdict=\"allow\"}") > 0, "{metrics}");
+    // The simulator's neighbour was known after the first replies: single packets went out as
+    // Ethernet frames through the packet socket from then on (the raw socket took the first
+    // ones, and the kernel learned the neighbour from them).
+    let packet = metric(&metrics, "labelwall_send_packets_total{path=\"packet\"}");
+    let raw = metric(&metrics, "labelwall_send_packets_total{path=\"raw\"}");
+    report(&format!("e2e_iperf: single packets sent back: {packet} packet socket, {raw} raw"));
+    assert!(packet > 1000 && packet > 10 * raw, "{metrics}");
     let counters = bench.stop_sim();
     report(&format!("e2e_iperf: gwlb-sim counters: {}", counters.line));
     assert_eq!(counters.get("mismatches"), 0, "{}", counters.line);
@@ -410,7 +427,8 @@ fn with_a_deny_rule_other_times_out_while_ratings_still_passes() {
     let _serial = serial();
     assert_eq!(labelwall::demo::POLICY.matches("action: reject").count(), 1);
     let policy = labelwall::demo::POLICY.replace("action: reject", "action: deny");
-    let mut bench = Bench::start(&policy);
+    // Also the raw socket's turn to carry single packets across a real link.
+    let mut bench = Bench::start_with(&policy, false);
 
     let _server = bench.iperf_server();
     let other = bench.iperf_client(&bench.oth, 1);
@@ -437,6 +455,8 @@ fn with_a_deny_rule_other_times_out_while_ratings_still_passes() {
     );
     let metrics = bench.admin_get("/metrics");
     assert!(metric(&metrics, "labelwall_packets_total{verdict=\"deny\"}") >= 1, "{metrics}");
+    assert_eq!(metric(&metrics, "labelwall_send_packets_total{path=\"packet\"}"), 0);
+    assert!(metric(&metrics, "labelwall_send_packets_total{path=\"raw\"}") > 100, "{metrics}");
     let counters = bench.stop_sim();
     assert_eq!(counters.get("mismatches"), 0, "{}", counters.line);
     assert_eq!(counters.get("rejects"), 0, "{}", counters.line);

@@ -302,3 +302,62 @@ fn frame(hop: &LinkHop, item: &TxItem) -> Frame {
     udp.copy_from_slice(&item.udp);
     Frame { header, interface: hop.interface, offset: item.offset, len: item.len }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::outer::OuterAddressing;
+
+    const APPLIANCE: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+    const GWLB: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+
+    #[test]
+    fn frame_is_ethernet_then_the_outer_headers_the_raw_socket_would_send() {
+        let hop = LinkHop::new(3, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], 9001);
+        let addressing =
+            OuterAddressing { src: APPLIANCE, dst: GWLB, src_port: 50123, dst_port: 6081 };
+        let item = TxItem::new(&addressing, 4096, 100).unwrap();
+        let frame = frame(&hop, &item);
+        assert_eq!((frame.interface, frame.offset, frame.len), (3, 4096, 100));
+        #[rustfmt::skip]
+        let expected: [u8; FRAME_HEADER_LEN] = [
+            2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00,
+            0x45, 0, 0, 128, 0, 0, 0x40, 0, 64, 17, 0x25, 0xa5, 10, 99, 0, 2, 10, 99, 0, 1,
+            0xc3, 0xcb, 0x17, 0xc1, 0, 108, 0, 0,
+        ];
+        assert_eq!(frame.header, expected);
+        let mut full = [0u8; OUTER_HEADER_LEN];
+        outer::emit(&mut full, &addressing, 100).unwrap();
+        assert_eq!(frame.header[ETHERNET_HEADER_LEN..], full, "same as replay's header");
+    }
+
+    #[test]
+    fn requests_are_kept_once_each_until_taken() {
+        let hops = NextHops::default();
+        hops.want(APPLIANCE, GWLB);
+        hops.want(APPLIANCE, GWLB);
+        let other = Ipv4Addr::new(10, 99, 0, 3);
+        hops.want(APPLIANCE, other);
+        assert_eq!(hops.take_wanted(), vec![(APPLIANCE, GWLB), (APPLIANCE, other)]);
+        assert!(hops.take_wanted().is_empty());
+        // More pairs than slots: the extra ones are dropped, not blocked on.
+        for i in 0..WANTED_SLOTS as u8 + 4 {
+            hops.want(APPLIANCE, Ipv4Addr::new(10, 98, 0, i));
+        }
+        assert_eq!(hops.take_wanted().len(), WANTED_SLOTS);
+    }
+
+    #[test]
+    fn table_finds_by_both_addresses() {
+        let hop = LinkHop::new(2, [1; 6], [2; 6], 1500);
+        let table = NextHopTable {
+            entries: vec![
+                NextHopEntry { src: APPLIANCE, dst: GWLB, hop: Some(hop) },
+                NextHopEntry { src: GWLB, dst: APPLIANCE, hop: None },
+            ],
+        };
+        assert_eq!(table.find(APPLIANCE, GWLB).unwrap().hop, Some(hop));
+        assert_eq!(table.find(GWLB, APPLIANCE).unwrap().hop, None);
+        assert!(table.find(APPLIANCE, APPLIANCE).is_none());
+    }
+}
