@@ -311,13 +311,7 @@ fn start_appliance(
 }
 
 fn admin_get(app: &Netns, path: &str) -> String {
-    let script = format!(
-        "exec 3<>/dev/tcp/127.0.0.1/{ADMIN_PORT} || exit 1; \
-         printf 'GET {path} HTTP/1.1\\r\\nHost: labelwall\\r\\nConnection: close\\r\\n\\r\\n' >&3; \
-         timeout 5 cat <&3"
-    );
-    let output = run_bounded(app.exec("bash").args(["-c", &script]), netns::COMMAND_LIMIT);
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    app.http_get(ADMIN_PORT, path)
 }
 
 /// The value of one sample in Prometheus text, 0 when absent.

@@ -34,9 +34,11 @@ const NDA_LLADDR: u16 = 2;
 const ARPHRD_ETHER: u16 = 1;
 const IFF_UP: u32 = 0x1;
 const IFF_LOOPBACK: u32 = 0x8;
-/// Neighbour states with a hardware address the kernel itself would send to: REACHABLE,
-/// STALE, DELAY, PROBE, PERMANENT (not INCOMPLETE, FAILED, NOARP or NONE).
-const NUD_USABLE: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x80;
+/// Neighbour states whose hardware address is confirmed or being confirmed: REACHABLE, DELAY,
+/// PROBE, PERMANENT. Not STALE: frames sent past the kernel confirm nothing, so an entry the
+/// kernel stopped vouching for goes back to the raw socket, whose next packet makes the kernel
+/// verify it (STALE -> DELAY -> PROBE -> REACHABLE), or learn a new address for it.
+const NUD_USABLE: u16 = 0x02 | 0x08 | 0x10 | 0x80;
 /// How long to wait for the kernel's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -407,10 +409,13 @@ mod tests {
             "facc146db86d0000080004000100000014000300a3210000a32100002317000001000000",
         ]);
         let mac = [0xfa, 0xcc, 0x14, 0x6d, 0xb8, 0x6d];
-        assert_eq!(parse_neighbour(&answer), Ok(mac)); // STALE
-        for (state, usable) in [(0x02, true), (0x80, true), (0x01, false), (0x20, false)] {
+        assert_eq!(parse_neighbour(&answer), Err(NetlinkError::Unresolved(0x04))); // STALE
+        let states =
+            [(0x02, true), (0x08, true), (0x10, true), (0x80, true), (0x01, false), (0x20, false)];
+        for (state, usable) in states {
             answer[24..26].copy_from_slice(&(state as u16).to_ne_bytes());
-            assert_eq!(parse_neighbour(&answer).is_ok(), usable, "state {state:#x}");
+            let expected = if usable { Ok(mac) } else { Err(NetlinkError::Unresolved(state)) };
+            assert_eq!(parse_neighbour(&answer), expected, "state {state:#x}");
         }
         let unknown = bytes(&[
             "380000000200000007000000bc550000feffffff240000001e0001000700000000000000020000",

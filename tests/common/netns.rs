@@ -130,6 +130,18 @@ impl Netns {
         command
     }
 
+    /// `GET path` on 127.0.0.1:`port` inside the namespace (bash's /dev/tcp): the whole
+    /// response, empty when nothing answers.
+    pub fn http_get(&self, port: u16, path: &str) -> String {
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.1/{port} || exit 1; \
+             printf 'GET {path} HTTP/1.1\\r\\nHost: labelwall\\r\\nConnection: close\\r\\n\\r\\n' >&3; \
+             timeout 5 cat <&3"
+        );
+        let output = run_bounded(self.exec("bash").args(["-c", &script]), COMMAND_LIMIT);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// Adds address `cidr` to `dev` and brings `dev` up.
     pub fn address(&self, dev: &str, cidr: &str) {
         self.ip(&["addr", "add", cidr, "dev", dev]);
