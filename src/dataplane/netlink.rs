@@ -413,7 +413,7 @@ mod tests {
         let states =
             [(0x02, true), (0x08, true), (0x10, true), (0x80, true), (0x01, false), (0x20, false)];
         for (state, usable) in states {
-            answer[24..26].copy_from_slice(&(state as u16).to_ne_bytes());
+            answer[24..26].copy_from_slice(&state.to_ne_bytes());
             let expected = if usable { Ok(mac) } else { Err(NetlinkError::Unresolved(state)) };
             assert_eq!(parse_neighbour(&answer), expected, "state {state:#x}");
         }
