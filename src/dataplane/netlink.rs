@@ -410,7 +410,7 @@ mod tests {
         ]);
         let mac = [0xfa, 0xcc, 0x14, 0x6d, 0xb8, 0x6d];
         assert_eq!(parse_neighbour(&answer), Err(NetlinkError::Unresolved(0x04))); // STALE
-        let states =
+        let states: [(u16, bool); 6] =
             [(0x02, true), (0x08, true), (0x10, true), (0x80, true), (0x01, false), (0x20, false)];
         for (state, usable) in states {
             answer[24..26].copy_from_slice(&state.to_ne_bytes());
