@@ -23,7 +23,10 @@
 #        CASES="null reflector|..." limits the cases, by name; PERF=1 adds cpu1_ns/pkt: busy
 #        time of CPU 1 (where the appliance runs) per packet, sampled by `perf record` at 2 kHz,
 #        which counts the softirq work done there exactly and varies less between runs than
-#        the process's CPU time, kept by the scheduler tick)
+#        the process's CPU time, kept by the scheduler tick; NETNS=1 runs the appliance (and the
+#        C reflector) and loadgen in two network namespaces joined by a veth pair (MTU 9000)
+#        instead of on loopback: a real link, where the appliance's packet socket can send
+#        (it cannot on loopback, whose addresses are all local))
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # BIN=path uses that binary instead of building (to compare two builds); LOADGEN=path runs
@@ -36,7 +39,24 @@ sizes=("${@:-128 1500 8500}")
 trains=(${TRAINS:-1 64})
 dir=$(mktemp -d)
 appliance_pid=""
-cleanup() { [ -n "$appliance_pid" ] && kill "$appliance_pid" 2>/dev/null; rm -rf "$dir"; }
+# Where the appliance listens and loadgen listens for replies, and the command prefixes that
+# put each in its place.
+app_ip=127.0.0.1; peer_ip=127.0.0.2; in_app=(); in_peer=()
+netns=()
+if [ -n "${NETNS:-}" ]; then
+  netns=("lw-bench-$$-app" "lw-bench-$$-peer")
+  app_ip=10.78.0.1; peer_ip=10.78.0.2
+  in_app=(ip netns exec "${netns[0]}"); in_peer=(ip netns exec "${netns[1]}")
+  for ns in "${netns[@]}"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+  ip -n "${netns[0]}" link add eth0 mtu 9000 type veth peer name eth0 mtu 9000 netns "${netns[1]}"
+  ip -n "${netns[0]}" addr add "$app_ip/24" dev eth0; ip -n "${netns[0]}" link set eth0 up
+  ip -n "${netns[1]}" addr add "$peer_ip/24" dev eth0; ip -n "${netns[1]}" link set eth0 up
+fi
+cleanup() {
+  [ -n "$appliance_pid" ] && kill "$appliance_pid" 2>/dev/null
+  for ns in "${netns[@]}"; do ip netns del "$ns" 2>/dev/null; done
+  rm -rf "$dir"
+}
 trap cleanup EXIT
 "$bin" demo --write-config "$dir" >/dev/null
 printf 'default_action: allow\n' >"$dir/allow.yaml"
@@ -47,22 +67,22 @@ port=$((40000 + RANDOM % 20000)); reply=$((port + 1)); admin=$((port + 2))
 
 start_appliance() { # policy-file send-sockets [--reflect]
   cat >"$dir/labelwall.yaml" <<YAML
-dataplane: {listen: 127.0.0.1:$port, workers: 1, reply_port: $reply, send_sockets: $2}
+dataplane: {listen: $app_ip:$port, workers: 1, reply_port: $reply, send_sockets: $2}
 admin: {listen: 127.0.0.1:$admin}
 policy: $1
 labels: {inventory: [$dir/inventory.yaml]}
 YAML
-  taskset -c 1 "$bin" run -c "$dir/labelwall.yaml" ${3:-} 2>"$dir/appliance.log" &
+  "${in_app[@]}" taskset -c 1 "$bin" run -c "$dir/labelwall.yaml" ${3:-} 2>"$dir/appliance.log" &
   appliance_pid=$!
   for _ in $(seq 100); do
-    curl -sf "127.0.0.1:$admin/readyz" >/dev/null 2>&1 && return 0
+    "${in_app[@]}" curl -sf "127.0.0.1:$admin/readyz" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
   echo "appliance did not start:"; cat "$dir/appliance.log"; exit 1
 }
 
 loadgen() { # size train
-  taskset -c 0 "$loadgen_bin" loadgen --target "127.0.0.1:$port" --listen "127.0.0.2:$reply" \
+  "${in_peer[@]}" taskset -c 0 "$loadgen_bin" loadgen --target "$app_ip:$port" --listen "$peer_ip:$reply" \
     --size "$1" --train "$2" --duration "$duration" --proto tcp --src 10.0.1.15/32 \
     --dst 10.20.0.0/24 --dport 3306 --flows 64 ${RATE:+--rate $RATE} --json
 }
@@ -79,7 +99,7 @@ measured_loadgen() {
     | awk '{n += $1} END {print n + 0}' >"$dir/busy"
 }
 counter() { # metric name: summed over workers
-  curl -sf "127.0.0.1:$admin/metrics" | awk -v m="^$1" '$0 ~ m {n += $2} END {print n + 0}'
+  "${in_app[@]}" curl -sf "127.0.0.1:$admin/metrics" | awk -v m="^$1" '$0 ~ m {n += $2} END {print n + 0}'
 }
 
 stop_appliance() { kill "$appliance_pid" 2>/dev/null || true; wait "$appliance_pid" 2>/dev/null || true; appliance_pid=""; }
@@ -102,7 +122,7 @@ for size in ${sizes[*]}; do
       "labelwall bookinfo") start_appliance "$dir/policy.yaml" 256 ;;
       "reflector raw send") start_appliance "$dir/allow.yaml" 0 --reflect ;;
       "plain reflector (C)")
-        taskset -c 1 "$plain" 127.0.0.1 "$port" 127.0.0.2 "$reply" 600 >"$dir/plain.out" &
+        "${in_app[@]}" taskset -c 1 "$plain" "$app_ip" "$port" "$peer_ip" "$reply" 600 >"$dir/plain.out" &
         appliance_pid=$!; sleep 0.3 ;;
     esac
     if [ "$case" = "plain reflector (C)" ]; then

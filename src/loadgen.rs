@@ -26,6 +26,7 @@ use ipnet::IpNet;
 use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSockRef, UdpSocketState};
 use serde::Serialize;
 
+use crate::dataplane::nexthop::{self, SingleSender};
 use crate::dataplane::sys::{
     GsoSocket, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RawSender, SEND_BATCH, TxItem, bind_udp_receiver,
     skip_unused_control_messages, wait_readable,
@@ -247,7 +248,7 @@ pub fn run(args: &LoadgenArgs) -> anyhow::Result<()> {
 pub fn generate(args: &LoadgenArgs) -> anyhow::Result<LoadgenReport> {
     let layout = Layout::new(args)?;
     let flows = build_flows(args, &layout);
-    let mut sender = RawSender::open(SEND_BUFFER).map_err(|error| {
+    let raw = RawSender::open(SEND_BUFFER).map_err(|error| {
         anyhow!(
             "cannot open the raw IPv4 socket loadgen sends through ({error}): run as root or \
              grant CAP_NET_RAW"
@@ -263,8 +264,10 @@ pub fn generate(args: &LoadgenArgs) -> anyhow::Result<LoadgenReport> {
         geneve: flows.iter().map(|f| f.geneve_header()).collect(),
         train: u64::from(args.train),
     };
-    let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
+    // Like the appliance, loadgen sends single packets as frames once the next hop is known.
+    let (mut sender, resolver) = nexthop::standalone(raw, SEND_BUFFER, Arc::clone(&stop));
+    let start = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
     let receiver = {
         let (stop, received) = (Arc::clone(&stop), Arc::clone(&received));
@@ -283,6 +286,9 @@ pub fn generate(args: &LoadgenArgs) -> anyhow::Result<LoadgenReport> {
         }
     }
     stop.store(true, Ordering::Release);
+    if let Some(resolver) = resolver {
+        let _ = resolver.join();
+    }
     let replies = receiver.join().map_err(|_| anyhow!("the loadgen receive thread panicked"))?;
     let sent = sent?;
     let secs = send_end.as_secs_f64().max(1e-9);
@@ -497,7 +503,7 @@ fn send_loop(
     args: &LoadgenArgs,
     layout: &Layout,
     flows: &[Flow],
-    sender: &mut RawSender,
+    sender: &mut SingleSender,
     gso: Option<&[GsoSocket]>,
     start: Instant,
 ) -> anyhow::Result<SendTotals> {
@@ -547,7 +553,7 @@ fn send_loop(
         }
         let report = match gso {
             Some(sockets) => send_trains(sockets, args, next, due, slot_len, &payloads),
-            None => sender.send(&tx, &payloads),
+            None => sender.send(&tx, &payloads).total(),
         };
         if report.sent == 0 && totals.sent == 0 {
             let error = io::Error::from_raw_os_error(report.last_error.unwrap_or(0));

@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use nexthop::{LinkSender, NextHops, Resolver};
+use nexthop::{LinkSender, NextHops, Resolver, SingleSender};
 pub use stats::{Counters, Fallback, SendPath, SharedCounters, SocketEvent};
 
 use crate::config::Config;
@@ -148,7 +148,8 @@ impl Dataplane {
             } else {
                 None
             };
-            sockets.push(worker::WorkerSockets { receive: receive.into(), raw, link });
+            let single = SingleSender::new(raw, link);
+            sockets.push(worker::WorkerSockets { receive: receive.into(), single });
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(workers + 1);

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use super::netlink::{Netlink, NetlinkError};
-use super::sys::{ETHERNET_HEADER_LEN, FRAME_HEADER_LEN, Frame, PacketSocket, SendReport, TxItem};
+use super::sys::{
+    ETHERNET_HEADER_LEN, FRAME_HEADER_LEN, Frame, PacketSocket, RawSender, SendReport, TxItem,
+};
 use crate::wire::outer::{self, IPV4_HEADER_LEN, OUTER_HEADER_LEN};
 
 /// How often every known next hop is asked about again.
@@ -231,7 +233,79 @@ fn log_change(entry: &NextHopEntry) {
     }
 }
 
-/// The packet socket and the table, as one sender of a worker (or of loadgen) uses them.
+/// Sends single packets: as Ethernet frames where the next hop is known, through the raw
+/// socket otherwise (or always, without a packet socket). One per worker, and loadgen's.
+#[derive(Debug)]
+pub struct SingleSender {
+    raw: RawSender,
+    link: Option<LinkSender>,
+    /// Scratch: what the packet socket left for the raw socket.
+    rest: Vec<TxItem>,
+}
+
+/// What one [`SingleSender::send`] achieved on each path.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PathReports {
+    pub packet: SendReport,
+    pub raw: SendReport,
+}
+
+impl PathReports {
+    /// Both paths together.
+    pub fn total(&self) -> SendReport {
+        let (a, b) = (&self.packet, &self.raw);
+        SendReport {
+            sent: a.sent + b.sent,
+            sent_bytes: a.sent_bytes + b.sent_bytes,
+            failed: a.failed + b.failed,
+            calls: a.calls + b.calls,
+            last_error: b.last_error.or(a.last_error),
+        }
+    }
+}
+
+impl SingleSender {
+    pub fn new(raw: RawSender, link: Option<LinkSender>) -> SingleSender {
+        SingleSender { raw, link, rest: Vec::new() }
+    }
+
+    pub fn send(&mut self, items: &[TxItem], payloads: &[u8]) -> PathReports {
+        let mut reports = PathReports::default();
+        let Some(link) = &mut self.link else {
+            reports.raw = self.raw.send(items, payloads);
+            return reports;
+        };
+        link.send(items, payloads, &mut self.rest, &mut reports.packet);
+        if !self.rest.is_empty() {
+            reports.raw = self.raw.send(&self.rest, payloads);
+            self.rest.clear();
+        }
+        reports
+    }
+}
+
+/// A [`SingleSender`] with its own resolver (for loadgen), which ends when `stop` is set. Raw
+/// only (and no thread) when the packet or netlink socket cannot be opened.
+pub fn standalone(
+    raw: RawSender,
+    send_buffer: usize,
+    stop: Arc<AtomicBool>,
+) -> (SingleSender, Option<JoinHandle<()>>) {
+    let hops = Arc::new(NextHops::default());
+    let link = PacketSocket::open(send_buffer)
+        .and_then(|socket| Ok((socket, Resolver::spawn(Arc::clone(&hops), stop)?)));
+    match link {
+        Ok((socket, resolver)) => {
+            (SingleSender::new(raw, Some(LinkSender::new(socket, hops))), Some(resolver))
+        }
+        Err(error) => {
+            tracing::debug!(%error, "no packet socket: single packets go through the raw socket");
+            (SingleSender::new(raw, None), None)
+        }
+    }
+}
+
+/// The packet socket and the table, as one [`SingleSender`] uses them.
 #[derive(Debug)]
 pub struct LinkSender {
     socket: PacketSocket,
@@ -246,7 +320,7 @@ impl LinkSender {
 
     /// Sends the items whose next hop is known as frames, and leaves the others in `rest`
     /// (in order) for the raw socket, asking the resolver about pairs it has not seen.
-    pub fn send(
+    fn send(
         &mut self,
         items: &[TxItem],
         payloads: &[u8],
@@ -272,7 +346,11 @@ impl LinkSender {
                 }
             };
             match hop {
-                Some(hop) if (OUTER_HEADER_LEN + item.len) as u64 <= u64::from(hop.mtu) => {
+                // An unspecified source (loadgen on 0.0.0.0) is the kernel's to choose.
+                Some(hop)
+                    if (OUTER_HEADER_LEN + item.len) as u64 <= u64::from(hop.mtu)
+                        && !item.src.is_unspecified() =>
+                {
                     self.frames.push(frame(&hop, item));
                     if self.frames.len() == self.frames.capacity() {
                         self.flush(payloads, report);

@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 
 use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSockRef, UdpSocketState};
 
-use super::nexthop::LinkSender;
+use super::nexthop::SingleSender;
 use super::send::{Run, RunBuilder, SendSockets};
 use super::stats::{Counters, Fallback, SendPath};
 use super::sys::{
-    GsoSocket, MAX_GSO_SEGMENTS, RawSender, SendReport, TxItem, skip_unused_control_messages,
-    wait_readable,
+    GsoSocket, MAX_GSO_SEGMENTS, SendReport, TxItem, skip_unused_control_messages, wait_readable,
 };
 use super::{ControlLinks, DataplaneSettings, WorkerStatus};
 use crate::pipeline::{Outcome, Pipeline};
@@ -47,19 +46,15 @@ const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
 /// The sockets a worker receives and sends through (opened before any worker starts).
 pub(super) struct WorkerSockets {
     pub receive: std::net::UdpSocket,
-    pub raw: RawSender,
-    /// The packet socket, when `dataplane.packet_socket` is on.
-    pub link: Option<LinkSender>,
+    /// Single packets: the raw socket, and the packet socket when `dataplane.packet_socket`
+    /// is on.
+    pub single: SingleSender,
 }
 
 pub(super) struct Worker {
     index: usize,
     socket: std::net::UdpSocket,
-    sender: RawSender,
-    /// The packet socket for replies whose next hop is known (`dataplane.packet_socket`).
-    link: Option<LinkSender>,
-    /// Scratch: the single packets the packet socket left for the raw socket.
-    rest: Vec<TxItem>,
+    sender: SingleSender,
     /// Per-port UDP sockets for segmented sends of trains.
     sockets: SendSockets,
     /// False when the kernel has no UDP segmentation offload (or refused it): raw only.
@@ -83,9 +78,7 @@ impl Worker {
         Worker {
             index,
             socket: sockets.receive,
-            sender: sockets.raw,
-            link: sockets.link,
-            rest: Vec::with_capacity(BATCH_SIZE * MAX_SEGMENTS_PER_SLOT * 2),
+            sender: sockets.single,
             sockets: SendSockets::new(settings.send_sockets),
             gso: settings.send_sockets > 0 && GsoSocket::supported(),
             listen_ip: *settings.listen.ip(),
@@ -264,21 +257,9 @@ impl Worker {
         if items.is_empty() {
             return;
         }
-        let Some(link) = &mut self.link else {
-            let report = self.sender.send(items, storage);
-            self.record(SendPath::Raw, &report, counters, errors);
-            return;
-        };
-        let mut rest = std::mem::take(&mut self.rest);
-        let mut report = SendReport::default();
-        link.send(items, storage, &mut rest, &mut report);
-        self.record(SendPath::Packet, &report, counters, errors);
-        if !rest.is_empty() {
-            let report = self.sender.send(&rest, storage);
-            self.record(SendPath::Raw, &report, counters, errors);
-            rest.clear();
-        }
-        self.rest = rest;
+        let reports = self.sender.send(items, storage);
+        self.record(SendPath::Packet, &reports.packet, counters, errors);
+        self.record(SendPath::Raw, &reports.raw, counters, errors);
     }
 
     fn record(
