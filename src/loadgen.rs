@@ -266,7 +266,7 @@ pub fn generate(args: &LoadgenArgs) -> anyhow::Result<LoadgenReport> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     // Like the appliance, loadgen sends single packets as frames once the next hop is known.
-    let (mut sender, resolver) = nexthop::standalone(raw, SEND_BUFFER, Arc::clone(&stop));
+    let (mut sender, resolver) = nexthop::standalone(raw, SEND_BUFFER, &stop);
     let start = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
     let receiver = {

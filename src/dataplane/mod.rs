@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use nexthop::{LinkSender, NextHops, Resolver, SingleSender};
+use nexthop::SingleSender;
 pub use stats::{Counters, Fallback, SendPath, SharedCounters, SocketEvent};
 
 use crate::config::Config;
@@ -102,16 +102,6 @@ pub enum StartError {
          (it needs CAP_NET_RAW: run as root or grant the capability, see docs/operations.md)"
     )]
     RawSocket(io::Error),
-    #[error(
-        "cannot open the packet socket used to send packets back to GWLB: {0} (it needs \
-         CAP_NET_RAW, like the raw socket; or set dataplane.packet_socket: false)"
-    )]
-    PacketSocket(io::Error),
-    #[error(
-        "cannot open the netlink socket that finds next hops for the packet socket: {0} \
-         (set dataplane.packet_socket: false to send through the raw socket only)"
-    )]
-    Netlink(io::Error),
     #[error("cannot start data-plane worker {worker}: {source}")]
     Spawn { worker: usize, source: io::Error },
 }
@@ -132,7 +122,6 @@ impl Dataplane {
         links: &ControlLinks,
     ) -> Result<Dataplane, StartError> {
         let workers = settings.workers.max(1);
-        let hops = Arc::new(NextHops::default());
         let mut sockets = Vec::with_capacity(workers);
         for worker in 0..workers {
             let receive = bind_worker_socket(settings).map_err(|source| StartError::Bind {
@@ -141,23 +130,26 @@ impl Dataplane {
                 source,
             })?;
             let raw = sys::RawSender::open(settings.send_buffer).map_err(StartError::RawSocket)?;
-            let link = if settings.packet_socket {
-                let socket = sys::PacketSocket::open(settings.send_buffer)
-                    .map_err(StartError::PacketSocket)?;
-                Some(LinkSender::new(socket, Arc::clone(&hops)))
-            } else {
-                None
-            };
-            let single = SingleSender::new(raw, link);
-            sockets.push(worker::WorkerSockets { receive: receive.into(), single });
+            sockets.push((receive, raw));
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(workers + 1);
-        if settings.packet_socket {
-            let resolver = Resolver::spawn(Arc::clone(&hops), Arc::clone(&stop))
-                .map_err(StartError::Netlink)?;
+        let mut link_senders = Vec::new();
+        if settings.packet_socket
+            && let Some((senders, resolver)) =
+                nexthop::open_links(workers, settings.send_buffer, &stop)
+        {
+            link_senders = senders;
             threads.push(resolver);
         }
+        let mut link_senders = link_senders.into_iter();
+        let sockets: Vec<worker::WorkerSockets> = sockets
+            .into_iter()
+            .map(|(receive, raw)| worker::WorkerSockets {
+                receive: receive.into(),
+                single: SingleSender::new(raw, link_senders.next()),
+            })
+            .collect();
         let status: Arc<[Arc<WorkerStatus>]> =
             (0..workers).map(|_| Arc::new(WorkerStatus::default())).collect();
         for (index, sockets) in sockets.into_iter().enumerate() {

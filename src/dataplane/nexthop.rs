@@ -128,13 +128,15 @@ impl NextHops {
 pub struct Resolver {
     hops: Arc<NextHops>,
     netlink: Netlink,
+    /// Whether the netlink socket's last failure was logged (once until it works again).
+    failing: bool,
 }
 
 impl Resolver {
     /// Opens the netlink socket (so that an error stops startup) and starts the thread, which
     /// ends soon after `stop` is set.
     pub fn spawn(hops: Arc<NextHops>, stop: Arc<AtomicBool>) -> io::Result<JoinHandle<()>> {
-        let mut resolver = Resolver { hops, netlink: Netlink::open()? };
+        let mut resolver = Resolver { hops, netlink: Netlink::open()?, failing: false };
         std::thread::Builder::new().name("lw-nexthop".into()).spawn(move || resolver.run(&stop))
     }
 
@@ -183,17 +185,23 @@ impl Resolver {
     }
 
     fn resolve(&mut self, src: Ipv4Addr, dst: Ipv4Addr) -> Option<LinkHop> {
-        match self.ask(src, dst) {
+        let answer = self.ask(src, dst);
+        let failed = answer.is_err();
+        let hop = match answer {
             Ok(Ok(hop)) => Some(hop),
             Ok(Err(reason)) => {
                 tracing::trace!(%src, %dst, %reason, "no link-layer next hop");
                 None
             }
             Err(error) => {
-                tracing::warn!(%src, %dst, %error, "cannot ask the kernel for a next hop");
+                if !self.failing {
+                    tracing::warn!(%src, %dst, %error, "cannot ask the kernel for a next hop");
+                }
                 None
             }
-        }
+        };
+        self.failing = failed;
+        hop
     }
 
     fn ask(&mut self, src: Ipv4Addr, dst: Ipv4Addr) -> io::Result<Result<LinkHop, NetlinkError>> {
@@ -284,24 +292,41 @@ impl SingleSender {
     }
 }
 
-/// A [`SingleSender`] with its own resolver (for loadgen), which ends when `stop` is set. Raw
-/// only (and no thread) when the packet or netlink socket cannot be opened.
+/// Packet sockets for `count` senders and the resolver thread they share (ended by `stop`),
+/// or `None`, with a warning, when either cannot be opened (a sandbox without `AF_PACKET` or
+/// `AF_NETLINK`, no CAP_NET_RAW): single packets then all go through the raw socket.
+pub fn open_links(
+    count: usize,
+    send_buffer: usize,
+    stop: &Arc<AtomicBool>,
+) -> Option<(Vec<LinkSender>, JoinHandle<()>)> {
+    let hops = Arc::new(NextHops::default());
+    let opened = (0..count)
+        .map(|_| PacketSocket::open(send_buffer).map(|s| LinkSender::new(s, Arc::clone(&hops))))
+        .collect::<io::Result<Vec<_>>>()
+        .and_then(|senders| Ok((senders, Resolver::spawn(hops, Arc::clone(stop))?)));
+    match opened {
+        Ok(links) => Some(links),
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                "cannot open the packet socket or the netlink socket that finds next hops: \
+                 single packets go through the raw socket only"
+            );
+            None
+        }
+    }
+}
+
+/// A [`SingleSender`] with its own resolver when it can have one (loadgen's).
 pub fn standalone(
     raw: RawSender,
     send_buffer: usize,
-    stop: Arc<AtomicBool>,
+    stop: &Arc<AtomicBool>,
 ) -> (SingleSender, Option<JoinHandle<()>>) {
-    let hops = Arc::new(NextHops::default());
-    let link = PacketSocket::open(send_buffer)
-        .and_then(|socket| Ok((socket, Resolver::spawn(Arc::clone(&hops), stop)?)));
-    match link {
-        Ok((socket, resolver)) => {
-            (SingleSender::new(raw, Some(LinkSender::new(socket, hops))), Some(resolver))
-        }
-        Err(error) => {
-            tracing::debug!(%error, "no packet socket: single packets go through the raw socket");
-            (SingleSender::new(raw, None), None)
-        }
+    match open_links(1, send_buffer, stop) {
+        Some((mut senders, resolver)) => (SingleSender::new(raw, senders.pop()), Some(resolver)),
+        None => (SingleSender::new(raw, None), None),
     }
 }
 
