@@ -8,7 +8,9 @@
 # (--train 64: loadgen sends each train as segmented UDP sends, loopback hands it to the
 # appliance as one GRO train, and the appliance answers with segmented sends from per-port
 # sockets). With trains one more case, "reflector raw send" (dataplane.send_sockets: 0),
-# shows the same reflector answering trains one raw packet at a time. "plain reflector (C)"
+# shows the same reflector answering trains one raw packet at a time; with single packets
+# across a link (NETNS=1), "reflector raw socket" (dataplane.packet_socket: false) shows it
+# sending them through the raw socket instead of the packet socket. "plain reflector (C)"
 # is benches/plain_reflector.c (built with cc when there is one): recvmmsg/sendmmsg on one UDP
 # socket, no GWLB rules, no GRO/GSO, the yardstick for the per-packet socket cost.
 # The appliance (1 worker) runs on CPU 1, loadgen on CPU 0. Needs root (raw sockets).
@@ -65,9 +67,9 @@ if command -v cc >/dev/null && cc -O2 -o "$dir/plain" benches/plain_reflector.c;
 # Above loadgen's per-flow source ports (20000 + flow, on 127.0.0.2 with --train).
 port=$((40000 + RANDOM % 20000)); reply=$((port + 1)); admin=$((port + 2))
 
-start_appliance() { # policy-file send-sockets [--reflect]
+start_appliance() { # policy-file send-sockets [--reflect] [packet-socket]
   cat >"$dir/labelwall.yaml" <<YAML
-dataplane: {listen: $app_ip:$port, workers: 1, reply_port: $reply, send_sockets: $2}
+dataplane: {listen: $app_ip:$port, workers: 1, reply_port: $reply, send_sockets: $2, packet_socket: ${4:-true}}
 admin: {listen: 127.0.0.1:$admin}
 policy: $1
 labels: {inventory: [$dir/inventory.yaml]}
@@ -113,6 +115,7 @@ for size in ${sizes[*]}; do
   base=""; base_back=""
   cases=("null reflector" "labelwall allow-all" "labelwall bookinfo")
   [ "$train" -gt 1 ] && cases+=("reflector raw send")
+  [ "$train" -eq 1 ] && [ -n "${NETNS:-}" ] && cases+=("reflector raw socket")
   [ -n "$plain" ] && cases+=("plain reflector (C)")
   for case in "${cases[@]}"; do
     if [ -n "${CASES:-}" ] && ! grep -qxE "$CASES" <<<"$case"; then continue; fi
@@ -121,6 +124,7 @@ for size in ${sizes[*]}; do
       "labelwall allow-all") start_appliance "$dir/allow.yaml" 256 ;;
       "labelwall bookinfo") start_appliance "$dir/policy.yaml" 256 ;;
       "reflector raw send") start_appliance "$dir/allow.yaml" 0 --reflect ;;
+      "reflector raw socket") start_appliance "$dir/allow.yaml" 256 --reflect false ;;
       "plain reflector (C)")
         "${in_app[@]}" taskset -c 1 "$plain" "$app_ip" "$port" "$peer_ip" "$reply" 600 >"$dir/plain.out" &
         appliance_pid=$!; sleep 0.3 ;;
