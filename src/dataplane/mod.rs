@@ -147,7 +147,7 @@ impl Dataplane {
             .into_iter()
             .map(|(receive, raw)| worker::WorkerSockets {
                 receive: receive.into(),
-                single: SingleSender::new(raw, link_senders.next()),
+                single: SingleSender::new(raw, link_senders.next(), worker::MAX_SINGLES_PER_FLUSH),
             })
             .collect();
         let status: Arc<[Arc<WorkerStatus>]> =

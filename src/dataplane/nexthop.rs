@@ -25,7 +25,8 @@ use arc_swap::ArcSwap;
 
 use super::netlink::{Netlink, NetlinkError};
 use super::sys::{
-    ETHERNET_HEADER_LEN, FRAME_HEADER_LEN, Frame, PacketSocket, RawSender, SendReport, TxItem,
+    ETHERNET_HEADER_LEN, FRAME_HEADER_LEN, Frame, PacketSocket, RawSender, SEND_BATCH, SendReport,
+    TxItem,
 };
 use crate::wire::outer::{self, IPV4_HEADER_LEN, OUTER_HEADER_LEN};
 
@@ -133,8 +134,8 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// Opens the netlink socket (so that an error stops startup) and starts the thread, which
-    /// ends soon after `stop` is set.
+    /// Opens the netlink socket (so that an error is known before any packet is sent) and
+    /// starts the thread, which ends soon after `stop` is set.
     pub fn spawn(hops: Arc<NextHops>, stop: Arc<AtomicBool>) -> io::Result<JoinHandle<()>> {
         let mut resolver = Resolver { hops, netlink: Netlink::open()?, failing: false };
         std::thread::Builder::new().name("lw-nexthop".into()).spawn(move || resolver.run(&stop))
@@ -273,8 +274,10 @@ impl PathReports {
 }
 
 impl SingleSender {
-    pub fn new(raw: RawSender, link: Option<LinkSender>) -> SingleSender {
-        SingleSender { raw, link, rest: Vec::new() }
+    /// `batch`: the most items one [`SingleSender::send`] is given (room reserved up front, so
+    /// that sending never allocates).
+    pub fn new(raw: RawSender, link: Option<LinkSender>, batch: usize) -> SingleSender {
+        SingleSender { raw, link, rest: Vec::with_capacity(batch) }
     }
 
     pub fn send(&mut self, items: &[TxItem], payloads: &[u8]) -> PathReports {
@@ -318,15 +321,18 @@ pub fn open_links(
     }
 }
 
-/// A [`SingleSender`] with its own resolver when it can have one (loadgen's).
+/// A [`SingleSender`] with its own resolver when it can have one (loadgen's, which sends at
+/// most [`SEND_BATCH`] items at a time).
 pub fn standalone(
     raw: RawSender,
     send_buffer: usize,
     stop: &Arc<AtomicBool>,
 ) -> (SingleSender, Option<JoinHandle<()>>) {
     match open_links(1, send_buffer, stop) {
-        Some((mut senders, resolver)) => (SingleSender::new(raw, senders.pop()), Some(resolver)),
-        None => (SingleSender::new(raw, None), None),
+        Some((mut senders, resolver)) => {
+            (SingleSender::new(raw, senders.pop(), SEND_BATCH), Some(resolver))
+        }
+        None => (SingleSender::new(raw, None, SEND_BATCH), None),
     }
 }
 
@@ -340,7 +346,7 @@ pub struct LinkSender {
 
 impl LinkSender {
     pub fn new(socket: PacketSocket, hops: Arc<NextHops>) -> LinkSender {
-        LinkSender { socket, hops, frames: Vec::with_capacity(super::sys::SEND_BATCH) }
+        LinkSender { socket, hops, frames: Vec::with_capacity(SEND_BATCH) }
     }
 
     /// Sends the items whose next hop is known as frames, and leaves the others in `rest`

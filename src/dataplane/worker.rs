@@ -34,6 +34,8 @@ const MAX_SEGMENTS_PER_SLOT: usize = 64;
 const RX_REGION: usize = SLOT_STRIDE * BATCH_SIZE;
 /// Room after it for injected rejects: two slots' worth, flushed when less than one is left.
 const INJECT_REGION: usize = 2 * MAX_SEGMENTS_PER_SLOT * MAX_REJECT_LEN;
+/// Most single packets one flush sends: every datagram of a batch and as many rejects.
+pub(super) const MAX_SINGLES_PER_FLUSH: usize = BATCH_SIZE * MAX_SEGMENTS_PER_SLOT * 2;
 /// Receive slots per call while trains arrive: 8 trains (up to 512 datagrams, 512 KiB) per
 /// call keep what was received in the core's cache until it is sent; 32 slots of 64 KiB
 /// would be 2 MiB, and the segmented sends would read it back from memory.
@@ -114,7 +116,7 @@ impl Worker {
         let mut storage = vec![0u8; RX_REGION + INJECT_REGION];
         let mut metas = [RecvMeta::default(); BATCH_SIZE];
         let mut tx = SendQueue {
-            raw: Vec::with_capacity(BATCH_SIZE * MAX_SEGMENTS_PER_SLOT * 2),
+            raw: Vec::with_capacity(MAX_SINGLES_PER_FLUSH),
             runs: Vec::with_capacity(BATCH_SIZE * MAX_SEGMENTS_PER_SLOT),
             fallback: Vec::with_capacity(MAX_GSO_SEGMENTS),
             now_ms: 0,
