@@ -315,6 +315,30 @@ mod tests {
     const ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
     const PEER: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
 
+    /// `ip route get 10.9.0.2 from 10.9.0.1`: on the link, out of interface 2.
+    const ROUTE_ON_LINK: &[&str] = &[
+        "680000001800000007000000bc55000002202000fe0000010002000008000f00fe00000008000100",
+        "0a090002080002000a0900010800040002000000080019000000000024000c000200000000000000",
+        "000000000000000000000000000000000000000000000000",
+    ];
+    /// `ip link show dev 2` (a veth), cut after IFLA_ADDRESS (the length field adjusted).
+    const LINK: &[&str] = &[
+        "0c0100001000000007000000bc55000000000100020000004310010000000000",
+        "070003007641000008000d00e803000005001000060000000500110000000000",
+        "050043000000000008000400dc050000080032004400000008003300ffff0000",
+        "08001b000000000008001e000000000008003d000000000008001f0002000000",
+        "08002800ffff0000080029000000010008003a000000010008003f0000000100",
+        "080040000000010008003b00f8ff070008003c00ffff00000800420000000000",
+        "08002000020000000500210001000000080023000200000008002f0001000000",
+        "0800300001000000060044000000000006004500000000000500270000000000",
+        "0a0001001e1147c08b960000",
+    ];
+    /// `ip neigh get 10.9.0.2 dev 2`: STALE, fa:cc:14:6d:b8:6d.
+    const NEIGHBOUR_STALE: &[&str] = &[
+        "4c0000001c00000007000000bc550000020000000200000004000001080001000a0900020a000200",
+        "facc146db86d0000080004000100000014000300a3210000a32100002317000001000000",
+    ];
+
     #[test]
     fn requests_match_fixtures() {
         assert_eq!(
@@ -341,11 +365,7 @@ mod tests {
 
     #[test]
     fn route_on_the_link_goes_to_the_destination_itself() {
-        let answer = bytes(&[
-            "680000001800000007000000bc55000002202000fe0000010002000008000f00fe00000008000100",
-            "0a090002080002000a0900010800040002000000080019000000000024000c000200000000000000",
-            "000000000000000000000000000000000000000000000000",
-        ]);
+        let answer = bytes(ROUTE_ON_LINK);
         assert_eq!(parse_route(&answer, PEER), Ok(Route { interface: 2, next_hop: PEER }));
     }
 
@@ -380,17 +400,7 @@ mod tests {
 
     #[test]
     fn link_gives_mac_mtu_and_whether_it_is_ethernet() {
-        let mut answer = bytes(&[
-            "0c0100001000000007000000bc55000000000100020000004310010000000000",
-            "070003007641000008000d00e803000005001000060000000500110000000000",
-            "050043000000000008000400dc050000080032004400000008003300ffff0000",
-            "08001b000000000008001e000000000008003d000000000008001f0002000000",
-            "08002800ffff0000080029000000010008003a000000010008003f0000000100",
-            "080040000000010008003b00f8ff070008003c00ffff00000800420000000000",
-            "08002000020000000500210001000000080023000200000008002f0001000000",
-            "0800300001000000060044000000000006004500000000000500270000000000",
-            "0a0001001e1147c08b960000",
-        ]);
+        let mut answer = bytes(LINK);
         let mac = [0x1e, 0x11, 0x47, 0xc0, 0x8b, 0x96];
         assert_eq!(parse_link(&answer), Ok(Link { ethernet: true, mac, mtu: 1500 }));
         // The same interface down (flags without IFF_UP) or of another type (ARPHRD_NONE, a
@@ -404,10 +414,7 @@ mod tests {
 
     #[test]
     fn neighbour_with_a_usable_state_gives_its_mac() {
-        let mut answer = bytes(&[
-            "4c0000001c00000007000000bc550000020000000200000004000001080001000a0900020a000200",
-            "facc146db86d0000080004000100000014000300a3210000a32100002317000001000000",
-        ]);
+        let mut answer = bytes(NEIGHBOUR_STALE);
         let mac = [0xfa, 0xcc, 0x14, 0x6d, 0xb8, 0x6d];
         assert_eq!(parse_neighbour(&answer), Err(NetlinkError::Unresolved(0x04))); // STALE
         let states: [(u16, bool); 6] =
@@ -424,12 +431,33 @@ mod tests {
         assert_eq!(parse_neighbour(&unknown), Err(NetlinkError::Kernel(libc::ENOENT)));
     }
 
+    /// Every fixture cut at every length and with every byte set to 0x00, 0x7f, 0x80 and 0xff:
+    /// the parsers answer something and never panic.
+    #[test]
+    fn mutated_answers_never_panic() {
+        let fixtures = [bytes(ROUTE_ON_LINK), bytes(LINK), bytes(NEIGHBOUR_STALE)];
+        let parse_all = |answer: &[u8]| {
+            let _ = parse_route(answer, PEER);
+            let _ = parse_link(answer);
+            let _ = parse_neighbour(answer);
+        };
+        for fixture in &fixtures {
+            for len in 0..=fixture.len() {
+                parse_all(&fixture[..len]);
+            }
+            for at in 0..fixture.len() {
+                for value in [0x00, 0x7f, 0x80, 0xff] {
+                    let mut mutated = fixture.clone();
+                    mutated[at] = value;
+                    parse_all(&mutated);
+                }
+            }
+        }
+    }
+
     #[test]
     fn truncated_and_malformed_answers_are_errors_not_panics() {
-        let answer = bytes(&[
-            "4c0000001c00000007000000bc550000020000000200000004000001080001000a0900020a000200",
-            "facc146db86d0000080004000100000014000300a3210000a32100002317000001000000",
-        ]);
+        let answer = bytes(NEIGHBOUR_STALE);
         for len in 0..answer.len() {
             assert!(parse_neighbour(&answer[..len]).is_err(), "{len} bytes");
         }
