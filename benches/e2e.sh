@@ -67,9 +67,10 @@ if command -v cc >/dev/null && cc -O2 -o "$dir/plain" benches/plain_reflector.c;
 # Above loadgen's per-flow source ports (20000 + flow, on 127.0.0.2 with --train).
 port=$((40000 + RANDOM % 20000)); reply=$((port + 1)); admin=$((port + 2))
 
+# (packet_socket only when given, so that builds from before it can be compared with BIN=)
 start_appliance() { # policy-file send-sockets [--reflect] [packet-socket]
   cat >"$dir/labelwall.yaml" <<YAML
-dataplane: {listen: $app_ip:$port, workers: 1, reply_port: $reply, send_sockets: $2, packet_socket: ${4:-true}}
+dataplane: {listen: $app_ip:$port, workers: 1, reply_port: $reply, send_sockets: $2${4:+, packet_socket: $4}}
 admin: {listen: 127.0.0.1:$admin}
 policy: $1
 labels: {inventory: [$dir/inventory.yaml]}
