@@ -43,6 +43,7 @@ use anyhow::{Context, bail};
 use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSockRef, UdpSocketState};
 
 use crate::conntrack::FlowKey;
+use crate::dataplane::nexthop::{self, SingleSender};
 use crate::dataplane::sys::{
     self, RawSender, SEND_BATCH, TxItem, bind_udp_receiver, wait_readable,
 };
@@ -567,6 +568,8 @@ pub struct SimStats {
     /// Inner packets wrapped and sent to the appliance, and their inner bytes.
     pub out_packets: AtomicU64,
     pub out_bytes: AtomicU64,
+    /// Of those, sent as Ethernet frames through the packet socket (the rest: raw socket).
+    pub out_frames: AtomicU64,
     /// Inner packets of good replies written back to the TUN device, and their bytes.
     pub back_packets: AtomicU64,
     pub back_bytes: AtomicU64,
@@ -622,12 +625,13 @@ impl SimStats {
     fn line(&self, flows: &SimFlows) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "out={} out_bytes={} back={} back_bytes={} rejects={} mismatches={} \
+            "out={} out_bytes={} out_frames={} back={} back_bytes={} rejects={} mismatches={} \
              (malformed={} unknown_flow={} wrong_port={} stale_cookie={} wrong_header={} \
              foreign={}) flows={} flows_created={} flows_renewed={} unparsable={} \
              table_full={} send_failed={} tun_write_failed={}",
             get(&self.out_packets),
             get(&self.out_bytes),
+            get(&self.out_frames),
             get(&self.back_packets),
             get(&self.back_bytes),
             get(&self.rejects),
@@ -659,7 +663,7 @@ pub fn run(args: &GwlbSimArgs) -> anyhow::Result<()> {
     })?;
     sys::set_link_mtu_up(&args.tun, args.mtu)
         .with_context(|| format!("cannot set MTU {} on {} and bring it up", args.mtu, args.tun))?;
-    let mut sender = RawSender::open(SEND_BUFFER)
+    let raw = RawSender::open(SEND_BUFFER)
         .context("cannot open a raw socket to send GENEVE: gwlb-sim needs root (CAP_NET_RAW)")?;
     let reply_at = SocketAddrV4::new(args.local, args.reply_port);
     let replies = bind_reply_socket(reply_at)?;
@@ -668,6 +672,8 @@ pub fn run(args: &GwlbSimArgs) -> anyhow::Result<()> {
     sys::skip_unused_control_messages(&replies, false).context("cannot set up the reply socket")?;
     let stop = Arc::new(AtomicBool::new(false));
     watch_signals(Arc::clone(&stop))?;
+    // As the appliance does: frames through a packet socket once the next hop is known.
+    let (mut sender, resolver) = nexthop::standalone(raw, SEND_BUFFER, &stop);
 
     let flows = Arc::new(Mutex::new(SimFlows::new(SimSettings::from_args(args))));
     let stats = Arc::new(SimStats::default());
@@ -700,6 +706,9 @@ pub fn run(args: &GwlbSimArgs) -> anyhow::Result<()> {
     .run();
     stop.store(true, Ordering::Release);
     let returned = returning.join();
+    if let Some(resolver) = resolver {
+        let _ = resolver.join();
+    }
     let line = stats.line(&flows.lock().expect("flow table lock"));
     eprintln!("gwlb-sim: stopped: {line}");
     forwarding.context("reading from the TUN device failed")?;
@@ -747,7 +756,7 @@ fn watch_signals(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
 /// TUN device -> appliance: read a batch of inner packets, wrap them, send them in one go.
 struct ForwardLoop<'a> {
     tun: &'a File,
-    sender: &'a mut RawSender,
+    sender: &'a mut SingleSender,
     flows: &'a Mutex<SimFlows>,
     stats: &'a SimStats,
     stop: &'a AtomicBool,
@@ -833,7 +842,9 @@ impl ForwardLoop<'_> {
                 }
             }
             drop(table);
-            let report = sender.send(&tx, &buffer);
+            let reports = sender.send(&tx, &buffer);
+            SimStats::add(&stats.out_frames, reports.packet.sent);
+            let report = reports.total();
             SimStats::add(&stats.out_packets, report.sent);
             SimStats::add(
                 &stats.out_bytes,

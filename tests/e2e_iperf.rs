@@ -414,6 +414,7 @@ fn ratings_reaches_the_database_through_the_appliance_and_other_is_refused_at_on
     assert_eq!(counters.get("mismatches"), 0, "{}", counters.line);
     assert!(counters.get("rejects") >= 1, "{}", counters.line);
     assert!(counters.get("back") > 1000, "{}", counters.line);
+    assert!(counters.get("out_frames") * 10 > counters.get("out") * 9, "{}", counters.line);
 }
 
 #[test]
