@@ -2,9 +2,11 @@
 //! through the [`Pipeline`](crate::pipeline::Pipeline) and send what may pass back to GWLB.
 //!
 //! Each worker owns one `SO_REUSEPORT` UDP socket on the listen address (the kernel spreads
-//! GWLB's flows over them by 4-tuple hash), one raw socket for sending back, its buffers and
-//! its counters. Nothing is shared between workers on the per-packet path; the control plane
-//! sees them only through [`WorkerStatus`].
+//! GWLB's flows over them by 4-tuple hash), its sockets for sending back (a packet socket,
+//! raw sockets, per-port UDP sockets for trains), its buffers and its counters. Nothing is
+//! shared between workers on the per-packet path but the next-hop table, which they only
+//! read (one resolver thread writes it); the control plane sees them only through
+//! [`WorkerStatus`].
 //!
 //! Must not depend on: tokio, kube, the admin server.
 
