@@ -116,7 +116,7 @@ impl Worker {
         let mut storage = vec![0u8; RX_REGION + INJECT_REGION];
         let mut metas = [RecvMeta::default(); BATCH_SIZE];
         let mut tx = SendQueue {
-            raw: Vec::with_capacity(MAX_SINGLES_PER_FLUSH),
+            singles: Vec::with_capacity(MAX_SINGLES_PER_FLUSH),
             runs: Vec::with_capacity(BATCH_SIZE * MAX_SEGMENTS_PER_SLOT),
             fallback: Vec::with_capacity(MAX_GSO_SEGMENTS),
             now_ms: 0,
@@ -183,8 +183,9 @@ impl Worker {
         tracing::debug!(worker = self.index, "worker stopped");
     }
 
-    /// Sends what is queued, in order: raw packets in `sendmmsg` batches, each run of a
-    /// train as one segmented send (or raw, one by one, when that cannot be done).
+    /// Sends what is queued, in order: single packets in `sendmmsg` batches, each run of a
+    /// train as one segmented send (or as single packets, one by one, when that cannot be
+    /// done).
     fn flush(
         &mut self,
         tx: &mut SendQueue,
@@ -192,11 +193,16 @@ impl Worker {
         counters: &mut Counters,
         errors: &mut RateLimitedLog,
     ) {
-        let mut raw_sent = 0;
+        let mut singles_sent = 0;
         for queued in &tx.runs {
-            if queued.raw_before > raw_sent {
-                self.send_raw(&tx.raw[raw_sent..queued.raw_before], storage, counters, errors);
-                raw_sent = queued.raw_before;
+            if queued.singles_before > singles_sent {
+                self.send_singles(
+                    &tx.singles[singles_sent..queued.singles_before],
+                    storage,
+                    counters,
+                    errors,
+                );
+                singles_sent = queued.singles_before;
             }
             let run = queued.run;
             let a = queued.addressing;
@@ -238,18 +244,18 @@ impl Worker {
                 }
                 offset += len;
             }
-            self.send_raw(&tx.fallback, storage, counters, errors);
+            self.send_singles(&tx.fallback, storage, counters, errors);
         }
-        if tx.raw.len() > raw_sent {
-            self.send_raw(&tx.raw[raw_sent..], storage, counters, errors);
+        if tx.singles.len() > singles_sent {
+            self.send_singles(&tx.singles[singles_sent..], storage, counters, errors);
         }
-        tx.raw.clear();
+        tx.singles.clear();
         tx.runs.clear();
     }
 
     /// Sends single packets: as Ethernet frames where the next hop is known, else through
     /// the raw socket.
-    fn send_raw(
+    fn send_singles(
         &mut self,
         items: &[TxItem],
         storage: &[u8],
@@ -334,7 +340,7 @@ impl Worker {
                     if let Some(run) = runs.finish() {
                         io.tx.push_run(run, &addressing, counters);
                     }
-                    io.tx.push_raw(&addressing, usable, at, len, counters);
+                    io.tx.push_single(&addressing, usable, at, len, counters);
                     None
                 }
                 Outcome::Drop(reason) => {
@@ -353,12 +359,12 @@ impl Worker {
     }
 }
 
-/// What a worker will send at the next flush, in order: single packets for the raw socket,
-/// and runs of trains, each placed after the raw packets queued before it.
+/// What a worker will send at the next flush, in order: single packets (packet or raw
+/// socket), and runs of trains, each placed after the single packets queued before it.
 struct SendQueue {
-    raw: Vec<TxItem>,
+    singles: Vec<TxItem>,
     runs: Vec<QueuedRun>,
-    /// Scratch for a run that has to go out raw after all.
+    /// Scratch for a run that has to go out as single packets after all.
     fallback: Vec<TxItem>,
     /// The batch's clock, for the send-socket cache.
     now_ms: u64,
@@ -367,11 +373,11 @@ struct SendQueue {
 struct QueuedRun {
     run: Run,
     addressing: OuterAddressing,
-    raw_before: usize,
+    singles_before: usize,
 }
 
 impl SendQueue {
-    fn push_raw(
+    fn push_single(
         &mut self,
         addressing: &OuterAddressing,
         usable: bool,
@@ -380,17 +386,22 @@ impl SendQueue {
         counters: &mut Counters,
     ) {
         match TxItem::new(addressing, at, len).filter(|_| usable) {
-            Some(item) => self.raw.push(item),
+            Some(item) => self.singles.push(item),
             None => counters.drop(DropReason::SendFailed),
         }
     }
 
-    /// A run of one datagram goes raw (batched with others); longer ones as one send.
+    /// A run of one datagram goes as a single packet (batched with others); longer ones as
+    /// one send.
     fn push_run(&mut self, run: Run, addressing: &OuterAddressing, counters: &mut Counters) {
         if run.count == 1 {
-            self.push_raw(addressing, true, run.offset, run.len, counters);
+            self.push_single(addressing, true, run.offset, run.len, counters);
         } else {
-            self.runs.push(QueuedRun { run, addressing: *addressing, raw_before: self.raw.len() });
+            self.runs.push(QueuedRun {
+                run,
+                addressing: *addressing,
+                singles_before: self.singles.len(),
+            });
         }
     }
 }
