@@ -23,7 +23,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use netns::{Netns, run_bounded, run_checked, veth, wait_bounded};
+use netns::{Netns, run_bounded, veth, wait_bounded};
 
 const RATINGS_IP: &str = "10.0.1.15";
 const OTHER_IP: &str = "10.0.1.20";
@@ -121,15 +121,6 @@ struct Bench {
     dir: tempfile::TempDir,
 }
 
-/// Writes a sysctl through /proc inside the namespace (no procps needed).
-fn sysctl(netns: &Netns, key: &str, value: &str) {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    run_checked(
-        netns.exec("sh").args(["-c", &format!("echo {value} > {path}")]),
-        netns::COMMAND_LIMIT,
-    );
-}
-
 impl Bench {
     /// Builds the topology, starts the appliance with `policy` (and the demo's inventory) and
     /// the simulator, and routes pod <-> db traffic through them.
@@ -163,10 +154,10 @@ impl Bench {
         gw.ip(&["route", "add", &format!("{OTHER_IP}/32"), "dev", "oth0"]);
         gw.address("db0", "10.20.0.1/24");
         gw.address("app0", &format!("{SIM_IP}/24"));
-        sysctl(&gw, "net.ipv4.ip_forward", "1");
+        gw.sysctl("net.ipv4.ip_forward", "1");
         // Replies come back in on the TUN device, not the veth the route points to.
-        sysctl(&gw, "net.ipv4.conf.all.rp_filter", "0");
-        sysctl(&gw, "net.ipv4.conf.default.rp_filter", "0");
+        gw.sysctl("net.ipv4.conf.all.rp_filter", "0");
+        gw.sysctl("net.ipv4.conf.default.rp_filter", "0");
         for (dev, to) in
             [("rat0", "10.20.0.0/24"), ("oth0", "10.20.0.0/24"), ("db0", "10.0.1.0/24")]
         {
@@ -198,7 +189,7 @@ impl Bench {
             dir.path().join("gwlb-sim.log"),
         );
         sim.wait_until(Duration::from_secs(10), |d| d.log().contains("gwlb-sim: ready"));
-        sysctl(&gw, &format!("net.ipv4.conf.{TUN}.rp_filter"), "0");
+        gw.sysctl(&format!("net.ipv4.conf.{TUN}.rp_filter"), "0");
         gw.ip(&["route", "add", "default", "dev", TUN, "table", TO_GWLB_TABLE]);
         Bench { sim, appliance, rat, oth, db, gw, app, dir }
     }
@@ -462,7 +453,7 @@ fn a_reused_5_tuple_gets_a_new_cookie_and_still_passes() {
     let _serial = serial();
     let mut bench = Bench::start(labelwall::demo::POLICY);
     // The client may hold the old connection in TIME_WAIT; let it reuse the 5-tuple.
-    sysctl(&bench.rat, "net.ipv4.tcp_tw_reuse", "1");
+    bench.rat.sysctl("net.ipv4.tcp_tw_reuse", "1");
     for run in 1..=2 {
         let _server = bench.iperf_server();
         let ratings = bench.iperf_client_with(&bench.rat, 1, &["--cport", "45000"]);

@@ -115,11 +115,10 @@ impl Netns {
     }
 
     /// Sets a sysctl inside the namespace.
+    /// (Through /proc/sys, so that procps is not needed.)
     pub fn sysctl(&self, key: &str, value: &str) {
-        run_checked(
-            self.exec("sysctl").args(["-q", "-w", &format!("{key}={value}")]),
-            COMMAND_LIMIT,
-        );
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        run_checked(self.exec("sh").args(["-c", &format!("echo {value} > {path}")]), COMMAND_LIMIT);
     }
 
     /// A command that runs `program` inside the namespace (`ip netns exec`, which execs it,
