@@ -270,7 +270,11 @@ async fn serve(config: &Config, settings: DataplaneSettings) -> anyhow::Result<(
     drop(links); // the workers hold the flow-log senders now
     let workers = dataplane.status();
     let state = Arc::new(AdminState {
-        registry: metrics::registry(Arc::clone(&workers), Arc::clone(&control_state)),
+        registry: metrics::registry(
+            Arc::clone(&workers),
+            dataplane.next_hops(),
+            Arc::clone(&control_state),
+        ),
         workers,
         control: Arc::clone(&control_state),
     });

@@ -17,14 +17,20 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::control::ControlState;
+use crate::dataplane::nexthop::NextHops;
 use crate::dataplane::{self, Fallback, SendPath, SocketEvent, WorkerStatus};
 use crate::policy::Action;
 use crate::wire::DropReason;
 
 /// Builds the registry the admin server renders.
-pub fn registry(workers: Arc<[Arc<WorkerStatus>]>, control: Arc<ControlState>) -> Registry {
+pub fn registry(
+    workers: Arc<[Arc<WorkerStatus>]>,
+    next_hops: Option<Arc<NextHops>>,
+    control: Arc<ControlState>,
+) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(DataplaneCollector { workers, started: Instant::now() }));
+    let started = Instant::now();
+    registry.register_collector(Box::new(DataplaneCollector { workers, next_hops, started }));
     registry.register_collector(Box::new(ControlCollector { control }));
     registry
 }
@@ -40,6 +46,7 @@ pub fn render(registry: &Registry) -> String {
 #[derive(Debug)]
 struct DataplaneCollector {
     workers: Arc<[Arc<WorkerStatus>]>,
+    next_hops: Option<Arc<NextHops>>,
     started: Instant,
 }
 
@@ -140,6 +147,15 @@ impl Collector for DataplaneCollector {
             "labelwall_send_calls",
             "Send system calls by path (packets / calls = packets per call).",
             SendPath::ALL.map(|path| ([("path", path.as_str())], total.path_calls(path))),
+        )?;
+        let (packet, raw) = self.next_hops.as_ref().map_or((0, 0), |hops| hops.counts());
+        gauge(
+            e,
+            "labelwall_next_hops",
+            "(Appliance address, GWLB node) pairs single packets are sent to, by path: packet \
+             (the kernel knows the next hop's hardware address) or raw (it does not, yet; or \
+             the route is not over Ethernet). Both 0 when the packet socket is off.",
+            [("packet", packet), ("raw", raw)].map(|(path, n)| ([("path", path)], n as i64)),
         )?;
         counter(
             e,

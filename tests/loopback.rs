@@ -304,6 +304,26 @@ fn a_denied_datagram_splits_the_train_and_only_permitted_ones_come_back() {
 }
 
 #[test]
+fn on_loopback_single_packets_stay_on_the_raw_socket() {
+    // The packet socket needs an Ethernet next hop; loopback has none, and the resolver says
+    // so once it has asked the kernel. Replies go raw before and after.
+    let peer = GwlbPeer::new(1);
+    let appliance = Appliance::start(peer.reply_port(), 1, "", &[]);
+    let datagram = gwlb_datagram(7, &ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, 3));
+    assert_eq!(peer.round_trip(0, appliance.listen, &datagram), datagram);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&appliance.metrics(), r#"labelwall_next_hops{path="raw"}"#) != 1 {
+        assert!(Instant::now() < deadline, "no next-hop answer:\n{}", appliance.metrics());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(peer.round_trip(0, appliance.listen, &datagram), datagram);
+    let metrics = appliance.metrics();
+    assert_eq!(metric(&metrics, r#"labelwall_next_hops{path="packet"}"#), 0, "{metrics}");
+    assert_eq!(metric(&metrics, r#"labelwall_send_packets_total{path="packet"}"#), 0);
+    assert_eq!(metric(&metrics, r#"labelwall_send_packets_total{path="raw"}"#), 2, "{metrics}");
+}
+
+#[test]
 fn a_port_the_appliance_cannot_bind_falls_back_to_the_raw_socket() {
     let peer = GwlbPeer::new(1);
     let appliance = Appliance::start(peer.reply_port(), 1, "", &[]);

@@ -173,6 +173,9 @@ fn replies_leave_as_frames_with_the_headers_the_raw_socket_would_write() {
     // The first replies went raw while the resolver asked the kernel; the rest as frames.
     assert!(packet > 0 && packet > 10 * raw, "packet {packet}, raw {raw}\n{}", link.log());
     assert!(link.log().contains("replies leave through the packet socket"), "{}", link.log());
+    let metrics = link.app.http_get(ADMIN_PORT, "/metrics");
+    assert!(metrics.contains("labelwall_next_hops{path=\"packet\"} 1\n"), "{metrics}");
+    assert!(metrics.contains("labelwall_next_hops{path=\"raw\"} 0\n"), "{metrics}");
 
     // tshark, an independent decoder, on what the peer's interface saw.
     let output = run_checked(

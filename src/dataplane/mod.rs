@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use nexthop::SingleSender;
+use nexthop::{NextHops, SingleSender};
 pub use stats::{Counters, Fallback, SendPath, SharedCounters, SocketEvent};
 
 use crate::config::Config;
@@ -113,6 +113,8 @@ pub enum StartError {
 pub struct Dataplane {
     stop: Arc<AtomicBool>,
     status: Arc<[Arc<WorkerStatus>]>,
+    /// The packet socket's next hops; `None` when it is off or could not be opened.
+    next_hops: Option<Arc<NextHops>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -137,12 +139,14 @@ impl Dataplane {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(workers + 1);
         let mut link_senders = Vec::new();
+        let mut next_hops = None;
         if settings.packet_socket
-            && let Some((senders, resolver)) =
+            && let Some((senders, resolver, hops)) =
                 nexthop::open_links(workers, settings.send_buffer, &stop)
         {
             link_senders = senders;
             threads.push(resolver);
+            next_hops = Some(hops);
         }
         let mut link_senders = link_senders.into_iter();
         let sockets: Vec<worker::WorkerSockets> = sockets
@@ -176,7 +180,12 @@ impl Dataplane {
                 }
             }
         }
-        Ok(Dataplane { stop, status, threads })
+        Ok(Dataplane { stop, status, next_hops, threads })
+    }
+
+    /// The next hops the workers' packet sockets send to, for metrics.
+    pub fn next_hops(&self) -> Option<Arc<NextHops>> {
+        self.next_hops.clone()
     }
 
     /// The workers' status, for readiness and metrics.

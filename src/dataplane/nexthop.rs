@@ -119,6 +119,14 @@ impl NextHops {
             .collect()
     }
 
+    /// How many address pairs currently go out through the packet socket, and how many
+    /// through the raw socket (no usable next hop).
+    pub fn counts(&self) -> (usize, usize) {
+        let table = self.table();
+        let packet = table.entries.iter().filter(|entry| entry.hop.is_some()).count();
+        (packet, table.entries.len() - packet)
+    }
+
     fn publish(&self, table: NextHopTable) {
         self.table.store(Arc::new(table));
     }
@@ -295,19 +303,21 @@ impl SingleSender {
     }
 }
 
-/// Packet sockets for `count` senders and the resolver thread they share (ended by `stop`),
-/// or `None`, with a warning, when either cannot be opened (a sandbox without `AF_PACKET` or
-/// `AF_NETLINK`, no CAP_NET_RAW): single packets then all go through the raw socket.
+/// Packet sockets for `count` senders, the resolver thread they share (ended by `stop`) and
+/// its table, or `None`, with a warning, when either cannot be opened (a sandbox without
+/// `AF_PACKET` or `AF_NETLINK`, no CAP_NET_RAW): single packets then all go raw.
 pub fn open_links(
     count: usize,
     send_buffer: usize,
     stop: &Arc<AtomicBool>,
-) -> Option<(Vec<LinkSender>, JoinHandle<()>)> {
+) -> Option<(Vec<LinkSender>, JoinHandle<()>, Arc<NextHops>)> {
     let hops = Arc::new(NextHops::default());
     let opened = (0..count)
         .map(|_| PacketSocket::open(send_buffer).map(|s| LinkSender::new(s, Arc::clone(&hops))))
         .collect::<io::Result<Vec<_>>>()
-        .and_then(|senders| Ok((senders, Resolver::spawn(hops, Arc::clone(stop))?)));
+        .and_then(|senders| {
+            Ok((senders, Resolver::spawn(Arc::clone(&hops), Arc::clone(stop))?, hops))
+        });
     match opened {
         Ok(links) => Some(links),
         Err(error) => {
@@ -329,7 +339,7 @@ pub fn standalone(
     stop: &Arc<AtomicBool>,
 ) -> (SingleSender, Option<JoinHandle<()>>) {
     match open_links(1, send_buffer, stop) {
-        Some((mut senders, resolver)) => {
+        Some((mut senders, resolver, _)) => {
             (SingleSender::new(raw, senders.pop(), SEND_BATCH), Some(resolver))
         }
         None => (SingleSender::new(raw, None, SEND_BATCH), None),
