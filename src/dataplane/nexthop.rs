@@ -372,6 +372,11 @@ impl LinkSender {
         // The previous item's pair and hop: replies mostly go to one GWLB node.
         let mut last: Option<(Ipv4Addr, Ipv4Addr, Option<LinkHop>)> = None;
         for item in items {
+            // An unspecified source (loadgen on 0.0.0.0) is the kernel's to choose.
+            if item.src.is_unspecified() {
+                rest.push(*item);
+                continue;
+            }
             let hop = match last {
                 Some((src, dst, hop)) if src == item.src && dst == item.dst => hop,
                 _ => {
@@ -387,11 +392,7 @@ impl LinkSender {
                 }
             };
             match hop {
-                // An unspecified source (loadgen on 0.0.0.0) is the kernel's to choose.
-                Some(hop)
-                    if (OUTER_HEADER_LEN + item.len) as u64 <= u64::from(hop.mtu)
-                        && !item.src.is_unspecified() =>
-                {
+                Some(hop) if (OUTER_HEADER_LEN + item.len) as u64 <= u64::from(hop.mtu) => {
                     self.frames.push(frame(&hop, item));
                     if self.frames.len() == self.frames.capacity() {
                         self.flush(payloads, report);
@@ -464,6 +465,42 @@ mod tests {
             hops.want(APPLIANCE, Ipv4Addr::new(10, 98, 0, i));
         }
         assert_eq!(hops.take_wanted().len(), WANTED_SLOTS);
+    }
+
+    #[test]
+    fn what_the_packet_socket_cannot_carry_is_left_for_the_raw_socket() {
+        // Opening a packet socket needs CAP_NET_RAW (the test suite runs as root); nothing
+        // here is sent: every item is one the packet socket must leave alone.
+        let Ok(socket) = PacketSocket::open(64 * 1024) else { return };
+        let hops = Arc::new(NextHops::default());
+        let hop = LinkHop::new(1, [2; 6], [4; 6], 1500);
+        hops.publish(NextHopTable {
+            entries: vec![
+                NextHopEntry { src: APPLIANCE, dst: GWLB, hop: Some(hop) },
+                NextHopEntry { src: APPLIANCE, dst: Ipv4Addr::new(10, 99, 0, 5), hop: None },
+            ],
+        });
+        let mut link = LinkSender::new(socket, Arc::clone(&hops));
+        let item = |src, dst, len| {
+            let addressing = OuterAddressing { src, dst, src_port: 40000, dst_port: 6081 };
+            TxItem::new(&addressing, 0, len).unwrap()
+        };
+        let unknown = Ipv4Addr::new(10, 99, 0, 9);
+        let items = [
+            item(APPLIANCE, GWLB, 1500 - OUTER_HEADER_LEN + 1), // above the interface's MTU
+            item(Ipv4Addr::UNSPECIFIED, GWLB, 100),             // the kernel picks the source
+            item(APPLIANCE, Ipv4Addr::new(10, 99, 0, 5), 100),  // known: no next hop
+            item(APPLIANCE, unknown, 100),                      // not asked about yet
+            item(APPLIANCE, unknown, 100),
+        ];
+        let (mut rest, mut report) = (Vec::new(), SendReport::default());
+        link.send(&items, &[0u8; 2048], &mut rest, &mut report);
+        assert_eq!(report, SendReport::default(), "nothing went through the packet socket");
+        let rest: Vec<_> = rest.iter().map(|i| (i.src, i.dst, i.len)).collect();
+        let expected: Vec<_> = items.iter().map(|i| (i.src, i.dst, i.len)).collect();
+        assert_eq!(rest, expected, "all left, in order");
+        assert_eq!(hops.take_wanted(), vec![(APPLIANCE, unknown)], "the unknown pair, once");
+        assert_eq!(hops.counts(), (1, 1));
     }
 
     #[test]
