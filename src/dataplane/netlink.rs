@@ -30,6 +30,7 @@ const RTA_GATEWAY: u16 = 5;
 const RTN_UNICAST: u8 = 1;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_MTU: u16 = 4;
+const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
 const ARPHRD_ETHER: u16 = 1;
 const IFF_UP: u32 = 0x1;
@@ -105,7 +106,7 @@ pub fn neighbour_request(seq: u32, interface: u32, address: Ipv4Addr) -> Vec<u8>
     ndmsg[0] = AF_INET;
     ndmsg[4..8].copy_from_slice(&interface.to_ne_bytes());
     let mut message = header(RTM_GETNEIGH, seq, &ndmsg);
-    attribute(&mut message, 1, &address.octets()); // NDA_DST
+    attribute(&mut message, NDA_DST, &address.octets());
     finish(message)
 }
 
@@ -157,6 +158,7 @@ pub fn parse_neighbour(answer: &[u8]) -> Result<[u8; 6], NetlinkError> {
     let body = body(answer, RTM_NEWNEIGH, 12)?;
     let state = u16::from_ne_bytes([body[8], body[9]]);
     let mac = attributes(&body[12..])?
+        .into_iter()
         .find(|(kind, _)| *kind == NDA_LLADDR)
         .and_then(|(_, value)| <[u8; 6]>::try_from(value).ok());
     match mac {
@@ -277,7 +279,7 @@ fn body(answer: &[u8], kind: u16, fixed: usize) -> Result<&[u8], NetlinkError> {
 }
 
 /// The (type, value) pairs of a run of route attributes.
-fn attributes(mut bytes: &[u8]) -> Result<impl Iterator<Item = (u16, &[u8])>, NetlinkError> {
+fn attributes(mut bytes: &[u8]) -> Result<Vec<(u16, &[u8])>, NetlinkError> {
     let mut found = Vec::new();
     while bytes.len() >= 4 {
         let len = u16::from_ne_bytes([bytes[0], bytes[1]]) as usize;
@@ -288,7 +290,7 @@ fn attributes(mut bytes: &[u8]) -> Result<impl Iterator<Item = (u16, &[u8])>, Ne
         found.push((u16::from_ne_bytes([bytes[2], bytes[3]]) & 0x3fff, &bytes[4..len]));
         bytes = &bytes[len.next_multiple_of(4).min(bytes.len())..];
     }
-    Ok(found.into_iter())
+    Ok(found)
 }
 
 fn u32_ne(bytes: &[u8]) -> Result<u32, NetlinkError> {

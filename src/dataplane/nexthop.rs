@@ -31,7 +31,7 @@ use super::sys::{
 use crate::wire::outer::{self, IPV4_HEADER_LEN, OUTER_HEADER_LEN};
 
 /// How often every known next hop is asked about again.
-pub const REFRESH: Duration = Duration::from_secs(1);
+const REFRESH: Duration = Duration::from_secs(1);
 /// How soon a request from a worker is answered.
 const POLL: Duration = Duration::from_millis(20);
 /// Address pairs kept; past that the oldest is forgotten (and asked for again if still used).
@@ -166,7 +166,7 @@ impl Resolver {
 
     /// Asks again about every known pair and the `wanted` ones, and publishes the answers if
     /// anything changed.
-    pub fn update(&mut self, wanted: &[(Ipv4Addr, Ipv4Addr)]) {
+    fn update(&mut self, wanted: &[(Ipv4Addr, Ipv4Addr)]) {
         let current = self.hops.table();
         let mut pairs: Vec<(Ipv4Addr, Ipv4Addr)> =
             current.entries.iter().map(|entry| (entry.src, entry.dst)).collect();

@@ -163,22 +163,35 @@ fn send_chunk(fd: RawFd, chunk: &[TxItem], payloads: &[u8], report: &mut SendRep
     let mut addrs: [libc::sockaddr_in; SEND_BATCH] = unsafe { zeroed() };
     let mut messages: [libc::mmsghdr; SEND_BATCH] = unsafe { zeroed() };
     for (i, item) in chunk.iter().enumerate() {
-        let payload = &payloads[item.offset..item.offset + item.len];
-        iovecs[i] = [
-            libc::iovec { iov_base: item.udp.as_ptr() as *mut _, iov_len: UDP_HEADER_LEN },
-            libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() },
-        ];
         addrs[i].sin_family = libc::AF_INET as libc::sa_family_t;
         addrs[i].sin_addr.s_addr = u32::from_ne_bytes(item.dst.octets());
-        let header = &mut messages[i].msg_hdr;
-        header.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
-        header.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        header.msg_iov = iovecs[i].as_mut_ptr();
-        header.msg_iovlen = 2;
+        let payload = &payloads[item.offset..item.offset + item.len];
+        fill_message(&mut messages[i], &mut addrs[i], &mut iovecs[i], &item.udp, payload);
     }
     // SAFETY: the messages point into `iovecs`, `addrs`, `chunk` and `payloads`, which
     // outlive the call.
     unsafe { send_messages(fd, &mut messages[..chunk.len()], |i| chunk[i].len, report) };
+}
+
+/// Points `message` at the destination `name` and at `iov`, which it fills with `header`
+/// and `payload`: the two iovecs of every message the send paths write. It only stores
+/// pointers; whoever sends the message keeps all four alive until then.
+fn fill_message<A>(
+    message: &mut libc::mmsghdr,
+    name: &mut A,
+    iov: &mut [libc::iovec; 2],
+    header: &[u8],
+    payload: &[u8],
+) {
+    *iov = [
+        libc::iovec { iov_base: header.as_ptr() as *mut _, iov_len: header.len() },
+        libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() },
+    ];
+    let header = &mut message.msg_hdr;
+    header.msg_name = (name as *mut A).cast();
+    header.msg_namelen = size_of::<A>() as libc::socklen_t;
+    header.msg_iov = iov.as_mut_ptr();
+    header.msg_iovlen = 2;
 }
 
 /// `sendmmsg` until every message went out or failed: a message the kernel refuses is
@@ -264,22 +277,17 @@ impl PacketSocket {
             let mut addrs: [libc::sockaddr_ll; SEND_BATCH] = unsafe { zeroed() };
             let mut messages: [libc::mmsghdr; SEND_BATCH] = unsafe { zeroed() };
             for (i, frame) in chunk.iter().enumerate() {
-                let payload = &payloads[frame.offset..frame.offset + frame.len];
-                iovecs[i] = [
-                    libc::iovec {
-                        iov_base: frame.header.as_ptr() as *mut _,
-                        iov_len: FRAME_HEADER_LEN,
-                    },
-                    libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() },
-                ];
                 addrs[i].sll_family = libc::AF_PACKET as libc::sa_family_t;
                 addrs[i].sll_protocol = (libc::ETH_P_IP as u16).to_be();
                 addrs[i].sll_ifindex = frame.interface as i32;
-                let header = &mut messages[i].msg_hdr;
-                header.msg_name = (&mut addrs[i] as *mut libc::sockaddr_ll).cast();
-                header.msg_namelen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-                header.msg_iov = iovecs[i].as_mut_ptr();
-                header.msg_iovlen = 2;
+                let payload = &payloads[frame.offset..frame.offset + frame.len];
+                fill_message(
+                    &mut messages[i],
+                    &mut addrs[i],
+                    &mut iovecs[i],
+                    &frame.header,
+                    payload,
+                );
             }
             // SAFETY: the messages point into `iovecs`, `addrs`, `chunk` and `payloads`,
             // which outlive the call.
