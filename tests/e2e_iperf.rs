@@ -14,6 +14,7 @@
 //! unique names per run and are removed on drop, also when a test fails; every wait is bounded.
 //! The tests run one at a time (they share the CPU with the throughput they measure).
 
+mod common;
 #[path = "common/netns.rs"]
 mod netns;
 
@@ -23,6 +24,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::metric;
 use netns::{Netns, run_bounded, veth, wait_bounded};
 
 const RATINGS_IP: &str = "10.0.1.15";
@@ -303,13 +305,6 @@ fn start_appliance(
 
 fn admin_get(app: &Netns, path: &str) -> String {
     app.http_get(ADMIN_PORT, path)
-}
-
-/// The value of one sample in Prometheus text, 0 when absent.
-fn metric(text: &str, sample: &str) -> u64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// One iperf3 client run.

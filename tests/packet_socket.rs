@@ -9,6 +9,7 @@
 //!
 //! Needs root, `ip` (iproute2), tcpdump and tshark: tests/run.sh installs them.
 
+mod common;
 #[path = "common/netns.rs"]
 mod netns;
 
@@ -16,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::metric;
 use netns::{Netns, run_bounded, run_checked, veth, wait_bounded};
 
 const APP_IP: &str = "10.77.0.1";
@@ -100,11 +102,7 @@ impl Link {
     fn paths(&self) -> (u64, u64) {
         let metrics = self.app.http_get(ADMIN_PORT, "/metrics");
         let sample = |path: &str| {
-            let name = format!("labelwall_send_packets_total{{path=\"{path}\"}} ");
-            metrics
-                .lines()
-                .find_map(|line| line.strip_prefix(&name)?.trim().parse().ok())
-                .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+            metric(&metrics, &format!("labelwall_send_packets_total{{path=\"{path}\"}}"))
         };
         (sample("packet"), sample("raw"))
     }
@@ -174,8 +172,8 @@ fn replies_leave_as_frames_with_the_headers_the_raw_socket_would_write() {
     assert!(packet > 0 && packet > 10 * raw, "packet {packet}, raw {raw}\n{}", link.log());
     assert!(link.log().contains("replies leave through the packet socket"), "{}", link.log());
     let metrics = link.app.http_get(ADMIN_PORT, "/metrics");
-    assert!(metrics.contains("labelwall_next_hops{path=\"packet\"} 1\n"), "{metrics}");
-    assert!(metrics.contains("labelwall_next_hops{path=\"raw\"} 0\n"), "{metrics}");
+    assert_eq!(metric(&metrics, r#"labelwall_next_hops{path="packet"}"#), 1, "{metrics}");
+    assert_eq!(metric(&metrics, r#"labelwall_next_hops{path="raw"}"#), 0, "{metrics}");
 
     // tshark, an independent decoder, on what the peer's interface saw.
     let output = run_checked(
