@@ -18,9 +18,14 @@
 // receiver drops frames with a local source address). Over a veth pair between two network
 // namespaces A (LA) and B (RA), run it inside A with RXNS=/var/run/netns/B (the receiving
 // socket is opened there), RA, LA, CA (an unused address of A's subnet, for rawudp's connect),
-// IF (A's veth) and DMAC (B's veth's hardware address), e.g.:
+// IF (A's veth) and DMAC (B's veth's hardware address). The setup behind the figures in
+// docs/performance.md ("On a link: the packet socket"), 3 runs of each MODE:
+//   ip netns add A; ip netns add B; ip link add vA netns A type veth peer name vB netns B
+//   ip -n A addr add 10.9.0.1/24 dev vA; ip -n B addr add 10.9.0.2/24 dev vB
+//   ip -n A link set vA up; ip -n B link set vB up
 //   ip netns exec A env RXNS=/var/run/netns/B RA=10.9.0.2 LA=10.9.0.1 CA=10.9.0.254 IF=vA
-//     DMAC=fa:cc:14:6d:b8:6d DSTRESET=1 taskset -c 1 ./send_paths packet 128 1000000
+//     DMAC=$(ip -n B -br link show vB | awk '{print $3}') DSTRESET=1
+//     taskset -c 1 ./send_paths MODE 128 1000000
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <linux/filter.h>
