@@ -138,17 +138,17 @@ impl Dataplane {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(workers + 1);
-        let mut link_senders = Vec::new();
-        let mut next_hops = None;
-        if settings.packet_socket
-            && let Some((senders, resolver, hops)) =
-                nexthop::open_links(workers, settings.send_buffer, &stop)
-        {
-            link_senders = senders;
-            threads.push(resolver);
-            next_hops = Some(hops);
-        }
-        let mut link_senders = link_senders.into_iter();
+        let opened = settings
+            .packet_socket
+            .then(|| nexthop::open_links(workers, settings.send_buffer, &stop))
+            .flatten();
+        let (mut link_senders, next_hops) = match opened {
+            Some((senders, resolver, hops)) => {
+                threads.push(resolver);
+                (senders.into_iter(), Some(hops))
+            }
+            None => (Vec::new().into_iter(), None),
+        };
         let sockets: Vec<worker::WorkerSockets> = sockets
             .into_iter()
             .map(|(receive, raw)| worker::WorkerSockets {
