@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end packet rates on loopback, measured side by side in one run:
+# End-to-end packet rates on loopback (or across a veth link: NETNS=1), measured side by side in one run:
 #   loadgen alone (its own ceiling: nothing answers), the null reflector (`labelwall run
 #   --reflect`), labelwall with an allow-all policy, and labelwall with the bookinfo policy
 #   (the demo's inventory and policy; traffic is ratings -> rating-database tcp/3306, allowed
