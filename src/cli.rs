@@ -78,12 +78,12 @@ pub enum Command {
         write_config: Option<PathBuf>,
     },
     /// Generate GWLB GENEVE traffic against an appliance and measure what comes back.
-    Loadgen(crate::loadgen::LoadgenArgs),
+    Loadgen(crate::tools::loadgen::LoadgenArgs),
     /// Run a capture of GWLB GENEVE traffic through the pipeline offline.
-    Replay(crate::replay::ReplayArgs),
+    Replay(crate::tools::replay::ReplayArgs),
     /// A GWLB simulator: inner packets from a TUN device, wrapped in GENEVE toward an
     /// appliance, checked and delivered back, so real TCP crosses the appliance.
-    GwlbSim(crate::gwlbsim::GwlbSimArgs),
+    GwlbSim(crate::tools::gwlbsim::GwlbSimArgs),
     /// Print an EKS bearer token as a Kubernetes ExecCredential, like `aws eks get-token`,
     /// without the AWS CLI: for a kubeconfig's exec plugin. Credentials from
     /// AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, else the instance role
@@ -127,19 +127,19 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             let question = FlowQuestion { src, dst, protocol: proto.number(), sport, dport };
             explain_command(&config, &question, json)
         }
-        Command::Loadgen(args) => crate::loadgen::run(&args),
-        Command::Replay(args) => crate::replay::run(&args),
-        Command::GwlbSim(args) => crate::gwlbsim::run(&args),
+        Command::Loadgen(args) => crate::tools::loadgen::run(&args),
+        Command::Replay(args) => crate::tools::replay::run(&args),
+        Command::GwlbSim(args) => crate::tools::gwlbsim::run(&args),
         Command::EksToken { cluster_name, region } => {
             crate::eks::run(&cluster_name, region.as_deref())
         }
         Command::Demo { write_config: Some(dir) } => {
-            for path in crate::demo::write_config(&dir)? {
+            for path in crate::tools::demo::write_config(&dir)? {
                 println!("wrote {}", path.display());
             }
             Ok(())
         }
-        Command::Demo { write_config: None } => crate::demo::run(),
+        Command::Demo { write_config: None } => crate::tools::demo::run(),
     }
 }
 

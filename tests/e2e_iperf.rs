@@ -285,7 +285,7 @@ fn start_appliance(
 ) -> Daemon {
     let path = |name: &str| dir.path().join(name);
     std::fs::write(path("policy.yaml"), policy).unwrap();
-    std::fs::write(path("inventory.yaml"), labelwall::demo::INVENTORY).unwrap();
+    std::fs::write(path("inventory.yaml"), labelwall::tools::demo::INVENTORY).unwrap();
     let config = format!(
         "dataplane:\n  listen: {APPLIANCE_IP}:{GENEVE_PORT}\n  workers: 1\n  reply_port: \
          {GENEVE_PORT}\n  packet_socket: {packet_socket}\nadmin:\n  listen: 127.0.0.1:{ADMIN_PORT}\npolicy: {}\nlabels:\n  \
@@ -352,7 +352,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 #[test]
 fn ratings_reaches_the_database_through_the_appliance_and_other_is_refused_at_once() {
     let _serial = serial();
-    let mut bench = Bench::start(labelwall::demo::POLICY);
+    let mut bench = Bench::start(labelwall::tools::demo::POLICY);
 
     let _server = bench.iperf_server();
     let ratings = bench.iperf_client(&bench.rat, 3);
@@ -406,8 +406,8 @@ fn ratings_reaches_the_database_through_the_appliance_and_other_is_refused_at_on
 #[test]
 fn with_a_deny_rule_other_times_out_while_ratings_still_passes() {
     let _serial = serial();
-    assert_eq!(labelwall::demo::POLICY.matches("action: reject").count(), 1);
-    let policy = labelwall::demo::POLICY.replace("action: reject", "action: deny");
+    assert_eq!(labelwall::tools::demo::POLICY.matches("action: reject").count(), 1);
+    let policy = labelwall::tools::demo::POLICY.replace("action: reject", "action: deny");
     // Also the raw socket's turn to carry single packets across a real link.
     let mut bench = Bench::start_with(&policy, false);
 
@@ -446,7 +446,7 @@ fn with_a_deny_rule_other_times_out_while_ratings_still_passes() {
 #[test]
 fn a_reused_5_tuple_gets_a_new_cookie_and_still_passes() {
     let _serial = serial();
-    let mut bench = Bench::start(labelwall::demo::POLICY);
+    let mut bench = Bench::start(labelwall::tools::demo::POLICY);
     // The client may hold the old connection in TIME_WAIT; let it reuse the 5-tuple.
     bench.rat.sysctl("net.ipv4.tcp_tw_reuse", "1");
     for run in 1..=2 {

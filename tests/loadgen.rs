@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::*;
-use labelwall::loadgen::{LoadgenArgs, LoadgenReport, generate};
+use labelwall::tools::loadgen::{LoadgenArgs, LoadgenReport, generate};
 
 /// One load at a time: an unpaced run would fill loopback's shared backlog queue and make the
 /// lossless checks of the others flaky.

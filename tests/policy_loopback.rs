@@ -41,8 +41,8 @@ fn bookinfo(peer: &GwlbPeer, extra: &str) -> Appliance {
     Appliance::start_with(
         peer.reply_port(),
         1,
-        labelwall::demo::POLICY,
-        Some(labelwall::demo::INVENTORY),
+        labelwall::tools::demo::POLICY,
+        Some(labelwall::tools::demo::INVENTORY),
         extra,
         &[],
     )
@@ -178,11 +178,11 @@ fn ip_reused_by_another_pod_is_judged_by_the_new_owner_on_the_next_packet() {
     let ack = gwlb_datagram(19, &tcp(RATINGS, DB, 40007, 3306, 101, Some(901), false));
     assert!(passes(&peer, &appliance, 0, &ack), "ratings may reach the database");
     // The ratings pod goes away; an `other` pod gets 10.0.1.15.
-    let inventory = labelwall::demo::INVENTORY.replace(
+    let inventory = labelwall::tools::demo::INVENTORY.replace(
         "{ip: 10.0.1.15, cluster: demo, namespace: bookinfo, name: ratings-v1-85c74b6cb4-4d8wx, kind: pod, labels: {app: ratings, version: v1}}",
         "{ip: 10.0.1.15, cluster: demo, namespace: bookinfo, name: other-7c4d9f8b5-r8h2n, kind: pod, labels: {app: other}}",
     );
-    assert_ne!(inventory, labelwall::demo::INVENTORY);
+    assert_ne!(inventory, labelwall::tools::demo::INVENTORY);
     std::fs::write(appliance.dir.path().join("inventory.yaml"), inventory).unwrap();
     wait_for_metric(&appliance, "labelwall_policy_generation", 2);
     peer.send(0, appliance.listen, &ack);
@@ -201,9 +201,9 @@ fn policy_reload_that_tightens_a_rule_cuts_an_established_flow() {
         &tcp(Ipv4Addr::new(10, 0, 1, 16).octets(), DB, 40008, 3306, 1, Some(1), false),
     );
     assert!(passes(&peer, &appliance, 0, &ack));
-    let tightened = labelwall::demo::POLICY
+    let tightened = labelwall::tools::demo::POLICY
         .replace("selector: \"app=ratings\"", "selector: \"app=ratings,version=v2\"");
-    assert_ne!(tightened, labelwall::demo::POLICY);
+    assert_ne!(tightened, labelwall::tools::demo::POLICY);
     std::fs::write(appliance.policy_path(), tightened).unwrap();
     appliance.signal("HUP");
     wait_for_metric(&appliance, r#"labelwall_policy_reloads_total{result="ok"}"#, 1);
@@ -218,7 +218,7 @@ fn broken_policy_reload_keeps_the_running_policy() {
     let appliance = bookinfo(&peer, "");
     let syn = gwlb_datagram(21, &tcp(RATINGS, DB, 40009, 3306, 100, None, true));
     assert!(passes(&peer, &appliance, 0, &syn));
-    let broken = labelwall::demo::POLICY.replace("to: [rating-database]", "to: [rating-db]");
+    let broken = labelwall::tools::demo::POLICY.replace("to: [rating-database]", "to: [rating-db]");
     std::fs::write(appliance.policy_path(), broken).unwrap();
     appliance.signal("HUP");
     wait_for_metric(&appliance, r#"labelwall_policy_reloads_total{result="error"}"#, 1);

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::*;
-use labelwall::loadgen::{LoadgenArgs, generate};
+use labelwall::tools::loadgen::{LoadgenArgs, generate};
 use labelwall::wire::DropReason;
 use serde_json::Value;
 
@@ -265,8 +265,8 @@ fn record(recorder: Recorder) -> Recording {
     let appliance = Appliance::start_with(
         reply_port,
         1,
-        labelwall::demo::POLICY,
-        Some(labelwall::demo::INVENTORY),
+        labelwall::tools::demo::POLICY,
+        Some(labelwall::tools::demo::INVENTORY),
         "",
         &[],
     );
@@ -477,8 +477,8 @@ fn tcpreplay_of_a_recorded_capture_raises_a_fresh_appliances_counters_by_the_rep
     let fresh = Appliance::start_with(
         gwlb.local_addr().unwrap().port(),
         1,
-        labelwall::demo::POLICY,
-        Some(labelwall::demo::INVENTORY),
+        labelwall::tools::demo::POLICY,
+        Some(labelwall::tools::demo::INVENTORY),
         "",
         &[],
     );
