@@ -17,8 +17,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::control::ControlState;
-use crate::dataplane::nexthop::NextHops;
 use crate::dataplane::{self, Fallback, SendPath, SocketEvent, WorkerStatus};
+use crate::net::nexthop::NextHops;
 use crate::policy::Action;
 use crate::wire::DropReason;
 

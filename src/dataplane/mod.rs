@@ -10,11 +10,8 @@
 //!
 //! Must not depend on: tokio, kube, the admin server.
 
-mod netlink;
-pub mod nexthop;
 mod send;
 mod stats;
-pub(crate) mod sys;
 mod worker;
 
 use std::io;
@@ -25,7 +22,8 @@ use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use nexthop::{NextHops, SingleSender};
+use crate::net::nexthop::{self, NextHops, SingleSender};
+use crate::net::sys;
 pub use stats::{Counters, Fallback, SendPath, SharedCounters, SocketEvent};
 
 use crate::config::Config;

@@ -13,7 +13,7 @@ use std::net::SocketAddrV4;
 use rustc_hash::FxHashMap;
 
 use super::stats::{Counters, SocketEvent};
-use super::sys::{GsoSocket, MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
+use crate::net::sys::{GsoSocket, MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
 
 /// How long a port that could not be bound is left to the raw path before trying again.
 const RETRY_AFTER_MS: u64 = 5_000;

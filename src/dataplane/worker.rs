@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSockRef, UdpSocketState};
 
-use super::nexthop::SingleSender;
 use super::send::{Run, RunBuilder, SendSockets};
 use super::stats::{Counters, Fallback, SendPath};
-use super::sys::{
+use super::{ControlLinks, DataplaneSettings, WorkerStatus};
+use crate::net::nexthop::SingleSender;
+use crate::net::sys::{
     GsoSocket, MAX_GSO_SEGMENTS, SendReport, TxItem, skip_unused_control_messages, wait_readable,
 };
-use super::{ControlLinks, DataplaneSettings, WorkerStatus};
 use crate::pipeline::{Outcome, Pipeline};
 use crate::policy::Action;
 use crate::reject::MAX_REJECT_LEN;

@@ -43,10 +43,9 @@ use anyhow::{Context, bail};
 use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSockRef, UdpSocketState};
 
 use crate::conntrack::FlowKey;
-use crate::dataplane::nexthop::{self, SingleSender};
-use crate::dataplane::sys::{
-    self, RawSender, SEND_BATCH, TxItem, bind_udp_receiver, wait_readable,
-};
+use crate::net::nexthop::{self, SingleSender};
+use crate::net::sys::{self, RawSender, SEND_BATCH, TxItem, bind_udp_receiver, wait_readable};
+use crate::net::tun;
 use crate::packet::{InnerPacket, Transport, ip_proto, tcp_flags};
 use crate::pipeline::{MAX_GENEVE_DATAGRAM, decode};
 use crate::wire::geneve::{PROTOCOL_IPV4, PROTOCOL_IPV6};
@@ -655,13 +654,13 @@ impl SimStats {
 
 /// Runs the simulator until SIGTERM or SIGINT; prints the counters on the way out.
 pub fn run(args: &GwlbSimArgs) -> anyhow::Result<()> {
-    let tun = sys::open_tun(&args.tun).with_context(|| {
+    let tun = tun::open_tun(&args.tun).with_context(|| {
         format!(
             "cannot create TUN device {}: gwlb-sim needs root (CAP_NET_ADMIN) and /dev/net/tun",
             args.tun
         )
     })?;
-    sys::set_link_mtu_up(&args.tun, args.mtu)
+    tun::set_link_mtu_up(&args.tun, args.mtu)
         .with_context(|| format!("cannot set MTU {} on {} and bring it up", args.mtu, args.tun))?;
     let raw = RawSender::open(SEND_BUFFER)
         .context("cannot open a raw socket to send GENEVE: gwlb-sim needs root (CAP_NET_RAW)")?;

@@ -26,8 +26,8 @@ use ipnet::IpNet;
 use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSockRef, UdpSocketState};
 use serde::Serialize;
 
-use crate::dataplane::nexthop::{self, SingleSender};
-use crate::dataplane::sys::{
+use crate::net::nexthop::{self, SingleSender};
+use crate::net::sys::{
     GsoSocket, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RawSender, SEND_BATCH, TxItem, bind_udp_receiver,
     skip_unused_control_messages, wait_readable,
 };
@@ -574,12 +574,12 @@ fn send_trains(
     due: u64,
     slot_len: usize,
     payloads: &[u8],
-) -> crate::dataplane::sys::SendReport {
+) -> crate::net::sys::SendReport {
     let train = u64::from(args.train);
     let per_send = MAX_GSO_SEGMENTS.min(MAX_GSO_BYTES / slot_len).max(1);
     let flow_of = |k: usize| ((next + k as u64) / train % sockets.len() as u64) as usize;
     let target = args.target;
-    let mut report = crate::dataplane::sys::SendReport::default();
+    let mut report = crate::net::sys::SendReport::default();
     let mut k = 0;
     while k < due as usize {
         let flow = flow_of(k);

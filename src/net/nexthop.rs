@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use super::netlink::{Netlink, NetlinkError};
-use super::sys::{
+use crate::net::netlink::{Netlink, NetlinkError};
+use crate::net::sys::{
     ETHERNET_HEADER_LEN, FRAME_HEADER_LEN, Frame, PacketSocket, RawSender, SEND_BATCH, SendReport,
     TxItem,
 };
