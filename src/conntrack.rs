@@ -17,7 +17,7 @@ use std::net::IpAddr;
 
 use hashbrown::HashTable;
 
-use crate::packet::{ip_proto, tcp_flags};
+use crate::packet::{InnerPacket, ip_proto, tcp_flags};
 use crate::snapshot::Decision;
 
 /// Direction-independent 5-tuple: the endpoint with the smaller (address, port) is `a`.
@@ -60,6 +60,12 @@ impl FlowKey {
         } else {
             (FlowKey { a: dst, b: src, a_port: dport, b_port: sport, protocol }, Side::B)
         }
+    }
+
+    /// The key of an inner packet's flow ([`Transport::flow_ports`]), and which side sent it.
+    pub fn of(packet: &InnerPacket) -> (FlowKey, Side) {
+        let (sport, dport) = packet.transport.flow_ports();
+        FlowKey::of_packet(packet.src, sport, packet.dst, dport, packet.protocol)
     }
 
     /// Address and port of one side.

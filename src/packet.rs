@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 
 use etherparse::err::{LenError, ip::SliceError};
-use etherparse::{IpSlice, Ipv6ExtensionSlice, LenSource};
+use etherparse::{IpSlice, Ipv6ExtensionSlice, Ipv6ExtensionsSlice, LaxIpSlice, LenSource};
 
 use crate::wire::DropReason;
 use crate::wire::geneve::{PROTOCOL_IPV4, PROTOCOL_IPV6};
@@ -61,6 +61,51 @@ pub enum Transport {
     Other,
     /// A non-first fragment: its transport header is in the first fragment.
     Fragment,
+}
+
+impl Transport {
+    /// The two numbers a flow is told apart by besides its addresses and protocol: the TCP or
+    /// UDP ports, the echo identifier twice for ICMP echo (a ping and its reply are one flow),
+    /// 0 for everything else.
+    pub fn flow_ports(&self) -> (u16, u16) {
+        match *self {
+            Transport::Tcp { src_port, dst_port, .. } | Transport::Udp { src_port, dst_port } => {
+                (src_port, dst_port)
+            }
+            Transport::Icmp { ident, .. } => (ident, ident),
+            Transport::Other | Transport::Fragment => (0, 0),
+        }
+    }
+
+    /// The TCP flags (0 for anything but TCP).
+    pub fn tcp_flags(&self) -> u8 {
+        match self {
+            Transport::Tcp { flags, .. } => *flags,
+            _ => 0,
+        }
+    }
+}
+
+/// Whether an ICMP (`protocol` 1) or ICMPv6 (58) type is an error message, which quotes the
+/// packet that caused it and must never be answered by another error (RFC 1122 3.2.2, RFC 4443
+/// 2.4): for ICMPv4 destination unreachable, source quench, redirect, time exceeded and
+/// parameter problem; for ICMPv6 every type below 128 (RFC 4443 2.1).
+pub fn is_icmp_error(protocol: u8, icmp_type: u8) -> bool {
+    match protocol {
+        ip_proto::ICMP => matches!(icmp_type, 3 | 4 | 5 | 11 | 12),
+        ip_proto::ICMPV6 => icmp_type < 128,
+        _ => false,
+    }
+}
+
+/// Whether an ICMP or ICMPv6 type is a destination unreachable error.
+pub fn is_icmp_unreachable(protocol: u8, icmp_type: u8) -> bool {
+    matches!((protocol, icmp_type), (ip_proto::ICMP, 3) | (ip_proto::ICMPV6, 1))
+}
+
+/// Whether an ICMP or ICMPv6 type is an echo request or reply (which carry an identifier).
+pub fn is_icmp_echo(protocol: u8, icmp_type: u8) -> bool {
+    matches!((protocol, icmp_type), (ip_proto::ICMP, 0 | 8) | (ip_proto::ICMPV6, 128 | 129))
 }
 
 /// Position of a fragment in its datagram.
@@ -117,16 +162,7 @@ impl InnerPacket {
                 (usize::from(header.total_len()), fragment)
             }
             IpSlice::Ipv6(v6) => {
-                let fragment = v6.extensions().clone().into_iter().find_map(|ext| match ext {
-                    Ipv6ExtensionSlice::Fragment(f) if f.is_fragmenting_payload() => {
-                        Some(Fragment {
-                            id: f.identification(),
-                            offset: f.fragment_offset().value(),
-                            more: f.more_fragments(),
-                        })
-                    }
-                    _ => None,
-                });
+                let fragment = ipv6_fragment(v6.extensions());
                 (40 + usize::from(v6.header().payload_length()), fragment)
             }
         };
@@ -149,6 +185,53 @@ impl InnerPacket {
         })
     }
 
+    /// Whether this is an ICMP or ICMPv6 error message (see [`is_icmp_error`]).
+    pub fn is_icmp_error(&self) -> bool {
+        matches!(self.transport, Transport::Icmp { icmp_type, .. }
+            if is_icmp_error(self.protocol, icmp_type))
+    }
+
+    /// The packet an ICMP or ICMPv6 error quotes, from `bytes`, the error packet this
+    /// `InnerPacket` was parsed from. A quote holds the offending packet's IP header and at
+    /// least the first 8 bytes of what followed (RFC 792; ICMPv6 as much as fits in 1,280
+    /// bytes), so its length fields overstate what is there: it is read as a first fragment
+    /// is, leading transport fields only, and `len` is what the quote holds. `None` when this
+    /// is no ICMP error or the quote is too short to name a flow.
+    pub fn quoted(&self, bytes: &[u8]) -> Option<InnerPacket> {
+        if !self.is_icmp_error() || self.fragment.is_some() {
+            return None;
+        }
+        let error = IpSlice::from_slice(bytes).ok()?;
+        // After the ICMP header: type, code, checksum and 4 bytes of type-specific data.
+        let quote = error.payload().payload.get(8..)?;
+        let (ip, _) = LaxIpSlice::from_slice(quote).ok()?;
+        let fragment = match &ip {
+            LaxIpSlice::Ipv4(v4) => {
+                let header = v4.header();
+                header.is_fragmenting_payload().then(|| Fragment {
+                    id: u32::from(header.identification()),
+                    offset: header.fragments_offset().value(),
+                    more: header.more_fragments(),
+                })
+            }
+            LaxIpSlice::Ipv6(v6) => ipv6_fragment(v6.extensions()),
+        };
+        let payload = ip.payload();
+        let protocol = payload.ip_number.0;
+        let transport = match fragment {
+            Some(f) if !f.is_first() => Transport::Fragment,
+            _ => parse_transport(protocol, payload.payload, true).ok()?,
+        };
+        Some(InnerPacket {
+            src: ip.source_addr(),
+            dst: ip.destination_addr(),
+            protocol,
+            transport,
+            fragment,
+            len: quote.len(),
+        })
+    }
+
     /// Source and destination ports for TCP and UDP, `None` otherwise.
     pub fn ports(&self) -> Option<(u16, u16)> {
         match self.transport {
@@ -158,6 +241,18 @@ impl InnerPacket {
             _ => None,
         }
     }
+}
+
+/// The fragment header of an IPv6 extension chain, if it fragments the payload.
+fn ipv6_fragment(extensions: &Ipv6ExtensionsSlice<'_>) -> Option<Fragment> {
+    extensions.clone().into_iter().find_map(|ext| match ext {
+        Ipv6ExtensionSlice::Fragment(f) if f.is_fragmenting_payload() => Some(Fragment {
+            id: f.identification(),
+            offset: f.fragment_offset().value(),
+            more: f.more_fragments(),
+        }),
+        _ => None,
+    })
 }
 
 fn slice_error_reason(error: SliceError) -> DropReason {
@@ -235,11 +330,7 @@ fn parse_transport(protocol: u8, l4: &[u8], first_fragment: bool) -> Result<Tran
                 return Err(DropReason::InnerTruncated);
             }
             let (icmp_type, code) = (l4[0], l4[1]);
-            let is_echo = match protocol {
-                ip_proto::ICMP => matches!(icmp_type, 0 | 8),
-                _ => matches!(icmp_type, 128 | 129),
-            };
-            let ident = if is_echo {
+            let ident = if is_icmp_echo(protocol, icmp_type) {
                 if l4.len() < 8 {
                     return Err(DropReason::InnerTruncated);
                 }
@@ -306,6 +397,31 @@ pub(crate) mod fixtures {
         9, 10, 11, 12, 13, 14, 15, 16,
     ];
 
+    /// ICMP destination unreachable (filter prohibited) 10.20.0.1 -> 10.0.1.10 quoting the
+    /// first 28 bytes of [`IPV4_TCP_SYN`] (IPv4 header + 8 bytes, RFC 792), whose total length
+    /// still says 40.
+    pub const IPV4_UNREACHABLE_QUOTING_SYN: [u8; 56] = [
+        0x45, 0x00, 0x00, 0x38, 0x00, 0x03, 0x00, 0x00, 0x40, 0x01, 0x00, 0x00, 10, 20, 0, 1, 10,
+        0, 1, 10, // IPv4: total 56, ICMP
+        0x03, 0x0d, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // ICMP type 3 code 13, unused
+        0x45, 0x00, 0x00, 0x28, 0x12, 0x34, 0x40, 0x00, 0x40, 0x06, 0x00, 0x00, 10, 0, 1, 10, 10,
+        20, 0, 5, // quoted IPv4
+        0x9c, 0x40, 0x0c, 0xea, 0x00, 0x00, 0x03, 0xe8, // quoted TCP: ports and seq only
+    ];
+
+    /// ICMPv6 packet too big (MTU 1280) fd00::2 -> fd00::1 quoting the first 48 bytes of a UDP
+    /// datagram fd00::1:5353 -> fd00::2:53 that announced 1,400 payload bytes.
+    pub const IPV6_TOO_BIG_QUOTING_UDP: [u8; 96] = [
+        0x60, 0x00, 0x00, 0x00, 0x00, 0x38, 0x3a, 0x40, // IPv6: payload 56, ICMPv6
+        0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, // src
+        0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, // dst
+        0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0x00, // ICMPv6 type 2, MTU 1280
+        0x60, 0x00, 0x00, 0x00, 0x05, 0x78, 0x11, 0x40, // quoted IPv6: payload 1400, UDP
+        0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, // src
+        0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, // dst
+        0x14, 0xe9, 0x00, 0x35, 0x05, 0x78, 0x00, 0x00, // quoted UDP 5353 -> 53
+    ];
+
     /// IPv6 later fragment: fragment header with offset 1, id 0x11223344, UDP inside.
     pub const IPV6_LATER_FRAGMENT: [u8; 56] = [
         0x60, 0x00, 0x00, 0x00, 0x00, 0x10, 0x2c, 0x40, // IPv6: payload 16, next Fragment
@@ -321,6 +437,78 @@ mod tests {
     use super::fixtures::*;
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn icmp_errors_and_echoes_are_told_by_type() {
+        for t in [3, 4, 5, 11, 12] {
+            assert!(is_icmp_error(ip_proto::ICMP, t), "ICMP type {t}");
+        }
+        for t in [0, 8, 9, 10, 13, 14, 255] {
+            assert!(!is_icmp_error(ip_proto::ICMP, t), "ICMP type {t}");
+        }
+        // RFC 4443: the whole range below 128 is the error class.
+        for t in [0, 1, 2, 3, 4, 100, 127] {
+            assert!(is_icmp_error(ip_proto::ICMPV6, t), "ICMPv6 type {t}");
+        }
+        for t in [128, 129, 133, 135, 255] {
+            assert!(!is_icmp_error(ip_proto::ICMPV6, t), "ICMPv6 type {t}");
+        }
+        assert!(!is_icmp_error(ip_proto::TCP, 3));
+        assert!(is_icmp_echo(ip_proto::ICMP, 0) && is_icmp_echo(ip_proto::ICMP, 8));
+        assert!(is_icmp_echo(ip_proto::ICMPV6, 128) && is_icmp_echo(ip_proto::ICMPV6, 129));
+        assert!(!is_icmp_echo(ip_proto::ICMP, 128) && !is_icmp_echo(ip_proto::ICMPV6, 8));
+        assert!(is_icmp_unreachable(ip_proto::ICMP, 3) && is_icmp_unreachable(ip_proto::ICMPV6, 1));
+        assert!(
+            !is_icmp_unreachable(ip_proto::ICMP, 1) && !is_icmp_unreachable(ip_proto::ICMPV6, 3)
+        );
+    }
+
+    #[test]
+    fn flow_ports_are_ports_or_the_echo_identifier() {
+        let syn = InnerPacket::parse(PROTOCOL_IPV4, &IPV4_TCP_SYN).unwrap();
+        assert_eq!(syn.transport.flow_ports(), (40000, 3306));
+        assert_eq!(syn.transport.tcp_flags(), tcp_flags::SYN);
+        let echo = InnerPacket::parse(PROTOCOL_IPV4, &IPV4_ICMP_ECHO).unwrap();
+        assert_eq!(echo.transport.flow_ports(), (0x0101, 0x0101));
+        assert_eq!(echo.transport.tcp_flags(), 0);
+        let later = InnerPacket::parse(PROTOCOL_IPV4, &IPV4_LATER_FRAGMENT).unwrap();
+        assert_eq!(later.transport.flow_ports(), (0, 0));
+        let error = InnerPacket::parse(PROTOCOL_IPV4, &IPV4_UNREACHABLE_QUOTING_SYN).unwrap();
+        assert_eq!(error.transport.flow_ports(), (0, 0));
+    }
+
+    #[test]
+    fn an_icmp_error_quotes_the_packet_that_caused_it() {
+        let error = InnerPacket::parse(PROTOCOL_IPV4, &IPV4_UNREACHABLE_QUOTING_SYN).unwrap();
+        assert!(error.is_icmp_error());
+        let quoted = error.quoted(&IPV4_UNREACHABLE_QUOTING_SYN).unwrap();
+        assert_eq!(quoted.src, IpAddr::V4(Ipv4Addr::new(10, 0, 1, 10)));
+        assert_eq!(quoted.dst, IpAddr::V4(Ipv4Addr::new(10, 20, 0, 5)));
+        assert_eq!(quoted.protocol, ip_proto::TCP);
+        assert_eq!(quoted.transport.flow_ports(), (40000, 3306));
+        assert_eq!(quoted.len, 28);
+
+        let error = InnerPacket::parse(PROTOCOL_IPV6, &IPV6_TOO_BIG_QUOTING_UDP).unwrap();
+        assert!(error.is_icmp_error());
+        let quoted = error.quoted(&IPV6_TOO_BIG_QUOTING_UDP).unwrap();
+        assert_eq!(quoted.src, IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1)));
+        assert_eq!(quoted.protocol, ip_proto::UDP);
+        assert_eq!(quoted.transport, Transport::Udp { src_port: 5353, dst_port: 53 });
+    }
+
+    #[test]
+    fn what_quotes_nothing_usable_has_no_quoted_packet() {
+        // Not an error.
+        let echo = InnerPacket::parse(PROTOCOL_IPV4, &IPV4_ICMP_ECHO).unwrap();
+        assert_eq!(echo.quoted(&IPV4_ICMP_ECHO), None);
+        // A quote cut inside the IP header or before the ports.
+        for cut in [28, 30, 47, 51] {
+            let mut bytes = IPV4_UNREACHABLE_QUOTING_SYN[..cut].to_vec();
+            bytes[3] = cut as u8;
+            let error = InnerPacket::parse(PROTOCOL_IPV4, &bytes).unwrap();
+            assert_eq!(error.quoted(&bytes), None, "cut at {cut}");
+        }
+    }
 
     #[test]
     fn ipv4_tcp_syn_is_parsed() {

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, icmpv4, icmpv6};
 
-use crate::packet::{InnerPacket, Transport, ip_proto, tcp_flags};
+use crate::packet::{InnerPacket, Transport, tcp_flags};
 
 /// Enough for the largest reply: GENEVE header (up to 260 bytes) + an ICMPv6 error of at
 /// most the IPv6 minimum MTU.
@@ -57,9 +57,7 @@ pub fn build(
             };
             tcp.write(&mut writer, &[]).ok()?;
         }
-        Transport::Icmp { icmp_type, .. } if is_icmp_error(inner.protocol, icmp_type) => {
-            return None;
-        }
+        Transport::Icmp { .. } if inner.is_icmp_error() => return None,
         _ => match (inner.dst, inner.src) {
             (IpAddr::V4(from), IpAddr::V4(to)) => {
                 let ihl = usize::from(original[0] & 0x0f) * 4;
@@ -95,13 +93,5 @@ fn ip_builder(
         (IpAddr::V4(f), IpAddr::V4(t)) => Some(PacketBuilder::ipv4(f.octets(), t.octets(), TTL)),
         (IpAddr::V6(f), IpAddr::V6(t)) => Some(PacketBuilder::ipv6(f.octets(), t.octets(), TTL)),
         _ => None,
-    }
-}
-
-fn is_icmp_error(protocol: u8, icmp_type: u8) -> bool {
-    match protocol {
-        ip_proto::ICMP => matches!(icmp_type, 3 | 4 | 5 | 11 | 12),
-        ip_proto::ICMPV6 => icmp_type < 128,
-        _ => false,
     }
 }

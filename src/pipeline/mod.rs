@@ -119,14 +119,6 @@ fn segment_after(previous: &[u8], decoded: &DecodedPacket, datagram: &[u8]) -> O
     Some(transport)
 }
 
-/// The TCP flags of a transport header (0 for anything but TCP).
-fn tcp_flags_of(transport: &Transport) -> u8 {
-    match transport {
-        Transport::Tcp { flags, .. } => *flags,
-        _ => 0,
-    }
-}
-
 /// What the caller must do with a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -301,7 +293,7 @@ impl Pipeline {
         if let (Some(previous), Some(decoded), Some(repeat)) =
             (previous, &self.last_decoded, self.repeat.as_mut())
             && let Some(transport) = segment_after(previous, decoded, datagram)
-            && tcp_flags_of(&transport) == repeat.flags
+            && transport.tcp_flags() == repeat.flags
         {
             repeat.packets += 1;
             repeat.bytes += datagram.len() as u64;
@@ -359,7 +351,7 @@ impl Pipeline {
             // Each reject is built from its own trigger: never repeated.
             Action::Reject => return self.reject(datagram, &packet, inject),
         };
-        let flags = tcp_flags_of(&packet.inner.transport);
+        let flags = packet.inner.transport.tcp_flags();
         if judged.is_some_and(|tcp| tcp.advance(flags) == tcp) {
             let rule = decision.rule;
             self.repeat = Some(Repeat { outcome, rule, flags, packets: 0, bytes: 0 });
@@ -393,16 +385,10 @@ impl Pipeline {
 
     fn judge(&mut self, snapshot: &Arc<Snapshot>, packet: &DecodedPacket, len: usize) -> Decision {
         let inner = &packet.inner;
-        let (sport, dport, flags) = match inner.transport {
-            Transport::Tcp { src_port, dst_port, flags, .. } => (src_port, dst_port, flags),
-            Transport::Udp { src_port, dst_port } => (src_port, dst_port, 0),
-            Transport::Icmp { icmp_type, ident, .. } if is_echo(inner.protocol, icmp_type) => {
-                (ident, ident, 0)
-            }
-            Transport::Icmp { .. } | Transport::Other => (0, 0, 0),
-            Transport::Fragment => return self.judge_later_fragment(snapshot, inner),
-        };
-        let decision = self.judge_flow(snapshot, packet, len, sport, dport, flags);
+        if inner.transport == Transport::Fragment {
+            return self.judge_later_fragment(snapshot, inner);
+        }
+        let decision = self.judge_flow(snapshot, packet, len);
         if let Some(fragment) = inner.fragment {
             self.remember_fragment(inner, fragment.id, decision, snapshot.generation);
         }
@@ -414,13 +400,12 @@ impl Pipeline {
         snapshot: &Arc<Snapshot>,
         packet: &DecodedPacket,
         len: usize,
-        sport: u16,
-        dport: u16,
-        flags: u8,
     ) -> Decision {
         let inner = &packet.inner;
         let now = self.now_ms;
-        let (key, sender) = FlowKey::of_packet(inner.src, sport, inner.dst, dport, inner.protocol);
+        let (sport, dport) = inner.transport.flow_ports();
+        let flags = inner.transport.tcp_flags();
+        let (key, sender) = FlowKey::of(inner);
         let is_tcp = inner.protocol == ip_proto::TCP;
         let pure_syn = is_tcp && flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0;
         let (flows, log) = (&mut self.flows, &self.flow_log);
@@ -545,14 +530,6 @@ impl Pipeline {
         }
         let reverse = snapshot.decide(inner.dst, inner.src, inner.protocol, None);
         if reverse.action.passes() { reverse } else { forward }
-    }
-}
-
-fn is_echo(protocol: u8, icmp_type: u8) -> bool {
-    match protocol {
-        ip_proto::ICMP => matches!(icmp_type, 0 | 8),
-        ip_proto::ICMPV6 => matches!(icmp_type, 128 | 129),
-        _ => false,
     }
 }
 

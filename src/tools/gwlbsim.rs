@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, IoSliceMut, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,7 +46,7 @@ use crate::conntrack::FlowKey;
 use crate::net::nexthop::{self, SingleSender};
 use crate::net::sys::{self, RawSender, SEND_BATCH, TxItem, bind_udp_receiver, wait_readable};
 use crate::net::tun;
-use crate::packet::{InnerPacket, Transport, ip_proto, tcp_flags};
+use crate::packet::{InnerPacket, Transport, ip_proto, is_icmp_unreachable, tcp_flags};
 use crate::pipeline::{MAX_GENEVE_DATAGRAM, decode};
 use crate::wire::geneve::{PROTOCOL_IPV4, PROTOCOL_IPV6};
 use crate::wire::outer::{OUTER_HEADER_LEN, OuterAddressing};
@@ -310,27 +310,17 @@ struct PacketFacts {
 
 impl PacketFacts {
     fn of(bytes: &[u8], packet: &InnerPacket) -> PacketFacts {
-        let (sport, dport, tcp_flags) = match packet.transport {
-            _ if packet.fragment.is_some() => (0, 0, 0),
-            Transport::Tcp { src_port, dst_port, flags, .. } => (src_port, dst_port, flags),
-            Transport::Udp { src_port, dst_port } => (src_port, dst_port, 0),
-            Transport::Icmp { ident, .. } => (ident, ident, 0),
-            Transport::Other | Transport::Fragment => (0, 0, 0),
-        };
-        let (mut key, side) =
-            FlowKey::of_packet(packet.src, sport, packet.dst, dport, packet.protocol);
+        let (mut key, side) = flow_of(packet);
+        let tcp_flags = if packet.fragment.is_some() { 0 } else { packet.transport.tcp_flags() };
         let mut refusal = tcp_flags & tcp_flags::RST != 0;
-        if let Transport::Icmp { icmp_type, .. } = packet.transport {
-            let (is_error, unreachable) = match packet.protocol {
-                ip_proto::ICMP => (matches!(icmp_type, 3 | 4 | 5 | 11 | 12), icmp_type == 3),
-                _ => (matches!(icmp_type, 1..=4), icmp_type == 1),
-            };
-            if is_error && packet.fragment.is_none() {
-                if let Some(quoted) = quoted_flow(bytes) {
-                    key = quoted;
-                }
-                refusal = unreachable;
+        if let Transport::Icmp { icmp_type, .. } = packet.transport
+            && packet.is_icmp_error()
+            && packet.fragment.is_none()
+        {
+            if let Some(quoted) = packet.quoted(bytes) {
+                key = flow_of(&quoted).0;
             }
+            refusal = is_icmp_unreachable(packet.protocol, icmp_type);
         }
         PacketFacts {
             key,
@@ -347,60 +337,14 @@ impl PacketFacts {
     }
 }
 
-/// The flow of the packet an ICMP or ICMPv6 error quotes (after the 8-byte ICMP header).
-fn quoted_flow(bytes: &[u8]) -> Option<FlowKey> {
-    let icmp_at = match bytes.first()? >> 4 {
-        4 => usize::from(bytes[0] & 0x0f) * 4,
-        // ICMPv6 straight after the fixed header (errors carry no extension headers).
-        _ if bytes.get(6) == Some(&ip_proto::ICMPV6) => 40,
-        _ => return None,
-    };
-    let quoted = bytes.get(icmp_at + 8..)?;
-    let (src, dst, protocol, l4, fragment): (IpAddr, IpAddr, u8, &[u8], bool) =
-        match quoted.first()? >> 4 {
-            4 => {
-                let ihl = usize::from(quoted[0] & 0x0f) * 4;
-                if ihl < 20 || quoted.len() < ihl {
-                    return None;
-                }
-                let src: [u8; 4] = quoted[12..16].try_into().ok()?;
-                let dst: [u8; 4] = quoted[16..20].try_into().ok()?;
-                let fragment = u16::from_be_bytes([quoted[6], quoted[7]]) & 0x3fff != 0;
-                (src.into(), dst.into(), quoted[9], &quoted[ihl..], fragment)
-            }
-            6 => {
-                if quoted.len() < 40 {
-                    return None;
-                }
-                let src: [u8; 16] = quoted[8..24].try_into().ok()?;
-                let dst: [u8; 16] = quoted[24..40].try_into().ok()?;
-                let fragment = quoted[6] == 44;
-                (
-                    Ipv6Addr::from(src).into(),
-                    Ipv6Addr::from(dst).into(),
-                    quoted[6],
-                    &quoted[40..],
-                    fragment,
-                )
-            }
-            _ => return None,
-        };
-    let be16 = |at: usize| l4.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
-    let (sport, dport) = match protocol {
-        _ if fragment => (0, 0),
-        ip_proto::TCP | ip_proto::UDP => (be16(0)?, be16(2)?),
-        ip_proto::ICMP | ip_proto::ICMPV6 => {
-            let echo = matches!((protocol, l4.first()?), (ip_proto::ICMP, 0 | 8) | (_, 128 | 129));
-            if echo {
-                let ident = be16(4)?;
-                (ident, ident)
-            } else {
-                (0, 0)
-            }
-        }
-        _ => (0, 0),
-    };
-    Some(FlowKey::of_packet(src, sport, dst, dport, protocol).0)
+/// The simulator's flow of a packet: as the appliance keys it, but every fragment of an
+/// address pair and protocol is one flow (later fragments carry no ports to tell them apart).
+fn flow_of(packet: &InnerPacket) -> (FlowKey, crate::conntrack::Side) {
+    if packet.fragment.is_some() {
+        FlowKey::of_packet(packet.src, 0, packet.dst, 0, packet.protocol)
+    } else {
+        FlowKey::of(packet)
+    }
 }
 
 fn cookie_of(header: &[u8; GWLB_HEADER_LEN]) -> u32 {
