@@ -214,7 +214,7 @@ fn whole_pipeline(c: &mut Criterion) {
     let cell: Arc<SnapshotCell> = Arc::new(arc_swap::ArcSwap::new(snapshot));
     let (flow_count, identity_count) = (flows(), identities());
     let settings = FlowSettings { max_flows: flow_count as usize, timeouts: Timeouts::default() };
-    let mut pipeline = Pipeline::new(Mode::Inspect, 0, Some(Arc::clone(&cell)), settings, None);
+    let mut pipeline = Pipeline::new(Mode::Inspect, 0, Some(Arc::clone(&cell)), settings, false);
     pipeline.begin_batch(1);
     let mut inject = vec![0u8; MAX_REJECT_LEN];
     // 1M flows: pods i -> i+1 (allowed by rule i % 1000), varying source ports.
@@ -297,7 +297,7 @@ fn whole_pipeline(c: &mut Criterion) {
     let created = pipeline.flow_counts().created - created_before;
     assert_eq!(created, u64::from(n), "every packet of new_flow_full_table was a new flow");
     group.finish();
-    let mut reflect = Pipeline::new(Mode::Reflect, 0, None, FlowSettings::default(), None);
+    let mut reflect = Pipeline::new(Mode::Reflect, 0, None, FlowSettings::default(), false);
     c.bench_function("pipeline_reflect_baseline", |b| {
         b.iter(|| reflect.process(black_box(&established), &mut inject))
     });

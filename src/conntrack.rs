@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use hashbrown::HashTable;
 
 use crate::packet::{InnerPacket, ip_proto, tcp_flags};
-use crate::snapshot::Decision;
+use crate::policy::Decision;
 
 /// Direction-independent 5-tuple: the endpoint with the smaller (address, port) is `a`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -16,27 +16,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::conntrack::{Flow, FlowEnd};
+use crate::conntrack::FlowEnd;
 use crate::labels::{EndpointKind, Labels};
-use crate::snapshot::Snapshot;
+use crate::pipeline::{FlowEvent, FlowRecord, Pipeline};
 
 /// Records the queue holds before it starts dropping.
 pub const QUEUE_LEN: usize = 65_536;
-
-/// Start or end of a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlowEvent {
-    Start,
-    End(FlowEnd),
-}
-
-/// What a worker hands over: plain data and the snapshot the flow was judged under.
-#[derive(Debug)]
-pub struct FlowRecord {
-    pub event: FlowEvent,
-    pub flow: Flow,
-    pub snapshot: Arc<Snapshot>,
-}
 
 /// The workers' end of the queue.
 #[derive(Debug, Clone)]
@@ -59,6 +44,17 @@ impl FlowLogSender {
             self.queue.try_send(record)
         {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes every record `pipeline` queued, and counts those it could not queue as dropped.
+    pub fn take_from(&self, pipeline: &mut Pipeline) {
+        while let Some(record) = pipeline.poll_flow_record() {
+            self.send(record);
+        }
+        let lost = pipeline.take_lost_flow_records();
+        if lost > 0 {
+            self.stats.dropped.fetch_add(lost, Ordering::Relaxed);
         }
     }
 }

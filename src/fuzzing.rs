@@ -24,11 +24,11 @@ pub fn receive_path(data: &[u8]) {
     // A small flow table: allocating the default one would dominate every execution.
     let flows = FlowSettings { max_flows: 64, ..FlowSettings::default() };
     let (cell, reference_cell) = (fuzz_snapshot(), fuzz_snapshot());
-    let mut inspect = Pipeline::new(Mode::Inspect, 0, Some(Arc::clone(&cell)), flows, None);
+    let mut inspect = Pipeline::new(Mode::Inspect, 0, Some(Arc::clone(&cell)), flows, false);
     inspect.begin_batch(0);
     // Judges every datagram in full: what the train shortcuts must agree with.
     let mut reference =
-        Pipeline::new(Mode::Inspect, 0, Some(Arc::clone(&reference_cell)), flows, None);
+        Pipeline::new(Mode::Inspect, 0, Some(Arc::clone(&reference_cell)), flows, false);
     reference.begin_batch(0);
     let mut inject = [0u8; MAX_REJECT_LEN];
     let mut reference_inject = [0u8; MAX_REJECT_LEN];

@@ -19,17 +19,7 @@ use crate::labels::shared::Chunked;
 use crate::labels::{EndpointKind, Identity, IdentityId, LabelTable};
 use crate::policy::compile::{ANY_GROUP, GROUP_WORDS};
 use crate::policy::selector::Operator;
-use crate::policy::{Action, CompiledPolicy, GroupBits};
-
-/// What policy says about one flow direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
-    pub action: Action,
-    /// Index of the deciding rule; `None` for the default action.
-    pub rule: Option<usize>,
-    /// Whether the deciding rule (or the default) asks for the flow log.
-    pub log: bool,
-}
+use crate::policy::{CompiledPolicy, Decision, GroupBits};
 
 /// Packets per rule, one row per data-plane worker (each row has a single writer, so
 /// counting is a relaxed load and store on a cache line no other worker touches). The last

@@ -1272,13 +1272,13 @@ rules:
     let output = SharedBuffer::default();
     let (sender, writer) = FlowLogWriter::start_with(Box::new(output.clone()));
     let settings = FlowSettings { max_flows: 16, timeouts: Timeouts::default() };
-    let mut pipeline =
-        Pipeline::new(Mode::Inspect, 0, Some(Arc::clone(&cell)), settings, Some(sender));
+    let mut pipeline = Pipeline::new(Mode::Inspect, 0, Some(Arc::clone(&cell)), settings, true);
     pipeline.begin_batch(1_000);
     let inner = common::ipv4_udp([10, 0, 1, 10], [10, 0, 1, 11], 40000, 53, 8);
     let mut inject = [0u8; 2048];
     let outcome = pipeline.process(&common::gwlb_datagram(7, &inner), &mut inject);
     assert_eq!(outcome, Outcome::SendBack(Action::Allow));
+    sender.take_from(&mut pipeline);
 
     // A reload to a policy with a single rule, then the UDP flow idles out (120 s).
     cell.store(publish(
@@ -1286,7 +1286,8 @@ rules:
         "default_action: allow\nrules:\n  - {name: only, from: [any], to: [any], action: deny}\n",
     ));
     pipeline.begin_batch(1_000 + 121_000);
-    drop(pipeline);
+    sender.take_from(&mut pipeline);
+    drop(sender);
     writer.join();
 
     let text = String::from_utf8(output.0.lock().unwrap().clone()).unwrap();

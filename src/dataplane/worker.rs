@@ -12,6 +12,7 @@ use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSockRef, UdpSocketState};
 use super::send::{Run, RunBuilder, SendSockets};
 use super::stats::{Counters, Fallback, SendPath};
 use super::{ControlLinks, DataplaneSettings, WorkerStatus};
+use crate::flowlog::FlowLogSender;
 use crate::net::nexthop::SingleSender;
 use crate::net::sys::{
     GsoSocket, MAX_GSO_SEGMENTS, SendReport, TxItem, skip_unused_control_messages, wait_readable,
@@ -64,6 +65,8 @@ pub(super) struct Worker {
     listen_ip: Ipv4Addr,
     reply_port: u16,
     pipeline: Pipeline,
+    /// Where the pipeline's flow records go after each batch.
+    flow_log: Option<FlowLogSender>,
     status: Arc<WorkerStatus>,
     stop: Arc<AtomicBool>,
 }
@@ -90,8 +93,9 @@ impl Worker {
                 index,
                 links.snapshots.clone(),
                 settings.flows,
-                links.flow_log.clone(),
+                links.flow_log.is_some(),
             ),
+            flow_log: links.flow_log.clone(),
             status,
             stop,
         }
@@ -144,6 +148,7 @@ impl Worker {
                     }
                     // Idle: still let flows expire and pick up new snapshots.
                     self.pipeline.begin_batch(clock.elapsed().as_millis() as u64);
+                    self.hand_over_flow_records();
                     counters.set_flows(self.pipeline.flow_counts());
                     self.status.counters.publish(&counters);
                     continue;
@@ -172,15 +177,28 @@ impl Worker {
                 self.handle_slot(slot * SLOT_STRIDE, meta, &mut slot_io, &mut counters);
             }
             self.flush(&mut tx, &storage, &mut counters, &mut errors);
+            self.hand_over_flow_records();
             counters.set_flows(self.pipeline.flow_counts());
             counters.set_sockets_open(self.sockets.open());
             self.status.counters.publish(&counters);
         }
-        self.pipeline.finish();
+        let flow_log = &self.flow_log;
+        self.pipeline.finish(|record| {
+            if let Some(log) = flow_log {
+                log.send(record);
+            }
+        });
         counters.set_flows(self.pipeline.flow_counts());
         self.status.counters.publish(&counters);
         self.status.running.store(false, Ordering::Release);
         tracing::debug!(worker = self.index, "worker stopped");
+    }
+
+    /// Gives the flow log what the pipeline recorded (after the batch's packets went out).
+    fn hand_over_flow_records(&mut self) {
+        if let Some(log) = &self.flow_log {
+            log.take_from(&mut self.pipeline);
+        }
     }
 
     /// Sends what is queued, in order: single packets in `sendmmsg` batches, each run of a

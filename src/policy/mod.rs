@@ -13,3 +13,20 @@ pub mod selector;
 
 pub use compile::{CompiledPolicy, Group, GroupBits, PortMatch, Rule};
 pub use file::Action;
+
+/// What policy says about one flow direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    /// Index of the deciding rule; `None` for the default action.
+    pub rule: Option<usize>,
+    /// Whether the deciding rule (or the default) asks for the flow log.
+    pub log: bool,
+}
+
+impl Decision {
+    /// Whether the flow log records the flows this decides: the rule logs, or audits.
+    pub fn logged(&self) -> bool {
+        self.log || self.action == Action::Audit
+    }
+}

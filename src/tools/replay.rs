@@ -40,7 +40,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::control::ControlPlane;
-use crate::flowlog::FlowLogWriter;
+use crate::flowlog::{FlowLogSender, FlowLogWriter};
 use crate::pipeline::{Mode, Outcome, Pipeline};
 use crate::policy::Action;
 use crate::reject::MAX_REJECT_LEN;
@@ -118,14 +118,20 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
     let state = control.state();
     // As `labelwall run` sets up its workers, with the whole flow budget in one pipeline.
     let flows = config.flows.per_pipeline(1);
-    let pipeline =
-        Pipeline::new(Mode::Inspect, 0, Some(Arc::clone(&state.snapshots)), flows, flow_log);
+    let pipeline = Pipeline::new(
+        Mode::Inspect,
+        0,
+        Some(Arc::clone(&state.snapshots)),
+        flows,
+        flow_log.is_some(),
+    );
     let output = match &args.out {
         Some(path) => Some(Output::create(path)?),
         None => None,
     };
     let mut replayer = Replayer {
         pipeline,
+        flow_log,
         inject: vec![0u8; MAX_REJECT_LEN],
         frame: Vec::with_capacity(ETHERNET_HEADER_LEN + OUTER_HEADER_LEN + 9001),
         geneve_port: args.port.unwrap_or(config.dataplane.listen.port()),
@@ -147,10 +153,15 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
     }
     let open_at_end = replayer.pipeline.flow_counts().active;
     // End every flow, as `labelwall run` does when it stops: the flow log gets end records.
-    replayer.pipeline.finish();
+    let flow_log = &replayer.flow_log;
+    replayer.pipeline.finish(|record| {
+        if let Some(log) = flow_log {
+            log.send(record);
+        }
+    });
     let flow_counts = replayer.pipeline.flow_counts();
-    let Replayer { pipeline, output, counts, .. } = replayer;
-    drop(pipeline); // the flow-log writer ends once the pipeline's sender is gone
+    let Replayer { flow_log, output, counts, .. } = replayer;
+    drop(flow_log); // the flow-log writer ends once its sender is gone
     if let Some(output) = output {
         output.finish().with_context(|| format!("cannot write {}", display(&args.out)))?;
     }
@@ -919,6 +930,8 @@ impl Counts {
 /// The pipeline and what surrounds it in a data-plane worker, fed from a file.
 struct Replayer {
     pipeline: Pipeline,
+    /// Where the pipeline's flow records go after each datagram.
+    flow_log: Option<FlowLogSender>,
     inject: Vec<u8>,
     /// The reply being written (Ethernet + outer headers + datagram).
     frame: Vec<u8>,
@@ -973,6 +986,9 @@ impl Replayer {
                 None
             }
         };
+        if let Some(log) = &self.flow_log {
+            log.take_from(&mut self.pipeline);
+        }
         let Some((reply, unchanged)) = reply else { return Ok(()) };
         // What the worker puts in front of it: addresses swapped, GWLB's port kept.
         let addressing = OuterAddressing {

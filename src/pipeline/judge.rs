@@ -1,0 +1,236 @@
+//! Judging: the stateful decision on a decoded packet. A known flow keeps its decision until
+//! the snapshot changes; an unknown one is judged as started by its sender, or, when that
+//! does not pass and the packet could be a reply, the other way round; later fragments follow
+//! their first fragment.
+//!
+//! Must not depend on: sockets, the flow log (records go to the pipeline's queue).
+
+use std::sync::Arc;
+
+use super::decode::DecodedPacket;
+use super::{FlowEvent, Pipeline};
+use crate::conntrack::{Flow, FlowEnd, FlowKey, TcpState, has_ports};
+use crate::packet::{InnerPacket, Transport, ip_proto, tcp_flags};
+use crate::policy::Decision;
+use crate::snapshot::Snapshot;
+
+impl Pipeline {
+    pub(super) fn judge(
+        &mut self,
+        snapshot: &Arc<Snapshot>,
+        packet: &DecodedPacket,
+        len: usize,
+    ) -> Decision {
+        let inner = &packet.inner;
+        if inner.transport == Transport::Fragment {
+            return self.judge_later_fragment(snapshot, inner);
+        }
+        let decision = self.judge_flow(snapshot, packet, len);
+        if let Some(fragment) = inner.fragment {
+            let (generation, now) = (snapshot.generation, self.now_ms);
+            self.fragments.remember(inner, fragment.id, decision, generation, now);
+        }
+        decision
+    }
+
+    fn judge_flow(
+        &mut self,
+        snapshot: &Arc<Snapshot>,
+        packet: &DecodedPacket,
+        len: usize,
+    ) -> Decision {
+        let inner = &packet.inner;
+        let now = self.now_ms;
+        let (sport, dport) = inner.transport.flow_ports();
+        let flags = inner.transport.tcp_flags();
+        let (key, sender) = FlowKey::of(inner);
+        let is_tcp = inner.protocol == ip_proto::TCP;
+        let pure_syn = is_tcp && flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0;
+        let (flows, records) = (&mut self.flows, &mut self.records);
+        let mut ended =
+            |flow: Flow, end: FlowEnd| records.push(FlowEvent::End(end), flow, snapshot);
+
+        if let Some(flow) = flows.lookup(&key, now, &mut ended) {
+            // Judged afresh instead: a SYN reusing a finished 5-tuple (GWLB gives it a new
+            // cookie), and any packet from the responder side of a flow that was refused,
+            // which must not poison the 5-tuple for the legitimate direction.
+            let fresh = (pure_syn && flow.tcp == TcpState::Closed)
+                || (!flow.decision.action.passes() && sender != flow.initiator);
+            if !fresh {
+                if flow.generation != snapshot.generation {
+                    // Policy or labels changed: judge the flow again, as its initiator started it.
+                    let (from, _) = key.endpoint(flow.initiator);
+                    let (to, to_port) = key.endpoint(flow.initiator.other());
+                    flow.decision = snapshot.decide(
+                        from,
+                        to,
+                        key.protocol,
+                        service_port(key.protocol, to_port),
+                    );
+                    flow.generation = snapshot.generation;
+                }
+                flow.last_seen_ms = now;
+                flow.packets += 1;
+                flow.bytes += len as u64;
+                flow.tcp = flow.tcp.advance(flags);
+                flow.cookie = packet.gwlb.flow_cookie;
+                return flow.decision;
+            }
+            if let Some(old) = flows.remove(&key) {
+                ended(old, FlowEnd::Replaced);
+            }
+        }
+
+        // A flow never seen: judge it as started by the sender; if that is not allowed and
+        // the packet could be a reply (anything but a TCP SYN without ACK), judge it the
+        // other way round too.
+        let forward = snapshot.decide(
+            inner.src,
+            inner.dst,
+            inner.protocol,
+            service_port(inner.protocol, dport),
+        );
+        let (initiator, decision) = if forward.action.passes() || pure_syn {
+            (sender, forward)
+        } else {
+            let reverse = snapshot.decide(
+                inner.dst,
+                inner.src,
+                inner.protocol,
+                service_port(inner.protocol, sport),
+            );
+            if reverse.action.passes() { (sender.other(), reverse) } else { (sender, forward) }
+        };
+        let tcp = match (is_tcp, pure_syn) {
+            (false, _) => TcpState::NotTcp,
+            (true, true) => TcpState::SynSent,
+            (true, false) => TcpState::Established.advance(flags),
+        };
+        let flow = Flow {
+            key,
+            initiator,
+            generation: snapshot.generation,
+            decision,
+            rule_name: logged_rule_name(snapshot, &decision),
+            tcp,
+            started_ms: now,
+            last_seen_ms: now,
+            packets: 1,
+            bytes: len as u64,
+            cookie: packet.gwlb.flow_cookie,
+            endpoint_id: packet.gwlb.endpoint_id,
+            attachment_id: packet.gwlb.attachment_id,
+        };
+        self.created += 1;
+        let flow = flows.insert(flow, &mut ended);
+        if records.wanted(flow) {
+            records.push(FlowEvent::Start, flow.clone(), snapshot);
+        }
+        decision
+    }
+
+    /// A non-first fragment follows its first fragment's verdict; if that was not seen, it is
+    /// judged without ports (only rules that admit the whole protocol can match).
+    fn judge_later_fragment(&mut self, snapshot: &Snapshot, inner: &InnerPacket) -> Decision {
+        if let Some(decision) = self.fragments.lookup(inner, snapshot.generation, self.now_ms) {
+            return decision;
+        }
+        let forward = snapshot.decide(inner.src, inner.dst, inner.protocol, None);
+        if forward.action.passes() {
+            return forward;
+        }
+        let reverse = snapshot.decide(inner.dst, inner.src, inner.protocol, None);
+        if reverse.action.passes() { reverse } else { forward }
+    }
+}
+
+/// The port a rule's `ports` is matched against: the responder's, for TCP and UDP.
+fn service_port(protocol: u8, port: u16) -> Option<u16> {
+    has_ports(protocol).then_some(port)
+}
+
+/// The rule name a logged flow keeps (an `Arc` clone only for flows the flow log records).
+fn logged_rule_name(snapshot: &Snapshot, decision: &Decision) -> Option<Arc<str>> {
+    let rule = decision.rule.filter(|_| decision.logged())?;
+    snapshot.policy.rules.get(rule).map(|r| Arc::clone(&r.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::super::{FlowCounts, Outcome};
+    use crate::packet::tcp_flags;
+    use crate::policy::Action;
+
+    #[test]
+    fn return_traffic_of_an_allowed_flow_is_allowed() {
+        let (mut p, _) = pipeline();
+        assert_eq!(
+            run(&mut p, &tcp(CLIENT, DB, 4000, 3306, SYN)),
+            Outcome::SendBack(Action::Allow)
+        );
+        assert_eq!(
+            run(&mut p, &tcp(DB, CLIENT, 3306, 4000, SYN_ACK)),
+            Outcome::SendBack(Action::Allow)
+        );
+        assert_eq!(p.flow_counts(), FlowCounts { active: 1, created: 1, evicted: 0 });
+    }
+
+    #[test]
+    fn a_pure_syn_is_never_taken_for_a_reply() {
+        let (mut p, _) = pipeline();
+        // From db:3306 to a client: only a reply of client -> db:3306 could allow it.
+        assert!(matches!(
+            run(&mut p, &tcp(DB, CLIENT, 3306, 4001, SYN)),
+            Outcome::Withhold(Action::Deny)
+        ));
+        assert_eq!(
+            run(&mut p, &tcp(DB, CLIENT, 3306, 4002, SYN_ACK)),
+            Outcome::SendBack(Action::Allow)
+        );
+        assert_eq!(
+            run(&mut p, &tcp(DB, CLIENT, 3306, 4003, ACK)),
+            Outcome::SendBack(Action::Allow)
+        );
+    }
+
+    #[test]
+    fn a_new_snapshot_rejudges_established_flows_on_their_next_packet() {
+        let (mut p, cell) = pipeline();
+        assert_eq!(
+            run(&mut p, &tcp(CLIENT, DB, 4000, 3306, SYN)),
+            Outcome::SendBack(Action::Allow)
+        );
+        cell.store(snapshot(2, &POLICY.replace("tcp/3306, ", "")));
+        assert_eq!(
+            run(&mut p, &tcp(CLIENT, DB, 4000, 3306, ACK)),
+            Outcome::SendBack(Action::Allow),
+            "same batch: old snapshot"
+        );
+        p.begin_batch(2);
+        assert!(matches!(run(&mut p, &tcp(DB, CLIENT, 3306, 4000, ACK)), Outcome::Reject { .. }));
+        assert_eq!(p.flow_counts().created, 1, "judged again, not created again");
+    }
+
+    #[test]
+    fn a_syn_on_a_closed_five_tuple_starts_a_new_flow() {
+        let (mut p, _) = pipeline();
+        run(&mut p, &tcp(CLIENT, DB, 4000, 3306, SYN));
+        run(&mut p, &tcp(DB, CLIENT, 3306, 4000, tcp_flags::RST | ACK));
+        run(&mut p, &tcp(CLIENT, DB, 4000, 3306, SYN));
+        assert_eq!(p.flow_counts().created, 2);
+    }
+
+    #[test]
+    fn rule_hits_count_every_packet_under_its_rule() {
+        let (mut p, cell) = pipeline();
+        run(&mut p, &tcp(CLIENT, DB, 4000, 3306, SYN));
+        run(&mut p, &tcp(DB, CLIENT, 3306, 4000, SYN_ACK));
+        run(&mut p, &tcp(STRANGER, DB, 1, 22, SYN));
+        run(&mut p, &tcp(STRANGER, CLIENT, 1, 22, SYN));
+        let s = cell.load();
+        assert_eq!(s.rule_hits.total(Some(0)), 2);
+        assert_eq!(s.rule_hits.total(Some(1)), 1);
+        assert_eq!(s.rule_hits.total(None), 1);
+    }
+}
