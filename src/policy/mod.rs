@@ -9,6 +9,7 @@
 
 pub mod compile;
 pub mod file;
+pub mod membership;
 pub mod selector;
 
 pub use compile::{CompiledPolicy, Group, GroupBits, PortMatch, Rule};
