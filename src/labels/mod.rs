@@ -12,6 +12,7 @@
 
 mod builder;
 pub mod shared;
+pub mod syntax;
 
 use std::collections::BTreeMap;
 use std::fmt;

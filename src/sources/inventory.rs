@@ -8,9 +8,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::diagnostics::{Diagnostic, Diagnostics, read_file};
+use crate::labels::syntax::{validate_label_key, validate_label_value};
 use crate::labels::{EndpointKind, EndpointRecord, Labels, NamespaceRecord, SourceRecords};
 use crate::policy::compile::parse_network;
-use crate::policy::selector::{validate_label_key, validate_label_value};
 use crate::yaml_lines::LineIndex;
 
 #[derive(Debug, Deserialize)]
