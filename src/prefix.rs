@@ -1,4 +1,5 @@
-//! Prefix maps over IPv4 and IPv6: which stored networks contain an address.
+//! Prefix maps over IPv4 and IPv6: which stored networks contain an address; and the one
+//! parser of networks as config, policy and inventory files write them.
 //!
 //! One hash map per prefix length that is actually used, probed from the longest length to
 //! the shortest: a lookup costs one masked hash probe per distinct length (a handful in real
@@ -132,6 +133,22 @@ impl<V> PrefixMap<V> {
     pub fn len(&self) -> usize {
         self.v4.len() + self.v6.len()
     }
+}
+
+/// A network in CIDR notation (or a bare address = one host); host bits must be zero.
+pub fn parse_network(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    let net: IpNet = match text.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => match text.parse::<std::net::IpAddr>() {
+            Ok(ip) => IpNet::from(ip),
+            Err(_) => return Err(format!("`{text}` is not an IPv4 or IPv6 network (a.b.c.d/len)")),
+        },
+    };
+    if net.trunc() != net {
+        return Err(format!("`{text}` has host bits set; did you mean {}?", net.trunc()));
+    }
+    Ok(net)
 }
 
 #[cfg(test)]

@@ -22,8 +22,9 @@ use labelwall::flowlog::FlowLogWriter;
 use labelwall::labels::{EndpointKind, LabelTable, SourceRecords};
 use labelwall::packet::ip_proto::{ICMP, ICMPV6, TCP, UDP};
 use labelwall::pipeline::{FlowSettings, Mode, Outcome, Pipeline};
-use labelwall::policy::compile::{MAX_GROUPS, PortMatch, parse_network, parse_port};
+use labelwall::policy::compile::{MAX_GROUPS, PortMatch, parse_port};
 use labelwall::policy::{Action, CompiledPolicy};
+use labelwall::prefix::parse_network;
 use labelwall::snapshot::{RuleHits, Snapshot};
 use labelwall::sources::inventory;
 

@@ -12,7 +12,7 @@ use super::selector::Selector;
 use crate::diagnostics::{Diagnostic, Diagnostics, read_file};
 use crate::labels::{EndpointKind, Identity};
 use crate::packet::ip_proto;
-use crate::prefix::PrefixMap;
+use crate::prefix::{PrefixMap, parse_network};
 use crate::yaml_lines::LineIndex;
 
 /// Groups a policy may define, `any` included: group bitsets are fixed-size arrays on the
@@ -539,22 +539,6 @@ impl Compiler<'_> {
             line: self.lines.line(path),
         })
     }
-}
-
-/// A network in CIDR notation (or a bare address = one host); host bits must be zero.
-pub fn parse_network(text: &str) -> Result<IpNet, String> {
-    let text = text.trim();
-    let net: IpNet = match text.parse::<IpNet>() {
-        Ok(net) => net,
-        Err(_) => match text.parse::<std::net::IpAddr>() {
-            Ok(ip) => IpNet::from(ip),
-            Err(_) => return Err(format!("`{text}` is not an IPv4 or IPv6 network (a.b.c.d/len)")),
-        },
-    };
-    if net.trunc() != net {
-        return Err(format!("`{text}` has host bits set; did you mean {}?", net.trunc()));
-    }
-    Ok(net)
 }
 
 /// `tcp/443`, `udp/53`, `tcp/8000-8999`, `tcp`, `udp`, `icmp`, `icmpv6`.

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::diagnostics::{Diagnostic, Diagnostics, read_file};
 use crate::labels::syntax::{validate_label_key, validate_label_value};
 use crate::labels::{EndpointKind, EndpointRecord, Labels, NamespaceRecord, SourceRecords};
-use crate::policy::compile::parse_network;
+use crate::prefix::parse_network;
 use crate::yaml_lines::LineIndex;
 
 #[derive(Debug, Deserialize)]
