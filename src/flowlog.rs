@@ -228,10 +228,14 @@ fn rfc3339_now() -> String {
     rfc3339(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
 }
 
-/// UTC time as RFC 3339 with milliseconds.
+/// UTC time as RFC 3339 with milliseconds (truncated), always three digits:
+/// `2026-12-31T23:59:59.123Z`. Past the year 9999 (jiff's range), its last instant.
 fn rfc3339(since_epoch: std::time::Duration) -> String {
-    let civil = crate::utc::Civil::from_unix(since_epoch.as_secs() as i64);
-    format!("{}.{:03}Z", civil.date_time(), since_epoch.subsec_millis())
+    let time = jiff::SignedDuration::try_from(since_epoch)
+        .ok()
+        .and_then(|since_epoch| jiff::Timestamp::from_duration(since_epoch).ok())
+        .unwrap_or(jiff::Timestamp::MAX);
+    time.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 #[cfg(test)]
@@ -244,6 +248,20 @@ mod tests {
         assert_eq!(rfc3339(Duration::ZERO), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
         assert_eq!(rfc3339(Duration::from_millis(1_798_761_599_123)), "2026-12-31T23:59:59.123Z");
+    }
+
+    #[test]
+    fn the_time_field_has_three_truncated_fraction_digits() {
+        use std::time::Duration;
+        // 2026-11-27T15:20:30Z plus a fraction: milliseconds, truncated, zero-padded.
+        let at = |nanos| rfc3339(Duration::new(1_795_792_830, nanos));
+        assert_eq!(at(0), "2026-11-27T15:20:30.000Z");
+        assert_eq!(at(7_000_000), "2026-11-27T15:20:30.007Z");
+        assert_eq!(at(50_000_000), "2026-11-27T15:20:30.050Z");
+        assert_eq!(at(999_999_999), "2026-11-27T15:20:30.999Z");
+        assert_eq!(at(1_999), "2026-11-27T15:20:30.000Z");
+        assert_eq!(rfc3339(Duration::new(9, 1_000_000)), "1970-01-01T00:00:09.001Z");
+        assert_eq!(rfc3339(Duration::MAX), "9999-12-30T22:00:00.999Z");
     }
 
     #[test]

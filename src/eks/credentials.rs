@@ -1,11 +1,17 @@
 //! Where the signing credentials come from: the environment, else the EC2 instance role
-//! through IMDSv2. A minimal HTTP/1.1 client over a tokio `TcpStream` talks to IMDS (plain
-//! HTTP to a link-local address, a handful of small responses).
+//! through IMDSv2. IMDS is plain HTTP to a link-local address, a handful of small responses:
+//! each request is one hyper HTTP/1.1 client connection (`hyper::client::conn::http1`) over a
+//! tokio `TcpStream`, closed after the answer.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
+use hyper::body::Bytes;
+use hyper::client::conn::http1;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::sigv4::Credentials;
@@ -20,6 +26,12 @@ const IMDS_TIMEOUT: Duration = Duration::from_secs(2);
 const IMDS_ATTEMPTS: u32 = 3;
 /// IMDSv2 session token lifetime asked for; the command is short-lived.
 const IMDS_TOKEN_TTL: &str = "60";
+/// The PUT that asks for a session token carries its lifetime in this header.
+const TOKEN_TTL_HEADER: HeaderName =
+    HeaderName::from_static("x-aws-ec2-metadata-token-ttl-seconds");
+/// Every GET carries the session token in this header.
+const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-token");
+/// The most of a response body read.
 const MAX_RESPONSE: usize = 64 * 1024;
 
 /// Credentials and where they came from (`environment` or `instance role NAME`).
@@ -176,8 +188,10 @@ impl Imds {
     }
 
     async fn session_token(&self) -> anyhow::Result<String> {
-        let header = format!("X-aws-ec2-metadata-token-ttl-seconds: {IMDS_TOKEN_TTL}");
-        match self.request("PUT", "/latest/api/token", &header).await? {
+        match self
+            .request(Method::PUT, "/latest/api/token", TOKEN_TTL_HEADER, IMDS_TOKEN_TTL)
+            .await?
+        {
             (200, token) if !token.trim().is_empty() => Ok(token.trim().to_string()),
             (403, _) => anyhow::bail!(
                 "IMDS {} refused a session token (403): the instance metadata service is turned off for this instance (http-endpoint disabled)",
@@ -192,22 +206,30 @@ impl Imds {
     }
 
     async fn get(&self, path: &str, token: &str) -> anyhow::Result<(u16, String)> {
-        self.request("GET", path, &format!("X-aws-ec2-metadata-token: {token}")).await
+        self.request(Method::GET, path, TOKEN_HEADER, token).await
     }
 
     /// One request, retried on timeouts and connection errors and 5xx.
     async fn request(
         &self,
-        method: &str,
+        method: Method,
         path: &str,
-        header: &str,
+        name: HeaderName,
+        value: &str,
     ) -> anyhow::Result<(u16, String)> {
+        let Ok(uri) = path.parse::<Uri>() else {
+            anyhow::bail!("IMDS {}: {path:?} is not a request path", self.endpoint);
+        };
+        let Ok(value) = HeaderValue::from_str(value) else {
+            anyhow::bail!("IMDS {}: a value unfit for the {name} header", self.endpoint);
+        };
         let mut last = String::new();
         for _ in 0..IMDS_ATTEMPTS {
-            match tokio::time::timeout(IMDS_TIMEOUT, self.exchange(method, path, header)).await {
+            let request = self.http_request(&method, &uri, &name, &value);
+            match tokio::time::timeout(IMDS_TIMEOUT, self.exchange(request)).await {
                 Ok(Ok((status, body))) if status < 500 => return Ok((status, body)),
                 Ok(Ok((status, body))) => last = format!("{status} {}", excerpt(&body)),
-                Ok(Err(error)) => last = error.to_string(),
+                Ok(Err(error)) => last = format!("{error:#}"),
                 Err(_) => last = format!("no answer within {IMDS_TIMEOUT:?}"),
             }
         }
@@ -219,81 +241,63 @@ impl Imds {
         )
     }
 
-    async fn exchange(
+    /// The request: no body, `Host`, the IMDS header, and `Connection: close` (one request
+    /// per connection).
+    fn http_request(
         &self,
-        method: &str,
-        path: &str,
-        header: &str,
-    ) -> std::io::Result<(u16, String)> {
-        let mut stream = TcpStream::connect(&self.authority).await?;
-        let host = &self.authority;
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{header}\r\nUser-Agent: labelwall/{}\r\nAccept: */*\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            env!("CARGO_PKG_VERSION")
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        (&mut stream).take(MAX_RESPONSE as u64 + 1).read_to_end(&mut response).await?;
-        if response.len() > MAX_RESPONSE {
-            return Err(invalid("response larger than 64 KiB"));
+        method: &Method,
+        uri: &Uri,
+        name: &HeaderName,
+        value: &HeaderValue,
+    ) -> Request<Empty<Bytes>> {
+        let mut request = Request::new(Empty::new());
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri.clone();
+        let headers = request.headers_mut();
+        // `authority` is the endpoint's `HOST:PORT`: were it unfit for a header, there would
+        // be nothing to connect to either.
+        if let Ok(host) = HeaderValue::from_str(&self.authority) {
+            headers.insert(header::HOST, host);
         }
-        parse_response(&response)
+        headers.insert(name.clone(), value.clone());
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        request
+    }
+
+    /// Connects, sends `request` and reads the whole answer: status and body (at most 64 KiB,
+    /// as text).
+    async fn exchange(&self, request: Request<Empty<Bytes>>) -> anyhow::Result<(u16, String)> {
+        let stream = TcpStream::connect(&self.authority).await?;
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        let answer = async move {
+            let response = sender.send_request(request).await?;
+            let status = response.status().as_u16();
+            let body = Limited::new(response.into_body(), MAX_RESPONSE).collect().await.map_err(
+                |error| {
+                    if error.is::<LengthLimitError>() {
+                        anyhow::anyhow!("response larger than 64 KiB")
+                    } else {
+                        anyhow::Error::from_boxed(error)
+                    }
+                },
+            )?;
+            anyhow::Ok((status, String::from_utf8_lossy(&body.to_bytes()).into_owned()))
+        };
+        // The connection does the reading and writing, and ends after the answer (or on an
+        // error, which it hands to `answer`); dropping both closes the socket.
+        tokio::pin!(answer);
+        tokio::select! {
+            biased;
+            answer = &mut answer => answer,
+            _ = connection => answer.await,
+        }
     }
 }
 
-fn invalid(what: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
-}
-
-/// Status and body of a whole HTTP/1.1 response read to EOF (`Content-Length`, chunked, or
-/// up to the end).
-fn parse_response(response: &[u8]) -> std::io::Result<(u16, String)> {
-    let Some(head_end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Err(invalid("truncated HTTP response"));
-    };
-    let head = std::str::from_utf8(&response[..head_end])
-        .map_err(|_| invalid("HTTP head is not UTF-8"))?;
-    let mut body = &response[head_end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .strip_prefix("HTTP/1.")
-        .and_then(|rest| rest.get(2..5))
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| invalid("not an HTTP/1.x response"))?;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            let length: usize = value.parse().map_err(|_| invalid("bad Content-Length"))?;
-            body = body.get(..length).ok_or_else(|| invalid("body shorter than Content-Length"))?;
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            && value.eq_ignore_ascii_case("chunked")
-        {
-            chunked = true;
-        }
-    }
-    let body = if chunked { dechunk(body)? } else { body.to_vec() };
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-fn dechunk(mut data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end =
-            data.windows(2).position(|w| w == b"\r\n").ok_or_else(|| invalid("truncated chunk"))?;
-        let size_text = std::str::from_utf8(&data[..line_end]).map_err(|_| invalid("bad chunk"))?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| invalid("bad chunk size"))?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(data.get(..size).ok_or_else(|| invalid("truncated chunk"))?);
-        data = data.get(size + 2..).ok_or_else(|| invalid("truncated chunk"))?;
-    }
-}
+const USER_AGENT: &str = concat!("labelwall/", env!("CARGO_PKG_VERSION"));
 
 /// At most 200 characters of a body, on one line.
 fn excerpt(body: &str) -> String {
@@ -342,12 +346,183 @@ mod tests {
         );
     }
 
-    #[test]
-    fn responses_are_parsed_with_length_or_chunks() {
-        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloXX";
-        assert_eq!(parse_response(plain).unwrap(), (200, "hello".into()));
-        let chunked = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-        assert_eq!(parse_response(chunked).unwrap(), (404, "abcde".into()));
-        assert!(parse_response(b"garbage").is_err());
+    /// A loopback IMDS that answers the connections it gets, in order, with `answers` (each
+    /// written whole, then the connection closed) and hands back each request as received.
+    async fn serve(answers: &[&[u8]]) -> (Imds, tokio::task::JoinHandle<Vec<String>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let imds = Imds::from_env(&env_of(&[(IMDS_ENDPOINT_VAR, &endpoint)])).unwrap();
+        let answers: Vec<Vec<u8>> = answers.iter().map(|a| a.to_vec()).collect();
+        let server = tokio::spawn(async move {
+            let mut requests = Vec::new();
+            for answer in answers {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut buffer = [0; 1024];
+                while !request.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await.unwrap() {
+                        0 => break,
+                        n => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                requests.push(String::from_utf8(request).unwrap());
+                // The client may hang up first (an answer too long).
+                let _ = stream.write_all(&answer).await;
+            }
+            requests
+        });
+        (imds, server)
+    }
+
+    const UA: &str = concat!("user-agent: labelwall/", env!("CARGO_PKG_VERSION"), "\r\n");
+
+    #[tokio::test]
+    async fn the_token_request_is_a_bodiless_put_with_the_ttl() {
+        let (imds, server) =
+            serve(&[b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nimds-token-1\nXX"]).await;
+        assert_eq!(imds.session_token().await.unwrap(), "imds-token-1");
+        let requests = server.await.unwrap();
+        assert_eq!(
+            requests,
+            [format!(
+                "PUT /latest/api/token HTTP/1.1\r\nhost: {}\r\n\
+                 x-aws-ec2-metadata-token-ttl-seconds: 60\r\n{UA}accept: */*\r\n\
+                 content-length: 0\r\nconnection: close\r\n\r\n",
+                imds.authority
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn gets_carry_the_session_token_and_read_chunked_bodies() {
+        let (imds, server) = serve(&[
+            b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\ntoken-1",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\neu-we\r\n5;x=y\r\nst-1\n\r\n0\r\n\r\n",
+        ])
+        .await;
+        assert_eq!(imds.region().await.unwrap(), "eu-west-1");
+        let requests = server.await.unwrap();
+        assert_eq!(
+            requests[1],
+            format!(
+                "GET /latest/meta-data/placement/region HTTP/1.1\r\nhost: {}\r\n\
+                 x-aws-ec2-metadata-token: token-1\r\n{UA}accept: */*\r\n\
+                 content-length: 0\r\nconnection: close\r\n\r\n",
+                imds.authority
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn responses_are_read_with_length_or_chunks_or_to_the_end() {
+        let (imds, server) = serve(&[
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloXX",
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nup to the end",
+            b"HTTP/1.0 403 Forbidden\r\n\r\n\xffno",
+        ])
+        .await;
+        let get = |path| imds.get(path, "t");
+        assert_eq!(get("/a").await.unwrap(), (200, "hello".into()));
+        assert_eq!(get("/b").await.unwrap(), (404, "abcde".into()));
+        assert_eq!(get("/c").await.unwrap(), (200, "up to the end".into()));
+        assert_eq!(get("/d").await.unwrap(), (403, "\u{fffd}no".into()));
+        assert_eq!(server.await.unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_then_reported() {
+        let (imds, server) = serve(&[
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nbusy",
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ])
+        .await;
+        assert_eq!(imds.get("/x", "t").await.unwrap(), (200, "ok".into()));
+        assert_eq!(server.await.unwrap().len(), 3);
+
+        let busy: &[u8] =
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 10\r\n\r\nbusy\n busy";
+        let (imds, server) = serve(&[busy, busy, busy]).await;
+        let error = imds.get("/x", "t").await.unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!(
+                "the instance metadata service {} did not answer GET /x (500 busy busy; 3 attempts): not on EC2",
+                imds.endpoint
+            )),
+            "{error}"
+        );
+        assert!(error.ends_with("--http-put-response-hop-limit 2`"), "{error}");
+        assert_eq!(server.await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn what_is_not_http_or_too_long_fails() {
+        let (imds, server) = serve(&[b"garbage", b"garbage", b"garbage"]).await;
+        let error = imds.get("/x", "t").await.unwrap_err().to_string();
+        assert!(
+            error.contains("did not answer GET /x (invalid HTTP version parsed; 3 attempts)"),
+            "{error}"
+        );
+        server.await.unwrap();
+
+        // hyper's error and its cause, as `{:#}` writes the chain.
+        let short: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc";
+        let (imds, server) = serve(&[short, short, short]).await;
+        let error = imds.get("/x", "t").await.unwrap_err().to_string();
+        assert!(
+            error.contains(
+                "(error reading a body from connection: end of file before message length reached; 3 attempts)"
+            ),
+            "{error}"
+        );
+        server.await.unwrap();
+
+        let most =
+            [b"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n".as_slice(), &[b'a'; 65_536]]
+                .concat();
+        let (imds, server) = serve(&[&most]).await;
+        let (status, body) = imds.get("/x", "t").await.unwrap();
+        assert_eq!((status, body.len()), (200, 65_536));
+        server.await.unwrap();
+
+        let over = [b"HTTP/1.1 200 OK\r\n\r\n".as_slice(), &[b'a'; 65_537]].concat();
+        let (imds, server) = serve(&[&over, &over, &over]).await;
+        let error = imds.get("/x", "t").await.unwrap_err().to_string();
+        assert!(error.contains("(response larger than 64 KiB; 3 attempts)"), "{error}");
+        server.await.unwrap();
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let endpoint = format!("http://{closed}");
+        let imds = Imds::from_env(&env_of(&[(IMDS_ENDPOINT_VAR, &endpoint)])).unwrap();
+        let error = imds.get("/x", "t").await.unwrap_err().to_string();
+        assert!(error.contains("(Connection refused (os error 111); 3 attempts)"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn role_names_go_into_the_path_as_they_are() {
+        // IAM role names are letters, digits and `+=,.@_-`.
+        let (imds, server) = serve(&[b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]).await;
+        let path = "/latest/meta-data/iam/security-credentials/Role+a=b,c.d@e_f-9";
+        assert_eq!(imds.get(path, "t").await.unwrap(), (200, String::new()));
+        let requests = server.await.unwrap();
+        assert!(requests[0].starts_with(&format!("GET {path} HTTP/1.1\r\n")), "{requests:?}");
+    }
+
+    #[tokio::test]
+    async fn values_unfit_for_http_are_refused_before_connecting() {
+        let (imds, server) = serve(&[]).await;
+        let error = imds.get("/x", "bad\r\ntoken").await.unwrap_err().to_string();
+        assert_eq!(
+            error,
+            format!(
+                "IMDS {}: a value unfit for the x-aws-ec2-metadata-token header",
+                imds.endpoint
+            )
+        );
+        let error = imds.get("/a role", "t").await.unwrap_err().to_string();
+        assert_eq!(error, format!("IMDS {}: \"/a role\" is not a request path", imds.endpoint));
+        assert!(server.await.unwrap().is_empty());
     }
 }

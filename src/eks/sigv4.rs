@@ -2,9 +2,9 @@
 //! token needs and no more. HMAC-SHA256 and SHA-256 are ring's (already linked for TLS).
 //!
 //! Proven by AWS's SigV4 test suite (the query-signing vectors below) and, in
-//! tests/eks_token.rs, against botocore's presigner.
+//! tests/eks_token.rs, against botocore's presigner. Dates are jiff's.
 
-use crate::utc::Civil;
+use jiff::Timestamp;
 use ring::{digest, hmac};
 
 /// AWS credentials. `Debug` never prints the secret or the session token.
@@ -147,21 +147,73 @@ fn trim_header_value(value: &str) -> String {
 
 /// `YYYYMMDD` and `YYYYMMDDTHHMMSSZ` of a UNIX time (UTC).
 pub fn amz_dates(time: u64) -> (String, String) {
-    let c = Civil::from_unix(time as i64);
-    let date = format!("{:04}{:02}{:02}", c.year, c.month, c.day);
-    let time = format!("{date}T{:02}{:02}{:02}Z", c.hour, c.minute, c.second);
-    (date, time)
+    let time = timestamp(time);
+    (time.strftime("%Y%m%d").to_string(), time.strftime("%Y%m%dT%H%M%SZ").to_string())
 }
 
 /// RFC 3339 in UTC with a `Z`, seconds precision: `2026-11-27T15:20:30Z`.
 pub fn rfc3339(time: u64) -> String {
-    format!("{}Z", Civil::from_unix(time as i64).date_time())
+    timestamp(time).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// The instant of a UNIX time; times past jiff's range (the year 9999) are its last second.
+fn timestamp(time: u64) -> Timestamp {
+    i64::try_from(time)
+        .ok()
+        .and_then(|time| Timestamp::from_second(time).ok())
+        .unwrap_or_else(|| Timestamp::from_second(Timestamp::MAX.as_second()).unwrap())
 }
 
 /// The UNIX time of an RFC 3339 time as AWS writes them (`2026-11-27T21:42:07Z`, fractions of
 /// a second ignored); `None` for anything else or before 1970.
 pub fn parse_rfc3339(text: &str) -> Option<u64> {
-    crate::utc::parse_rfc3339(text).and_then(|t| u64::try_from(t).ok())
+    if !rfc3339_shaped(text) {
+        return None;
+    }
+    let time: Timestamp = text.parse().ok()?;
+    // `as_second` rounds toward zero: half a second before 1970 would be 0.
+    if time < Timestamp::UNIX_EPOCH {
+        return None;
+    }
+    u64::try_from(time.as_second()).ok()
+}
+
+/// Whether `text` is laid out as RFC 3339 (section 5.6) has it: `YYYY-MM-DDTHH:MM:SS`, an
+/// optional fraction, then `Z` or `+HH:MM`/`-HH:MM`. jiff's parser, which checks the values,
+/// also takes the ISO 8601 and RFC 9557 variants (a space for the `T`, no seconds, `+HHMM`,
+/// a `[zone]` suffix) that AWS does not write.
+fn rfc3339_shaped(text: &str) -> bool {
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        b.get(range).is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    let date_time = digits(0..4)
+        && b.get(4) == Some(&b'-')
+        && digits(5..7)
+        && b.get(7) == Some(&b'-')
+        && digits(8..10)
+        && matches!(b.get(10), Some(b'T' | b't'))
+        && digits(11..13)
+        && b.get(13) == Some(&b':')
+        && digits(14..16)
+        && b.get(16) == Some(&b':')
+        && digits(17..19);
+    if !date_time {
+        return false;
+    }
+    let mut zone = &b[19..];
+    if let Some(fraction) = zone.strip_prefix(b".") {
+        let count = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
+        if count == 0 {
+            return false;
+        }
+        zone = &fraction[count..];
+    }
+    match zone {
+        b"Z" | b"z" => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit()),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -305,6 +357,38 @@ mod tests {
         assert_eq!(parse_rfc3339("2015-08-30T14:36:00+02:00"), Some(SUITE_TIME));
         for bad in ["", "2015-08-30 12:36:00Z", "1969-12-31T23:59:59Z", "2015-13-30T12:36:00Z"] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn dates_keep_their_exact_shapes() {
+        // 2026-11-27T15:20:30Z, an instant with every field two-digit.
+        let time = 1_795_792_830;
+        assert_eq!(amz_dates(time), ("20261127".into(), "20261127T152030Z".into()));
+        assert_eq!(rfc3339(time), "2026-11-27T15:20:30Z");
+        assert_eq!(amz_dates(9), ("19700101".into(), "19700101T000009Z".into()));
+        // Past the year 9999 (jiff's range), the last second it has.
+        assert_eq!(rfc3339(u64::MAX), "9999-12-30T22:00:00Z");
+        assert_eq!(amz_dates(u64::MAX).1, "99991230T220000Z");
+        for (text, time) in [
+            ("2026-11-27T15:20:30Z", Some(1_795_792_830)),
+            ("2026-11-27t15:20:30z", Some(1_795_792_830)),
+            ("2026-11-27T15:20:30.999999999Z", Some(1_795_792_830)),
+            ("2026-11-27T16:20:30+01:00", Some(1_795_792_830)),
+            ("2026-11-27T10:50:30-04:30", Some(1_795_792_830)),
+            ("2026-11-27T15:20:30+0100", None),
+            ("2026-11-27T15:20Z", None),
+            ("2026-11-27T15:20:30", None),
+            ("2026-11-27T15:20:30Z[UTC]", None),
+            ("2026-11-27T15:20:30.Z", None),
+            ("2026-02-30T15:20:30Z", None),
+            ("2026-11-27T24:20:30Z", None),
+            ("+02026-11-27T15:20:30Z", None),
+            ("1970-01-01T00:00:00Z", Some(0)),
+            ("1969-12-31T23:59:59.5Z", None),
+            ("1970-01-01T00:59:59.5+01:00", None),
+        ] {
+            assert_eq!(parse_rfc3339(text), time, "{text}");
         }
     }
 
