@@ -29,7 +29,7 @@ use pcap_file::pcapng::blocks::interface_description::{
 use pcap_file::pcapng::{Block, PcapNgReader};
 use pcap_file::{DataLink, PcapError, TsResolution};
 
-use super::LinkType;
+use super::link::LinkType;
 
 /// One packet record of a capture.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,375 @@
+//! The outer layers of a captured frame, read as the appliance's kernel would have read them
+//! before its socket got the GENEVE datagram: the link types replay reads ([`LinkType`]), the
+//! Ethernet (VLAN), Linux cooked and raw-IP framings, and the outer IPv4 + UDP headers
+//! ([`classify`]), or why a record is skipped ([`Skip`]). It must not depend on the capture
+//! file format, the pipeline, the control plane or the output.
+
+use std::net::Ipv4Addr;
+
+/// Why a record was not run through the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Skip {
+    NotGeneve,
+    OuterFragment,
+    OuterMalformed,
+    Truncated,
+    Outgoing,
+    OtherAddress,
+}
+
+impl Skip {
+    pub(super) const COUNT: usize = 6;
+
+    pub(super) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Frame formats replay reads, by the link type of the capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LinkType {
+    /// LINKTYPE_ETHERNET (1): Ethernet II, with up to two VLAN tags.
+    Ethernet,
+    /// LINKTYPE_LINUX_SLL (113): `tcpdump -i any` before libpcap 1.10.
+    LinuxSll,
+    /// LINKTYPE_LINUX_SLL2 (276): `tcpdump -i any` since libpcap 1.10.
+    LinuxSll2,
+    /// LINKTYPE_RAW (101): the IP header first.
+    RawIp,
+    /// LINKTYPE_IPV4 (228): the IPv4 header first.
+    RawIpv4,
+}
+
+impl LinkType {
+    /// The link type of a LINKTYPE_ number, if replay reads it.
+    pub(super) fn from_number(number: u32) -> Option<LinkType> {
+        match number {
+            1 => Some(LinkType::Ethernet),
+            113 => Some(LinkType::LinuxSll),
+            276 => Some(LinkType::LinuxSll2),
+            101 => Some(LinkType::RawIp),
+            228 => Some(LinkType::RawIpv4),
+            _ => None,
+        }
+    }
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            LinkType::Ethernet => "ethernet",
+            LinkType::LinuxSll => "linux_sll",
+            LinkType::LinuxSll2 => "linux_sll2",
+            LinkType::RawIp => "raw_ip",
+            LinkType::RawIpv4 => "raw_ipv4",
+        }
+    }
+}
+
+/// An outer IPv4 + UDP packet to the GENEVE port, as the appliance's socket would receive it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct OuterPacket<'a> {
+    /// The GWLB node that sent it.
+    pub(super) src: Ipv4Addr,
+    /// The appliance's address.
+    pub(super) dst: Ipv4Addr,
+    pub(super) src_port: u16,
+    pub(super) dst_port: u16,
+    /// Ethernet source and destination, when the capture has them.
+    pub(super) macs: Option<([u8; 6], [u8; 6])>,
+    /// The UDP payload: the GENEVE datagram.
+    pub(super) datagram: &'a [u8],
+}
+
+pub(super) const ETHERNET_HEADER_LEN: usize = 14;
+pub(super) const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_VLAN: [u16; 3] = [0x8100, 0x88a8, 0x9100];
+const SLL_HEADER_LEN: usize = 16;
+const SLL2_HEADER_LEN: usize = 20;
+/// `sll_pkttype` of a packet the capturing host sent.
+const PACKET_OUTGOING: u16 = 4;
+
+fn be16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([bytes[at], bytes[at + 1]])
+}
+
+/// Finds the GENEVE datagram in one captured frame, or says why there is none.
+pub(super) fn classify(
+    link: LinkType,
+    frame: &[u8],
+    geneve_port: u16,
+) -> Result<OuterPacket<'_>, Skip> {
+    let (ethertype, ip, macs) = match link {
+        LinkType::Ethernet => {
+            if frame.len() < ETHERNET_HEADER_LEN {
+                return Err(Skip::Truncated);
+            }
+            let mut at = 12;
+            let mut ethertype = be16(frame, at);
+            // Up to two VLAN tags (802.1Q, 802.1ad QinQ).
+            for _ in 0..2 {
+                if !ETHERTYPE_VLAN.contains(&ethertype) {
+                    break;
+                }
+                at += 4;
+                if frame.len() < at + 2 {
+                    return Err(Skip::Truncated);
+                }
+                ethertype = be16(frame, at);
+            }
+            let mut dst = [0u8; 6];
+            let mut src = [0u8; 6];
+            dst.copy_from_slice(&frame[..6]);
+            src.copy_from_slice(&frame[6..12]);
+            (Some(ethertype), &frame[at + 2..], Some((src, dst)))
+        }
+        LinkType::LinuxSll => {
+            if frame.len() < SLL_HEADER_LEN {
+                return Err(Skip::Truncated);
+            }
+            if be16(frame, 0) == PACKET_OUTGOING {
+                return Err(Skip::Outgoing);
+            }
+            (Some(be16(frame, 14)), &frame[SLL_HEADER_LEN..], None)
+        }
+        LinkType::LinuxSll2 => {
+            if frame.len() < SLL2_HEADER_LEN {
+                return Err(Skip::Truncated);
+            }
+            if u16::from(frame[10]) == PACKET_OUTGOING {
+                return Err(Skip::Outgoing);
+            }
+            (Some(be16(frame, 0)), &frame[SLL2_HEADER_LEN..], None)
+        }
+        LinkType::RawIp | LinkType::RawIpv4 => (None, frame, None),
+    };
+    if ethertype.is_some_and(|t| t != ETHERTYPE_IPV4) {
+        return Err(Skip::NotGeneve);
+    }
+    let mut packet = classify_ipv4(ip, geneve_port)?;
+    packet.macs = macs;
+    Ok(packet)
+}
+
+/// The outer IPv4 + UDP layers: what the kernel checks before the socket gets the datagram.
+fn classify_ipv4(ip: &[u8], geneve_port: u16) -> Result<OuterPacket<'_>, Skip> {
+    let Some(&first) = ip.first() else { return Err(Skip::Truncated) };
+    if first >> 4 != 4 {
+        return Err(Skip::NotGeneve); // outer IPv6 (GWLB's outer header is always IPv4)
+    }
+    let header_len = usize::from(first & 0x0f) * 4;
+    if header_len < 20 {
+        return Err(Skip::OuterMalformed);
+    }
+    if ip.len() < header_len {
+        return Err(Skip::Truncated);
+    }
+    let total_len = usize::from(be16(ip, 2));
+    if total_len < header_len {
+        return Err(Skip::OuterMalformed);
+    }
+    if ip[9] != 17 {
+        return Err(Skip::NotGeneve);
+    }
+    let fragment = be16(ip, 6);
+    let more_fragments = fragment & 0x2000 != 0;
+    let offset = fragment & 0x1fff;
+    if more_fragments || offset != 0 {
+        return Err(Skip::OuterFragment);
+    }
+    if total_len < header_len + 8 {
+        return Err(Skip::OuterMalformed);
+    }
+    if ip.len() < header_len + 8 {
+        return Err(Skip::Truncated);
+    }
+    let udp = &ip[header_len..];
+    let dst_port = be16(udp, 2);
+    if dst_port != geneve_port {
+        return Err(Skip::NotGeneve);
+    }
+    // Bytes past the IPv4 total length (Ethernet padding) are not part of the packet.
+    if ip.len() < total_len {
+        return Err(Skip::Truncated);
+    }
+    let udp_len = usize::from(be16(udp, 4));
+    if udp_len < 8 || udp_len > total_len - header_len {
+        return Err(Skip::OuterMalformed);
+    }
+    Ok(OuterPacket {
+        src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        src_port: be16(udp, 0),
+        dst_port,
+        macs: None,
+        datagram: &udp[8..udp_len],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PORT: u16 = 6081;
+
+    /// IPv4 (no options) + UDP from 10.0.0.9:40000 to 10.0.1.5:`dport` around `payload`.
+    fn ipv4_udp(dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut packet = Vec::new();
+        let builder =
+            etherparse::PacketBuilder::ipv4([10, 0, 0, 9], [10, 0, 1, 5], 64).udp(40000, dport);
+        builder.write(&mut packet, payload).unwrap();
+        packet
+    }
+
+    fn ethernet(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut frame =
+            vec![0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb];
+        frame.extend_from_slice(&ethertype.to_be_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    fn sll(packet_type: u16, payload: &[u8]) -> Vec<u8> {
+        let mut frame = packet_type.to_be_bytes().to_vec();
+        frame.extend_from_slice(&[0, 1, 0, 6, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0, 0]);
+        frame.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    fn sll2(packet_type: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = ETHERTYPE_IPV4.to_be_bytes().to_vec();
+        frame.extend_from_slice(&[0, 0, 0, 0, 0, 2, 0, 1, packet_type, 6]);
+        frame.extend_from_slice(&[0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0, 0]);
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    #[test]
+    fn every_link_type_yields_the_same_datagram_and_addressing() {
+        let datagram = [7u8; 60];
+        let ip = ipv4_udp(PORT, &datagram);
+        let frames = [
+            (LinkType::Ethernet, ethernet(0x0800, &ip)),
+            (LinkType::LinuxSll, sll(0, &ip)),
+            (LinkType::LinuxSll2, sll2(0, &ip)),
+            (LinkType::RawIp, ip.clone()),
+            (LinkType::RawIpv4, ip.clone()),
+        ];
+        for (link, frame) in &frames {
+            let packet = classify(*link, frame, PORT).unwrap_or_else(|e| panic!("{link:?}: {e:?}"));
+            assert_eq!(packet.datagram, &datagram[..], "{link:?}");
+            assert_eq!(packet.src, Ipv4Addr::new(10, 0, 0, 9));
+            assert_eq!(packet.dst, Ipv4Addr::new(10, 0, 1, 5));
+            assert_eq!((packet.src_port, packet.dst_port), (40000, PORT));
+            assert_eq!(packet.macs.is_some(), *link == LinkType::Ethernet);
+        }
+        let ethernet = classify(LinkType::Ethernet, &frames[0].1, PORT).unwrap();
+        assert_eq!(ethernet.macs, Some(([0xbb; 6], [0xaa; 6])), "(source, destination)");
+    }
+
+    #[test]
+    fn vlan_tagged_ethernet_frames_are_read_through_both_tags() {
+        let ip = ipv4_udp(PORT, &[1, 2, 3, 4]);
+        let mut tagged = vec![0x00, 0x64, 0x81, 0x00, 0x00, 0xc8, 0x08, 0x00];
+        tagged.extend_from_slice(&ip);
+        let frame = ethernet(0x88a8, &tagged);
+        assert_eq!(classify(LinkType::Ethernet, &frame, PORT).unwrap().datagram, &[1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn ethernet_padding_after_the_ip_packet_is_not_part_of_the_datagram() {
+        let mut frame = ethernet(0x0800, &ipv4_udp(PORT, &[9; 3]));
+        frame.extend_from_slice(&[0; 20]);
+        assert_eq!(classify(LinkType::Ethernet, &frame, PORT).unwrap().datagram, &[9; 3]);
+    }
+
+    #[test]
+    fn other_traffic_is_skipped_as_not_geneve() {
+        let cases = [
+            ethernet(0x0806, &[0; 28]),                // ARP
+            ethernet(0x86dd, &[0x60; 48]),             // IPv6
+            ethernet(0x0800, &ipv4_udp(53, &[0; 12])), // UDP to another port
+            {
+                let mut tcp = Vec::new();
+                etherparse::PacketBuilder::ipv4([1, 1, 1, 1], [2, 2, 2, 2], 64)
+                    .tcp(1, PORT, 0, 100)
+                    .write(&mut tcp, &[])
+                    .unwrap();
+                ethernet(0x0800, &tcp) // TCP to the GENEVE port
+            },
+        ];
+        for frame in &cases {
+            assert_eq!(classify(LinkType::Ethernet, frame, PORT), Err(Skip::NotGeneve));
+        }
+        assert_eq!(classify(LinkType::RawIp, &[0x60; 60], PORT), Err(Skip::NotGeneve));
+    }
+
+    #[test]
+    fn outer_fragments_are_skipped_as_fragments() {
+        for (flags, offset) in [(0x2000u16, 0u16), (0, 185), (0x2000, 8)] {
+            let mut ip = ipv4_udp(PORT, &[0; 40]);
+            ip[6..8].copy_from_slice(&(flags | offset).to_be_bytes());
+            assert_eq!(classify(LinkType::RawIp, &ip, PORT), Err(Skip::OuterFragment));
+        }
+        // Don't-fragment alone is no fragment.
+        let mut ip = ipv4_udp(PORT, &[0; 40]);
+        ip[6] = 0x40;
+        assert!(classify(LinkType::RawIp, &ip, PORT).is_ok());
+    }
+
+    #[test]
+    fn records_cut_short_anywhere_are_skipped_as_truncated() {
+        let frame = ethernet(0x0800, &ipv4_udp(PORT, &[5; 100]));
+        // Cut inside the Ethernet header, the IPv4 header, the UDP header and the payload.
+        for len in [0, 10, 14, 20, 34, 38, 60, frame.len() - 1] {
+            assert_eq!(
+                classify(LinkType::Ethernet, &frame[..len], PORT),
+                Err(Skip::Truncated),
+                "cut at {len}"
+            );
+        }
+        assert_eq!(classify(LinkType::LinuxSll, &[0; 15], PORT), Err(Skip::Truncated));
+        assert_eq!(classify(LinkType::LinuxSll2, &[0; 19], PORT), Err(Skip::Truncated));
+        let ip = ipv4_udp(PORT, &[5; 100]);
+        assert_eq!(classify(LinkType::RawIp, &ip[..ip.len() - 50], PORT), Err(Skip::Truncated));
+    }
+
+    #[test]
+    fn outer_headers_the_kernel_would_refuse_are_skipped_as_malformed() {
+        let good = ipv4_udp(PORT, &[0; 16]);
+        let mut short_ihl = good.clone();
+        short_ihl[0] = 0x44;
+        let mut short_total = good.clone();
+        short_total[2..4].copy_from_slice(&24u16.to_be_bytes());
+        let mut long_udp = good.clone();
+        long_udp[24..26].copy_from_slice(&200u16.to_be_bytes());
+        let mut tiny_udp = good;
+        tiny_udp[24..26].copy_from_slice(&4u16.to_be_bytes());
+        for ip in [short_ihl, short_total, long_udp, tiny_udp] {
+            assert_eq!(classify(LinkType::RawIp, &ip, PORT), Err(Skip::OuterMalformed));
+        }
+    }
+
+    #[test]
+    fn packets_the_host_sent_are_skipped_on_linux_cooked_captures() {
+        let ip = ipv4_udp(PORT, &[0; 8]);
+        assert_eq!(classify(LinkType::LinuxSll, &sll(4, &ip), PORT), Err(Skip::Outgoing));
+        assert_eq!(classify(LinkType::LinuxSll2, &sll2(4, &ip), PORT), Err(Skip::Outgoing));
+        // 0 = to us, 1 = broadcast, 3 = to another host: all arrived.
+        for packet_type in [0u8, 1, 3] {
+            assert!(classify(LinkType::LinuxSll, &sll(packet_type.into(), &ip), PORT).is_ok());
+            assert!(classify(LinkType::LinuxSll2, &sll2(packet_type, &ip), PORT).is_ok());
+        }
+    }
+
+    #[test]
+    fn link_type_numbers_map_to_what_replay_reads_and_nothing_else() {
+        assert_eq!(LinkType::from_number(1), Some(LinkType::Ethernet));
+        assert_eq!(LinkType::from_number(113), Some(LinkType::LinuxSll));
+        assert_eq!(LinkType::from_number(276), Some(LinkType::LinuxSll2));
+        assert_eq!(LinkType::from_number(101), Some(LinkType::RawIp));
+        assert_eq!(LinkType::from_number(228), Some(LinkType::RawIpv4));
+        for other in [0, 105, 127, 229, 147] {
+            assert_eq!(LinkType::from_number(other), None, "{other}");
+        }
+    }
+}
