@@ -19,22 +19,12 @@
 //! arrives (`tcpdump -Q in`, or `dst host` the appliance), or the appliance's own replies are
 //! replayed as if GWLB had sent them.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
-use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
-use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
-use pcap_file::pcapng::blocks::interface_description::{
-    InterfaceDescriptionBlock, InterfaceDescriptionOption,
-};
-use pcap_file::pcapng::{Block, PcapNgWriter};
-use pcap_file::{DataLink, PcapError, TsResolution};
 
 use crate::config::Config;
 use crate::control::ControlPlane;
@@ -47,10 +37,12 @@ use crate::wire::outer::{self, OUTER_HEADER_LEN, OuterAddressing};
 
 mod capture;
 mod link;
+mod output;
 mod report;
 
 use capture::{Capture, Ended, Record};
-use link::{ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, Skip, classify};
+use link::{Skip, classify};
+use output::Output;
 pub use report::{
     FlowCountsReport, FlowLogCounts, ReplayReport, RuleHitCount, SkippedCounts, VerdictCounts,
 };
@@ -135,7 +127,6 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
     let mut replayer = Replayer {
         pipeline,
         inject: vec![0u8; MAX_REJECT_LEN],
-        frame: Vec::with_capacity(ETHERNET_HEADER_LEN + OUTER_HEADER_LEN + 9001),
         geneve_port: args.port.unwrap_or(config.dataplane.listen.port()),
         // A socket bound to one address gets only what is sent to it.
         listen_ip: Some(*config.dataplane.listen.ip()).filter(|ip| !ip.is_unspecified()),
@@ -260,74 +251,6 @@ fn display(path: &Option<PathBuf>) -> String {
     path.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
 }
 
-/// Ethernet addresses of replies written for captures that have none (locally administered).
-const SYNTHETIC_APPLIANCE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const SYNTHETIC_GWLB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-
-/// Where the replies go.
-enum Output {
-    Pcap(PcapWriter<BufWriter<File>>),
-    PcapNg(PcapNgWriter<BufWriter<File>>),
-}
-
-/// Snap length of the written capture: the largest frame replay writes, with room to spare.
-const OUT_SNAPLEN: u32 = 262_144;
-
-impl Output {
-    fn create(path: &Path) -> anyhow::Result<Output> {
-        let fail =
-            |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot write {}: {e}", path.display());
-        let file = BufWriter::new(File::create(path).map_err(|e| fail(&e))?);
-        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("pcapng")) {
-            let mut writer = PcapNgWriter::new(file).map_err(|e| fail(&e))?;
-            let interface = InterfaceDescriptionBlock {
-                linktype: DataLink::ETHERNET,
-                snaplen: OUT_SNAPLEN,
-                // Timestamps in nanoseconds, as the writer stores them.
-                options: vec![InterfaceDescriptionOption::IfTsResol(9)],
-            };
-            writer.write_block(&Block::InterfaceDescription(interface)).map_err(|e| fail(&e))?;
-            Ok(Output::PcapNg(writer))
-        } else {
-            let header = PcapHeader {
-                snaplen: OUT_SNAPLEN,
-                datalink: DataLink::ETHERNET,
-                ts_resolution: TsResolution::NanoSecond,
-                endianness: pcap_file::Endianness::native(),
-                ..PcapHeader::default()
-            };
-            Ok(Output::Pcap(PcapWriter::with_header(file, header).map_err(|e| fail(&e))?))
-        }
-    }
-
-    fn write(&mut self, timestamp_ns: u64, frame: &[u8]) -> Result<(), PcapError> {
-        let timestamp = Duration::from_nanos(timestamp_ns);
-        let len = frame.len() as u32;
-        match self {
-            Output::Pcap(writer) => {
-                writer.write_packet(&PcapPacket::new(timestamp, len, frame)).map(drop)
-            }
-            Output::PcapNg(writer) => {
-                let packet = EnhancedPacketBlock {
-                    interface_id: 0,
-                    timestamp,
-                    original_len: len,
-                    data: frame.into(),
-                    options: Vec::new(),
-                };
-                writer.write_block(&Block::EnhancedPacket(packet)).map(drop)
-            }
-        }
-    }
-
-    fn finish(self) -> std::io::Result<()> {
-        match self {
-            Output::Pcap(writer) => writer.into_writer().flush(),
-            Output::PcapNg(writer) => writer.into_inner().flush(),
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 struct Counts {
     geneve: u64,
@@ -350,8 +273,6 @@ impl Counts {
 struct Replayer {
     pipeline: Pipeline,
     inject: Vec<u8>,
-    /// The reply being written (Ethernet + outer headers + datagram).
-    frame: Vec<u8>,
     geneve_port: u16,
     listen_ip: Option<Ipv4Addr>,
     reply_port: u16,
@@ -422,16 +343,8 @@ impl Replayer {
             counts.rejects_sent += 1;
         }
         let Some(output) = &mut self.output else { return Ok(()) };
-        let (gwlb_mac, appliance_mac) =
-            packet.macs.unwrap_or((SYNTHETIC_GWLB_MAC, SYNTHETIC_APPLIANCE_MAC));
-        self.frame.clear();
-        self.frame.extend_from_slice(&gwlb_mac);
-        self.frame.extend_from_slice(&appliance_mac);
-        self.frame.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-        self.frame.extend_from_slice(&header);
-        self.frame.extend_from_slice(reply);
         output
-            .write(record.timestamp_ns, &self.frame)
+            .write_reply(record.timestamp_ns, packet.macs, &header, reply)
             .map_err(|e| anyhow::anyhow!("cannot write the replies: {e}"))?;
         Ok(())
     }
