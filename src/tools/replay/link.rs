@@ -250,6 +250,8 @@ mod tests {
         let frames = [
             (LinkType::Ethernet, ethernet(0x0800, &ip)),
             (LinkType::LinuxSll, sll(0, &ip)),
+            // `-i any` on lo: hardware type 772 (loopback), as on any other interface.
+            (LinkType::LinuxSll, [&[0, 0, 3, 4], &sll(0, &ip)[4..]].concat()),
             (LinkType::LinuxSll2, sll2(0, &ip)),
             (LinkType::RawIp, ip.clone()),
             (LinkType::RawIpv4, ip.clone()),
@@ -273,6 +275,12 @@ mod tests {
         tagged.extend_from_slice(&ip);
         let frame = ethernet(0x88a8, &tagged);
         assert_eq!(classify(LinkType::Ethernet, &frame, PORT).unwrap().datagram, &[1, 2, 3, 4]);
+        // Not through a third.
+        let mut three_tags =
+            vec![0x00, 0x64, 0x81, 0x00, 0x00, 0xc8, 0x81, 0x00, 0x01, 0x2c, 0x08, 0x00];
+        three_tags.extend_from_slice(&ip);
+        let frame = ethernet(0x88a8, &three_tags);
+        assert_eq!(classify(LinkType::Ethernet, &frame, PORT), Err(Skip::NotGeneve));
     }
 
     #[test]
@@ -296,11 +304,27 @@ mod tests {
                     .unwrap();
                 ethernet(0x0800, &tcp) // TCP to the GENEVE port
             },
+            {
+                // UDP to the GENEVE port behind an IPsec authentication header (AH).
+                let mut ah = ipv4_udp(PORT, &[0; 8]);
+                ah.splice(20..20, [17, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1]);
+                ah[9] = 51;
+                let total_len = ah.len() as u16;
+                ah[2..4].copy_from_slice(&total_len.to_be_bytes());
+                ethernet(0x0800, &ah)
+            },
+            // MACsec (integrity only, no SCI) around IPv4 + UDP to the GENEVE port.
+            ethernet(
+                0x88e5,
+                &[&[0, 0, 0, 0, 0, 1, 0x08, 0x00], &ipv4_udp(PORT, &[0; 8])[..]].concat(),
+            ),
         ];
         for frame in &cases {
             assert_eq!(classify(LinkType::Ethernet, frame, PORT), Err(Skip::NotGeneve));
         }
         assert_eq!(classify(LinkType::RawIp, &[0x60; 60], PORT), Err(Skip::NotGeneve));
+        // Only the version is needed to tell.
+        assert_eq!(classify(LinkType::RawIp, &[0x60; 8], PORT), Err(Skip::NotGeneve));
     }
 
     #[test]
@@ -342,10 +366,28 @@ mod tests {
         short_total[2..4].copy_from_slice(&24u16.to_be_bytes());
         let mut long_udp = good.clone();
         long_udp[24..26].copy_from_slice(&200u16.to_be_bytes());
-        let mut tiny_udp = good;
+        let mut total_under_header = good.clone();
+        total_under_header[2..4].copy_from_slice(&16u16.to_be_bytes());
+        let mut tiny_udp = good.clone();
         tiny_udp[24..26].copy_from_slice(&4u16.to_be_bytes());
-        for ip in [short_ihl, short_total, long_udp, tiny_udp] {
-            assert_eq!(classify(LinkType::RawIp, &ip, PORT), Err(Skip::OuterMalformed));
+        let mut zero_udp = good;
+        zero_udp[24..26].copy_from_slice(&0u16.to_be_bytes());
+        // A header length under 20 bytes is malformed however short the record.
+        let short_ihl_cut = short_ihl[..8].to_vec();
+        for ip in [
+            short_ihl,
+            short_total,
+            long_udp,
+            total_under_header,
+            tiny_udp,
+            zero_udp,
+            short_ihl_cut,
+        ] {
+            assert_eq!(
+                classify(LinkType::RawIp, &ip, PORT),
+                Err(Skip::OuterMalformed),
+                "{ip:02x?}"
+            );
         }
     }
 
