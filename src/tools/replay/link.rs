@@ -79,8 +79,8 @@ pub(super) struct OuterPacket<'a> {
     pub(super) datagram: &'a [u8],
 }
 
-pub(super) const ETHERNET_HEADER_LEN: usize = 14;
-pub(super) const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERNET_HEADER_LEN: usize = 14;
+const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_VLAN: [u16; 3] = [0x8100, 0x88a8, 0x9100];
 const SLL_HEADER_LEN: usize = 16;
 const SLL2_HEADER_LEN: usize = 20;

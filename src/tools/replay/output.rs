@@ -8,6 +8,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::time::Duration;
 
+use etherparse::{EtherType, Ethernet2Header};
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
 use pcap_file::pcapng::blocks::interface_description::{
@@ -16,7 +17,6 @@ use pcap_file::pcapng::blocks::interface_description::{
 use pcap_file::pcapng::{Block, PcapNgWriter};
 use pcap_file::{DataLink, PcapError, TsResolution};
 
-use super::link::{ETHERNET_HEADER_LEN, ETHERTYPE_IPV4};
 use crate::wire::outer::OUTER_HEADER_LEN;
 
 /// Ethernet addresses of replies written for captures that have none (locally administered).
@@ -42,7 +42,7 @@ impl Output {
     pub(super) fn create(path: &Path) -> anyhow::Result<Output> {
         let fail =
             |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot write {}: {e}", path.display());
-        let frame = Vec::with_capacity(ETHERNET_HEADER_LEN + OUTER_HEADER_LEN + 9001);
+        let frame = Vec::with_capacity(Ethernet2Header::LEN + OUTER_HEADER_LEN + 9001);
         let file = BufWriter::new(File::create(path).map_err(|e| fail(&e))?);
         if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("pcapng")) {
             let mut writer = PcapNgWriter::new(file).map_err(|e| fail(&e))?;
@@ -80,11 +80,14 @@ impl Output {
     ) -> Result<(), PcapError> {
         let (gwlb_mac, appliance_mac) =
             macs.unwrap_or((SYNTHETIC_GWLB_MAC, SYNTHETIC_APPLIANCE_MAC));
+        let ethernet = Ethernet2Header {
+            destination: gwlb_mac,
+            source: appliance_mac,
+            ether_type: EtherType::IPV4,
+        };
         let frame = &mut self.frame;
         frame.clear();
-        frame.extend_from_slice(&gwlb_mac);
-        frame.extend_from_slice(&appliance_mac);
-        frame.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        frame.extend_from_slice(&ethernet.to_bytes());
         frame.extend_from_slice(outer);
         frame.extend_from_slice(reply);
         let frame = &self.frame[..];
