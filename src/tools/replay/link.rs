@@ -6,6 +6,8 @@
 
 use std::net::Ipv4Addr;
 
+use etherparse::{EtherPayloadSlice, EtherType, Ethernet2Slice, SingleVlanSlice};
+
 /// Why a record was not run through the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Skip {
@@ -79,9 +81,15 @@ pub(super) struct OuterPacket<'a> {
     pub(super) datagram: &'a [u8],
 }
 
-const ETHERNET_HEADER_LEN: usize = 14;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_VLAN: [u16; 3] = [0x8100, 0x88a8, 0x9100];
+/// The VLAN tags read in front of the IP header: 802.1Q, and the outer tag of QinQ (802.1ad
+/// or the older 0x9100).
+const VLAN_ETHER_TYPES: [EtherType; 3] = [
+    EtherType::VLAN_TAGGED_FRAME,
+    EtherType::PROVIDER_BRIDGING,
+    EtherType::VLAN_DOUBLE_TAGGED_FRAME,
+];
+/// At most this many: one, or two for QinQ.
+const MAX_VLAN_TAGS: usize = 2;
 const SLL_HEADER_LEN: usize = 16;
 const SLL2_HEADER_LEN: usize = 20;
 /// `sll_pkttype` of a packet the capturing host sent.
@@ -99,27 +107,8 @@ pub(super) fn classify(
 ) -> Result<OuterPacket<'_>, Skip> {
     let (ethertype, ip, macs) = match link {
         LinkType::Ethernet => {
-            if frame.len() < ETHERNET_HEADER_LEN {
-                return Err(Skip::Truncated);
-            }
-            let mut at = 12;
-            let mut ethertype = be16(frame, at);
-            // Up to two VLAN tags (802.1Q, 802.1ad QinQ).
-            for _ in 0..2 {
-                if !ETHERTYPE_VLAN.contains(&ethertype) {
-                    break;
-                }
-                at += 4;
-                if frame.len() < at + 2 {
-                    return Err(Skip::Truncated);
-                }
-                ethertype = be16(frame, at);
-            }
-            let mut dst = [0u8; 6];
-            let mut src = [0u8; 6];
-            dst.copy_from_slice(&frame[..6]);
-            src.copy_from_slice(&frame[6..12]);
-            (Some(ethertype), &frame[at + 2..], Some((src, dst)))
+            let (payload, macs) = ethernet(frame)?;
+            (Some(payload.ether_type), payload.payload, Some(macs))
         }
         LinkType::LinuxSll => {
             if frame.len() < SLL_HEADER_LEN {
@@ -128,7 +117,7 @@ pub(super) fn classify(
             if be16(frame, 0) == PACKET_OUTGOING {
                 return Err(Skip::Outgoing);
             }
-            (Some(be16(frame, 14)), &frame[SLL_HEADER_LEN..], None)
+            (Some(EtherType(be16(frame, 14))), &frame[SLL_HEADER_LEN..], None)
         }
         LinkType::LinuxSll2 => {
             if frame.len() < SLL2_HEADER_LEN {
@@ -137,16 +126,35 @@ pub(super) fn classify(
             if u16::from(frame[10]) == PACKET_OUTGOING {
                 return Err(Skip::Outgoing);
             }
-            (Some(be16(frame, 0)), &frame[SLL2_HEADER_LEN..], None)
+            (Some(EtherType(be16(frame, 0))), &frame[SLL2_HEADER_LEN..], None)
         }
         LinkType::RawIp | LinkType::RawIpv4 => (None, frame, None),
     };
-    if ethertype.is_some_and(|t| t != ETHERTYPE_IPV4) {
+    if ethertype.is_some_and(|t| t != EtherType::IPV4) {
         return Err(Skip::NotGeneve);
     }
     let mut packet = classify_ipv4(ip, geneve_port)?;
     packet.macs = macs;
     Ok(packet)
+}
+
+/// An Ethernet II frame: what follows its header and its VLAN tags, and its (source,
+/// destination) addresses.
+///
+/// etherparse's packet slicers read a third tag, and through MACsec: replay takes at most
+/// [`MAX_VLAN_TAGS`] tags, one by one, and what is behind a third or behind MACsec is not
+/// GENEVE, as the ether type that `classify` then finds says.
+fn ethernet(frame: &[u8]) -> Result<(EtherPayloadSlice<'_>, ([u8; 6], [u8; 6])), Skip> {
+    let ethernet = Ethernet2Slice::from_slice_without_fcs(frame).map_err(|_| Skip::Truncated)?;
+    let mut payload = ethernet.payload();
+    for _ in 0..MAX_VLAN_TAGS {
+        if !VLAN_ETHER_TYPES.contains(&payload.ether_type) {
+            break;
+        }
+        let tag = SingleVlanSlice::from_slice(payload.payload).map_err(|_| Skip::Truncated)?;
+        payload = tag.payload();
+    }
+    Ok((payload, (ethernet.source(), ethernet.destination())))
 }
 
 /// The outer IPv4 + UDP layers: what the kernel checks before the socket gets the datagram.
@@ -230,13 +238,13 @@ mod tests {
     fn sll(packet_type: u16, payload: &[u8]) -> Vec<u8> {
         let mut frame = packet_type.to_be_bytes().to_vec();
         frame.extend_from_slice(&[0, 1, 0, 6, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0, 0]);
-        frame.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        frame.extend_from_slice(&0x0800u16.to_be_bytes());
         frame.extend_from_slice(payload);
         frame
     }
 
     fn sll2(packet_type: u8, payload: &[u8]) -> Vec<u8> {
-        let mut frame = ETHERTYPE_IPV4.to_be_bytes().to_vec();
+        let mut frame = 0x0800u16.to_be_bytes().to_vec();
         frame.extend_from_slice(&[0, 0, 0, 0, 0, 2, 0, 1, packet_type, 6]);
         frame.extend_from_slice(&[0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0, 0]);
         frame.extend_from_slice(payload);
