@@ -6,7 +6,11 @@
 
 use std::net::Ipv4Addr;
 
-use etherparse::{EtherPayloadSlice, EtherType, Ethernet2Slice, SingleVlanSlice};
+use etherparse::err::ipv4;
+use etherparse::{
+    EtherPayloadSlice, EtherType, Ethernet2Slice, IpNumber, Ipv4Header, LaxIpv4Slice,
+    SingleVlanSlice, UdpHeader, UdpHeaderSlice, UdpSlice,
+};
 
 /// Why a record was not run through the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,58 +161,70 @@ fn ethernet(frame: &[u8]) -> Result<(EtherPayloadSlice<'_>, ([u8; 6], [u8; 6])),
     Ok((payload, (ethernet.source(), ethernet.destination())))
 }
 
-/// The outer IPv4 + UDP layers: what the kernel checks before the socket gets the datagram.
+/// The outer IPv4 + UDP layers: what the kernel checks before the socket gets the datagram,
+/// and in which order, so that each record is skipped for the first reason it meets.
+///
+/// etherparse reads the headers; where it is laxer or stricter than the kernel, a check here
+/// keeps replay to what the kernel does, each saying so.
 fn classify_ipv4(ip: &[u8], geneve_port: u16) -> Result<OuterPacket<'_>, Skip> {
+    // etherparse wants 20 bytes before it reads the version and the header length: a short
+    // record of IPv6 (never GWLB's outer header) would be truncated rather than not GENEVE, and
+    // a header length under 20 bytes truncated rather than malformed.
     let Some(&first) = ip.first() else { return Err(Skip::Truncated) };
     if first >> 4 != 4 {
-        return Err(Skip::NotGeneve); // outer IPv6 (GWLB's outer header is always IPv4)
+        return Err(Skip::NotGeneve);
     }
-    let header_len = usize::from(first & 0x0f) * 4;
-    if header_len < 20 {
+    if usize::from(first & 0x0f) * 4 < Ipv4Header::MIN_LEN {
         return Err(Skip::OuterMalformed);
     }
-    if ip.len() < header_len {
-        return Err(Skip::Truncated);
-    }
-    let total_len = usize::from(be16(ip, 2));
+    // A Len error: the record ends inside the header or its options.
+    let (ipv4, _) = LaxIpv4Slice::from_slice(ip).map_err(|error| match error {
+        ipv4::HeaderSliceError::Len(_) => Skip::Truncated,
+        ipv4::HeaderSliceError::Content(_) => Skip::OuterMalformed,
+    })?;
+    let header = ipv4.header();
+    let header_len = header.slice().len();
+    let total_len = usize::from(header.total_len());
+    // etherparse's lax slice takes a total length shorter than the header as "up to the end of
+    // the record" (its strict one calls it truncated): the kernel drops the packet.
     if total_len < header_len {
         return Err(Skip::OuterMalformed);
     }
-    if ip[9] != 17 {
+    // The header's own protocol: etherparse looks through an authentication header (AH) to the
+    // protocol behind it, which the appliance's UDP socket would not have been given.
+    if header.protocol() != IpNumber::UDP {
         return Err(Skip::NotGeneve);
     }
-    let fragment = be16(ip, 6);
-    let more_fragments = fragment & 0x2000 != 0;
-    let offset = fragment & 0x1fff;
-    if more_fragments || offset != 0 {
+    if header.is_fragmenting_payload() {
         return Err(Skip::OuterFragment);
     }
-    if total_len < header_len + 8 {
+    if total_len < header_len + UdpHeader::LEN {
         return Err(Skip::OuterMalformed);
     }
-    if ip.len() < header_len + 8 {
-        return Err(Skip::Truncated);
-    }
-    let udp = &ip[header_len..];
-    let dst_port = be16(udp, 2);
-    if dst_port != geneve_port {
+    // Up to the total length (not the Ethernet padding after it), or to the end of the record.
+    let payload = ipv4.payload();
+    let udp = UdpHeaderSlice::from_slice(payload.payload).map_err(|_| Skip::Truncated)?;
+    if udp.destination_port() != geneve_port {
         return Err(Skip::NotGeneve);
     }
-    // Bytes past the IPv4 total length (Ethernet padding) are not part of the packet.
-    if ip.len() < total_len {
+    // The record ends before the total length: cut by the snap length.
+    if payload.incomplete {
         return Err(Skip::Truncated);
     }
-    let udp_len = usize::from(be16(udp, 4));
-    if udp_len < 8 || udp_len > total_len - header_len {
+    // etherparse takes a UDP length of 0 as "up to the end of the IP payload" (as for IPv6
+    // jumbograms): on IPv4, the kernel drops it, as any length under the header's or past the
+    // IP payload.
+    if usize::from(udp.length()) < UdpHeader::LEN {
         return Err(Skip::OuterMalformed);
     }
+    let udp = UdpSlice::from_slice(payload.payload).map_err(|_| Skip::OuterMalformed)?;
     Ok(OuterPacket {
-        src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
-        dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
-        src_port: be16(udp, 0),
-        dst_port,
+        src: header.source_addr(),
+        dst: header.destination_addr(),
+        src_port: udp.source_port(),
+        dst_port: udp.destination_port(),
         macs: None,
-        datagram: &udp[8..udp_len],
+        datagram: udp.payload(),
     })
 }
 
