@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use etherparse::err::ipv4;
 use etherparse::{
     EtherPayloadSlice, EtherType, Ethernet2Slice, IpNumber, Ipv4Header, LaxIpv4Slice,
-    SingleVlanSlice, UdpHeader, UdpHeaderSlice, UdpSlice,
+    LinuxSllHeader, LinuxSllPacketType, SingleVlanSlice, UdpHeader, UdpHeaderSlice, UdpSlice,
 };
 
 /// Why a record was not run through the pipeline.
@@ -94,16 +94,15 @@ const VLAN_ETHER_TYPES: [EtherType; 3] = [
 ];
 /// At most this many: one, or two for QinQ.
 const MAX_VLAN_TAGS: usize = 2;
-const SLL_HEADER_LEN: usize = 16;
+/// The Linux cooked header v2 (SLL2), which etherparse does not read.
 const SLL2_HEADER_LEN: usize = 20;
-/// `sll_pkttype` of a packet the capturing host sent.
-const PACKET_OUTGOING: u16 = 4;
-
-fn be16(bytes: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([bytes[at], bytes[at + 1]])
-}
 
 /// Finds the GENEVE datagram in one captured frame, or says why there is none.
+///
+/// The Linux cooked headers are read here, two fields at fixed offsets: etherparse has no SLL2,
+/// and its `LinuxSllSlice` refuses hardware types other than Ethernet, netlink, IPGRE,
+/// radiotap and FRAD (among them the loopback, 772, and TUN, 65534, interfaces that
+/// `tcpdump -i any` captures) and packet types past 7, all of which replay reads.
 pub(super) fn classify(
     link: LinkType,
     frame: &[u8],
@@ -115,22 +114,23 @@ pub(super) fn classify(
             (Some(payload.ether_type), payload.payload, Some(macs))
         }
         LinkType::LinuxSll => {
-            if frame.len() < SLL_HEADER_LEN {
-                return Err(Skip::Truncated);
-            }
-            if be16(frame, 0) == PACKET_OUTGOING {
+            let (header, payload) =
+                frame.split_first_chunk::<{ LinuxSllHeader::LEN }>().ok_or(Skip::Truncated)?;
+            // The packet type (2 bytes) first, the protocol last.
+            let packet_type = u16::from_be_bytes([header[0], header[1]]);
+            if packet_type == u16::from(LinuxSllPacketType::OUTGOING) {
                 return Err(Skip::Outgoing);
             }
-            (Some(EtherType(be16(frame, 14))), &frame[SLL_HEADER_LEN..], None)
+            (Some(EtherType(u16::from_be_bytes([header[14], header[15]]))), payload, None)
         }
         LinkType::LinuxSll2 => {
-            if frame.len() < SLL2_HEADER_LEN {
-                return Err(Skip::Truncated);
-            }
-            if u16::from(frame[10]) == PACKET_OUTGOING {
+            let (header, payload) =
+                frame.split_first_chunk::<SLL2_HEADER_LEN>().ok_or(Skip::Truncated)?;
+            // The protocol first, the packet type (1 byte) at 10.
+            if u16::from(header[10]) == u16::from(LinuxSllPacketType::OUTGOING) {
                 return Err(Skip::Outgoing);
             }
-            (Some(EtherType(be16(frame, 0))), &frame[SLL2_HEADER_LEN..], None)
+            (Some(EtherType(u16::from_be_bytes([header[0], header[1]]))), payload, None)
         }
         LinkType::RawIp | LinkType::RawIpv4 => (None, frame, None),
     };
