@@ -3,6 +3,12 @@
 //! Ethernet (VLAN), Linux cooked and raw-IP framings, and the outer IPv4 + UDP headers
 //! ([`classify`]), or why a record is skipped ([`Skip`]). It must not depend on the capture
 //! file format, the pipeline, the control plane or the output.
+//!
+//! etherparse reads every header but the Linux cooked ones (see [`classify`]), one layer at a
+//! time: its whole-packet slicers (`SlicedPacket`, `LaxSlicedPacket`) stop at the first error
+//! they meet, in their own order, while the reason a record is skipped depends on the order of
+//! the kernel's checks (a record cut inside the UDP payload is truncated if it is to the
+//! GENEVE port, and not GENEVE if it is to another).
 
 use std::net::Ipv4Addr;
 
@@ -145,7 +151,7 @@ pub(super) fn classify(
 /// An Ethernet II frame: what follows its header and its VLAN tags, and its (source,
 /// destination) addresses.
 ///
-/// etherparse's packet slicers read a third tag, and through MACsec: replay takes at most
+/// etherparse's whole-packet slicers read a third tag, and through MACsec: replay takes at most
 /// [`MAX_VLAN_TAGS`] tags, one by one, and what is behind a third or behind MACsec is not
 /// GENEVE, as the ether type that `classify` then finds says.
 fn ethernet(frame: &[u8]) -> Result<(EtherPayloadSlice<'_>, ([u8; 6], [u8; 6])), Skip> {

@@ -1,9 +1,13 @@
 //! `labelwall replay`: runs a capture of GWLB GENEVE traffic (pcap or pcapng, as seen on an
 //! appliance ENI) through the data plane's own [`Pipeline`] offline, writes what the appliance
-//! would have sent back, and counts verdicts, drops and rule hits as `/metrics` would.
+//! would have sent back, and counts verdicts, drops and rule hits as `/metrics` would. This file
+//! owns the command (its arguments, [`run`], [`replay`]) and the replay loop (`Replayer`: a
+//! record in, its outcome counted and its reply written); beside it are reading the capture
+//! (`capture.rs`), the outer headers (`link.rs`), the writer (`output.rs`) and the report
+//! (`report.rs`). As every tool, it must not depend on the data plane's workers and sockets,
+//! nor on anything the product does not make public: it uses the pipeline, the wire formats,
+//! the control plane and the config as an outsider would.
 //!
-//! This module owns reading captures (link types Ethernet, Linux cooked SLL and SLL2, raw IP),
-//! picking out the outer IPv4 + UDP packets to the GENEVE port, and writing the replies.
 //! Invariants: every GENEVE datagram is decided by the same [`Pipeline::process`] as in
 //! `labelwall run`, under the snapshot [`ControlPlane::start`] builds from the same config, with
 //! the capture's timestamps as the pipeline's clock (so flows time out as they did when the
@@ -251,6 +255,7 @@ fn display(path: &Option<PathBuf>) -> String {
     path.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
 }
 
+/// What the replay counts as it goes: the report's numbers.
 #[derive(Debug, Default)]
 struct Counts {
     geneve: u64,
