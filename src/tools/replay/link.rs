@@ -85,11 +85,14 @@ pub(super) struct OuterPacket<'a> {
     pub(super) dst: Ipv4Addr,
     pub(super) src_port: u16,
     pub(super) dst_port: u16,
-    /// Ethernet source and destination, when the capture has them.
-    pub(super) macs: Option<([u8; 6], [u8; 6])>,
+    /// Ethernet addresses, when the capture has them.
+    pub(super) macs: Option<Macs>,
     /// The UDP payload: the GENEVE datagram.
     pub(super) datagram: &'a [u8],
 }
+
+/// The source and destination addresses of an Ethernet frame.
+type Macs = ([u8; 6], [u8; 6]);
 
 /// The VLAN tags read in front of the IP header: 802.1Q, and the outer tag of QinQ (802.1ad
 /// or the older 0x9100).
@@ -154,7 +157,7 @@ pub(super) fn classify(
 /// etherparse's whole-packet slicers read a third tag, and through MACsec: replay takes at most
 /// [`MAX_VLAN_TAGS`] tags, one by one, and what is behind a third or behind MACsec is not
 /// GENEVE, as the ether type that `classify` then finds says.
-fn ethernet(frame: &[u8]) -> Result<(EtherPayloadSlice<'_>, ([u8; 6], [u8; 6])), Skip> {
+fn ethernet(frame: &[u8]) -> Result<(EtherPayloadSlice<'_>, Macs), Skip> {
     let ethernet = Ethernet2Slice::from_slice_without_fcs(frame).map_err(|_| Skip::Truncated)?;
     let mut payload = ethernet.payload();
     for _ in 0..MAX_VLAN_TAGS {
