@@ -222,12 +222,9 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
     let totals = dataplane.shutdown();
     let snapshot = state.snapshot();
 
-    let mut table = String::new();
-    let _ = writeln!(
-        table,
-        "{:<44} {:<44} {:<40} {:<8} {:<25} {:>10}  RESULT",
-        "FLOW", "SOURCE", "DESTINATION", "VERDICT", "RULE", "BACK"
-    );
+    let mut rows = vec![
+        ["FLOW", "SOURCE", "DESTINATION", "VERDICT", "RULE", "BACK", "RESULT"].map(String::from),
+    ];
     for (flow, r) in FLOWS.iter().zip(&results) {
         let proto = if flow.kind == Kind::Tcp { "tcp" } else { "udp" };
         let back = if r.rejects > 0 {
@@ -236,18 +233,17 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
         } else {
             format!("{}/{}", r.back, r.sent)
         };
-        let _ = writeln!(
-            table,
-            "{:<44} {:<44} {:<40} {:<8} {:<25} {:>10}  {}",
+        rows.push([
             format!("{} {proto}/{}", flow.label, flow.port),
-            r.src,
-            r.dst,
-            r.verdict,
-            r.rule,
+            r.src.clone(),
+            r.dst.clone(),
+            r.verdict.to_string(),
+            r.rule.clone(),
             back,
-            if r.ok { "ok".to_string() } else { format!("EXPECTED {}", flow.expected.as_str()) }
-        );
+            if r.ok { "ok".to_string() } else { format!("EXPECTED {}", flow.expected.as_str()) },
+        ]);
     }
+    let table = aligned(&rows, BACK_COLUMN);
     print!("{table}");
     println!("\ncounters:");
     for action in Action::ALL {
@@ -273,6 +269,42 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
     }
     println!("\nall {} flows got the expected verdict", results.len());
     Ok(())
+}
+
+/// The column of the demo's table that is right-aligned (counts).
+const BACK_COLUMN: usize = 5;
+
+/// The rows as a table whose columns are as wide as their widest cell (so that long flow or
+/// pod names never push a row out of line), one space apart, `right` aligned to the right,
+/// the last column unpadded.
+fn aligned<const N: usize>(rows: &[[String; N]], right: usize) -> String {
+    let mut widths = [0; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut table = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (column, (cell, width)) in row.iter().zip(widths).enumerate() {
+            let pad = width - cell.chars().count();
+            match column {
+                c if c + 1 == N => line.push_str(cell),
+                c if c == right => {
+                    line.extend(std::iter::repeat_n(' ', pad));
+                    line.push_str(cell);
+                    line.push_str("  ");
+                }
+                _ => {
+                    line.push_str(cell);
+                    line.extend(std::iter::repeat_n(' ', pad + 1));
+                }
+            }
+        }
+        let _ = writeln!(table, "{}", line.trim_end());
+    }
+    table
 }
 
 /// Plays one flow: client first packet, then (if it came back) the server's answer and the
@@ -437,4 +469,33 @@ pub fn write_config(dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
         written.push(path);
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_column_starts_at_the_same_place_whatever_the_names() {
+        let row = |cells: [&str; 4]| cells.map(String::from);
+        let rows = [
+            row(["FLOW", "SOURCE", "BACK", "RESULT"]),
+            row(["productpage -> a-rather-long-external-service-name tcp/443", "x", "3/3", "ok"]),
+            row(["r", "a-very-long-pod-name-7d9f8b6c4d-x2x9z (prod/default)", "12/12", "ok"]),
+        ];
+        let table = aligned(&rows, 2);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3);
+        // SOURCE, the right-aligned BACK's end, and RESULT line up on every line.
+        let source_at = lines[0].find("SOURCE").unwrap();
+        assert_eq!(lines[1].find(" x ").unwrap() + 1, source_at);
+        assert_eq!(lines[2].find("a-very").unwrap(), source_at);
+        let result_at = lines[0].find("RESULT").unwrap();
+        for line in &lines[1..] {
+            assert_eq!(line.rfind("ok").unwrap(), result_at, "{table}");
+            assert_eq!(&line[result_at - 2..result_at], "  ");
+        }
+        assert_eq!(lines[1][..result_at - 2].trim_end().len(), result_at - 2, "BACK ends flush");
+        assert!(lines[2][..result_at].trim_end().ends_with("12/12"));
+    }
 }
