@@ -82,7 +82,7 @@ pub fn explain(snapshot: &Snapshot, q: &FlowQuestion) -> Explanation {
         rule_line: decision.rule.and_then(|r| snapshot.policy.rules[r].line),
         policy: snapshot.policy.path.display().to_string(),
         policy_generation: snapshot.generation,
-        proto: crate::flowlog::protocol_name(q.protocol),
+        proto: crate::packet::ip_proto::name(q.protocol),
         sport: q.sport,
         dport: q.dport,
         src: endpoint(q.src),

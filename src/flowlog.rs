@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::conntrack::FlowEnd;
 use crate::labels::{EndpointKind, Labels};
+use crate::packet::ip_proto;
 use crate::pipeline::{FlowEvent, FlowRecord, Pipeline};
 
 /// Records the queue holds before it starts dropping.
@@ -191,7 +192,7 @@ impl<'a> JsonRecord<'a> {
             end_reason,
             src,
             dst,
-            proto: protocol_name(flow.key.protocol),
+            proto: ip_proto::name(flow.key.protocol),
             sport,
             dport,
             verdict: flow.decision.action.as_str(),
@@ -209,18 +210,6 @@ impl<'a> JsonRecord<'a> {
             duration_ms: flow.last_seen_ms.saturating_sub(flow.started_ms),
             policy_generation: snapshot.generation,
         }
-    }
-}
-
-/// Protocol name for logs and `explain`.
-pub fn protocol_name(protocol: u8) -> &'static str {
-    use crate::packet::ip_proto::*;
-    match protocol {
-        TCP => "tcp",
-        UDP => "udp",
-        ICMP => "icmp",
-        ICMPV6 => "icmpv6",
-        _ => "other",
     }
 }
 

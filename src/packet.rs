@@ -22,6 +22,17 @@ pub mod ip_proto {
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
     pub const ICMPV6: u8 = 58;
+
+    /// The name policy files, the flow log and `explain` use for a protocol.
+    pub fn name(protocol: u8) -> &'static str {
+        match protocol {
+            TCP => "tcp",
+            UDP => "udp",
+            ICMP => "icmp",
+            ICMPV6 => "icmpv6",
+            _ => "other",
+        }
+    }
 }
 
 /// TCP header flag bits (byte 13).
