@@ -2,6 +2,8 @@
 //! sources synced, every worker running: what the GWLB health check should probe) and
 //! `/metrics` (Prometheus text). Runs on the control plane's tokio runtime and serves any
 //! number of concurrent probes.
+//! Must not depend on: the data plane's internals (it reads what workers publish), the policy
+//! compiler, kube.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,5 +1,7 @@
 //! Command line: argument parsing and the wiring of each command. The only module that
 //! knows about processes, signals and exit codes.
+//! Must not depend on: the tools' internals (each tool is its arguments and its `run`); nothing
+//! depends on this module.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

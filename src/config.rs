@@ -1,4 +1,5 @@
 //! `labelwall.yaml`: the appliance's settings, parsed and validated once at startup.
+//! Must not depend on: sockets, async, the data plane's workers, the control plane.
 //!
 //! Unknown keys are errors (a typo must not silently fall back to a default), every error
 //! names the file and, where the YAML parser knows it, the line and column. Relative paths

@@ -1,4 +1,5 @@
 //! Flow state: which flows exist, who started them, what policy said, and TCP progress.
+//! Must not depend on: sockets, snapshots, logging.
 //!
 //! One [`FlowTable`] per data-plane worker, so the per-packet path takes no lock. Correctness
 //! does not depend on both directions of a flow reaching the same worker (or this appliance

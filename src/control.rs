@@ -1,5 +1,7 @@
 //! The control plane: loads policy and label sources, builds snapshots and publishes them,
 //! reloads on SIGHUP and on file change. A reload that fails validation keeps what runs.
+//! Must not depend on: the data plane's sockets and workers (it only publishes snapshots), the
+//! admin server.
 //!
 //! Single owner (the process's control task), so it needs no locks of its own; what the
 //! admin server reads lives in [`ControlState`].

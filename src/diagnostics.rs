@@ -1,6 +1,7 @@
 //! Errors in operator-written files (labelwall.yaml, policy.yaml, inventory.yaml): each names
 //! the file, the line where known, the item (rule, group, endpoint) and the field, so that
 //! `labelwall check` can list every problem at once.
+//! Must not depend on: anything of labelwall's but `yaml_lines`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! `labelwall explain`: what policy says about a flow and why, from the same snapshot the
 //! data plane would use: the verdict, the deciding rule, and who both ends are.
+//! Must not depend on: the data plane, sockets, the flow log.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;

@@ -1,5 +1,6 @@
 //! The flow log: one JSON line per flow start and per flow end (with totals), enriched with
 //! who both ends are.
+//! Must not depend on: the data plane's sockets and workers, tokio.
 //!
 //! Workers hand records to a bounded queue and never wait: when the writer falls behind, a
 //! record is dropped and counted (`labelwall_flow_log_dropped_total`), the data plane goes

@@ -1,6 +1,7 @@
 //! The receive path as one function over arbitrary bytes, shared by the cargo-fuzz target
 //! (tests/fuzz) and the stable test that replays its seed corpus, so both exercise exactly
 //! the code a worker runs on a datagram.
+//! Must not depend on: sockets, tokio, logging.
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, OnceLock};

@@ -1,5 +1,7 @@
 //! Prometheus metrics: read at scrape time from the data-plane workers' published counters,
 //! so the per-packet path never touches the registry.
+//! Must not depend on: the data plane's internals (it reads what workers publish), the
+//! pipeline.
 //!
 //! Names follow SPEC.md (`labelwall_packets_total{verdict}`, `labelwall_drops_total{reason}`,
 //! ...); per-worker figures carry a `worker` label.

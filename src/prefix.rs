@@ -1,5 +1,6 @@
 //! Prefix maps over IPv4 and IPv6: which stored networks contain an address; and the one
 //! parser of networks as config, policy and inventory files write them.
+//! Must not depend on: anything of labelwall's.
 //!
 //! One hash map per prefix length that is actually used, probed from the longest length to
 //! the shortest: a lookup costs one masked hash probe per distinct length (a handful in real

@@ -2,6 +2,7 @@
 //! ICMPv6 "administratively prohibited" destination-unreachable, built in the reverse inner
 //! direction and wrapped in the GENEVE header of the packet that triggered it (same options,
 //! same flow cookie), so that GWLB delivers it inside the existing flow.
+//! Must not depend on: sockets, flow state, policy.
 //!
 //! Never answers a RST, an ICMP error or a non-first fragment (RFC 1122 / RFC 4443 rules).
 //! Writes into a caller-owned buffer; allocates nothing.

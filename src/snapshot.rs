@@ -1,5 +1,6 @@
 //! The one bridge between the planes: an immutable [`Snapshot`] of label table + compiled
 //! policy + the group membership of every identity, published whole through arc-swap.
+//! Must not depend on: sockets, async, flow state, the data plane.
 //!
 //! The control plane builds a new snapshot off to the side whenever labels or policy change
 //! (evaluating each group's selectors against each new or changed identity once, sharing the

@@ -1,6 +1,7 @@
 //! Where things are in a YAML file: a map from key paths (`rules[2].ports[0]`,
 //! `groups.ratings.pods.selector`) to 1-based line numbers, so that errors found after
 //! deserialising (an unknown group, a bad port) can still name the line.
+//! Must not depend on: anything of labelwall's.
 //!
 //! Built from yaml-rust2's marked event stream; anchors and aliases are treated as values.
 

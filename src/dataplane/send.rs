@@ -1,6 +1,7 @@
 //! The segmentation-offload side of the send path: cutting a GRO train's permitted datagrams
 //! into runs that can go out as one `UDP_SEGMENT` send, and the bounded per-worker cache of
 //! per-port UDP sockets they go out through.
+//! Must not depend on: the pipeline, policy, tokio.
 //!
 //! Why per-port sockets: GWLB wants the reply from its own source port, and only a UDP socket
 //! can use UDP segmentation offload; a socket bound to (appliance IP, GWLB's source port) sends

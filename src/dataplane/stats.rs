@@ -1,4 +1,5 @@
 //! Per-worker counters.
+//! Must not depend on: sockets, tokio, the control plane.
 //!
 //! A worker counts into a plain [`Counters`] it owns (no atomics, no sharing on the per-packet
 //! path) and publishes it once per batch into its [`SharedCounters`], which the admin server

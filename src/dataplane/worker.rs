@@ -1,4 +1,5 @@
 //! One data-plane worker: a loop of batched receive, decide, batched send.
+//! Must not depend on: tokio, kube, the control plane, the tools.
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};

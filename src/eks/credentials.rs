@@ -2,6 +2,8 @@
 //! through IMDSv2. IMDS is plain HTTP to a link-local address, a handful of small responses:
 //! each request is one hyper HTTP/1.1 client connection (`hyper::client::conn::http1`) over a
 //! tokio `TcpStream`, closed after the answer.
+//! Must not depend on: kube, the rest of labelwall (`labelwall eks-token` runs as a kubeconfig
+//! exec plugin, on its own).
 
 use std::time::Duration;
 

@@ -1,5 +1,7 @@
 //! `labelwall eks-token`: an EKS bearer token made natively, as `aws eks get-token` makes it,
 //! for a kubeconfig's exec credential plugin on appliances without the AWS CLI.
+//! Must not depend on: kube, the rest of labelwall (`labelwall eks-token` runs as a kubeconfig
+//! exec plugin, on its own).
 //!
 //! The token is `k8s-aws-v1.` + base64url (no padding) of a SigV4-presigned
 //! `GET https://sts.REGION.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15` with the

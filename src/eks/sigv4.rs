@@ -1,5 +1,6 @@
 //! AWS Signature Version 4, query-string (presigned URL) form, for GET requests: what an EKS
 //! token needs and no more. HMAC-SHA256 and SHA-256 are ring's (already linked for TLS).
+//! Must not depend on: anything of labelwall's, I/O.
 //!
 //! Proven by AWS's SigV4 test suite (the query-signing vectors below) and, in
 //! tests/eks_token.rs, against botocore's presigner. Dates are jiff's.

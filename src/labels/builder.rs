@@ -1,5 +1,6 @@
 //! The mutable side of the label table: what every source claims, the interned identities
 //! with how many endpoints use each, and the parts of the next table to publish.
+//! Must not depend on: policy, snapshots, sockets, async (its tests excepted).
 //!
 //! Sources report either a full view ([`LabelBuilder::replace_source`]: inventory files) or
 //! changes ([`LabelBuilder::apply_changes`]: Kubernetes watchers). Either way only the

@@ -1,6 +1,7 @@
 //! Copy-on-write containers for published tables: a new table shares every part that a change
 //! did not touch with the table before it, so publishing a change costs about what changed,
 //! not the table's size. Readers see plain immutable data (no lock, no atomics beyond `Arc`).
+//! Must not depend on: anything of labelwall's.
 //!
 //! [`ShardedMap`] splits a hash map into [`SHARDS`] `Arc`-shared shards; [`Chunked`] splits a
 //! vector of fixed-width rows into `Arc`-shared chunks of [`CHUNK_ROWS`] rows. Cloning either

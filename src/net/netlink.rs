@@ -2,6 +2,7 @@
 //! which route a packet from `src` to `dst` takes (`ip route get DST from SRC`), what the
 //! route's interface is (`ip link show dev N`), and which hardware address the next hop has
 //! (`ip neigh get ADDR dev N`).
+//! Must not depend on: anything of labelwall's.
 //!
 //! Requests and answers are built and parsed here as plain bytes (tested with fixtures taken
 //! from the kernel); [`Netlink`] only moves them over an `AF_NETLINK` socket. Hand-written

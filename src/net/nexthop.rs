@@ -1,5 +1,6 @@
 //! Replies through the link layer: which Ethernet header a reply to a GWLB node takes, learned
 //! from the kernel, and the sender that uses it.
+//! Must not depend on: the pipeline, policy, labels, tokio.
 //!
 //! A reply sent through the raw socket costs the kernel a route lookup, a socket lock and a
 //! checksumming copy per packet (about 1 µs of 3.3 on a veth link, see docs/performance.md).

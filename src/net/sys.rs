@@ -2,6 +2,7 @@
 //! send-back path, the `sendmsg(2)` with a `UDP_SEGMENT` control message of the
 //! segmentation-offload path, socket options socket2 does not have, and a `poll(2)` wait
 //! (the TUN ioctls are in `tun.rs`).
+//! Must not depend on: anything of labelwall's but the outer header layout (`wire::outer`).
 //!
 //! Why unsafe: GWLB wants replies from its own source port to `reply_port`, which a UDP socket
 //! bound to 6081 cannot send, so replies go through a raw `IPPROTO_UDP` socket with a UDP

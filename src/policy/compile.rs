@@ -1,6 +1,7 @@
 //! From policy.yaml to a [`CompiledPolicy`]: names resolved to bit positions, selectors parsed,
 //! CIDRs folded into one prefix map, every rule turned into two group bitsets and a port list.
 //! Every problem is reported at once, each naming the file, line, rule or group, and field.
+//! Must not depend on: sockets, async, the label table, snapshots.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};

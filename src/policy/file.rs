@@ -1,6 +1,7 @@
 //! policy.yaml as written by the operator: plain serde types, checked for shape only.
 //! Meaning (group references, selectors, CIDRs, ports) is checked by [`super::compile`],
 //! which reports every problem at once.
+//! Must not depend on: anything of labelwall's.
 
 use std::collections::BTreeMap;
 

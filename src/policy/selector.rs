@@ -1,8 +1,8 @@
 //! Kubernetes label selectors: this module parses the `kubectl -l` string syntax, validates label
-//! keys and values by Kubernetes' own rules, matches selectors against label sets and prints
-//! the canonical form. It owns the selector grammar and the label key/value rules, and it must
-//! not depend on any other labelwall module (policy compilation, inventory, data plane), on I/O
-//! or on logging, so that the policy compiler and the inventory loader can both build on it.
+//! keys and values by Kubernetes' own rules (`labels::syntax`), matches selectors against label
+//! sets and prints the canonical form. It owns the selector grammar, and it must not depend on
+//! any other labelwall module but the label syntax (not policy compilation, inventory, the data
+//! plane), on I/O or on logging.
 //! Invariants: every [`Selector`] this module hands out holds only requirements that pass
 //! Kubernetes' validation; its requirements are sorted by key (a stable sort, so requirements
 //! on the same key keep their input order) and each requirement's values are sorted and free

@@ -1,6 +1,7 @@
 //! Static inventory files (`labels.inventory`): identities for VMs, databases, test setups,
 //! anything no watcher reports. Every problem in a file is reported at once, each naming the
 //! file, line, endpoint and field.
+//! Must not depend on: policy, the data plane, async.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! Label sources: where the records of the label table come from. Inventory files are read
 //! whole ([`SourceRecords`](crate::labels::SourceRecords)); Kubernetes watchers report what
 //! changed ([`SourceChanges`]). The control plane keeps the table current from both.
+//! Must not depend on: policy, the data plane.
 
 pub mod inventory;
 pub mod kubernetes;

@@ -3,6 +3,8 @@
 //! on one thread (batched `sendmmsg` through the data plane's raw socket, so that every flow
 //! has its own outer UDP source port as GWLB gives it) and a batched receive loop on another
 //! (quinn-udp, GRO) that checks each reply and records its latency in an HDR histogram.
+//! Must not depend on: the pipeline's judging, the control plane, anything private of the
+//! product; nothing of the product depends on it.
 //!
 //! Invariants: a flow is fixed up front (outer source port, flow cookie, inner 5-tuple) and
 //! every packet of it differs from its template only in the 16-byte stamp that opens the

@@ -1,4 +1,5 @@
 //! GENEVE (RFC 8926) base header and options, and the three options GWLB adds (class 0x0108).
+//! Must not depend on: anything but std.
 //!
 //! ```text
 //!  0                   1                   2                   3

@@ -1,4 +1,5 @@
 //! The outer IPv4 + UDP header of a packet sent back to GWLB.
+//! Must not depend on: anything but std.
 //!
 //! The data plane receives GENEVE on a UDP socket, so the kernel has already stripped and
 //! checked the outer headers. To send back with GWLB's ports preserved (source = the port GWLB

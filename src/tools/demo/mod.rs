@@ -4,6 +4,8 @@
 //! packets both ways, from its own source port with its own flow cookie, and records what
 //! comes back. Prints a table and the key counters; fails unless every flow got the verdict
 //! it should.
+//! Must not depend on: anything private of the product (it uses the control plane, data plane
+//! and pipeline as `labelwall run` does); nothing of the product depends on it.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};

@@ -2,6 +2,7 @@
 //! frame per reply around the outer header the data plane would have put in front of it;
 //! pcapng when the name ends in `.pcapng`, else pcap, with nanosecond timestamps. It must not
 //! depend on the capture being read, the pipeline or the control plane.
+//! Must not depend on: the pipeline, the control plane.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

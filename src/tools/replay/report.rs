@@ -1,6 +1,7 @@
 //! What `labelwall replay` reports: the counts of one replay ([`ReplayReport`]), printed as
 //! JSON or as the few aligned lines of [`ReplayReport::to_text`]. Plain data: it must not
 //! depend on the pipeline, the capture or the rest of replay.
+//! Must not depend on: the pipeline, I/O.
 
 use std::fmt::Write as _;
 
