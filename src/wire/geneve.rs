@@ -245,8 +245,36 @@ impl GwlbOptions {
     }
 }
 
+/// Where [`emit_gwlb_header`] puts each option, header and data: the header GWLB sends has
+/// them in this order at these places, which lets tools keep it as one fixed-size array.
+mod gwlb_field {
+    use super::{BASE_HEADER_LEN, OPTION_HEADER_LEN};
+    use core::ops::Range;
+
+    /// The endpoint ENI id: a u64.
+    pub const ENDPOINT_ID: Range<usize> =
+        BASE_HEADER_LEN..BASE_HEADER_LEN + OPTION_HEADER_LEN + size_of::<u64>();
+    /// The attachment id: a u64.
+    pub const ATTACHMENT_ID: Range<usize> =
+        ENDPOINT_ID.end..ENDPOINT_ID.end + OPTION_HEADER_LEN + size_of::<u64>();
+    /// The flow cookie: a u32, last.
+    pub const FLOW_COOKIE: Range<usize> =
+        ATTACHMENT_ID.end..ATTACHMENT_ID.end + OPTION_HEADER_LEN + size_of::<u32>();
+}
+
 /// Length of the GENEVE header GWLB sends: base header and its three options.
-pub const GWLB_HEADER_LEN: usize = BASE_HEADER_LEN + 32;
+pub const GWLB_HEADER_LEN: usize = gwlb_field::FLOW_COOKIE.end;
+
+/// The flow cookie's 4 bytes (big-endian) in the header [`emit_gwlb_header`] writes, for tools
+/// that keep that header and compare it without the cookie.
+pub const GWLB_COOKIE: core::ops::Range<usize> =
+    gwlb_field::FLOW_COOKIE.start + OPTION_HEADER_LEN..gwlb_field::FLOW_COOKIE.end;
+
+/// The flow cookie of a header [`emit_gwlb_header`] wrote.
+pub fn gwlb_header_cookie(header: &[u8; GWLB_HEADER_LEN]) -> u32 {
+    let b = &header[GWLB_COOKIE];
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
 
 /// Writes the GENEVE header exactly as GWLB sends it (opt len 8, VNI 0, options in the order
 /// endpoint id, attachment id, flow cookie); absent ids are written as 0. Used by the load
@@ -263,16 +291,20 @@ pub fn emit_gwlb_header(
     header[field::VNI].fill(0);
     header[field::RESERVED] = 0;
     emit_gwlb_option(
-        &mut header[8..20],
+        &mut header[gwlb_field::ENDPOINT_ID],
         GWLB_TYPE_ENDPOINT_ID,
         &gwlb.endpoint_id.unwrap_or(0).to_be_bytes(),
     );
     emit_gwlb_option(
-        &mut header[20..32],
+        &mut header[gwlb_field::ATTACHMENT_ID],
         GWLB_TYPE_ATTACHMENT_ID,
         &gwlb.attachment_id.unwrap_or(0).to_be_bytes(),
     );
-    emit_gwlb_option(&mut header[32..40], GWLB_TYPE_FLOW_COOKIE, &gwlb.flow_cookie.to_be_bytes());
+    emit_gwlb_option(
+        &mut header[gwlb_field::FLOW_COOKIE],
+        GWLB_TYPE_FLOW_COOKIE,
+        &gwlb.flow_cookie.to_be_bytes(),
+    );
 }
 
 /// Writes one non-critical GWLB option into `out`, which is exactly its header and `data` long
@@ -371,6 +403,7 @@ mod tests {
                 ..gwlb
             };
             assert_eq!(parsed, written);
+            assert_eq!(gwlb_header_cookie(&header), gwlb.flow_cookie);
         }
     }
 
