@@ -320,11 +320,15 @@ fn emit_gwlb_option(out: &mut [u8], option_type: u8, data: &[u8]) {
 /// A whole GWLB datagram around `inner` (protocol type from the IP version nibble), for tools
 /// and tests that build packets once; the per-packet paths use [`emit_gwlb_header`] in place.
 pub fn encapsulate(inner: &[u8], gwlb: &GwlbOptions) -> Vec<u8> {
-    let protocol =
-        if inner.first().is_some_and(|b| b >> 4 == 6) { PROTOCOL_IPV6 } else { PROTOCOL_IPV4 };
     let mut header = [0u8; GWLB_HEADER_LEN];
-    emit_gwlb_header(&mut header, protocol, gwlb);
+    emit_gwlb_header(&mut header, protocol_type_of(inner), gwlb);
     [&header[..], inner].concat()
+}
+
+/// The protocol type to send an inner IP packet with, from its version nibble: IPv6 for 6,
+/// IPv4 for anything else (a packet that is not IPv4 either is the receiver's to refuse).
+pub fn protocol_type_of(inner: &[u8]) -> u16 {
+    if inner.first().is_some_and(|b| b >> 4 == 6) { PROTOCOL_IPV6 } else { PROTOCOL_IPV4 }
 }
 
 fn be_u64(data: &[u8]) -> Result<u64, DropReason> {
