@@ -50,14 +50,14 @@ use crate::packet::{InnerPacket, Transport, ip_proto, is_icmp_unreachable, tcp_f
 use crate::pipeline::{MAX_GENEVE_DATAGRAM, decode};
 use crate::wire::geneve::{PROTOCOL_IPV4, PROTOCOL_IPV6};
 use crate::wire::outer::{OUTER_HEADER_LEN, OuterAddressing};
-use crate::wire::{DropReason, GWLB_HEADER_LEN, GwlbOptions, emit_gwlb_header};
+use crate::wire::{
+    DropReason, GWLB_COOKIE, GWLB_HEADER_LEN, GwlbOptions, emit_gwlb_header, gwlb_header_cookie,
+};
 
 /// Largest `--mtu`: the inner packet plus GENEVE must fit in the largest datagram GWLB sends.
 pub const MAX_MTU: u32 = (MAX_GENEVE_DATAGRAM - GWLB_HEADER_LEN) as u32;
 /// Smallest `--mtu` (IPv6's minimum).
 pub const MIN_MTU: u32 = 1280;
-/// Byte offset of the flow cookie's 4 bytes in the header [`emit_gwlb_header`] writes.
-const COOKIE_OFFSET: usize = GWLB_HEADER_LEN - 4;
 const SEND_BUFFER: usize = 4 << 20;
 const RECEIVE_BUFFER: usize = 16 << 20;
 /// One receive slot holds a whole GRO train (the kernel caps those at 64 KiB).
@@ -214,7 +214,7 @@ pub struct Wrap {
 impl Wrap {
     /// The flow cookie in [`Wrap::header`].
     pub fn cookie(&self) -> u32 {
-        cookie_of(&self.header)
+        gwlb_header_cookie(&self.header)
     }
 }
 
@@ -345,11 +345,6 @@ fn flow_of(packet: &InnerPacket) -> (FlowKey, crate::conntrack::Side) {
     } else {
         FlowKey::of(packet)
     }
-}
-
-fn cookie_of(header: &[u8; GWLB_HEADER_LEN]) -> u32 {
-    let b = &header[COOKIE_OFFSET..];
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
 /// A bijection on u32 (murmur3's finaliser): consecutive inputs give unrelated outputs.
@@ -485,7 +480,8 @@ impl SimFlows {
         }
         if datagram[..inner_offset] != flow.header[..] {
             let same_but_cookie = inner_offset == GWLB_HEADER_LEN
-                && datagram[..COOKIE_OFFSET] == flow.header[..COOKIE_OFFSET];
+                && datagram[..GWLB_COOKIE.start] == flow.header[..GWLB_COOKIE.start]
+                && datagram[GWLB_COOKIE.end..inner_offset] == flow.header[GWLB_COOKIE.end..];
             return if same_but_cookie { ReplyCheck::StaleCookie } else { ReplyCheck::WrongHeader };
         }
         flow.last_seen_ms = now_ms;
