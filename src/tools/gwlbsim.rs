@@ -48,7 +48,7 @@ use crate::net::sys::{self, RawSender, SEND_BATCH, TxItem, bind_udp_receiver, wa
 use crate::net::tun;
 use crate::packet::{InnerPacket, Transport, ip_proto, is_icmp_unreachable, tcp_flags};
 use crate::pipeline::{MAX_GENEVE_DATAGRAM, decode};
-use crate::wire::geneve::{PROTOCOL_IPV4, PROTOCOL_IPV6};
+use crate::wire::geneve::{PROTOCOL_IPV4, PROTOCOL_IPV6, protocol_type_of};
 use crate::wire::outer::{OUTER_HEADER_LEN, OuterAddressing};
 use crate::wire::{
     DropReason, GWLB_COOKIE, GWLB_HEADER_LEN, GwlbOptions, emit_gwlb_header, gwlb_header_cookie,
@@ -412,11 +412,8 @@ impl SimFlows {
     /// Takes one inner packet read from the TUN device: finds or starts its flow and says how
     /// to wrap it.
     pub fn outbound(&mut self, inner: &[u8], now_ms: u64) -> Result<Wrap, SendRefusal> {
-        let protocol_type = match inner.first().map(|b| b >> 4) {
-            Some(6) => PROTOCOL_IPV6,
-            _ => PROTOCOL_IPV4,
-        };
-        let packet = InnerPacket::parse(protocol_type, inner).map_err(SendRefusal::Unparsable)?;
+        let packet =
+            InnerPacket::parse(protocol_type_of(inner), inner).map_err(SendRefusal::Unparsable)?;
         let facts = PacketFacts::of(inner, &packet);
         let idle_ms = self.idle_ms(facts.key.protocol);
         let start = match self.flows.get(&facts.key) {
