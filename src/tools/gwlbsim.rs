@@ -310,18 +310,15 @@ struct PacketFacts {
 
 impl PacketFacts {
     fn of(bytes: &[u8], packet: &InnerPacket) -> PacketFacts {
-        let (mut key, side) = flow_of(packet);
+        let (own, side) = flow_of(packet);
+        // An ICMP error is part of the flow of the packet it quotes.
+        let key = packet.quoted(bytes).map_or(own, |quoted| flow_of(&quoted).0);
         let tcp_flags = if packet.fragment.is_some() { 0 } else { packet.transport.tcp_flags() };
-        let mut refusal = tcp_flags & tcp_flags::RST != 0;
-        if let Transport::Icmp { icmp_type, .. } = packet.transport
-            && packet.is_icmp_error()
-            && packet.fragment.is_none()
-        {
-            if let Some(quoted) = packet.quoted(bytes) {
-                key = flow_of(&quoted).0;
-            }
-            refusal = is_icmp_unreachable(packet.protocol, icmp_type);
-        }
+        let refusal = match packet.transport {
+            _ if packet.fragment.is_some() => false,
+            Transport::Icmp { icmp_type, .. } => is_icmp_unreachable(packet.protocol, icmp_type),
+            _ => tcp_flags & tcp_flags::RST != 0,
+        };
         PacketFacts {
             key,
             from_a: side == crate::conntrack::Side::A,
