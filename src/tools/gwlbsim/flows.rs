@@ -10,12 +10,12 @@
 
 use std::collections::HashMap;
 
-use super::PortRange;
+use super::{PortRange, header};
 use crate::conntrack::FlowKey;
 use crate::packet::{InnerPacket, Transport, ip_proto, is_icmp_unreachable, tcp_flags};
 use crate::pipeline::decode;
-use crate::wire::geneve::{PROTOCOL_IPV4, PROTOCOL_IPV6, protocol_type_of};
-use crate::wire::{DropReason, GWLB_COOKIE, GWLB_HEADER_LEN, GwlbOptions, emit_gwlb_header};
+use crate::wire::geneve::protocol_type_of;
+use crate::wire::{DropReason, GWLB_HEADER_LEN};
 
 /// What the flow bookkeeping needs to know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,15 +270,13 @@ impl SimFlows {
     fn start_flow(&mut self, ipv6: bool, now_ms: u64) -> SimFlow {
         self.issued = self.issued.wrapping_add(1);
         let cookie = mix32(self.settings.cookie_seed.wrapping_add(self.issued));
-        let gwlb = GwlbOptions {
-            endpoint_id: Some(self.settings.endpoint_id),
-            attachment_id: Some(self.settings.attachment_id),
-            flow_cookie: cookie,
-        };
-        let mut header = [0u8; GWLB_HEADER_LEN];
-        emit_gwlb_header(&mut header, if ipv6 { PROTOCOL_IPV6 } else { PROTOCOL_IPV4 }, &gwlb);
         SimFlow {
-            header,
+            header: header::flow_header(
+                self.settings.endpoint_id,
+                self.settings.attachment_id,
+                cookie,
+                ipv6,
+            ),
             port: self.settings.source_ports.nth(mix32(cookie ^ 0x9e37_79b9)),
             last_seen_ms: now_ms,
             tcp: TcpEnds::default(),
@@ -301,11 +299,13 @@ impl SimFlows {
         if from_port != flow.port {
             return ReplyCheck::WrongPort;
         }
-        if datagram[..inner_offset] != flow.header[..] {
-            let same_but_cookie = inner_offset == GWLB_HEADER_LEN
-                && datagram[..GWLB_COOKIE.start] == flow.header[..GWLB_COOKIE.start]
-                && datagram[GWLB_COOKIE.end..inner_offset] == flow.header[GWLB_COOKIE.end..];
-            return if same_but_cookie { ReplyCheck::StaleCookie } else { ReplyCheck::WrongHeader };
+        let returned = &datagram[..inner_offset];
+        if returned != flow.header {
+            return if header::same_but_cookie(returned, &flow.header) {
+                ReplyCheck::StaleCookie
+            } else {
+                ReplyCheck::WrongHeader
+            };
         }
         flow.last_seen_ms = now_ms;
         flow.tcp.advance(facts.tcp_flags, facts.from_a);
@@ -327,6 +327,7 @@ impl SimFlows {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use crate::wire::geneve::PROTOCOL_IPV6;
     use etherparse::PacketBuilder;
 
     const A: [u8; 4] = [10, 0, 1, 15];

@@ -29,6 +29,7 @@
 //! the system calls off the TUN side.
 
 mod flows;
+mod header;
 
 use std::fmt;
 use std::fs::File;
