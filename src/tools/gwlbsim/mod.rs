@@ -30,6 +30,7 @@
 
 mod flows;
 mod header;
+mod stats;
 
 use std::fmt;
 use std::fs::File;
@@ -37,7 +38,7 @@ use std::io::{self, IoSliceMut, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,7 @@ use crate::pipeline::MAX_GENEVE_DATAGRAM;
 use crate::wire::GWLB_HEADER_LEN;
 use crate::wire::outer::{OUTER_HEADER_LEN, OuterAddressing};
 use flows::{ReplyCheck, SendRefusal, SimFlows, SimSettings};
+use stats::SimStats;
 
 /// Largest `--mtu`: the inner packet plus GENEVE must fit in the largest datagram GWLB sends.
 pub const MAX_MTU: u32 = (MAX_GENEVE_DATAGRAM - GWLB_HEADER_LEN) as u32;
@@ -185,97 +187,6 @@ impl SimSettings {
             max_flows: args.max_flows as usize,
             cookie_seed: nanos ^ std::process::id().rotate_left(16),
         }
-    }
-}
-
-/// Counters of one run, shared by both directions.
-#[derive(Debug, Default)]
-pub struct SimStats {
-    /// Inner packets wrapped and sent to the appliance, and their inner bytes.
-    pub out_packets: AtomicU64,
-    pub out_bytes: AtomicU64,
-    /// Of those, sent as Ethernet frames through the packet socket (the rest: raw socket).
-    pub out_frames: AtomicU64,
-    /// Inner packets of good replies written back to the TUN device, and their bytes.
-    pub back_packets: AtomicU64,
-    pub back_bytes: AtomicU64,
-    /// Good replies that were the appliance's rejects (RST / ICMP unreachable it made).
-    pub rejects: AtomicU64,
-    pub malformed: AtomicU64,
-    pub unknown_flow: AtomicU64,
-    pub wrong_port: AtomicU64,
-    pub stale_cookie: AtomicU64,
-    pub wrong_header: AtomicU64,
-    /// Datagrams on the reply port from another address than the appliance's.
-    pub foreign: AtomicU64,
-    /// Packets read from the TUN device that are not well-formed IP.
-    pub unparsable: AtomicU64,
-    pub table_full: AtomicU64,
-    pub send_failed: AtomicU64,
-    pub tun_write_failed: AtomicU64,
-}
-
-impl SimStats {
-    fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Every returned datagram that was not delivered because it did not match.
-    pub fn mismatches(&self) -> u64 {
-        [
-            &self.malformed,
-            &self.unknown_flow,
-            &self.wrong_port,
-            &self.stale_cookie,
-            &self.wrong_header,
-            &self.foreign,
-        ]
-        .iter()
-        .map(|c| c.load(Ordering::Relaxed))
-        .sum()
-    }
-
-    fn count_reply(&self, check: ReplyCheck) {
-        let counter = match check {
-            ReplyCheck::Deliver { .. } => return,
-            ReplyCheck::Malformed(_) => &self.malformed,
-            ReplyCheck::UnknownFlow => &self.unknown_flow,
-            ReplyCheck::WrongPort => &self.wrong_port,
-            ReplyCheck::StaleCookie => &self.stale_cookie,
-            ReplyCheck::WrongHeader => &self.wrong_header,
-        };
-        Self::add(counter, 1);
-    }
-
-    /// One line of `key=value` pairs, for people and for tests.
-    fn line(&self, flows: &SimFlows) -> String {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            "out={} out_bytes={} out_frames={} back={} back_bytes={} rejects={} mismatches={} \
-             (malformed={} unknown_flow={} wrong_port={} stale_cookie={} wrong_header={} \
-             foreign={}) flows={} flows_created={} flows_renewed={} unparsable={} \
-             table_full={} send_failed={} tun_write_failed={}",
-            get(&self.out_packets),
-            get(&self.out_bytes),
-            get(&self.out_frames),
-            get(&self.back_packets),
-            get(&self.back_bytes),
-            get(&self.rejects),
-            self.mismatches(),
-            get(&self.malformed),
-            get(&self.unknown_flow),
-            get(&self.wrong_port),
-            get(&self.stale_cookie),
-            get(&self.wrong_header),
-            get(&self.foreign),
-            flows.len(),
-            flows.created(),
-            flows.renewed(),
-            get(&self.unparsable),
-            get(&self.table_full),
-            get(&self.send_failed),
-            get(&self.tun_write_failed),
-        )
     }
 }
 
@@ -559,29 +470,7 @@ fn return_loop(
 
 #[cfg(test)]
 mod tests {
-    use super::flows::tests::settings;
     use super::*;
-    use crate::wire::DropReason;
-
-    #[test]
-    fn the_counters_line_sums_every_kind_of_mismatch() {
-        let stats = SimStats::default();
-        for check in [
-            ReplyCheck::Malformed(DropReason::GeneveTruncated),
-            ReplyCheck::UnknownFlow,
-            ReplyCheck::WrongPort,
-            ReplyCheck::StaleCookie,
-            ReplyCheck::WrongHeader,
-            ReplyCheck::Deliver { inner_offset: GWLB_HEADER_LEN, reject: false },
-        ] {
-            stats.count_reply(check);
-        }
-        SimStats::add(&stats.foreign, 2);
-        assert_eq!(stats.mismatches(), 7);
-        let line = stats.line(&SimFlows::new(settings()));
-        assert!(line.contains(" mismatches=7 (malformed=1 unknown_flow=1 wrong_port=1 "), "{line}");
-        assert!(line.contains("stale_cookie=1 wrong_header=1 foreign=2)"), "{line}");
-    }
 
     #[test]
     fn port_ranges_and_ids_parse_and_bad_ones_are_refused() {
