@@ -4,7 +4,13 @@
 //! are wrapped in GWLB GENEVE and sent to the appliance over UDP; what comes back is checked
 //! against what was sent, and the inner packet of a good reply is written back to the device,
 //! from where the kernel routes it on. It configures nothing else: addresses, routes and
-//! policy routing are the operator's (or the test's) job, with `ip`.
+//! policy routing are the operator's (or the test's) job, with `ip`. Like the other tools it
+//! must not depend on the product's internals: the pipeline's decoder, wire, packet,
+//! conntrack's `FlowKey` and `crate::net`, through their public API, are all it uses.
+//!
+//! This file has the command line and [`run`], which opens the device and the sockets and
+//! starts the two loops of `loops.rs`; `flows.rs` keeps the flows and judges what comes back,
+//! `header.rs` writes and compares their GENEVE headers, `stats.rs` counts.
 //!
 //! Invariants, GWLB's (see GWLB.md): a flow is a direction-independent inner 5-tuple (fragments:
 //! the address pair and protocol; ICMP errors: the flow of the packet they quote); it has one
@@ -13,8 +19,8 @@
 //! with a new cookie. A returned packet is delivered only when it comes from the appliance and
 //! the flow's source port and carries, byte for byte, the GENEVE header last sent for its flow
 //! (the same options and the current cookie); anything else is counted and dropped, never
-//! delivered. `flows.rs` keeps this bookkeeping and never touches a socket; [`run`] does the
-//! I/O. No per-packet logging: counters, printed to stderr periodically and on SIGTERM/SIGINT.
+//! delivered. No per-packet logging: counters, printed to stderr periodically and on
+//! SIGTERM/SIGINT.
 //!
 //! Throughput limits (it is a test tool, correctness first): a TUN device without
 //! `IFF_VNET_HDR` takes one `read(2)` and one `write(2)` per packet, and the kernel segments
