@@ -30,6 +30,13 @@ pub(super) struct SimSettings {
     pub(super) cookie_seed: u32,
 }
 
+impl SimSettings {
+    /// GWLB's idle timeout for flows of `protocol`: TCP's, or the one for everything else.
+    fn idle_ms(&self, protocol: u8) -> u64 {
+        if protocol == ip_proto::TCP { self.tcp_idle_ms } else { self.other_idle_ms }
+    }
+}
+
 /// How to wrap one inner packet: from which outer source port, with which GENEVE header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Wrap {
@@ -227,21 +234,13 @@ impl SimFlows {
         self.renewed
     }
 
-    fn idle_ms(&self, protocol: u8) -> u64 {
-        if protocol == ip_proto::TCP {
-            self.settings.tcp_idle_ms
-        } else {
-            self.settings.other_idle_ms
-        }
-    }
-
     /// Takes one inner packet read from the TUN device: finds or starts its flow and says how
     /// to wrap it.
     pub(super) fn outbound(&mut self, inner: &[u8], now_ms: u64) -> Result<Wrap, SendRefusal> {
         let packet =
             InnerPacket::parse(protocol_type_of(inner), inner).map_err(SendRefusal::Unparsable)?;
         let facts = PacketFacts::of(inner, &packet);
-        let idle_ms = self.idle_ms(facts.key.protocol);
+        let idle_ms = self.settings.idle_ms(facts.key.protocol);
         let start = match self.flows.get(&facts.key) {
             None => FlowStart::New,
             Some(flow) if now_ms.saturating_sub(flow.last_seen_ms) >= idle_ms => FlowStart::Renewed,
@@ -315,10 +314,9 @@ impl SimFlows {
     /// Forgets flows idle past their timeout; returns how many.
     pub(super) fn expire(&mut self, now_ms: u64) -> usize {
         let before = self.flows.len();
-        let (tcp_ms, other_ms) = (self.settings.tcp_idle_ms, self.settings.other_idle_ms);
+        let settings = self.settings;
         self.flows.retain(|key, flow| {
-            let idle_ms = if key.protocol == ip_proto::TCP { tcp_ms } else { other_ms };
-            now_ms.saturating_sub(flow.last_seen_ms) < idle_ms
+            now_ms.saturating_sub(flow.last_seen_ms) < settings.idle_ms(key.protocol)
         });
         before - self.flows.len()
     }
