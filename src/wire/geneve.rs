@@ -14,6 +14,11 @@
 //! endpoint ENI id (8 bytes), type 2 the attachment id (8 bytes), type 3 the flow cookie
 //! (4 bytes). Parsing accepts them in any order; only the cookie is required, because nothing
 //! can be sent back without it.
+//!
+//! Every byte position is named once, in `field` (base header), `option_field` (an option's
+//! header) and `gwlb_field` (where [`emit_gwlb_header`] puts GWLB's options); the parser and
+//! the emitter both go through those names, and tools that keep an emitted header take the
+//! cookie's place from [`GWLB_COOKIE`] instead of counting bytes.
 
 use super::DropReason;
 
