@@ -15,6 +15,11 @@
 //! endpoint ENI id (8 bytes), type 2 the attachment id (8 bytes), type 3 the flow cookie
 //! (4 bytes). Parsing accepts them in any order; only the cookie is required, because nothing
 //! can be sent back without it.
+//!
+//! Every byte position is named once, in `field` (base header), `option_field` (an option's
+//! header) and `gwlb_field` (where [`emit_gwlb_header`] puts GWLB's options); the parser and
+//! the emitter both go through those names, and tools that keep an emitted header take the
+//! cookie's place from [`GWLB_COOKIE`] instead of counting bytes.
 
 use super::DropReason;
 
@@ -35,11 +40,32 @@ pub const PROTOCOL_IPV6: u16 = 0x86DD;
 /// Length of the fixed part of the GENEVE header.
 pub const BASE_HEADER_LEN: usize = 8;
 
+/// The base header, byte by byte (the diagram above).
 mod field {
+    use core::ops::Range;
+
+    /// Version (top 2 bits) and the options length in 4-byte words (low 6 bits).
     pub const VER_OPTLEN: usize = 0;
+    /// The O and C bits, then reserved bits.
     pub const FLAGS: usize = 1;
-    pub const PROTOCOL: core::ops::Range<usize> = 2..4;
-    pub const VNI: core::ops::Range<usize> = 4..7;
+    pub const PROTOCOL: Range<usize> = 2..4;
+    pub const VNI: Range<usize> = 4..7;
+    /// The reserved byte after the VNI.
+    pub const RESERVED: usize = 7;
+}
+
+/// Length of an option's header; its data follows.
+const OPTION_HEADER_LEN: usize = 4;
+
+/// An option's header, relative to the option's first byte.
+mod option_field {
+    use core::ops::Range;
+
+    pub const CLASS: Range<usize> = 0..2;
+    /// The critical bit (top) and the 7-bit type.
+    pub const TYPE: usize = 2;
+    /// Three reserved bits and the data length in 4-byte words (low 5 bits).
+    pub const LENGTH: usize = 3;
 }
 
 /// A checked view of a GENEVE packet: the base header and the whole options area are present.
@@ -159,20 +185,21 @@ impl<'a> Iterator for GeneveOptions<'a> {
             return None;
         }
         let overrun = || Some(Err(DropReason::GeneveOptionOverrun));
-        let Some((head, after)) = self.rest.split_first_chunk::<4>() else {
+        let Some((head, after)) = self.rest.split_first_chunk::<OPTION_HEADER_LEN>() else {
             self.rest = &[];
             return overrun();
         };
-        let data_len = usize::from(head[3] & 0x1f) * 4;
+        let data_len = usize::from(head[option_field::LENGTH] & 0x1f) * 4;
         if after.len() < data_len {
             self.rest = &[];
             return overrun();
         }
         let (data, rest) = after.split_at(data_len);
         self.rest = rest;
+        let class = &head[option_field::CLASS];
         Some(Ok(GeneveOption {
-            class: u16::from_be_bytes([head[0], head[1]]),
-            type_byte: head[2],
+            class: u16::from_be_bytes([class[0], class[1]]),
+            type_byte: head[option_field::TYPE],
             data,
         }))
     }
@@ -224,8 +251,36 @@ impl GwlbOptions {
     }
 }
 
+/// Where [`emit_gwlb_header`] puts each option, header and data: the header GWLB sends has
+/// them in this order at these places, which lets tools keep it as one fixed-size array.
+mod gwlb_field {
+    use super::{BASE_HEADER_LEN, OPTION_HEADER_LEN};
+    use core::ops::Range;
+
+    /// The endpoint ENI id: a u64.
+    pub const ENDPOINT_ID: Range<usize> =
+        BASE_HEADER_LEN..BASE_HEADER_LEN + OPTION_HEADER_LEN + size_of::<u64>();
+    /// The attachment id: a u64.
+    pub const ATTACHMENT_ID: Range<usize> =
+        ENDPOINT_ID.end..ENDPOINT_ID.end + OPTION_HEADER_LEN + size_of::<u64>();
+    /// The flow cookie: a u32, last.
+    pub const FLOW_COOKIE: Range<usize> =
+        ATTACHMENT_ID.end..ATTACHMENT_ID.end + OPTION_HEADER_LEN + size_of::<u32>();
+}
+
 /// Length of the GENEVE header GWLB sends: base header and its three options.
-pub const GWLB_HEADER_LEN: usize = BASE_HEADER_LEN + 32;
+pub const GWLB_HEADER_LEN: usize = gwlb_field::FLOW_COOKIE.end;
+
+/// The flow cookie's 4 bytes (big-endian) in the header [`emit_gwlb_header`] writes, for tools
+/// that keep that header and compare it without the cookie.
+pub const GWLB_COOKIE: core::ops::Range<usize> =
+    gwlb_field::FLOW_COOKIE.start + OPTION_HEADER_LEN..gwlb_field::FLOW_COOKIE.end;
+
+/// The flow cookie of a header [`emit_gwlb_header`] wrote.
+pub fn gwlb_header_cookie(header: &[u8; GWLB_HEADER_LEN]) -> u32 {
+    let b = &header[GWLB_COOKIE];
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
 
 /// Writes the GENEVE header exactly as GWLB sends it (opt len 8, VNI 0, options in the order
 /// endpoint id, attachment id, flow cookie); absent ids are written as 0. Used by the load
@@ -235,40 +290,51 @@ pub fn emit_gwlb_header(
     protocol_type: u16,
     gwlb: &GwlbOptions,
 ) {
-    header[0] = 8; // version 0, 8 words of options
-    header[1] = 0;
-    header[2..4].copy_from_slice(&protocol_type.to_be_bytes());
-    header[4..8].copy_from_slice(&[0, 0, 0, 0]);
-    let option = |class_type: [u8; 4], data: &[u8], out: &mut [u8]| {
-        out[..4].copy_from_slice(&class_type);
-        out[4..4 + data.len()].copy_from_slice(data);
-    };
-    let class = GWLB_OPTION_CLASS.to_be_bytes();
-    option(
-        [class[0], class[1], GWLB_TYPE_ENDPOINT_ID, 2],
+    // Version 0 in the top bits, the options length in 4-byte words below.
+    header[field::VER_OPTLEN] = ((GWLB_HEADER_LEN - BASE_HEADER_LEN) / 4) as u8;
+    header[field::FLAGS] = 0;
+    header[field::PROTOCOL].copy_from_slice(&protocol_type.to_be_bytes());
+    header[field::VNI].fill(0);
+    header[field::RESERVED] = 0;
+    emit_gwlb_option(
+        &mut header[gwlb_field::ENDPOINT_ID],
+        GWLB_TYPE_ENDPOINT_ID,
         &gwlb.endpoint_id.unwrap_or(0).to_be_bytes(),
-        &mut header[8..20],
     );
-    option(
-        [class[0], class[1], GWLB_TYPE_ATTACHMENT_ID, 2],
+    emit_gwlb_option(
+        &mut header[gwlb_field::ATTACHMENT_ID],
+        GWLB_TYPE_ATTACHMENT_ID,
         &gwlb.attachment_id.unwrap_or(0).to_be_bytes(),
-        &mut header[20..32],
     );
-    option(
-        [class[0], class[1], GWLB_TYPE_FLOW_COOKIE, 1],
+    emit_gwlb_option(
+        &mut header[gwlb_field::FLOW_COOKIE],
+        GWLB_TYPE_FLOW_COOKIE,
         &gwlb.flow_cookie.to_be_bytes(),
-        &mut header[32..40],
     );
+}
+
+/// Writes one non-critical GWLB option into `out`, which is exactly its header and `data` long
+/// (`data` a whole number of 4-byte words, as every GWLB option's is).
+fn emit_gwlb_option(out: &mut [u8], option_type: u8, data: &[u8]) {
+    let (head, rest) = out.split_at_mut(OPTION_HEADER_LEN);
+    head[option_field::CLASS].copy_from_slice(&GWLB_OPTION_CLASS.to_be_bytes());
+    head[option_field::TYPE] = option_type;
+    head[option_field::LENGTH] = (data.len() / 4) as u8;
+    rest.copy_from_slice(data);
 }
 
 /// A whole GWLB datagram around `inner` (protocol type from the IP version nibble), for tools
 /// and tests that build packets once; the per-packet paths use [`emit_gwlb_header`] in place.
 pub fn encapsulate(inner: &[u8], gwlb: &GwlbOptions) -> Vec<u8> {
-    let protocol =
-        if inner.first().is_some_and(|b| b >> 4 == 6) { PROTOCOL_IPV6 } else { PROTOCOL_IPV4 };
     let mut header = [0u8; GWLB_HEADER_LEN];
-    emit_gwlb_header(&mut header, protocol, gwlb);
+    emit_gwlb_header(&mut header, protocol_type_of(inner), gwlb);
     [&header[..], inner].concat()
+}
+
+/// The protocol type to send an inner IP packet with, from its version nibble: IPv6 for 6,
+/// IPv4 for anything else (a packet that is not IPv4 either is the receiver's to refuse).
+pub fn protocol_type_of(inner: &[u8]) -> u16 {
+    if inner.first().is_some_and(|b| b >> 4 == 6) { PROTOCOL_IPV6 } else { PROTOCOL_IPV4 }
 }
 
 fn be_u64(data: &[u8]) -> Result<u64, DropReason> {
@@ -303,6 +369,52 @@ mod tests {
         };
         emit_gwlb_header(&mut header, PROTOCOL_IPV4, &gwlb);
         assert_eq!(header, GWLB_HEADER);
+    }
+
+    #[test]
+    fn emitted_headers_parse_back_to_what_was_written() {
+        let cases = [
+            (
+                PROTOCOL_IPV4,
+                GwlbOptions { endpoint_id: Some(1), attachment_id: Some(2), flow_cookie: 3 },
+            ),
+            (
+                PROTOCOL_IPV6,
+                GwlbOptions {
+                    endpoint_id: Some(u64::MAX),
+                    attachment_id: Some(0x8000_0000_0000_0001),
+                    flow_cookie: u32::MAX,
+                },
+            ),
+            // Absent ids are written as 0, so they come back as Some(0).
+            (PROTOCOL_IPV4, GwlbOptions { endpoint_id: None, attachment_id: None, flow_cookie: 0 }),
+        ];
+        for (protocol, gwlb) in cases {
+            let mut header = [0xffu8; GWLB_HEADER_LEN];
+            emit_gwlb_header(&mut header, protocol, &gwlb);
+            let packet = GenevePacket::new_checked(&header[..]).unwrap();
+            assert_eq!(packet.header_len(), GWLB_HEADER_LEN);
+            assert_eq!(packet.protocol_type(), protocol);
+            assert_eq!(packet.vni(), 0);
+            assert!(!packet.is_control() && !packet.has_critical_options());
+            assert_eq!(header[field::RESERVED], 0);
+            let options: Vec<_> =
+                GeneveOptions::new(packet.options()).map(Result::unwrap).collect();
+            let types: Vec<_> = options.iter().map(|o| (o.class, o.type_byte)).collect();
+            assert_eq!(
+                types,
+                [GWLB_TYPE_ENDPOINT_ID, GWLB_TYPE_ATTACHMENT_ID, GWLB_TYPE_FLOW_COOKIE]
+                    .map(|t| (GWLB_OPTION_CLASS, t))
+            );
+            let parsed = GwlbOptions::parse(packet.options()).unwrap();
+            let written = GwlbOptions {
+                endpoint_id: Some(gwlb.endpoint_id.unwrap_or(0)),
+                attachment_id: Some(gwlb.attachment_id.unwrap_or(0)),
+                ..gwlb
+            };
+            assert_eq!(parsed, written);
+            assert_eq!(gwlb_header_cookie(&header), gwlb.flow_cookie);
+        }
     }
 
     #[test]

@@ -12,7 +12,8 @@ pub mod geneve;
 pub mod outer;
 
 pub use geneve::{
-    GWLB_HEADER_LEN, GWLB_OPTION_CLASS, GeneveOption, GenevePacket, GwlbOptions, emit_gwlb_header,
+    GWLB_COOKIE, GWLB_HEADER_LEN, GWLB_OPTION_CLASS, GeneveOption, GenevePacket, GwlbOptions,
+    emit_gwlb_header, gwlb_header_cookie,
 };
 
 /// Why a datagram was dropped without a reply. One variant per cause, so that an operator can
