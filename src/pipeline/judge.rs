@@ -51,11 +51,16 @@ impl Pipeline {
             |flow: Flow, end: FlowEnd| records.push(FlowEvent::End(end), flow, snapshot);
 
         if let Some(flow) = flows.lookup(&key, now, &mut ended) {
-            // Judged afresh instead: a SYN reusing a finished 5-tuple (GWLB gives it a new
-            // cookie), and any packet from the responder side of a flow that was refused,
-            // which must not poison the 5-tuple for the legitimate direction.
-            let fresh = (pure_syn && flow.tcp == TcpState::Closed)
-                || (!flow.decision.action.passes() && sender != flow.initiator);
+            let from_responder = sender != flow.initiator;
+            let refused = !flow.decision.action.passes();
+            // Judged afresh instead, as a flow of its sender: a SYN reusing a finished
+            // 5-tuple (GWLB gives it a new cookie); a SYN from the responder side, which opens
+            // a connection of its own and is never a reply (else a server allowed to answer
+            // could turn the flow around and connect to its client's port); and any packet
+            // from the responder side of a flow that was refused, which must not poison the
+            // 5-tuple for the legitimate direction.
+            let fresh = (pure_syn && (flow.tcp == TcpState::Closed || from_responder))
+                || (refused && from_responder);
             if !fresh {
                 if flow.generation != snapshot.generation {
                     // Policy or labels changed: judge the flow again, as its initiator started it.
@@ -76,21 +81,37 @@ impl Pipeline {
                 flow.cookie = packet.gwlb.flow_cookie;
                 return flow.decision;
             }
+            if pure_syn && from_responder && !refused && flow.tcp != TcpState::Closed {
+                // The responder's own connection: unless policy lets it open one, it is
+                // refused and the flow it would have turned around stays as it is.
+                let own = snapshot.decide(
+                    inner.src,
+                    inner.dst,
+                    inner.protocol,
+                    service_port(inner.protocol, dport),
+                );
+                if !own.action.passes() {
+                    return own;
+                }
+            }
             if let Some(old) = flows.remove(&key) {
                 ended(old, FlowEnd::Replaced);
             }
         }
 
-        // A flow never seen: judge it as started by the sender; if that is not allowed and
-        // the packet could be a reply (anything but a TCP SYN without ACK), judge it the
-        // other way round too.
+        // A flow never seen: judge it as started by the sender. Only a TCP segment with ACK
+        // can be a reply of a flow started before we saw it (GWLB rebalanced it, or this
+        // appliance restarted: mid-flow pickup), so only then, when the sender may not start
+        // it, is it judged the other way round too. UDP, ICMP and the rest need the flow to
+        // exist: `client -> dns udp/53` must not let dns send to client ports unasked.
         let forward = snapshot.decide(
             inner.src,
             inner.dst,
             inner.protocol,
             service_port(inner.protocol, dport),
         );
-        let (initiator, decision) = if forward.action.passes() || pure_syn {
+        let may_be_reply = is_tcp && flags & tcp_flags::ACK != 0;
+        let (initiator, decision) = if forward.action.passes() || !may_be_reply {
             (sender, forward)
         } else {
             let reverse = snapshot.decide(
@@ -232,5 +253,51 @@ mod tests {
         assert_eq!(s.rule_hits.total(Some(0)), 2);
         assert_eq!(s.rule_hits.total(Some(1)), 1);
         assert_eq!(s.rule_hits.total(None), 1);
+    }
+
+    #[test]
+    fn a_syn_from_the_responder_of_a_known_flow_is_a_connection_of_its_own() {
+        let (mut p, _) = pipeline();
+        // db's ACK from 3306 is taken for a reply of client -> db:3306 (mid-flow pickup)...
+        assert_eq!(
+            run(&mut p, &tcp(DB, CLIENT, 3306, 4000, ACK)),
+            Outcome::SendBack(Action::Allow)
+        );
+        // ...but a SYN on the same 5-tuple is db connecting to the client: not allowed.
+        assert_eq!(run(&mut p, &tcp(DB, CLIENT, 3306, 4000, SYN)), Outcome::Withhold(Action::Deny));
+        // The flow it tried to turn around is untouched.
+        assert_eq!(
+            run(&mut p, &tcp(CLIENT, DB, 4000, 3306, ACK)),
+            Outcome::SendBack(Action::Allow)
+        );
+        assert_eq!(p.flow_counts().created, 1);
+        // Also on a flow the client started with a SYN.
+        run(&mut p, &tcp(CLIENT, DB, 4001, 3306, SYN));
+        assert_eq!(run(&mut p, &tcp(DB, CLIENT, 3306, 4001, SYN)), Outcome::Withhold(Action::Deny));
+        assert_eq!(
+            run(&mut p, &tcp(DB, CLIENT, 3306, 4001, SYN_ACK)),
+            Outcome::SendBack(Action::Allow)
+        );
+    }
+
+    #[test]
+    fn udp_is_never_judged_in_reverse() {
+        let (mut p, _) = pipeline();
+        // From db's port 53 to a client port no query went out from.
+        assert_eq!(run(&mut p, &udp(DB, CLIENT, 53, 5000)), Outcome::Withhold(Action::Deny));
+        // A query first: its answer belongs to the flow.
+        assert_eq!(run(&mut p, &udp(CLIENT, DB, 5001, 53)), Outcome::SendBack(Action::Allow));
+        assert_eq!(run(&mut p, &udp(DB, CLIENT, 53, 5001)), Outcome::SendBack(Action::Allow));
+    }
+
+    #[test]
+    fn only_a_tcp_segment_with_ack_is_taken_for_a_reply_of_an_unknown_flow() {
+        let (mut p, _) = pipeline();
+        let fin = tcp_flags::FIN;
+        for (flags, passes) in [(fin, false), (tcp_flags::RST, false), (0, false), (ACK, true)] {
+            let port = 4100 + u16::from(flags);
+            let outcome = run(&mut p, &tcp(DB, CLIENT, 3306, port, flags));
+            assert_eq!(outcome == Outcome::SendBack(Action::Allow), passes, "flags {flags:#x}");
+        }
     }
 }

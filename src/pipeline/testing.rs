@@ -63,6 +63,12 @@ pub(super) fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8)
     geneve(out)
 }
 
+pub(super) fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ipv4(src, dst, 64).udp(sport, dport).write(&mut out, b"query").unwrap();
+    geneve(out)
+}
+
 pub(super) fn run(p: &mut Pipeline, datagram: &[u8]) -> Outcome {
     let mut inject = [0u8; MAX_REJECT_LEN];
     p.process(datagram, &mut inject)

@@ -1,0 +1,65 @@
+//! What an attacker inside an allowed group can try, through the real binary on loopback:
+//! each test sends the GWLB GENEVE that got past the policy before it was closed, and checks
+//! that nothing of it comes back (the legitimate traffic around it still does).
+
+mod common;
+
+use common::*;
+
+const CLIENT: [u8; 4] = [10, 0, 1, 10];
+const DB: [u8; 4] = [10, 20, 0, 5];
+const DNS: [u8; 4] = [10, 30, 0, 53];
+
+const POLICY: &str = "\
+default_action: deny
+groups:
+  client: {cidrs: [10.0.1.0/24]}
+  db: {cidrs: [10.20.0.0/24]}
+  dns: {cidrs: [10.30.0.53/32]}
+rules:
+  - {name: client-db, from: [client], to: [db], ports: [tcp/5432], action: allow}
+  - {name: client-dns, from: [client], to: [dns], ports: [udp/53], action: allow}
+";
+
+fn appliance(peer: &GwlbPeer, extra: &str) -> Appliance {
+    Appliance::start_with(peer.reply_port(), 1, POLICY, None, extra, &[])
+}
+
+/// Sends one datagram and says whether it came back unchanged (anything else is a failure).
+fn passes(peer: &GwlbPeer, appliance: &Appliance, datagram: &[u8]) -> bool {
+    peer.send(0, appliance.listen, datagram);
+    match peer.receive() {
+        Some((_, reply)) => {
+            assert_eq!(reply, datagram, "a reply is the packet itself or nothing");
+            true
+        }
+        None => false,
+    }
+}
+
+#[test]
+fn a_server_cannot_open_a_connection_to_its_client() {
+    let peer = GwlbPeer::new(1);
+    let appliance = appliance(&peer, "");
+    // db answers from 5432 with an ACK: taken for a reply of client -> db:5432 (mid-flow).
+    let ack = gwlb_datagram(1, &ipv4_tcp(DB, CLIENT, 5432, 40_000, false, true, 10));
+    assert!(passes(&peer, &appliance, &ack));
+    // Then a SYN on the same 5-tuple: db connecting to the client's port.
+    let syn = gwlb_datagram(1, &ipv4_tcp(DB, CLIENT, 5432, 40_000, true, false, 0));
+    assert!(!passes(&peer, &appliance, &syn), "db's SYN to a client port got through");
+    // The flow it tried to turn around still works.
+    let data = gwlb_datagram(1, &ipv4_tcp(CLIENT, DB, 40_000, 5432, false, true, 10));
+    assert!(passes(&peer, &appliance, &data));
+}
+
+#[test]
+fn udp_from_a_service_port_needs_the_query_first() {
+    let peer = GwlbPeer::new(1);
+    let appliance = appliance(&peer, "");
+    let unasked = gwlb_datagram(2, &ipv4_udp(DNS, CLIENT, 53, 41_000, 20));
+    assert!(!passes(&peer, &appliance, &unasked), "dns sent to a client port unasked");
+    let query = gwlb_datagram(3, &ipv4_udp(CLIENT, DNS, 41_001, 53, 20));
+    let answer = gwlb_datagram(3, &ipv4_udp(DNS, CLIENT, 53, 41_001, 60));
+    assert!(passes(&peer, &appliance, &query));
+    assert!(passes(&peer, &appliance, &answer));
+}
