@@ -26,6 +26,9 @@
 //! in sync sends an empty `Changes` every 30 s, so that the last-sync age grows only for a
 //! source that is out of sync.
 
+#[cfg(test)]
+mod fixtures;
+
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::Hash;
@@ -1139,46 +1142,8 @@ fn apply<K, E: PartialEq>(
 
 #[cfg(test)]
 mod tests {
+    use super::fixtures::*;
     use super::*;
-
-    fn labels_text(labels: &Labels) -> String {
-        labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
-    }
-
-    fn pod(json: serde_json::Value) -> PodView {
-        serde_json::from_value(json).unwrap()
-    }
-
-    fn running(uid: &str, name: &str, created: &str, ips: &[&str]) -> serde_json::Value {
-        serde_json::json!({
-            "metadata": {
-                "name": name, "namespace": "bookinfo", "uid": uid, "resourceVersion": "7",
-                "creationTimestamp": created, "labels": {"app": "ratings"},
-                "annotations": {"big": "x"}, "managedFields": [{"manager": "kubelet"}]
-            },
-            "spec": {"containers": [{"name": "c", "image": "i"}], "nodeName": "n1"},
-            "status": {
-                "phase": "Running", "podIP": ips.first().copied().unwrap_or_default(),
-                "podIPs": ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect::<Vec<_>>()
-            }
-        })
-    }
-
-    fn store_with(pods: &[serde_json::Value]) -> ClusterStore {
-        let mut store = ClusterStore::new("c1".into());
-        for json in pods {
-            store.apply_pod(Event::Apply(pod(json.clone())));
-        }
-        store.pods.listed = true;
-        store.namespaces.listed = true;
-        store.nodes.listed = true;
-        store
-    }
-
-    fn owner(records: &SourceRecords, ip: &str) -> Option<String> {
-        let net = IpNet::from(ip.parse::<IpAddr>().unwrap());
-        records.endpoints.iter().find(|e| e.net == net).map(|e| e.name.to_string())
-    }
 
     #[test]
     fn a_running_pod_owns_its_ipv4_and_ipv6_addresses_with_its_labels() {
