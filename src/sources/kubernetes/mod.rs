@@ -28,11 +28,11 @@
 
 #[cfg(test)]
 mod fixtures;
+mod intern;
 mod objects;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
-use std::hash::Hash;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -47,6 +47,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use self::intern::Interner;
 use self::objects::{Kind, NamespaceView, NodeView, PodView};
 use crate::config::KubernetesSource;
 use crate::labels::{
@@ -170,47 +171,6 @@ struct PodEntry {
 struct NodeEntry {
     labels: Arc<Labels>,
     ips: Box<[IpAddr]>,
-}
-
-/// Shares equal label sets and namespace names between entries.
-#[derive(Debug, Default)]
-struct Interner {
-    labels: HashSet<Arc<Labels>>,
-    names: HashSet<Arc<str>>,
-}
-
-impl Interner {
-    fn labels(&mut self, labels: Labels) -> Arc<Labels> {
-        intern(&mut self.labels, labels)
-    }
-
-    fn name(&mut self, name: &str) -> Arc<str> {
-        match self.names.get(name) {
-            Some(shared) => Arc::clone(shared),
-            None => {
-                let shared: Arc<str> = Arc::from(name);
-                self.names.insert(Arc::clone(&shared));
-                shared
-            }
-        }
-    }
-
-    /// Forgets what no entry uses any more.
-    fn collect(&mut self) {
-        self.labels.retain(|l| Arc::strong_count(l) > 1);
-        self.names.retain(|n| Arc::strong_count(n) > 1);
-    }
-}
-
-fn intern<T: Hash + Eq>(set: &mut HashSet<Arc<T>>, value: T) -> Arc<T> {
-    match set.get(&value) {
-        Some(shared) => Arc::clone(shared),
-        None => {
-            let shared = Arc::new(value);
-            set.insert(Arc::clone(&shared));
-            shared
-        }
-    }
 }
 
 /// The key of a pod: its UID, so that a new pod of the same name is a different entry.
