@@ -26,6 +26,7 @@
 //! in sync sends an empty `Changes` every 30 s, so that the last-sync age grows only for a
 //! source that is out of sync.
 
+mod claims;
 #[cfg(test)]
 mod fixtures;
 mod intern;
@@ -47,6 +48,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use self::claims::{Claimants, NodeEntry, Owner, PodEntry, claim, node_entry, pod_entry, pod_key};
 use self::intern::Interner;
 use self::objects::{Kind, NamespaceView, NodeView, PodView};
 use crate::config::KubernetesSource;
@@ -156,59 +158,6 @@ pub async fn list_once(source: &KubernetesSource) -> Result<SourceRecords, Strin
 // ---------------------------------------------------------------------------------------------
 // Compact entries and the store.
 
-/// A pod that owns at least one address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct PodEntry {
-    namespace: Arc<str>,
-    name: Arc<str>,
-    labels: Arc<Labels>,
-    ips: Box<[IpAddr]>,
-    created: i64,
-}
-
-/// A node with its labels and addresses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct NodeEntry {
-    labels: Arc<Labels>,
-    ips: Box<[IpAddr]>,
-}
-
-/// The key of a pod: its UID, so that a new pod of the same name is a different entry.
-fn pod_key(pod: &PodView) -> Arc<str> {
-    match &pod.metadata.uid {
-        Some(uid) if !uid.is_empty() => uid.as_str().into(),
-        _ => format!(
-            "{}/{}",
-            pod.metadata.namespace.as_deref().unwrap_or_default(),
-            pod.metadata.name.as_deref().unwrap_or_default()
-        )
-        .into(),
-    }
-}
-
-/// The entry of a pod, or `None` when it owns no address: finished (Succeeded, Failed), in
-/// the host network (the address is the node's), or not given an address yet.
-fn pod_entry(pod: &PodView, interner: &mut Interner) -> Option<PodEntry> {
-    let finished = matches!(pod.phase.as_deref(), Some("Succeeded" | "Failed"));
-    if finished || pod.host_network || pod.ips.is_empty() {
-        return None;
-    }
-    Some(PodEntry {
-        namespace: interner.name(pod.metadata.namespace.as_deref().unwrap_or_default()),
-        name: pod.metadata.name.as_deref().unwrap_or_default().into(),
-        labels: interner.labels(pod.labels.clone()),
-        ips: pod.ips.clone().into_boxed_slice(),
-        created: pod.created,
-    })
-}
-
-fn node_entry(node: &NodeView, interner: &mut Interner) -> NodeEntry {
-    NodeEntry {
-        labels: interner.labels(node.labels.clone()),
-        ips: node.ips.clone().into_boxed_slice(),
-    }
-}
-
 /// The entries of one kind: the live ones, and a new list being gathered.
 #[derive(Debug)]
 struct Table<E> {
@@ -253,33 +202,6 @@ impl<E: PartialEq> Table<E> {
             Some(entry) => self.live.insert(Arc::clone(key), entry),
             None => self.live.remove(key),
         })
-    }
-}
-
-/// The pods and nodes that claim one address.
-#[derive(Debug, Default)]
-struct Claimants {
-    pods: Vec<Arc<str>>,
-    nodes: Vec<Arc<str>>,
-}
-
-/// Adds or withdraws (`claim`) a claimant's claims on `ips`; the addresses need reporting.
-fn claim(
-    claims: &mut FxHashMap<IpAddr, Claimants>,
-    dirty: &mut FxHashSet<IpAddr>,
-    ips: &[IpAddr],
-    key: &Arc<str>,
-    pick: fn(&mut Claimants) -> &mut Vec<Arc<str>>,
-    add: bool,
-) {
-    for ip in ips {
-        let list = pick(claims.entry(*ip).or_default());
-        if add {
-            list.push(Arc::clone(key));
-        } else if let Some(at) = list.iter().position(|k| k == key) {
-            list.swap_remove(at);
-        }
-        dirty.insert(*ip);
     }
 }
 
@@ -371,37 +293,20 @@ impl ClusterStore {
         })
     }
 
-    /// The owner of an address: the newest pod that claims it (by creation time, then UID),
-    /// else the node with the least name that has it.
+    /// The record of the owner of an address (see [`Claimants::owner`]).
     fn owner(&self, ip: IpAddr) -> Option<EndpointRecord> {
-        let claimants = self.claims.get(&ip)?;
-        let pod = claimants
-            .pods
-            .iter()
-            .filter_map(|uid| self.pods.live.get(uid).map(|pod| (pod.created, uid, pod)))
-            .max_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        if let Some((_, _, pod)) = pod {
-            return Some(EndpointRecord {
-                net: IpNet::from(ip),
-                cluster: Arc::clone(&self.cluster),
-                namespace: Arc::clone(&pod.namespace),
-                name: Arc::clone(&pod.name),
-                kind: EndpointKind::Pod,
-                labels: Arc::clone(&pod.labels),
-            });
-        }
-        let (name, node) = claimants
-            .nodes
-            .iter()
-            .filter_map(|name| self.nodes.live.get(name).map(|node| (name, node)))
-            .min_by(|a, b| a.0.cmp(b.0))?;
+        let owner = self.claims.get(&ip)?.owner(&self.pods.live, &self.nodes.live)?;
+        let (namespace, name, kind, labels) = match owner {
+            Owner::Pod(pod) => (&pod.namespace, &pod.name, EndpointKind::Pod, &pod.labels),
+            Owner::Node(name, node) => (&self.no_namespace, name, EndpointKind::Node, &node.labels),
+        };
         Some(EndpointRecord {
             net: IpNet::from(ip),
             cluster: Arc::clone(&self.cluster),
-            namespace: Arc::clone(&self.no_namespace),
+            namespace: Arc::clone(namespace),
             name: Arc::clone(name),
-            kind: EndpointKind::Node,
-            labels: Arc::clone(&node.labels),
+            kind,
+            labels: Arc::clone(labels),
         })
     }
 
@@ -885,52 +790,6 @@ mod tests {
             assert_eq!(record.kind, EndpointKind::Pod);
             assert_eq!(labels_text(&record.labels), "app=ratings");
         }
-    }
-
-    #[test]
-    fn finished_host_network_and_addressless_pods_own_nothing() {
-        let mut succeeded = running("u1", "job", "2024-05-01T12:00:00Z", &["10.0.1.1"]);
-        succeeded["status"]["phase"] = "Succeeded".into();
-        let mut failed = running("u2", "crashed", "2024-05-01T12:00:00Z", &["10.0.1.2"]);
-        failed["status"]["phase"] = "Failed".into();
-        let mut host = running("u3", "kube-proxy", "2024-05-01T12:00:00Z", &["10.0.0.10"]);
-        host["spec"]["hostNetwork"] = true.into();
-        let mut pending = running("u4", "pending", "2024-05-01T12:00:00Z", &[]);
-        pending["status"] = serde_json::json!({"phase": "Pending"});
-        let bare = serde_json::json!({"metadata": {"name": "bare", "uid": "u5"}});
-        let mut interner = Interner::default();
-        for json in [succeeded, failed, host, pending, bare] {
-            assert_eq!(pod_entry(&pod(json.clone()), &mut interner), None, "{json}");
-        }
-    }
-
-    #[test]
-    fn the_newest_pod_owns_a_reused_address_whatever_the_order_of_events() {
-        let old = running("u-old", "ratings-old", "2024-05-01T12:00:00Z", &["10.0.1.15"]);
-        let mut new = running("u-new", "other-new", "2024-05-01T12:05:00Z", &["10.0.1.15"]);
-        new["metadata"]["labels"] = serde_json::json!({"app": "other"});
-        // The new pod is seen before the old one's delete.
-        let mut store = store_with(&[new.clone(), old.clone()]);
-        assert_eq!(owner(&store.records(), "10.0.1.15").as_deref(), Some("other-new"));
-        assert_eq!(store.apply_pod(Event::Delete(pod(old))), Applied::Changed, "the delete");
-        assert_eq!(owner(&store.records(), "10.0.1.15").as_deref(), Some("other-new"));
-        // A late update of the old pod, still claiming the address, does not take it back.
-        let late_old = running("u-old", "ratings-old", "2024-05-01T12:00:00Z", &["10.0.1.15"]);
-        let mut store = store_with(&[new, late_old]);
-        let records = store.records();
-        assert_eq!(owner(&records, "10.0.1.15").as_deref(), Some("other-new"));
-        assert_eq!(records.endpoints.len(), 1);
-    }
-
-    #[test]
-    fn equal_creation_times_are_decided_by_uid() {
-        let a = running("aaa", "pod-a", "2024-05-01T12:00:00Z", &["10.0.1.9"]);
-        let b = running("bbb", "pod-b", "2024-05-01T12:00:00Z", &["10.0.1.9"]);
-        assert_eq!(
-            owner(&store_with(&[a.clone(), b.clone()]).records(), "10.0.1.9").unwrap(),
-            "pod-b"
-        );
-        assert_eq!(owner(&store_with(&[b, a]).records(), "10.0.1.9").unwrap(), "pod-b");
     }
 
     #[test]
