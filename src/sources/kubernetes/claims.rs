@@ -137,8 +137,8 @@ mod tests {
     use kube::runtime::watcher::Event;
 
     use super::*;
-    use crate::sources::kubernetes::Applied;
     use crate::sources::kubernetes::fixtures::*;
+    use crate::sources::kubernetes::store::Applied;
 
     #[test]
     fn finished_host_network_and_addressless_pods_own_nothing() {

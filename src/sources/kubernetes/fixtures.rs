@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use kube::runtime::watcher::Event;
 
-use super::{ClusterStore, PodView};
+use super::objects::PodView;
+use super::store::ClusterStore;
 use crate::labels::{Labels, SourceRecords};
 
 /// `k=v,k=v`, in the labels' order.
