@@ -29,6 +29,7 @@
 mod claims;
 #[cfg(test)]
 mod fixtures;
+mod health;
 mod intern;
 mod objects;
 mod store;
@@ -45,6 +46,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use self::health::KindHealth;
 use self::objects::{Kind, NamespaceView, NodeView, PodView};
 use self::store::{Applied, ClusterStore};
 use crate::config::KubernetesSource;
@@ -56,15 +58,8 @@ use crate::sources::{SourceEvent, kubernetes_source_name};
 pub const COALESCE: Duration = Duration::from_millis(10);
 /// Events taken at most in one go before the changes are reported.
 const DRAIN_MAX: usize = 10_000;
-/// First and longest wait before a watcher that lost the API server is restarted.
-const RESTART_FIRST: Duration = Duration::from_millis(500);
-const RESTART_MAX: Duration = Duration::from_secs(10);
 /// While in sync and unchanged, an empty report is sent this often.
 const HEARTBEAT: Duration = Duration::from_secs(30);
-/// Failed watches in a row (without an event in between) that count as losing the server.
-const FAILED_WATCHES_LOST: u32 = 3;
-/// At most one error line per kind and cluster in this interval; the rest are counted.
-const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// How often an unreadable kubeconfig is read again.
 const CONFIG_RETRY: Duration = Duration::from_secs(5);
 
@@ -166,56 +161,6 @@ where
     watcher::watcher(api, watcher::Config::default()).default_backoff().boxed()
 }
 
-/// Health of one kind's watcher.
-#[derive(Debug)]
-struct KindHealth {
-    /// Out of reach since this error (the source was reported lost for it).
-    lost: Option<String>,
-    /// Failed watches since the last event.
-    failed_watches: u32,
-    /// When a lost watcher is restarted with a fresh list.
-    restart_at: Option<Instant>,
-    restart_delay: Duration,
-    errors: u64,
-    last_logged: Option<Instant>,
-    unlogged: u64,
-}
-
-impl KindHealth {
-    fn new() -> KindHealth {
-        KindHealth {
-            lost: None,
-            failed_watches: 0,
-            restart_at: None,
-            restart_delay: RESTART_FIRST,
-            errors: 0,
-            last_logged: None,
-            unlogged: 0,
-        }
-    }
-}
-
-/// What one error of a watcher means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ErrorClass {
-    /// The API server could not be reached or refused a list or a watch.
-    Unreachable,
-    /// A watch ended badly; the watcher resumes it from the last resource version.
-    WatchFailed,
-    /// 410 Gone: the watcher lists again.
-    Gone,
-}
-
-fn classify(error: &watcher::Error) -> ErrorClass {
-    match error {
-        watcher::Error::InitialListFailed(_)
-        | watcher::Error::WatchStartFailed(_)
-        | watcher::Error::NoResourceVersion => ErrorClass::Unreachable,
-        watcher::Error::WatchError(status) if status.code == 410 => ErrorClass::Gone,
-        watcher::Error::WatchError(_) | watcher::Error::WatchFailed(_) => ErrorClass::WatchFailed,
-    }
-}
-
 #[derive(Debug, Default)]
 struct Publish {
     /// Something happened since the last `Changes` (a change, or a list that says the source
@@ -315,8 +260,8 @@ impl ClusterWatch {
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        let restarts = self.health.iter().filter_map(|h| h.restart_at);
-        let healthy = self.health.iter().all(|h| h.lost.is_none());
+        let restarts = self.health.iter().filter_map(KindHealth::restart_at);
+        let healthy = self.health.iter().all(|h| h.lost().is_none());
         let heartbeat = self.publish.last_sent.filter(|_| healthy).map(|at| at + HEARTBEAT);
         restarts.chain(self.publish.at).chain(heartbeat).min()
     }
@@ -333,21 +278,12 @@ impl ClusterWatch {
                 let applied = apply(&mut self.store, event);
                 self.on_event(kind, applied);
             }
-            Err(error) => self.on_error(kind, &error),
+            Err(error) => self.health[kind as usize].on_error(&self.name, kind, &error),
         }
     }
 
     fn on_event(&mut self, kind: Kind, changed: Applied) {
-        let health = &mut self.health[kind as usize];
-        health.failed_watches = 0;
-        if changed == Applied::Listed {
-            // A full list: the kind is reachable again.
-            if let Some(error) = health.lost.take() {
-                tracing::info!(source = self.name, %kind, error, "listed again after losing the API server");
-            }
-            health.restart_at = None;
-            health.restart_delay = RESTART_FIRST;
-        }
+        self.health[kind as usize].on_event(&self.name, kind, changed == Applied::Listed);
         if changed != Applied::Unchanged {
             self.publish.dirty = true;
             if self.publish.at.is_none() {
@@ -358,59 +294,14 @@ impl ClusterWatch {
         }
     }
 
-    fn on_error(&mut self, kind: Kind, error: &watcher::Error) {
-        let class = classify(error);
-        let health = &mut self.health[kind as usize];
-        let now = Instant::now();
-        if class == ErrorClass::Gone {
-            // The history moved past the watch (compaction): routine, the watcher lists again.
-            tracing::info!(source = self.name, %kind, "watch expired (410 Gone), listing again");
-            return;
-        }
-        health.errors += 1;
-        if health.last_logged.is_none_or(|at| now.duration_since(at) >= ERROR_LOG_INTERVAL) {
-            tracing::warn!(
-                source = self.name,
-                %kind,
-                errors = health.errors,
-                not_logged = health.unlogged,
-                "watch error: {error}"
-            );
-            health.last_logged = Some(now);
-            health.unlogged = 0;
-        } else {
-            health.unlogged += 1;
-        }
-        let unreachable = match class {
-            ErrorClass::Unreachable => true,
-            ErrorClass::WatchFailed => {
-                health.failed_watches += 1;
-                health.failed_watches >= FAILED_WATCHES_LOST
-            }
-            ErrorClass::Gone => false,
-        };
-        if unreachable {
-            if health.lost.is_none() {
-                health.lost = Some(format!("{kind}: {error}"));
-            }
-            if health.restart_at.is_none() {
-                health.restart_at = Some(now + health.restart_delay);
-                health.restart_delay = (health.restart_delay * 2).min(RESTART_MAX);
-            }
-        }
-    }
-
     /// Restarts the watchers whose restart is due: a fresh list, which is what tells that
     /// the API server is back.
     fn restart_due(&mut self) {
         let now = Instant::now();
         for kind in Kind::ALL {
-            let health = &mut self.health[kind as usize];
-            if health.restart_at.is_none_or(|at| at > now) {
+            if !self.health[kind as usize].take_restart(now) {
                 continue;
             }
-            health.restart_at = None;
-            health.failed_watches = 0;
             tracing::debug!(source = self.name, %kind, "restarting the watcher");
             match kind {
                 Kind::Pods => self.pods = watch(&self.client),
@@ -423,7 +314,7 @@ impl ClusterWatch {
     /// Sends `Lost` when a kind lost the API server, and the changes when they are due.
     /// Returns false when the control plane is gone.
     async fn send_due(&mut self) -> bool {
-        let lost = self.health.iter().find_map(|h| h.lost.clone());
+        let lost = self.health.iter().find_map(|h| h.lost().map(String::from));
         if let (Some(error), false) = (&lost, self.publish.lost_reported) {
             self.publish.lost_reported = true;
             let event = SourceEvent::Lost { source: self.name.clone(), error: error.clone() };
