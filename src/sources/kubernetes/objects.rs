@@ -4,7 +4,8 @@
 //! annotations and managed fields are never held. Must not depend on the rest of the source
 //! (store, claims, watch loop): they are built on these views.
 //!
-//! The views implement `k8s_openapi::Resource` and `Metadata` (`core_v1_resource!`) so that
+//! Creation times are read with jiff, as RFC 3339 only. The views implement
+//! `k8s_openapi::Resource` and `Metadata` (`core_v1_resource!`) so that
 //! `kube`'s watcher lists and watches them as it would the full objects; the `ObjectMeta`
 //! they carry holds only what the watcher reads (name, namespace, UID, resource version).
 
@@ -141,12 +142,7 @@ impl From<RawPod> for PodView {
         }
         PodView {
             labels: raw.metadata.labels.take().unwrap_or_default(),
-            created: raw
-                .metadata
-                .creation_timestamp
-                .as_deref()
-                .and_then(crate::utc::parse_rfc3339)
-                .unwrap_or(0),
+            created: raw.metadata.creation_timestamp.as_deref().and_then(unix_seconds).unwrap_or(0),
             metadata: raw.metadata.object_meta(),
             phase: status.phase,
             host_network: raw.spec.and_then(|s| s.host_network).unwrap_or(false),
@@ -154,6 +150,45 @@ impl From<RawPod> for PodView {
             bad_ips,
         }
     }
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 timestamp, as the API server writes
+/// `creationTimestamp` (`2024-05-01T12:00:00Z`); a fraction, which is dropped, and a numeric
+/// offset such as `+02:00` are read too.
+fn unix_seconds(text: &str) -> Option<i64> {
+    // jiff also reads ISO 8601 and Temporal forms that RFC 3339 does not have (a space for the
+    // `T`, `+0200`, no seconds, `[UTC]`): the shape is checked first, so they stay unread.
+    let (date_time, rest) = (text.get(..19)?, text.get(19..)?);
+    let b = date_time.as_bytes();
+    let digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
+    let shaped = [4, 7].into_iter().all(|at| b[at] == b'-')
+        && matches!(b[10], b'T' | b't')
+        && [13, 16].into_iter().all(|at| b[at] == b':')
+        && [0..4, 5..7, 8..10, 11..13, 14..16, 17..19].into_iter().all(|r| digits(&b[r]));
+    let zone = match rest.strip_prefix('.') {
+        Some(fraction) => match fraction.trim_start_matches(|c: char| c.is_ascii_digit()) {
+            zone if zone.len() < fraction.len() => zone,
+            _ => return None, // a fraction has at least one digit
+        },
+        None => rest,
+    };
+    let zoned = match zone.as_bytes() {
+        b"Z" | b"z" => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => digits(&[*h1, *h2, *m1, *m2]),
+        _ => false,
+    };
+    if !shaped || !zoned {
+        return None;
+    }
+    // jiff is not given the fraction: it reads at most 9 digits, and would round towards zero
+    // before 1970, where dropping the fraction rounds down. It reads a leap second (`:60`) as
+    // `:59`; it is counted as the next minute's first second instead.
+    let timestamp = if zone.len() == rest.len() {
+        text.parse::<jiff::Timestamp>()
+    } else {
+        format!("{date_time}{zone}").parse::<jiff::Timestamp>()
+    };
+    Some(timestamp.ok()?.as_second() + i64::from(&b[17..19] == b"60"))
 }
 
 #[derive(Debug, Deserialize)]
@@ -300,5 +335,43 @@ mod tests {
         assert!(records.endpoints.iter().all(|e| e.kind == EndpointKind::Node
             && e.namespace.is_empty()
             && labels_text(&e.labels) == "role=worker"));
+    }
+
+    #[test]
+    fn creation_times_are_read_as_rfc_3339_and_nothing_else() {
+        for (text, seconds) in [
+            ("2024-05-01T10:00:00Z", 1_714_557_600),
+            ("2024-05-01t12:00:00z", 1_714_564_800),
+            ("2024-05-01T12:00:00.123456Z", 1_714_564_800),
+            ("2024-05-01T14:00:00+02:00", 1_714_564_800),
+            ("2024-05-01T10:30:00.5-01:30", 1_714_564_800),
+            ("2015-08-30T12:36:00.123Z", 1_440_938_160),
+            ("2024-05-01T12:00:00.1234567890123Z", 1_714_564_800),
+            ("1969-12-31T23:59:59.5Z", -1),
+            ("2016-12-31T23:59:60Z", 1_483_228_800),
+        ] {
+            assert_eq!(unix_seconds(text), Some(seconds), "{text}");
+        }
+        for bad in [
+            "",
+            "yesterday",
+            "2024-13-01T00:00:00Z",
+            "2024-05-01T24:00:00Z",
+            "2024-05-01T12:00:00",
+            "2024-05-01T12:00:00.Z",
+            "+024-05-01T12:00:00Z",
+            // ISO 8601 and Temporal forms that jiff reads and RFC 3339 does not have.
+            "2024-05-01 12:00:00Z",
+            "2024-05-01T12:00:00+0200",
+            "2024-05-01T12:00:00+02",
+            "2024-05-01T12:00:00+02:00:30",
+            "2024-05-01T12:00Z",
+            "20240501T120000Z",
+            "2024-05-01T12:00:00,5Z",
+            "2024-05-01T12:00:00Z[UTC]",
+        ] {
+            assert_eq!(unix_seconds(bad), None, "{bad}");
+        }
+        assert_eq!(pod(running("u", "p", "2024-05-01 12:00:00Z", &[])).created, 0, "unread");
     }
 }
