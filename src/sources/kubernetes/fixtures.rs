@@ -1,6 +1,7 @@
 //! Fixtures shared by the unit tests of the Kubernetes source's files: pods as the API server
-//! writes them, a store that has listed them, and what its records say. Compiled for tests
-//! only, so no code outside `#[cfg(test)]` may depend on it.
+//! writes them, a store that has listed them, and what its records say. Must not depend on
+//! the watch loop or an API server (the unit tests run without one); compiled for tests only,
+//! so nothing outside `#[cfg(test)]` may use it.
 
 use std::net::IpAddr;
 
