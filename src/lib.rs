@@ -25,6 +25,5 @@ pub mod reject;
 pub mod snapshot;
 pub mod sources;
 pub mod tools;
-pub mod utc;
 pub mod wire;
 pub mod yaml_lines;
