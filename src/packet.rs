@@ -183,8 +183,14 @@ impl InnerPacket {
         let payload = ip.payload();
         let protocol = payload.ip_number.0;
         let transport = match fragment {
+            // RFC 3128: a TCP fragment at offset 8 bytes can overwrite the flags and ports
+            // of a first fragment that was judged already.
+            Some(f) if protocol == ip_proto::TCP && f.offset == 1 => {
+                return Err(DropReason::TinyFragment);
+            }
             Some(f) if !f.is_first() => Transport::Fragment,
-            _ => parse_transport(protocol, payload.payload, fragment.is_some())?,
+            Some(_) => parse_transport(protocol, payload.payload, Extent::FirstFragment)?,
+            None => parse_transport(protocol, payload.payload, Extent::Whole)?,
         };
         Ok(InnerPacket {
             src: ip.source_addr(),
@@ -231,7 +237,7 @@ impl InnerPacket {
         let protocol = payload.ip_number.0;
         let transport = match fragment {
             Some(f) if !f.is_first() => Transport::Fragment,
-            _ => parse_transport(protocol, payload.payload, true).ok()?,
+            _ => parse_transport(protocol, payload.payload, Extent::Quote).ok()?,
         };
         Some(InnerPacket {
             src: ip.source_addr(),
@@ -278,14 +284,33 @@ fn slice_error_reason(error: SliceError) -> DropReason {
     }
 }
 
-/// Reads the transport header. `first_fragment`: the payload is only the start of the
-/// datagram, so only the leading fields can be required and length fields cannot be checked.
-fn parse_transport(protocol: u8, l4: &[u8], first_fragment: bool) -> Result<Transport, DropReason> {
+/// How much of a transport header's datagram the bytes hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Extent {
+    /// The whole datagram: every length field is checked.
+    Whole,
+    /// The first fragment: the rest of the datagram is elsewhere, so lengths cannot be
+    /// checked, but a TCP header must be whole (RFC 1858: else the policy cannot see its
+    /// flags, and a later fragment may carry them).
+    FirstFragment,
+    /// The start of a packet quoted by an ICMP error (at least 8 bytes of it): only the
+    /// leading fields are read.
+    Quote,
+}
+
+/// Reads the transport header of `l4`, which holds `extent` of its datagram.
+fn parse_transport(protocol: u8, l4: &[u8], extent: Extent) -> Result<Transport, DropReason> {
     let be16 = |at: usize| u16::from_be_bytes([l4[at], l4[at + 1]]);
     let be32 = |at: usize| u32::from_be_bytes([l4[at], l4[at + 1], l4[at + 2], l4[at + 3]]);
+    let first_fragment = extent != Extent::Whole;
     match protocol {
         ip_proto::TCP => {
-            if first_fragment {
+            if extent == Extent::FirstFragment
+                && (l4.len() < 20 || l4.len() < usize::from(l4[12] >> 4) * 4)
+            {
+                return Err(DropReason::TinyFragment);
+            }
+            if extent == Extent::Quote {
                 if l4.len() < 4 {
                     return Err(DropReason::InnerTruncated);
                 }
@@ -581,6 +606,43 @@ mod tests {
         assert_eq!(later.transport, Transport::Fragment);
         assert_eq!(later.fragment, Some(Fragment { id: 0xabcd, offset: 2, more: true }));
         assert_eq!(later.protocol, ip_proto::UDP);
+    }
+
+    /// [`IPV4_TCP_SYN`] cut into fragments: `tcp` bytes of its TCP header at fragment offset
+    /// `offset` (8-byte units), the IPv4 total length fitted.
+    fn tcp_fragment(offset: u16, more: bool, tcp: std::ops::Range<usize>) -> Vec<u8> {
+        let mut bytes = [&IPV4_TCP_SYN[..20], &IPV4_TCP_SYN[20 + tcp.start..20 + tcp.end]].concat();
+        let total = bytes.len() as u16;
+        bytes[2..4].copy_from_slice(&total.to_be_bytes());
+        let flags_offset = offset | if more { 0x2000 } else { 0 };
+        bytes[6..8].copy_from_slice(&flags_offset.to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn tcp_fragments_that_could_hide_the_header_are_tiny() {
+        // RFC 1858: a first fragment with 8 bytes of TCP (ports and sequence, no flags).
+        let tiny = tcp_fragment(0, true, 0..8);
+        assert_eq!(InnerPacket::parse(PROTOCOL_IPV4, &tiny), Err(DropReason::TinyFragment));
+        // A first fragment with 19 bytes of a 20-byte header, and one whose data offset says
+        // 32 bytes but that holds 20.
+        let short = tcp_fragment(0, true, 0..19);
+        assert_eq!(InnerPacket::parse(PROTOCOL_IPV4, &short), Err(DropReason::TinyFragment));
+        let mut options_cut = tcp_fragment(0, true, 0..20);
+        options_cut[20 + 12] = 0x80;
+        assert_eq!(InnerPacket::parse(PROTOCOL_IPV4, &options_cut), Err(DropReason::TinyFragment));
+        // RFC 3128: a fragment at offset 8 bytes, which would overwrite the flags.
+        let overlap = tcp_fragment(1, false, 8..16);
+        assert_eq!(InnerPacket::parse(PROTOCOL_IPV4, &overlap), Err(DropReason::TinyFragment));
+        // A first fragment holding the whole header, and later fragments further on, are fine.
+        let whole = InnerPacket::parse(PROTOCOL_IPV4, &tcp_fragment(0, true, 0..20)).unwrap();
+        assert_eq!(whole.transport.tcp_flags(), tcp_flags::SYN);
+        let later = InnerPacket::parse(PROTOCOL_IPV4, &tcp_fragment(3, false, 0..8)).unwrap();
+        assert_eq!(later.transport, Transport::Fragment);
+        // Offset 8 bytes is only suspicious for TCP.
+        let mut udp = IPV4_LATER_FRAGMENT;
+        udp[7] = 1;
+        assert!(InnerPacket::parse(PROTOCOL_IPV4, &udp).is_ok());
     }
 
     #[test]

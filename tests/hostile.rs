@@ -63,3 +63,57 @@ fn udp_from_a_service_port_needs_the_query_first() {
     assert!(passes(&peer, &appliance, &query));
     assert!(passes(&peer, &appliance, &answer));
 }
+
+/// `tcp_bytes` of a TCP segment's header (and what follows) as an IPv4 fragment at `offset`
+/// (8-byte units) of datagram 0x7777.
+fn tcp_fragment(
+    segment: &[u8],
+    offset: u16,
+    more: bool,
+    tcp_bytes: std::ops::Range<usize>,
+) -> Vec<u8> {
+    let data = &segment[20 + tcp_bytes.start..20 + tcp_bytes.end];
+    let mut header = etherparse::Ipv4Header::new(
+        data.len() as u16,
+        64,
+        etherparse::IpNumber::TCP,
+        segment[12..16].try_into().unwrap(),
+        segment[16..20].try_into().unwrap(),
+    )
+    .unwrap();
+    header.identification = 0x7777;
+    header.more_fragments = more;
+    header.fragment_offset = etherparse::IpFragOffset::try_new(offset).unwrap();
+    header.header_checksum = header.calc_header_checksum();
+    [&header.to_bytes()[..], data].concat()
+}
+
+fn drops(appliance: &Appliance, reason: &str) -> u64 {
+    let metrics = appliance.metrics();
+    let label = format!("reason=\"{reason}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("labelwall_drops_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn tcp_fragments_that_hide_their_header_are_dropped() {
+    let peer = GwlbPeer::new(1);
+    let appliance = appliance(&peer, "");
+    // From db's 5432 to a client: 8 bytes of TCP in the first fragment (no flags to see), the
+    // rest, SYN included, in a fragment at offset 8 bytes (RFC 1858, RFC 3128).
+    let syn = ipv4_tcp(DB, CLIENT, 5432, 40_100, true, false, 16);
+    let first = gwlb_datagram(4, &tcp_fragment(&syn, 0, true, 0..8));
+    let rest = gwlb_datagram(4, &tcp_fragment(&syn, 1, false, 8..36));
+    assert!(!passes(&peer, &appliance, &first), "a first fragment without TCP flags passed");
+    assert!(!passes(&peer, &appliance, &rest), "the fragment at offset 8 passed");
+    assert_eq!(drops(&appliance, "tiny_fragment"), 2);
+    // A client's fragmented segment that holds its whole header in the first fragment passes.
+    let data = ipv4_tcp(CLIENT, DB, 40_101, 5432, false, true, 40);
+    let first = gwlb_datagram(5, &tcp_fragment(&data, 0, true, 0..24));
+    let rest = gwlb_datagram(5, &tcp_fragment(&data, 3, false, 24..60));
+    assert!(passes(&peer, &appliance, &first));
+    assert!(passes(&peer, &appliance, &rest));
+}

@@ -46,13 +46,18 @@ pub enum DropReason {
     InnerVersionMismatch,
     /// An inner header field is invalid (IPv4 IHL < 5, TCP data offset < 5, bad extension chain).
     InnerHeaderInvalid,
+    /// A TCP fragment that could hide its header from the policy: a first fragment that does
+    /// not hold the whole TCP header (RFC 1858), or a fragment at offset 8 bytes (RFC 3128).
+    TinyFragment,
+    /// GENEVE from an address outside `dataplane.allowed_peers`.
+    PeerNotAllowed,
     /// The kernel refused to send the reply (counted after the fact, by the sender).
     SendFailed,
 }
 
 impl DropReason {
     /// Every reason, in a stable order (metrics index arrays by [`DropReason::index`]).
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Oversize,
         DropReason::GeneveTruncated,
         DropReason::GeneveVersion,
@@ -66,6 +71,8 @@ impl DropReason {
         DropReason::InnerLengthMismatch,
         DropReason::InnerVersionMismatch,
         DropReason::InnerHeaderInvalid,
+        DropReason::TinyFragment,
+        DropReason::PeerNotAllowed,
         DropReason::SendFailed,
     ];
     pub const COUNT: usize = Self::ALL.len();
@@ -91,12 +98,15 @@ impl DropReason {
             DropReason::InnerLengthMismatch => "inner_length_mismatch",
             DropReason::InnerVersionMismatch => "inner_version_mismatch",
             DropReason::InnerHeaderInvalid => "inner_header_invalid",
+            DropReason::TinyFragment => "tiny_fragment",
+            DropReason::PeerNotAllowed => "peer_not_allowed",
             DropReason::SendFailed => "send_failed",
         }
     }
 
     /// The `class` label: which layer was at fault (`malformed_geneve`, `malformed_inner`,
-    /// `oversize`, `send`), for dashboards that only want the big picture.
+    /// `oversize`, `refused`: well-formed but not let in, `send`), for dashboards that only
+    /// want the big picture.
     pub const fn class(self) -> &'static str {
         match self {
             DropReason::Oversize => "oversize",
@@ -112,6 +122,7 @@ impl DropReason {
             | DropReason::InnerLengthMismatch
             | DropReason::InnerVersionMismatch
             | DropReason::InnerHeaderInvalid => "malformed_inner",
+            DropReason::TinyFragment | DropReason::PeerNotAllowed => "refused",
             DropReason::SendFailed => "send",
         }
     }
