@@ -213,7 +213,11 @@ fn whole_pipeline(c: &mut Criterion) {
     let snapshot = world();
     let cell: Arc<SnapshotCell> = Arc::new(arc_swap::ArcSwap::new(snapshot));
     let (flow_count, identity_count) = (flows(), identities());
-    let settings = FlowSettings { max_flows: flow_count as usize, timeouts: Timeouts::default() };
+    let settings = FlowSettings {
+        max_flows: flow_count as usize,
+        timeouts: Timeouts::default(),
+        ..FlowSettings::default()
+    };
     let mut pipeline = Pipeline::new(Mode::Inspect, 0, Some(Arc::clone(&cell)), settings, false);
     pipeline.begin_batch(1);
     let mut inject = vec![0u8; MAX_REJECT_LEN];

@@ -35,6 +35,8 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+/// Default of `dataplane.reject_limit`.
+pub const DEFAULT_REJECT_LIMIT: u32 = 1000;
 /// Default of `dataplane.send_sockets`.
 pub const DEFAULT_SEND_SOCKETS: usize = 256;
 /// Most `dataplane.send_sockets` (file descriptors per worker).
@@ -60,6 +62,12 @@ pub struct DataplaneConfig {
     /// as Ethernet frames through a packet socket (past the kernel's IP output path); false
     /// sends everything through the raw socket.
     pub packet_socket: bool,
+    /// GWLB node addresses that may send GENEVE (the GWLB subnets); `None` = any. GENEVE
+    /// from elsewhere is dropped (`peer_not_allowed`).
+    pub allowed_peers: Option<Vec<ipnet::Ipv4Net>>,
+    /// TCP RSTs and ICMP errors one worker generates per second at most; the rest are
+    /// withheld and counted (`labelwall_rejects_suppressed_total`).
+    pub reject_limit: u32,
 }
 
 impl Default for DataplaneConfig {
@@ -72,6 +80,8 @@ impl Default for DataplaneConfig {
             send_buffer: 8 << 20,
             send_sockets: DEFAULT_SEND_SOCKETS,
             packet_socket: true,
+            allowed_peers: None,
+            reject_limit: DEFAULT_REJECT_LIMIT,
         }
     }
 }
@@ -139,6 +149,7 @@ impl FlowsConfig {
                 tcp_ms: self.tcp_idle_timeout * 1000,
                 ..crate::conntrack::Timeouts::default()
             },
+            ..crate::pipeline::FlowSettings::default()
         }
     }
 }
@@ -173,6 +184,15 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// The settings of one of `pipelines` pipelines (workers): the flow budget split evenly,
+    /// the reject limit per worker.
+    pub fn pipeline_settings(&self, pipelines: usize) -> crate::pipeline::FlowSettings {
+        crate::pipeline::FlowSettings {
+            reject_limit: self.dataplane.reject_limit,
+            ..self.flows.per_pipeline(pipelines)
+        }
+    }
+
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Config, Diagnostics> {
         let text = read_file(path)?;
@@ -215,6 +235,20 @@ impl Config {
         }
         if self.dataplane.send_buffer < 64 * 1024 {
             error("dataplane.send_buffer", "must be at least 65536 bytes".into());
+        }
+        for (i, net) in self.dataplane.allowed_peers.iter().flatten().enumerate() {
+            if net.trunc() != *net {
+                error(
+                    &format!("dataplane.allowed_peers[{i}]"),
+                    format!("`{net}` has host bits set; did you mean {}?", net.trunc()),
+                );
+            }
+        }
+        if self.dataplane.allowed_peers.as_ref().is_some_and(Vec::is_empty) {
+            error(
+                "dataplane.allowed_peers",
+                "an empty list would refuse every GWLB node; leave the key out to allow any".into(),
+            );
         }
         if self.dataplane.send_sockets > MAX_SEND_SOCKETS {
             error("dataplane.send_sockets", format!("must be at most {MAX_SEND_SOCKETS}"));

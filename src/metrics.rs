@@ -129,6 +129,24 @@ impl Collector for DataplaneCollector {
             "Flows tracked now, over all workers.",
             total.flows_active() as i64,
         )?;
+        single_gauge(
+            e,
+            "labelwall_fragments_tracked",
+            "Fragmented datagrams whose first fragment's ports are remembered, over all workers.",
+            total.fragments_active() as i64,
+        )?;
+        single_counter(
+            e,
+            "labelwall_fragments_refused",
+            "First fragments not remembered because their source held its share of the table.",
+            total.fragments_refused(),
+        )?;
+        single_counter(
+            e,
+            "labelwall_rejects_suppressed",
+            "Rejects (TCP RSTs, ICMP errors) withheld because a worker reached dataplane.reject_limit.",
+            total.rejects_suppressed(),
+        )?;
         counter(
             e,
             "labelwall_drops",

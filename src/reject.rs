@@ -33,6 +33,12 @@ pub fn build(
     if inner.fragment.is_some_and(|f| !f.is_first()) {
         return None;
     }
+    // RFC 1122 3.2.2 and 4.2.3.10, RFC 4443 2.4 (e): never toward an address that is not one
+    // host (a reply to a forged multicast or broadcast source would go to many), nor for a
+    // packet sent to a group.
+    if !is_one_host(inner.src) || is_group(inner.dst) {
+        return None;
+    }
     let (header, original) = datagram.split_at(geneve_header_len);
     let (head, body) = out.split_at_mut_checked(geneve_header_len)?;
     head.copy_from_slice(header);
@@ -86,6 +92,25 @@ pub fn build(
     Some(geneve_header_len + written)
 }
 
+/// Whether `address` can be one host's: not unspecified, loopback, multicast, limited
+/// broadcast or IPv4's reserved 240/4.
+fn is_one_host(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => {
+            !(v4.is_unspecified() || v4.is_loopback() || v4.is_multicast() || v4.octets()[0] >= 240)
+        }
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_loopback() || v6.is_multicast()),
+    }
+}
+
+/// Whether `address` names a group of hosts (multicast, limited broadcast).
+fn is_group(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => v4.is_multicast() || v4.is_broadcast(),
+        IpAddr::V6(v6) => v6.is_multicast(),
+    }
+}
+
 fn ip_builder(
     from: IpAddr,
     to: IpAddr,
@@ -94,5 +119,50 @@ fn ip_builder(
         (IpAddr::V4(f), IpAddr::V4(t)) => Some(PacketBuilder::ipv4(f.octets(), t.octets(), TTL)),
         (IpAddr::V6(f), IpAddr::V6(t)) => Some(PacketBuilder::ipv6(f.octets(), t.octets(), TTL)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::decode;
+    use crate::wire::GwlbOptions;
+    use crate::wire::geneve::encapsulate;
+
+    fn syn(src: IpAddr, dst: IpAddr) -> Vec<u8> {
+        let step = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
+            (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
+            _ => unreachable!(),
+        };
+        let mut inner = Vec::new();
+        step.tcp(40_000, 22, 1, 1000).syn().write(&mut inner, &[]).unwrap();
+        let gwlb = GwlbOptions { endpoint_id: None, attachment_id: None, flow_cookie: 9 };
+        encapsulate(&inner, &gwlb)
+    }
+
+    fn answered(src: &str, dst: &str) -> bool {
+        let datagram = syn(src.parse().unwrap(), dst.parse().unwrap());
+        let packet = decode(&datagram).unwrap();
+        let mut out = [0u8; MAX_REJECT_LEN];
+        build(&datagram, packet.geneve_header_len, &packet.inner, &mut out).is_some()
+    }
+
+    #[test]
+    fn rejects_go_only_to_one_host_for_packets_sent_to_one_host() {
+        assert!(answered("10.0.1.10", "10.20.0.5"));
+        assert!(answered("fd00::1", "fd00::2"));
+        for src in
+            ["224.0.0.9", "239.1.2.3", "255.255.255.255", "0.0.0.0", "127.0.0.1", "240.0.0.1"]
+        {
+            assert!(!answered(src, "10.20.0.5"), "a reject toward {src}");
+        }
+        for src in ["ff02::1", "::", "::1"] {
+            assert!(!answered(src, "fd00::2"), "a reject toward {src}");
+        }
+        for dst in ["224.0.0.1", "255.255.255.255"] {
+            assert!(!answered("10.0.1.10", dst), "a reject for a packet to {dst}");
+        }
+        assert!(!answered("fd00::1", "ff02::1"));
     }
 }

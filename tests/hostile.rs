@@ -19,6 +19,7 @@ groups:
 rules:
   - {name: client-db, from: [client], to: [db], ports: [tcp/5432], action: allow}
   - {name: client-dns, from: [client], to: [dns], ports: [udp/53], action: allow}
+  - {name: no-ssh, from: [any], to: [db], ports: [tcp/22], action: reject}
 ";
 
 fn appliance(peer: &GwlbPeer, extra: &str) -> Appliance {
@@ -116,4 +117,56 @@ fn tcp_fragments_that_hide_their_header_are_dropped() {
     let rest = gwlb_datagram(5, &tcp_fragment(&data, 3, false, 24..60));
     assert!(passes(&peer, &appliance, &first));
     assert!(passes(&peer, &appliance, &rest));
+}
+
+fn single(appliance: &Appliance, name: &str) -> u64 {
+    metric(&appliance.metrics(), name)
+}
+
+#[test]
+fn rejects_never_answer_group_or_forged_sources_and_stop_at_the_limit() {
+    let peer = GwlbPeer::new(1);
+    let appliance = appliance(&peer, "dataplane.reject_limit: 5\n");
+    // A SYN "from" a multicast, broadcast, unspecified or loopback address gets no RST.
+    for (n, src) in
+        [[224, 0, 0, 9], [255, 255, 255, 255], [0, 0, 0, 0], [127, 0, 0, 1]].into_iter().enumerate()
+    {
+        let syn = gwlb_datagram(10 + n as u32, &ipv4_tcp(src, DB, 40_200, 22, true, false, 0));
+        peer.send(0, appliance.listen, &syn);
+        assert!(peer.receive().is_none(), "a RST toward {src:?}");
+    }
+    assert_eq!(single(&appliance, "labelwall_rejects_suppressed_total"), 0);
+    // A flood of rejected SYNs: 5 RSTs (one second's worth), the rest withheld and counted.
+    for n in 0..20u16 {
+        let syn = gwlb_datagram(
+            100 + u32::from(n),
+            &ipv4_tcp(CLIENT, DB, 41_000 + n, 22, true, false, 0),
+        );
+        peer.send(0, appliance.listen, &syn);
+    }
+    let mut rsts = 0;
+    while peer.receive().is_some() {
+        rsts += 1;
+    }
+    assert!((5..=6).contains(&rsts), "{rsts} RSTs for 20 rejected SYNs with reject_limit 5");
+    assert_eq!(single(&appliance, "labelwall_rejects_suppressed_total"), 20 - rsts);
+}
+
+#[test]
+fn geneve_from_outside_the_allowed_peers_is_dropped_and_counted() {
+    let peer = GwlbPeer::new(1);
+    // The peer sends from 127.0.0.2: outside 10.99.0.0/24.
+    let appliance = appliance(&peer, "dataplane.allowed_peers: [10.99.0.0/24]\n");
+    let query = gwlb_datagram(20, &ipv4_udp(CLIENT, DNS, 42_000, 53, 20));
+    assert!(!passes(&peer, &appliance, &query), "GENEVE from a stranger was answered");
+    assert_eq!(drops(&appliance, "peer_not_allowed"), 1);
+    let allowed = Appliance::start_with(
+        peer.reply_port(),
+        1,
+        POLICY,
+        None,
+        "dataplane.allowed_peers: [127.0.0.0/30]\n",
+        &[],
+    );
+    assert!(passes(&peer, &allowed, &query));
 }

@@ -1272,7 +1272,8 @@ rules:
     )));
     let output = SharedBuffer::default();
     let (sender, writer) = FlowLogWriter::start_with(Box::new(output.clone()));
-    let settings = FlowSettings { max_flows: 16, timeouts: Timeouts::default() };
+    let settings =
+        FlowSettings { max_flows: 16, timeouts: Timeouts::default(), ..FlowSettings::default() };
     let mut pipeline = Pipeline::new(Mode::Inspect, 0, Some(Arc::clone(&cell)), settings, true);
     pipeline.begin_batch(1_000);
     let inner = common::ipv4_udp([10, 0, 1, 10], [10, 0, 1, 11], 40000, 53, 8);

@@ -47,6 +47,8 @@ pub struct DataplaneSettings {
     /// Single packets through the packet socket where the next hop is known.
     pub packet_socket: bool,
     pub flows: FlowSettings,
+    /// Networks GENEVE may come from; `None` = any.
+    pub allowed_peers: Option<Vec<ipnet::Ipv4Net>>,
 }
 
 impl DataplaneSettings {
@@ -62,7 +64,8 @@ impl DataplaneSettings {
             send_buffer: dataplane.send_buffer,
             send_sockets: dataplane.send_sockets,
             packet_socket: dataplane.packet_socket,
-            flows: config.flows.per_pipeline(workers),
+            flows: config.pipeline_settings(workers),
+            allowed_peers: dataplane.allowed_peers.clone(),
         }
     }
 }

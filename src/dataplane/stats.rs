@@ -20,8 +20,11 @@ const FLOWS_ACTIVE: usize = 6;
 const FLOWS_CREATED: usize = 7;
 const FLOWS_EVICTED: usize = 8;
 const SOCKETS_OPEN: usize = 9;
+const FRAGMENTS_ACTIVE: usize = 10;
+const FRAGMENTS_REFUSED: usize = 11;
+const REJECTS_SUPPRESSED: usize = 12;
 /// Packets, then system calls, per [`SendPath`].
-const TX_PATH_PACKETS: usize = 10;
+const TX_PATH_PACKETS: usize = 13;
 const TX_PATH_CALLS: usize = TX_PATH_PACKETS + SendPath::COUNT;
 const SOCKET_EVENTS: usize = TX_PATH_CALLS + SendPath::COUNT;
 const FALLBACKS: usize = SOCKET_EVENTS + SocketEvent::COUNT;
@@ -184,11 +187,24 @@ impl Counters {
         self.values[SOCKETS_OPEN]
     }
 
-    /// The pipeline's flow counts (a gauge and two running totals, set as they are).
+    /// The pipeline's flow counts (gauges and running totals, set as they are).
     pub fn set_flows(&mut self, flows: crate::pipeline::FlowCounts) {
         self.values[FLOWS_ACTIVE] = flows.active;
         self.values[FLOWS_CREATED] = flows.created;
         self.values[FLOWS_EVICTED] = flows.evicted;
+        self.values[FRAGMENTS_ACTIVE] = flows.fragments;
+        self.values[FRAGMENTS_REFUSED] = flows.fragments_refused;
+        self.values[REJECTS_SUPPRESSED] = flows.rejects_suppressed;
+    }
+
+    pub fn fragments_active(&self) -> u64 {
+        self.values[FRAGMENTS_ACTIVE]
+    }
+    pub fn fragments_refused(&self) -> u64 {
+        self.values[FRAGMENTS_REFUSED]
+    }
+    pub fn rejects_suppressed(&self) -> u64 {
+        self.values[REJECTS_SUPPRESSED]
     }
 
     pub fn flows_active(&self) -> u64 {

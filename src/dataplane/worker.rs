@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use ipnet::Ipv4Net;
 use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSockRef, UdpSocketState};
 
 use super::send::{Run, RunBuilder, SendSockets};
@@ -68,6 +69,8 @@ pub(super) struct Worker {
     pipeline: Pipeline,
     /// Where the pipeline's flow records go after each batch.
     flow_log: Option<FlowLogSender>,
+    /// Networks GENEVE may come from (`dataplane.allowed_peers`); `None` = any.
+    allowed_peers: Option<Box<[Ipv4Net]>>,
     status: Arc<WorkerStatus>,
     stop: Arc<AtomicBool>,
 }
@@ -97,6 +100,7 @@ impl Worker {
                 links.flow_log.is_some(),
             ),
             flow_log: links.flow_log.clone(),
+            allowed_peers: settings.allowed_peers.as_deref().map(Box::from),
             status,
             stop,
         }
@@ -315,6 +319,18 @@ impl Worker {
         counters: &mut Counters,
     ) {
         let SocketAddr::V4(gwlb) = meta.addr else { return };
+        let data = &io.rx[slot_offset..slot_offset + meta.len];
+        let stride = if meta.stride == 0 { meta.len.max(1) } else { meta.stride };
+        if let Some(peers) = &self.allowed_peers
+            && !peers.iter().any(|net| net.contains(gwlb.ip()))
+        {
+            // A slot holds what one sender sent: every datagram of it is refused.
+            for datagram in data.chunks(stride) {
+                counters.received(datagram.len());
+                counters.drop(DropReason::PeerNotAllowed);
+            }
+            return;
+        }
         let appliance_ip = match meta.dst_ip {
             Some(IpAddr::V4(ip)) => ip,
             _ => self.listen_ip,
@@ -325,8 +341,6 @@ impl Worker {
             src_port: gwlb.port(),
             dst_port: self.reply_port,
         };
-        let data = &io.rx[slot_offset..slot_offset + meta.len];
-        let stride = if meta.stride == 0 { meta.len.max(1) } else { meta.stride };
         let usable = !appliance_ip.is_unspecified();
         let mut runs = RunBuilder::default();
         let mut offset = slot_offset;

@@ -1,69 +1,126 @@
-//! The fragment table: what a first fragment was judged, so that the later fragments of its
-//! datagram (which carry no ports) follow it.
+//! The fragment table: the ports of each fragmented datagram's first fragment, so that its
+//! later fragments (which carry none) are judged as packets of the same flow, by the flow's
+//! decision, re-decided like any flow's when policy or labels change.
 //!
-//! Must not depend on: the flow table, sockets.
+//! Bounded and allocated up front: a slab of entries, an index of slot numbers, a clock hand
+//! that finds a slot to reuse within a few steps (an expired entry, else the one under the
+//! hand), so no packet ever scans the table. No source address may hold more than a share of
+//! it, so that one sender's flood of first fragments cannot push out everyone else's.
+//!
+//! Must not depend on: the flow table, policy, sockets.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use crate::packet::InnerPacket;
-use crate::policy::Decision;
 
-/// Non-first fragments remembered per worker (their verdict follows the first fragment).
-const MAX_FRAGMENTS: usize = 4096;
-/// How long a fragment series is remembered.
+/// Fragmented datagrams remembered per worker.
+pub(super) const MAX_FRAGMENTS: usize = 4096;
+/// Most entries one source address may hold.
+pub(super) const SOURCE_SHARE: u16 = (MAX_FRAGMENTS / 16) as u16;
+/// How long a datagram's fragments are waited for (Linux's `ipfrag_time` is 30 s).
 const FRAGMENT_TIMEOUT_MS: u64 = 30_000;
+/// Slots the clock hand looks at for an expired entry before it takes the one it is on.
+const HAND_STEPS: usize = 8;
 
 /// (source, destination, protocol, identification): a datagram's fragments share it.
 type FragmentKey = (IpAddr, IpAddr, u8, u32);
 
-/// First fragments' decisions, each with its expiry and the snapshot generation that made it.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    key: FragmentKey,
+    /// The first fragment's flow ports ([`crate::packet::Transport::flow_ports`]).
+    ports: (u16, u16),
+    expires: u64,
+}
+
 #[derive(Debug)]
 pub(super) struct FragmentTable {
-    entries: HashMap<FragmentKey, (Decision, u64, u64), ahash::RandomState>,
+    slots: Vec<Option<Entry>>,
+    index: HashMap<FragmentKey, u32, ahash::RandomState>,
+    /// Entries per source address.
+    per_source: HashMap<IpAddr, u16, ahash::RandomState>,
+    /// Slots never used yet (taken from the end).
+    unused: usize,
+    hand: usize,
+    /// First fragments not remembered because their source held its share.
+    refused: u64,
 }
 
 impl FragmentTable {
     pub(super) fn new() -> FragmentTable {
+        let hasher = ahash::RandomState::new;
         FragmentTable {
-            entries: HashMap::with_capacity_and_hasher(MAX_FRAGMENTS, ahash::RandomState::new()),
+            slots: vec![None; MAX_FRAGMENTS],
+            index: HashMap::with_capacity_and_hasher(MAX_FRAGMENTS, hasher()),
+            per_source: HashMap::with_capacity_and_hasher(MAX_FRAGMENTS, hasher()),
+            unused: MAX_FRAGMENTS,
+            hand: 0,
+            refused: 0,
         }
     }
 
-    /// Remembers the decision on the first fragment `inner` of datagram `id`.
-    pub(super) fn remember(
-        &mut self,
-        inner: &InnerPacket,
-        id: u32,
-        decision: Decision,
-        generation: u64,
-        now: u64,
-    ) {
-        if self.entries.len() >= MAX_FRAGMENTS {
-            self.entries.retain(|_, (_, expires, _)| *expires > now);
-        }
-        if self.entries.len() < MAX_FRAGMENTS {
-            let key = (inner.src, inner.dst, inner.protocol, id);
-            self.entries.insert(key, (decision, now + FRAGMENT_TIMEOUT_MS, generation));
-        }
-    }
-
-    /// The decision a later fragment `inner` follows, if its first fragment was judged under
-    /// snapshot `generation` and has not expired.
-    pub(super) fn lookup(
-        &self,
-        inner: &InnerPacket,
-        generation: u64,
-        now: u64,
-    ) -> Option<Decision> {
-        let id = inner.fragment.map_or(0, |f| f.id);
+    /// Remembers the ports of the first fragment `inner` of datagram `id`.
+    pub(super) fn remember(&mut self, inner: &InnerPacket, id: u32, now: u64) {
         let key = (inner.src, inner.dst, inner.protocol, id);
-        match self.entries.get(&key) {
-            Some((decision, expires, made_by)) if *expires > now && *made_by == generation => {
-                Some(*decision)
-            }
-            _ => None,
+        let entry =
+            Entry { key, ports: inner.transport.flow_ports(), expires: now + FRAGMENT_TIMEOUT_MS };
+        if let Some(&slot) = self.index.get(&key) {
+            self.slots[slot as usize] = Some(entry);
+            return;
         }
+        if self.per_source.get(&inner.src).is_some_and(|&n| n >= SOURCE_SHARE) {
+            self.refused += 1;
+            return;
+        }
+        let slot = self.free_slot(now);
+        self.slots[slot] = Some(entry);
+        self.index.insert(key, slot as u32);
+        *self.per_source.entry(inner.src).or_insert(0) += 1;
+    }
+
+    /// The first fragment's ports for the later fragment `inner`, if its datagram's first
+    /// fragment was seen and has not expired.
+    pub(super) fn ports_of(&self, inner: &InnerPacket, now: u64) -> Option<(u16, u16)> {
+        let id = inner.fragment.map_or(0, |f| f.id);
+        let slot = *self.index.get(&(inner.src, inner.dst, inner.protocol, id))?;
+        self.slots[slot as usize].filter(|e| e.expires > now).map(|e| e.ports)
+    }
+
+    /// First fragments not remembered because their source held its share (a running total).
+    pub(super) fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// A slot to write: one never used, else the first expired one within [`HAND_STEPS`] of
+    /// the clock hand, else the one the hand ends on (the entries it passes are the oldest
+    /// written, in the order slots were taken).
+    fn free_slot(&mut self, now: u64) -> usize {
+        if self.unused > 0 {
+            self.unused -= 1;
+            return self.unused;
+        }
+        for _ in 0..HAND_STEPS {
+            self.hand = (self.hand + 1) % MAX_FRAGMENTS;
+            if self.slots[self.hand].is_none_or(|e| e.expires <= now) {
+                break;
+            }
+        }
+        let slot = self.hand;
+        if let Some(old) = self.slots[slot].take() {
+            self.index.remove(&old.key);
+            if let Some(n) = self.per_source.get_mut(&old.key.0) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_source.remove(&old.key.0);
+                }
+            }
+        }
+        slot
     }
 }
 
@@ -71,6 +128,7 @@ impl FragmentTable {
 mod tests {
     use super::super::Outcome;
     use super::super::testing::*;
+    use super::{MAX_FRAGMENTS, SOURCE_SHARE};
     use crate::policy::Action;
 
     #[test]
@@ -114,5 +172,74 @@ mod tests {
             run(&mut p, &fragment([10, 0, 1, 6], 3, false, &[2u8; 24])),
             Outcome::Withhold(Action::Reject)
         ));
+    }
+
+    /// A UDP fragment from `src` to db, datagram `id`, at `offset` (8-byte units).
+    fn udp_fragment(src: [u8; 4], id: u16, offset: u16, more: bool, data: &[u8]) -> Vec<u8> {
+        let mut h =
+            etherparse::Ipv4Header::new(data.len() as u16, 64, etherparse::IpNumber::UDP, src, DB)
+                .unwrap();
+        h.identification = id;
+        h.more_fragments = more;
+        h.fragment_offset = etherparse::IpFragOffset::try_new(offset).unwrap();
+        geneve([&h.to_bytes()[..], data].concat())
+    }
+
+    /// The first 24 bytes of a UDP datagram to port 53 (allowed from clients).
+    fn first_to_dns() -> Vec<u8> {
+        [&[0x0f, 0xa0, 0x00, 0x35, 0x00, 0x30, 0, 0][..], &[1u8; 16]].concat()
+    }
+
+    #[test]
+    fn a_new_snapshot_re_decides_later_fragments_instead_of_dropping_them() {
+        let (mut p, cell) = pipeline();
+        let allow = Outcome::SendBack(Action::Allow);
+        assert_eq!(run(&mut p, &udp_fragment(CLIENT, 7, 0, true, &first_to_dns())), allow);
+        // Label churn: a new generation, the same verdict for this flow.
+        cell.store(snapshot(2, POLICY));
+        p.begin_batch(2);
+        assert_eq!(run(&mut p, &udp_fragment(CLIENT, 7, 3, true, &[2u8; 24])), allow);
+        // A policy that refuses it: its later fragments follow the flow's new verdict.
+        cell.store(snapshot(3, &POLICY.replace("udp/53", "udp/54")));
+        p.begin_batch(3);
+        assert!(!matches!(
+            run(&mut p, &udp_fragment(CLIENT, 7, 6, false, &[3u8; 8])),
+            Outcome::SendBack(_)
+        ));
+        // Later fragments are packets of the flow.
+        assert_eq!(p.flows().map(|f| f.packets).sum::<u64>(), 3);
+    }
+
+    #[test]
+    fn one_source_cannot_take_more_than_its_share_of_the_table() {
+        let (mut p, _) = pipeline();
+        let share = u32::from(SOURCE_SHARE);
+        for id in 0..share + 10 {
+            run(&mut p, &udp_fragment(CLIENT, id as u16, 0, true, &first_to_dns()));
+        }
+        assert_eq!(p.flow_counts().fragments, u64::from(share));
+        assert_eq!(p.flow_counts().fragments_refused, 10);
+        // Another client's datagram is still remembered and followed.
+        let other = [10, 0, 1, 77];
+        let allow = Outcome::SendBack(Action::Allow);
+        assert_eq!(run(&mut p, &udp_fragment(other, 1, 0, true, &first_to_dns())), allow);
+        assert_eq!(run(&mut p, &udp_fragment(other, 1, 3, false, &[2u8; 24])), allow);
+    }
+
+    #[test]
+    fn a_full_table_reuses_slots_by_clock_without_growing() {
+        let (mut p, _) = pipeline();
+        let sources = (MAX_FRAGMENTS / usize::from(SOURCE_SHARE)) as u8 + 2;
+        for source in 0..sources {
+            for id in 0..SOURCE_SHARE {
+                run(&mut p, &udp_fragment([10, 0, 1, source], id, 0, true, &first_to_dns()));
+            }
+        }
+        assert_eq!(p.flow_counts().fragments, MAX_FRAGMENTS as u64);
+        assert_eq!(p.flow_counts().fragments_refused, 0);
+        // The newest datagrams are remembered: their later fragments pass.
+        let last = [10, 0, 1, sources - 1];
+        let allow = Outcome::SendBack(Action::Allow);
+        assert_eq!(run(&mut p, &udp_fragment(last, SOURCE_SHARE - 1, 3, false, &[2u8; 24])), allow);
     }
 }

@@ -1,7 +1,7 @@
 //! Judging: the stateful decision on a decoded packet. A known flow keeps its decision until
-//! the snapshot changes; an unknown one is judged as started by its sender, or, when that
-//! does not pass and the packet could be a reply, the other way round; later fragments follow
-//! their first fragment.
+//! the snapshot changes; an unknown one is judged as started by its sender, or, for a TCP
+//! segment with ACK that the sender may not start, the other way round (mid-flow pickup);
+//! later fragments are packets of their first fragment's flow.
 //!
 //! Must not depend on: sockets, the flow log (records go to the pipeline's queue).
 
@@ -22,28 +22,34 @@ impl Pipeline {
         len: usize,
     ) -> Decision {
         let inner = &packet.inner;
+        let now = self.now_ms;
         if inner.transport == Transport::Fragment {
-            return self.judge_later_fragment(snapshot, inner);
+            // A later fragment is a packet of its first fragment's flow, with its ports.
+            return match self.fragments.ports_of(inner, now) {
+                Some(ports) => self.judge_flow(snapshot, packet, len, ports, 0),
+                None => self.judge_unmatched_fragment(snapshot, inner),
+            };
         }
-        let decision = self.judge_flow(snapshot, packet, len);
         if let Some(fragment) = inner.fragment {
-            let (generation, now) = (snapshot.generation, self.now_ms);
-            self.fragments.remember(inner, fragment.id, decision, generation, now);
+            self.fragments.remember(inner, fragment.id, now);
         }
-        decision
+        let ports = inner.transport.flow_ports();
+        self.judge_flow(snapshot, packet, len, ports, inner.transport.tcp_flags())
     }
 
+    /// Judges a packet of the flow `ports` names (its own, or its first fragment's), with TCP
+    /// flags `flags`.
     fn judge_flow(
         &mut self,
         snapshot: &Arc<Snapshot>,
         packet: &DecodedPacket,
         len: usize,
+        (sport, dport): (u16, u16),
+        flags: u8,
     ) -> Decision {
         let inner = &packet.inner;
         let now = self.now_ms;
-        let (sport, dport) = inner.transport.flow_ports();
-        let flags = inner.transport.tcp_flags();
-        let (key, sender) = FlowKey::of(inner);
+        let (key, sender) = FlowKey::of_packet(inner.src, sport, inner.dst, dport, inner.protocol);
         let is_tcp = inner.protocol == ip_proto::TCP;
         let pure_syn = is_tcp && flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0;
         let (flows, records) = (&mut self.flows, &mut self.records);
@@ -150,18 +156,10 @@ impl Pipeline {
         decision
     }
 
-    /// A non-first fragment follows its first fragment's verdict; if that was not seen, it is
-    /// judged without ports (only rules that admit the whole protocol can match).
-    fn judge_later_fragment(&mut self, snapshot: &Snapshot, inner: &InnerPacket) -> Decision {
-        if let Some(decision) = self.fragments.lookup(inner, snapshot.generation, self.now_ms) {
-            return decision;
-        }
-        let forward = snapshot.decide(inner.src, inner.dst, inner.protocol, None);
-        if forward.action.passes() {
-            return forward;
-        }
-        let reverse = snapshot.decide(inner.dst, inner.src, inner.protocol, None);
-        if reverse.action.passes() { reverse } else { forward }
+    /// A later fragment whose first fragment was not seen (or is forgotten): judged as started
+    /// by its sender without ports, so only rules that admit the whole protocol can match.
+    fn judge_unmatched_fragment(&mut self, snapshot: &Snapshot, inner: &InnerPacket) -> Decision {
+        snapshot.decide(inner.src, inner.dst, inner.protocol, None)
     }
 }
 
@@ -194,7 +192,7 @@ mod tests {
             run(&mut p, &tcp(DB, CLIENT, 3306, 4000, SYN_ACK)),
             Outcome::SendBack(Action::Allow)
         );
-        assert_eq!(p.flow_counts(), FlowCounts { active: 1, created: 1, evicted: 0 });
+        assert_eq!(p.flow_counts(), FlowCounts { active: 1, created: 1, ..FlowCounts::default() });
     }
 
     #[test]

@@ -66,20 +66,60 @@ pub struct FlowSettings {
     /// Flows one worker tracks at most.
     pub max_flows: usize,
     pub timeouts: Timeouts,
+    /// Rejects (TCP RSTs, ICMP errors) generated per second at most; the rest are withheld
+    /// and counted.
+    pub reject_limit: u32,
 }
 
 impl Default for FlowSettings {
     fn default() -> Self {
-        FlowSettings { max_flows: 262_144, timeouts: Timeouts::default() }
+        FlowSettings { max_flows: 262_144, timeouts: Timeouts::default(), reject_limit: 1000 }
     }
 }
 
-/// Flow counts of one pipeline, for metrics.
+/// Flow counts of one pipeline, for metrics: gauges and running totals.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlowCounts {
     pub active: u64,
     pub created: u64,
     pub evicted: u64,
+    /// Fragmented datagrams whose first fragment is remembered.
+    pub fragments: u64,
+    /// First fragments not remembered because their source held its share of the table.
+    pub fragments_refused: u64,
+    /// Rejects withheld because the reject limit was reached.
+    pub rejects_suppressed: u64,
+}
+
+/// A token bucket of rejects: `limit` a second, at most a second's worth at once.
+#[derive(Debug)]
+struct RejectBudget {
+    limit: u64,
+    /// Thousandths of a reject, so that every millisecond adds `limit` of them.
+    milli_tokens: u64,
+    last_ms: u64,
+    suppressed: u64,
+}
+
+impl RejectBudget {
+    fn new(limit: u32) -> RejectBudget {
+        let limit = u64::from(limit);
+        RejectBudget { limit, milli_tokens: limit * 1000, last_ms: 0, suppressed: 0 }
+    }
+
+    /// Takes one reject's token at `now_ms`; false (and counted) when there is none.
+    fn take(&mut self, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.last_ms);
+        self.last_ms = self.last_ms.max(now_ms);
+        self.milli_tokens = (self.milli_tokens + elapsed * self.limit).min(self.limit * 1000);
+        if self.milli_tokens >= 1000 {
+            self.milli_tokens -= 1000;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
 }
 
 /// Per-worker decision state.
@@ -93,6 +133,7 @@ pub struct Pipeline {
     fragments: FragmentTable,
     /// Logged flows' starts and ends, until the caller takes them.
     records: FlowRecords,
+    rejects: RejectBudget,
     now_ms: u64,
     created: u64,
     /// What the last datagram decoded to, for [`Pipeline::process_after`].
@@ -122,6 +163,7 @@ impl Pipeline {
             flows: FlowTable::new(table_size, flows.timeouts),
             fragments: FragmentTable::new(),
             records: FlowRecords::new(log_flows && mode == Mode::Inspect),
+            rejects: RejectBudget::new(flows.reject_limit),
             now_ms: 0,
             created: 0,
             last_decoded: None,
@@ -190,6 +232,9 @@ impl Pipeline {
             active: self.flows.len() as u64,
             created: self.created,
             evicted: self.flows.evictions(),
+            fragments: self.fragments.len() as u64,
+            fragments_refused: self.fragments.refused(),
+            rejects_suppressed: self.rejects.suppressed,
         }
     }
 
@@ -281,8 +326,8 @@ impl Pipeline {
 
     fn reject(&mut self, datagram: &[u8], packet: &DecodedPacket, inject: &mut [u8]) -> Outcome {
         match crate::reject::build(datagram, packet.geneve_header_len, &packet.inner, inject) {
-            Some(len) => Outcome::Reject { len },
-            None => Outcome::Withhold(Action::Reject),
+            Some(len) if self.rejects.take(self.now_ms) => Outcome::Reject { len },
+            _ => Outcome::Withhold(Action::Reject),
         }
     }
 }
@@ -341,5 +386,37 @@ mod tests {
     fn reflect_mode_sends_back_even_garbage() {
         let mut p = Pipeline::new(Mode::Reflect, 0, None, FlowSettings::default(), false);
         assert_eq!(run(&mut p, &[1, 2, 3]), Outcome::SendBack(Action::Allow));
+    }
+
+    #[test]
+    fn rejects_beyond_the_limit_are_withheld_and_counted() {
+        let cell = Arc::new(arc_swap::ArcSwap::new(snapshot(1, POLICY)));
+        let settings = FlowSettings { reject_limit: 3, ..FlowSettings::default() };
+        let mut p = Pipeline::new(Mode::Inspect, 0, Some(cell), settings, false);
+        p.begin_batch(10_000);
+        let outcomes: Vec<_> =
+            (0..5).map(|port| run(&mut p, &tcp(STRANGER, DB, 5000 + port, 3306, SYN))).collect();
+        assert!(outcomes[..3].iter().all(|o| matches!(o, Outcome::Reject { .. })), "{outcomes:?}");
+        assert_eq!(outcomes[3..], [Outcome::Withhold(Action::Reject); 2]);
+        assert_eq!(p.flow_counts().rejects_suppressed, 2);
+        // A third of a second later, one more token.
+        p.begin_batch(10_334);
+        assert!(matches!(run(&mut p, &tcp(STRANGER, DB, 5100, 3306, SYN)), Outcome::Reject { .. }));
+        assert_eq!(
+            run(&mut p, &tcp(STRANGER, DB, 5101, 3306, SYN)),
+            Outcome::Withhold(Action::Reject)
+        );
+        // A long pause fills the bucket to one second's worth, no more.
+        p.begin_batch(100_000);
+        let sent = (0..10)
+            .filter(|n| {
+                matches!(
+                    run(&mut p, &tcp(STRANGER, DB, 5200 + n, 3306, SYN)),
+                    Outcome::Reject { .. }
+                )
+            })
+            .count();
+        assert_eq!(sent, 3);
+        assert_eq!(p.flow_counts().rejects_suppressed, 2 + 1 + 7);
     }
 }

@@ -33,7 +33,8 @@ pub struct Appliance {
 
 impl Appliance {
     /// Starts the appliance with an allow-everything policy and `extra` appended to a
-    /// generated labelwall.yaml, and waits for `/readyz`.
+    /// generated labelwall.yaml, and waits for `/readyz`. Lines of `extra` written
+    /// `dataplane.KEY: VALUE` go into the generated `dataplane:` section as `KEY: VALUE`.
     pub fn start(reply_port: u16, workers: usize, extra: &str, args: &[&str]) -> Appliance {
         Appliance::start_with(reply_port, workers, ALLOW_ALL, None, extra, args)
     }
@@ -82,9 +83,16 @@ impl Appliance {
         let listen = SocketAddr::from((APPLIANCE_IP, free_udp_port(listen_ip)));
         let admin = SocketAddr::from((APPLIANCE_IP, free_tcp_port(APPLIANCE_IP)));
         let listen_at = SocketAddr::from((listen_ip, listen.port()));
+        let (dataplane_keys, extra): (Vec<&str>, Vec<&str>) =
+            extra.lines().partition(|line| line.starts_with("dataplane."));
+        let dataplane_keys: String = dataplane_keys
+            .iter()
+            .map(|line| format!("  {}\n", &line["dataplane.".len()..]))
+            .collect();
+        let extra: String = extra.iter().map(|line| format!("{line}\n")).collect();
         let config = format!(
             "dataplane:\n  listen: {listen_at}\n  workers: {workers}\n  reply_port: {reply_port}\n\
-             admin:\n  listen: {admin}\n{extra}"
+             {dataplane_keys}admin:\n  listen: {admin}\n{extra}"
         );
         let config_path = dir.path().join("labelwall.yaml");
         std::fs::write(&config_path, config).unwrap();

@@ -121,7 +121,7 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
         ControlPlane::start(&config, 1, flow_log_writer.as_ref().map(|w| Arc::clone(&w.stats)))?;
     let state = control.state();
     // As `labelwall run` sets up its workers, with the whole flow budget in one pipeline.
-    let flows = config.flows.per_pipeline(1);
+    let flows = config.pipeline_settings(1);
     let pipeline = Pipeline::new(
         Mode::Inspect,
         0,
