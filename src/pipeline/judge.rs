@@ -19,10 +19,17 @@ impl Pipeline {
         &mut self,
         snapshot: &Arc<Snapshot>,
         packet: &DecodedPacket,
-        len: usize,
+        datagram: &[u8],
     ) -> Decision {
         let inner = &packet.inner;
         let now = self.now_ms;
+        let len = datagram.len();
+        if inner.is_icmp_error()
+            && let Some(decision) =
+                self.judge_flow_error(snapshot, inner, &datagram[packet.geneve_header_len..], len)
+        {
+            return decision;
+        }
         if inner.transport == Transport::Fragment {
             // A later fragment is a packet of its first fragment's flow, with its ports.
             return match self.fragments.ports_of(inner, now) {
@@ -68,18 +75,7 @@ impl Pipeline {
             let fresh = (pure_syn && (flow.tcp == TcpState::Closed || from_responder))
                 || (refused && from_responder);
             if !fresh {
-                if flow.generation != snapshot.generation {
-                    // Policy or labels changed: judge the flow again, as its initiator started it.
-                    let (from, _) = key.endpoint(flow.initiator);
-                    let (to, to_port) = key.endpoint(flow.initiator.other());
-                    flow.decision = snapshot.decide(
-                        from,
-                        to,
-                        key.protocol,
-                        service_port(key.protocol, to_port),
-                    );
-                    flow.generation = snapshot.generation;
-                }
+                rejudge_if_stale(flow, snapshot);
                 flow.last_seen_ms = now;
                 flow.packets += 1;
                 flow.bytes += len as u64;
@@ -156,11 +152,50 @@ impl Pipeline {
         decision
     }
 
+    /// An ICMP error (destination unreachable, packet too big, time exceeded, parameter
+    /// problem) that quotes a packet of a known flow and goes to that packet's source belongs
+    /// to the flow, whoever sent it (a router on the path): it gets the flow's decision and is
+    /// counted with it, without keeping the flow alive. `None` when it belongs to no flow (it
+    /// is then judged by policy as ICMP between its own addresses).
+    fn judge_flow_error(
+        &mut self,
+        snapshot: &Arc<Snapshot>,
+        error: &InnerPacket,
+        bytes: &[u8],
+        len: usize,
+    ) -> Option<Decision> {
+        let quoted = error.quoted(bytes)?;
+        if quoted.src != error.dst || quoted.transport == Transport::Fragment {
+            return None;
+        }
+        let (key, _) = FlowKey::of(&quoted);
+        let (flows, records) = (&mut self.flows, &mut self.records);
+        let flow = flows.lookup(&key, self.now_ms, &mut |flow: Flow, end: FlowEnd| {
+            records.push(FlowEvent::End(end), flow, snapshot)
+        })?;
+        rejudge_if_stale(flow, snapshot);
+        flow.packets += 1;
+        flow.bytes += len as u64;
+        Some(flow.decision)
+    }
+
     /// A later fragment whose first fragment was not seen (or is forgotten): judged as started
     /// by its sender without ports, so only rules that admit the whole protocol can match.
     fn judge_unmatched_fragment(&mut self, snapshot: &Snapshot, inner: &InnerPacket) -> Decision {
         snapshot.decide(inner.src, inner.dst, inner.protocol, None)
     }
+}
+
+/// Policy or labels changed since `flow` was judged: judge it again, as its initiator started it.
+fn rejudge_if_stale(flow: &mut Flow, snapshot: &Snapshot) {
+    if flow.generation == snapshot.generation {
+        return;
+    }
+    let key = flow.key;
+    let (from, _) = key.endpoint(flow.initiator);
+    let (to, to_port) = key.endpoint(flow.initiator.other());
+    flow.decision = snapshot.decide(from, to, key.protocol, service_port(key.protocol, to_port));
+    flow.generation = snapshot.generation;
 }
 
 /// The port a rule's `ports` is matched against: the responder's, for TCP and UDP.
@@ -297,5 +332,49 @@ mod tests {
             let outcome = run(&mut p, &tcp(DB, CLIENT, 3306, port, flags));
             assert_eq!(outcome == Outcome::SendBack(Action::Allow), passes, "flags {flags:#x}");
         }
+    }
+
+    /// An ICMPv4 error of `icmp_type`/`code` from `from` to `to`, quoting the first 28 bytes
+    /// of the TCP segment `quoted_src:sport -> quoted_dst:dport`.
+    fn icmp_error(from: [u8; 4], to: [u8; 4], quoted: ([u8; 4], [u8; 4], u16, u16)) -> Vec<u8> {
+        let (src, dst, sport, dport) = quoted;
+        let mut segment = Vec::new();
+        etherparse::PacketBuilder::ipv4(src, dst, 64)
+            .tcp(sport, dport, 10, 1000)
+            .ack(20)
+            .write(&mut segment, &[0u8; 1400])
+            .unwrap();
+        let mut error = Vec::new();
+        etherparse::PacketBuilder::ipv4(from, to, 64)
+            .icmpv4_raw(3, 4, [0, 0, 0x05, 0x78]) // fragmentation needed, MTU 1400
+            .write(&mut error, &segment[..28])
+            .unwrap();
+        geneve(error)
+    }
+
+    #[test]
+    fn icmp_errors_of_a_flow_pass_with_it_whoever_sends_them() {
+        let (mut p, _) = pipeline();
+        const ROUTER: [u8; 4] = [10, 99, 0, 1];
+        let allow = Outcome::SendBack(Action::Allow);
+        assert_eq!(run(&mut p, &tcp(CLIENT, DB, 4000, 3306, SYN)), allow);
+        // A router on the path tells the client its segment was too big: part of the flow.
+        assert_eq!(run(&mut p, &icmp_error(ROUTER, CLIENT, (CLIENT, DB, 4000, 3306))), allow);
+        // Counted with the flow, not a flow of its own.
+        assert_eq!(p.flow_counts().created, 1);
+        assert_eq!(p.flows().map(|f| f.packets).sum::<u64>(), 2);
+        // The same error sent to the other end is no reply to anything the client sent.
+        assert!(!run(&mut p, &icmp_error(ROUTER, DB, (CLIENT, DB, 4000, 3306))).eq(&allow));
+        // An error quoting a flow never seen is judged by policy (ICMP router -> client: deny).
+        assert_eq!(
+            run(&mut p, &icmp_error(ROUTER, CLIENT, (CLIENT, DB, 4999, 3306))),
+            Outcome::Withhold(Action::Deny)
+        );
+        // An error of a refused flow gets its verdict, and no answer.
+        assert!(matches!(run(&mut p, &tcp(STRANGER, DB, 5000, 3306, SYN)), Outcome::Reject { .. }));
+        assert_eq!(
+            run(&mut p, &icmp_error(ROUTER, STRANGER, (STRANGER, DB, 5000, 3306))),
+            Outcome::Withhold(Action::Reject)
+        );
     }
 }

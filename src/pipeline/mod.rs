@@ -301,7 +301,7 @@ impl Pipeline {
             // No policy has been published yet: nothing may pass.
             return Outcome::Withhold(Action::Deny);
         };
-        let decision = self.judge(&snapshot, &packet, datagram.len());
+        let decision = self.judge(&snapshot, &packet, datagram);
         snapshot.rule_hits.add(self.worker, decision.rule);
         self.snapshot = Some(snapshot);
         // A datagram that is no fragment was judged by its flow, which is now the flow table's
