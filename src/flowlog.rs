@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::conntrack::FlowEnd;
-use crate::labels::{EndpointKind, Labels};
+use crate::labels::{EndpointKind, Labels, Who};
 use crate::packet::ip_proto;
 use crate::pipeline::{FlowEvent, FlowRecord, Pipeline};
 
@@ -162,18 +162,16 @@ struct JsonIdentity<'a> {
 impl<'a> JsonRecord<'a> {
     fn new(record: &'a FlowRecord) -> JsonRecord<'a> {
         let flow = &record.flow;
-        let snapshot = &record.snapshot;
         let (src, sport) = flow.key.endpoint(flow.initiator);
         let (dst, dport) = flow.key.endpoint(flow.initiator.other());
-        let identity = |ip: IpAddr| {
-            let endpoint = snapshot.labels.lookup(ip)?;
-            let identity = snapshot.labels.identity(endpoint.identity);
+        let identity = |who: &'a Option<Who>| {
+            let who = who.as_ref()?;
             Some(JsonIdentity {
-                cluster: &identity.cluster,
-                namespace: &identity.namespace,
-                name: &endpoint.name,
-                kind: identity.kind,
-                labels: &identity.labels,
+                cluster: &who.identity.cluster,
+                namespace: &who.identity.namespace,
+                name: &who.name,
+                kind: who.identity.kind,
+                labels: &who.identity.labels,
             })
         };
         let (event, end_reason) = match record.event {
@@ -197,19 +195,16 @@ impl<'a> JsonRecord<'a> {
             sport,
             dport,
             verdict: flow.decision.action.as_str(),
-            rule: match (&flow.rule_name, flow.decision.rule) {
-                (Some(name), _) => name,
-                (None, rule) => snapshot.rule_name(rule),
-            },
-            src_identity: identity(src),
-            dst_identity: identity(dst),
+            rule: &record.rule,
+            src_identity: identity(&record.src),
+            dst_identity: identity(&record.dst),
             gwlb_endpoint_id: flow.endpoint_id.map(|id| format!("{id:016x}")),
             gwlb_attachment_id: flow.attachment_id.map(|id| format!("{id:016x}")),
             flow_cookie: format!("{:08x}", flow.cookie),
             packets: flow.packets,
             bytes: flow.bytes,
             duration_ms: flow.last_seen_ms.saturating_sub(flow.started_ms),
-            policy_generation: snapshot.generation,
+            policy_generation: record.generation,
         }
     }
 }

@@ -178,6 +178,14 @@ pub struct Endpoint {
     pub source: usize,
 }
 
+/// Who an address is, kept apart from the table it was looked up in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Who {
+    /// Pod, node or VM name.
+    pub name: Arc<str>,
+    pub identity: Arc<Identity>,
+}
+
 /// The immutable IP -> endpoint -> identity table. Built by [`LabelBuilder`]; a table shares
 /// the parts that did not change with the table published before it.
 #[derive(Debug, Clone)]
@@ -230,6 +238,15 @@ impl LabelTable {
     /// The identity behind an id taken from this table's endpoints.
     pub fn identity(&self, id: IdentityId) -> &Identity {
         self.get_identity(id).expect("an identity id of this table")
+    }
+
+    /// Who `ip` is, as a record that outlives this table: the endpoint's name and its shared
+    /// identity (two reference counts, no copy).
+    pub fn who(&self, ip: IpAddr) -> Option<Who> {
+        let endpoint = self.lookup(ip)?;
+        let index = endpoint.identity.0 as usize;
+        let identity = self.identities.row(index).first()?.as_ref()?;
+        Some(Who { name: Arc::clone(&endpoint.name), identity: Arc::clone(identity) })
     }
 
     /// The identity behind an id, if the id is in use.

@@ -202,11 +202,7 @@ impl Pipeline {
             if let Some(snapshot) = snapshot
                 && records.wanted(&flow)
             {
-                on_record(FlowRecord {
-                    event: FlowEvent::End(end),
-                    flow,
-                    snapshot: Arc::clone(snapshot),
-                });
+                on_record(FlowRecord::new(FlowEvent::End(end), flow, snapshot));
             }
         });
     }

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::conntrack::{Flow, FlowEnd};
+use crate::labels::Who;
 use crate::snapshot::Snapshot;
 
 /// Records a pipeline holds until its caller takes them. A receive batch makes at most two
@@ -25,12 +26,40 @@ pub enum FlowEvent {
     End(FlowEnd),
 }
 
-/// A logged flow's start or end: plain data and the snapshot the flow was judged under.
+/// A logged flow's start or end: plain data and who both ends were when it was recorded,
+/// everything the flow log prints (and not the snapshot: a queue of records must not keep
+/// old snapshots, each a whole label table, alive).
 #[derive(Debug)]
 pub struct FlowRecord {
     pub event: FlowEvent,
     pub flow: Flow,
-    pub snapshot: Arc<Snapshot>,
+    /// Who the initiator and the responder are; `None` for an address no source knows.
+    pub src: Option<Who>,
+    pub dst: Option<Who>,
+    /// The name of the rule that decided the flow (`default` for the default action).
+    pub rule: Arc<str>,
+    /// The snapshot generation the record was made under.
+    pub generation: u64,
+}
+
+impl FlowRecord {
+    /// The record of `event` of `flow`, with who its ends are in `snapshot`.
+    pub fn new(event: FlowEvent, flow: Flow, snapshot: &Snapshot) -> FlowRecord {
+        let (src, _) = flow.key.endpoint(flow.initiator);
+        let (dst, _) = flow.key.endpoint(flow.initiator.other());
+        let rule = match (&flow.rule_name, flow.decision.rule) {
+            (Some(name), _) => Arc::clone(name),
+            (None, rule) => Arc::from(snapshot.rule_name(rule)),
+        };
+        FlowRecord {
+            event,
+            src: snapshot.labels.who(src),
+            dst: snapshot.labels.who(dst),
+            rule,
+            generation: snapshot.generation,
+            flow,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -60,7 +89,7 @@ impl FlowRecords {
             self.lost += 1;
             return;
         }
-        self.queue.push_back(FlowRecord { event, flow, snapshot: Arc::clone(snapshot) });
+        self.queue.push_back(FlowRecord::new(event, flow, snapshot));
     }
 
     pub(super) fn pop(&mut self) -> Option<FlowRecord> {
@@ -143,5 +172,22 @@ mod tests {
         let mut seen = 0;
         p.finish(|_| seen += 1);
         assert_eq!(seen, 0);
+    }
+
+    #[test]
+    fn a_record_carries_what_the_flow_log_prints_not_the_snapshot() {
+        let mut p = logging_pipeline(true);
+        run(&mut p, &tcp(CLIENT, DB, 40_000, 3306, SYN));
+        let record = p.poll_flow_record().unwrap();
+        assert_eq!(&*record.rule, "to-db");
+        assert_eq!(record.generation, 1);
+        // No source knows these addresses in the test snapshot.
+        assert_eq!((record.src, record.dst), (None, None));
+        // The default action's flows are named `default`.
+        let cell = Arc::new(arc_swap::ArcSwap::new(snapshot(1, "default_action: audit\n")));
+        let mut p = Pipeline::new(Mode::Inspect, 0, Some(cell), FlowSettings::default(), true);
+        p.begin_batch(1);
+        run(&mut p, &tcp(CLIENT, DB, 40_001, 22, SYN));
+        assert_eq!(&*p.poll_flow_record().unwrap().rule, "default");
     }
 }
