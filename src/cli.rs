@@ -226,12 +226,17 @@ fn kubernetes_views(config: &Config) -> Vec<Arc<crate::labels::SourceRecords>> {
         .collect()
 }
 
+/// The exit status of an appliance one of whose threads panicked (EX_SOFTWARE).
+pub const PANIC_EXIT_STATUS: i32 = 70;
+
 fn run(path: &Path, reflect: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     init_tracing(&config.log);
+    exit_on_panic();
     let workers = config.dataplane.worker_count();
     let mode = if reflect { Mode::Reflect } else { Mode::Inspect };
     let settings = DataplaneSettings::new(&config, workers, mode);
+    ensure_open_files(&settings)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -339,6 +344,42 @@ async fn serve(config: &Config, settings: DataplaneSettings) -> anyhow::Result<(
         "labelwall stopped"
     );
     Ok(())
+}
+
+/// A panic in any thread (a data-plane worker, the control plane, the flow-log writer) ends
+/// the whole process with [`PANIC_EXIT_STATUS`], after the panic message: the appliance is
+/// never half alive behind a green health check, and systemd (`Restart=on-failure`) starts a
+/// whole one again.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+        tracing::error!(%thread, "{info}; stopping the appliance (exit status {PANIC_EXIT_STATUS})");
+        std::process::exit(PANIC_EXIT_STATUS);
+    }));
+}
+
+/// Checks that the open-file limit covers what the data plane may open (raising the soft
+/// limit up to the hard one when it does not), so that a large `send_sockets` fails at start
+/// with a clear error instead of sockets failing one by one under load.
+fn ensure_open_files(settings: &DataplaneSettings) -> anyhow::Result<()> {
+    let needed = crate::dataplane::open_files_needed(settings);
+    let (soft, hard) = crate::net::sys::open_file_limit().context("cannot read RLIMIT_NOFILE")?;
+    if needed <= soft {
+        return Ok(());
+    }
+    if needed <= hard {
+        crate::net::sys::raise_open_file_limit(needed).context("cannot raise RLIMIT_NOFILE")?;
+        return Ok(());
+    }
+    anyhow::bail!(
+        "dataplane.workers ({}) with dataplane.send_sockets ({}) may need {needed} open files, \
+         but the limit is {hard} (LimitNOFILE= in labelwall.service, ulimit -n): raise it or \
+         lower dataplane.send_sockets",
+        settings.workers,
+        settings.send_sockets
+    )
 }
 
 fn init_tracing(log: &LogConfig) {

@@ -82,3 +82,32 @@ fn run_refuses_a_port_in_use_with_a_clear_error() {
     assert_eq!(code, 1);
     assert!(stderr.contains("cannot bind UDP"), "{stderr}");
 }
+
+#[test]
+fn run_refuses_an_open_file_limit_below_what_the_data_plane_may_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("labelwall.yaml");
+    std::fs::write(dir.path().join("policy.yaml"), "default_action: allow\n").unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(
+        &path,
+        format!(
+            "policy: policy.yaml\ndataplane:\n  listen: 127.0.0.1:{port}\n  workers: 2\n  \
+             send_sockets: 256\nadmin:\n  listen: 127.0.0.1:0\n"
+        ),
+    )
+    .unwrap();
+    // A hard limit of 300 open files: 2 workers with 256 send sockets each may need more.
+    let output = Command::new("bash")
+        .args(["-c", "ulimit -n 300 && exec \"$0\" run -c \"$1\""])
+        .arg(env!("CARGO_BIN_EXE_labelwall"))
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("dataplane.send_sockets (256)") && stderr.contains("the limit is 300"),
+        "{stderr}"
+    );
+}

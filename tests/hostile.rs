@@ -170,3 +170,31 @@ fn geneve_from_outside_the_allowed_peers_is_dropped_and_counted() {
     );
     assert!(passes(&peer, &allowed, &query));
 }
+
+/// A worker that panics takes the process down with a non-zero status (systemd restarts it)
+/// instead of leaving an appliance that answers /readyz but forwards nothing.
+#[cfg(feature = "test-hooks")]
+#[test]
+fn a_panicking_worker_ends_the_process_with_a_failure_status() {
+    let peer = GwlbPeer::new(1);
+    let mut appliance = Appliance::start_wrapped(
+        APPLIANCE_IP,
+        peer.reply_port(),
+        2,
+        POLICY,
+        None,
+        "",
+        &[],
+        &[],
+        &[("LABELWALL_TEST_PANIC_AFTER", "1")],
+    );
+    let query = gwlb_datagram(30, &ipv4_udp(CLIENT, DNS, 43_000, 53, 20));
+    peer.send(0, appliance.listen, &query);
+    let status = appliance.wait_exit(std::time::Duration::from_secs(10));
+    let log = appliance.log();
+    assert_eq!(status.and_then(|s| s.code()), Some(labelwall::cli::PANIC_EXIT_STATUS), "{log}");
+    assert!(
+        log.contains("test hook: a worker panics") && log.contains("stopping the appliance"),
+        "{log}"
+    );
+}

@@ -2,7 +2,8 @@
 # The test command of the README: installs what the tests need if it is missing (tshark,
 # iperf3, tcpreplay, tcpdump, iproute2, kubectl, openssl, unshare, python3-venv from Debian;
 # botocore from PyPI into a virtualenv), then runs every test target.
-# Needs root (network namespaces, raw sockets, packet capture). Extra arguments go to cargo test.
+# Needs root (network namespaces, raw sockets, packet capture). Extra arguments go to cargo test;
+# the `test-hooks` feature builds the fault hooks some tests inject (never in a release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,4 +38,4 @@ if ! "$botocore_venv/bin/python" -c 'import botocore' >/dev/null 2>&1; then
 fi
 export LABELWALL_BOTOCORE_PYTHON="$botocore_venv/bin/python"
 
-cargo test --all-targets --locked "$@"
+cargo test --all-targets --locked --features test-hooks "$@"

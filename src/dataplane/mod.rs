@@ -70,6 +70,15 @@ impl DataplaneSettings {
     }
 }
 
+/// File descriptors the data plane may hold at most: per worker its receive socket, its
+/// per-port send sockets, a raw socket per appliance address and a packet socket; the
+/// resolver's netlink socket; and room for the rest of the process (the admin server's
+/// connections, the flow log, the Kubernetes clients, the files it reads).
+pub fn open_files_needed(settings: &DataplaneSettings) -> u64 {
+    let per_worker = 1 + settings.send_sockets + crate::net::sys::MAX_SOURCE_ADDRESSES + 1;
+    (settings.workers * per_worker + 1 + 256) as u64
+}
+
 /// What the workers judge by and report to, from the control plane.
 #[derive(Debug, Clone, Default)]
 pub struct ControlLinks {

@@ -182,6 +182,8 @@ impl Worker {
                 self.handle_slot(slot * SLOT_STRIDE, meta, &mut slot_io, &mut counters);
             }
             self.flush(&mut tx, &storage, &mut counters, &mut errors);
+            #[cfg(feature = "test-hooks")]
+            test_hooks::panic_if_asked(&counters);
             self.hand_over_flow_records();
             counters.set_flows(self.pipeline.flow_counts());
             counters.set_sockets_open(self.sockets.open());
@@ -464,5 +466,24 @@ impl RateLimitedLog {
         tracing::warn!(worker, operation, %error, suppressed = self.suppressed, "data-plane I/O error");
         self.last = Some(now);
         self.suppressed = 0;
+    }
+}
+
+/// Faults the tests inject into a real appliance; compiled only with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
+mod test_hooks {
+    use super::Counters;
+
+    /// `LABELWALL_TEST_PANIC_AFTER=N`: the worker panics once it has received N datagrams.
+    pub(super) fn panic_if_asked(counters: &Counters) {
+        static AFTER: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+        let after = AFTER.get_or_init(|| {
+            std::env::var("LABELWALL_TEST_PANIC_AFTER").ok().and_then(|n| n.parse().ok())
+        });
+        if let Some(after) = *after
+            && counters.rx_datagrams() >= after
+        {
+            panic!("test hook: a worker panics after {after} datagrams");
+        }
     }
 }

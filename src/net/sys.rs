@@ -27,7 +27,7 @@ use crate::wire::outer::{self, OUTER_HEADER_LEN, OuterAddressing, UDP_HEADER_LEN
 pub const SEND_BATCH: usize = 64;
 /// Source addresses a [`RawSender`] keeps a socket for (an appliance answers from the one or
 /// few addresses GWLB sends to); past that the oldest socket is closed.
-const MAX_SOURCE_ADDRESSES: usize = 8;
+pub const MAX_SOURCE_ADDRESSES: usize = 8;
 
 /// One packet to send: a UDP header, then `len` bytes at `offset` in the payload buffer, from
 /// `src` to `dst`. The kernel writes the IPv4 header in front.
@@ -457,6 +457,28 @@ pub fn bind_udp_receiver(at: SocketAddrV4, buffer: usize) -> io::Result<std::net
     set_buffer_size(&socket, libc::SO_RCVBUFFORCE, buffer, |s, n| s.set_recv_buffer_size(n));
     socket.bind(&std::net::SocketAddr::V4(at).into())?;
     Ok(socket.into())
+}
+
+/// The process's open-file limit: (soft, hard).
+pub fn open_file_limit() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit, which lives for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((limit.rlim_cur as u64, limit.rlim_max as u64))
+}
+
+/// Raises the soft open-file limit to `to` (at most the hard limit).
+pub fn raise_open_file_limit(to: u64) -> io::Result<()> {
+    let (_, hard) = open_file_limit()?;
+    let limit =
+        libc::rlimit { rlim_cur: to.min(hard) as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+    // SAFETY: setrlimit reads one rlimit, which lives for the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Waits until `fd` is readable or `timeout` passes; true when readable.
