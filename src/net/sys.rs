@@ -466,14 +466,13 @@ pub fn open_file_limit() -> io::Result<(u64, u64)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok((limit.rlim_cur as u64, limit.rlim_max as u64))
+    Ok((limit.rlim_cur, limit.rlim_max))
 }
 
 /// Raises the soft open-file limit to `to` (at most the hard limit).
 pub fn raise_open_file_limit(to: u64) -> io::Result<()> {
     let (_, hard) = open_file_limit()?;
-    let limit =
-        libc::rlimit { rlim_cur: to.min(hard) as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+    let limit = libc::rlimit { rlim_cur: to.min(hard), rlim_max: hard };
     // SAFETY: setrlimit reads one rlimit, which lives for the call.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } < 0 {
         return Err(io::Error::last_os_error());
