@@ -249,7 +249,7 @@ async fn serve(config: &Config, settings: DataplaneSettings) -> anyhow::Result<(
 
     let (flow_log, flow_log_writer) = match &config.flow_log {
         Some(flow_log) => {
-            let (sender, writer) = FlowLogWriter::start(&flow_log.path)
+            let (sender, writer) = FlowLogWriter::start(&flow_log.path, Some(flow_log.max_rate))
                 .with_context(|| format!("cannot open the flow log {}", flow_log.path.display()))?;
             (Some(sender), Some(writer))
         }
@@ -268,6 +268,8 @@ async fn serve(config: &Config, settings: DataplaneSettings) -> anyhow::Result<(
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    // Without a handler SIGUSR1 would kill the process (logrotate sends it after rotating).
+    let mut user1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
 
     let links = ControlLinks {
         snapshots: (settings.mode == Mode::Inspect).then(|| Arc::clone(&control_state.snapshots)),
@@ -311,6 +313,12 @@ async fn serve(config: &Config, settings: DataplaneSettings) -> anyhow::Result<(
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+            _ = user1.recv() => {
+                match &flow_log_writer {
+                    Some(writer) => writer.reopen(),
+                    None => tracing::info!("SIGUSR1: no flow log to reopen"),
+                }
+            }
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading policy and inventory");
                 control.reload_all();

@@ -165,6 +165,17 @@ impl Default for FlowsConfig {
 pub struct FlowLogConfig {
     /// A file path, or "-" for stdout.
     pub path: PathBuf,
+    /// Records written per second at most; the rest are dropped and counted.
+    #[serde(default = "default_flow_log_max_rate")]
+    pub max_rate: u32,
+}
+
+/// Default of `flow_log.max_rate`: about 6 MB/s of JSON lines, which the logrotate settings
+/// shipped in appliance/ keep within the root volume.
+pub const DEFAULT_FLOW_LOG_MAX_RATE: u32 = 10_000;
+
+fn default_flow_log_max_rate() -> u32 {
+    DEFAULT_FLOW_LOG_MAX_RATE
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -249,6 +260,9 @@ impl Config {
                 "dataplane.allowed_peers",
                 "an empty list would refuse every GWLB node; leave the key out to allow any".into(),
             );
+        }
+        if self.flow_log.as_ref().is_some_and(|log| log.max_rate == 0) {
+            error("flow_log.max_rate", "must be at least 1 record per second".into());
         }
         if self.dataplane.send_sockets > MAX_SEND_SOCKETS {
             error("dataplane.send_sockets", format!("must be at most {MAX_SEND_SOCKETS}"));

@@ -3,17 +3,20 @@
 //! Must not depend on: the data plane's sockets and workers, tokio.
 //!
 //! Workers hand records to a bounded queue and never wait: when the writer falls behind, a
-//! record is dropped and counted (`labelwall_flow_log_dropped_total`), the data plane goes
-//! on. Formatting, identity lookups and file I/O happen on the writer thread.
+//! record is dropped and counted (`labelwall_flow_log_dropped_total{reason="queue_full"}`),
+//! the data plane goes on. Formatting and file I/O happen on the writer thread, which writes
+//! at most `flow_log.max_rate` records a second (the rest counted, `reason="rate_limited"`), so
+//! that a flood of new flows on a logged rule cannot fill the disk, and reopens its path on
+//! request (SIGUSR1, after logrotate moved the file).
 
 use std::io::{BufWriter, Write};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -35,7 +38,10 @@ pub struct FlowLogSender {
 #[derive(Debug, Default)]
 pub struct FlowLogStats {
     pub written: AtomicU64,
+    /// Records the queue could not take (the writer fell behind).
     pub dropped: AtomicU64,
+    /// Records beyond `flow_log.max_rate`.
+    pub rate_limited: AtomicU64,
     pub write_errors: AtomicU64,
 }
 
@@ -66,29 +72,59 @@ impl FlowLogSender {
 pub struct FlowLogWriter {
     thread: JoinHandle<()>,
     pub stats: Arc<FlowLogStats>,
+    reopen: Arc<AtomicBool>,
 }
 
+/// How often the writer looks for a reopen request while no records arrive.
+const IDLE_WAKE: Duration = Duration::from_millis(200);
+
 impl FlowLogWriter {
-    /// Opens `path` for appending (`-` = stdout) and starts the writer.
-    pub fn start(path: &Path) -> std::io::Result<(FlowLogSender, FlowLogWriter)> {
-        let output: Box<dyn Write + Send> = if path.as_os_str() == "-" {
-            Box::new(std::io::stdout())
+    /// Opens `path` for appending (`-` = stdout) and starts the writer, which writes at most
+    /// `max_rate` records per second (`None`: no limit).
+    pub fn start(
+        path: &Path,
+        max_rate: Option<u32>,
+    ) -> std::io::Result<(FlowLogSender, FlowLogWriter)> {
+        let output = if path.as_os_str() == "-" {
+            Output::Other(BufWriter::new(Box::new(std::io::stdout())))
         } else {
-            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)
+            Output::File { path: path.to_path_buf(), file: BufWriter::new(open_append(path)?) }
         };
-        Ok(Self::start_with(output))
+        Ok(Self::start_output(output, max_rate))
     }
 
     /// Starts a writer on any output (tests use a pipe or a buffer).
-    pub fn start_with(output: Box<dyn Write + Send>) -> (FlowLogSender, FlowLogWriter) {
+    pub fn start_with(
+        output: Box<dyn Write + Send>,
+        max_rate: Option<u32>,
+    ) -> (FlowLogSender, FlowLogWriter) {
+        Self::start_output(Output::Other(BufWriter::new(output)), max_rate)
+    }
+
+    fn start_output(output: Output, max_rate: Option<u32>) -> (FlowLogSender, FlowLogWriter) {
         let (queue, receiver) = sync_channel(QUEUE_LEN);
         let stats = Arc::new(FlowLogStats::default());
-        let writer_stats = Arc::clone(&stats);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            output,
+            stats: Arc::clone(&stats),
+            reopen: Arc::clone(&reopen),
+            rate: max_rate.map(RateLimit::new),
+        };
         let thread = std::thread::Builder::new()
             .name("lw-flowlog".into())
-            .spawn(move || write_loop(receiver, BufWriter::new(output), &writer_stats))
+            .spawn(move || writer.run(receiver))
             .expect("spawning the flow-log thread");
-        (FlowLogSender { queue, stats: Arc::clone(&stats) }, FlowLogWriter { thread, stats })
+        (
+            FlowLogSender { queue, stats: Arc::clone(&stats) },
+            FlowLogWriter { thread, stats, reopen },
+        )
+    }
+
+    /// Asks the writer to close its file and open the path again (SIGUSR1: logrotate moved
+    /// the file away). Records queued meanwhile go to the new file; none are lost.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
     }
 
     /// Waits for the writer to drain the queue (all senders must be dropped first).
@@ -97,32 +133,119 @@ impl FlowLogWriter {
     }
 }
 
-fn write_loop(
-    receiver: Receiver<FlowRecord>,
-    mut out: BufWriter<Box<dyn Write + Send>>,
-    stats: &FlowLogStats,
-) {
-    let mut line = Vec::with_capacity(1024);
-    while let Ok(record) = receiver.recv() {
-        let mut next = Some(record);
-        while let Some(record) = next {
-            line.clear();
-            if serde_json::to_writer(&mut line, &JsonRecord::new(&record)).is_ok() {
-                line.push(b'\n');
-                if out.write_all(&line).is_ok() {
-                    stats.written.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            next = receiver.try_recv().ok();
-        }
-        // The queue is empty: make what we have visible.
-        if out.flush().is_err() {
-            stats.write_errors.fetch_add(1, Ordering::Relaxed);
+fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Where the lines go: a file that can be reopened at its path, or anything else.
+enum Output {
+    File { path: PathBuf, file: BufWriter<std::fs::File> },
+    Other(BufWriter<Box<dyn Write + Send>>),
+}
+
+impl Output {
+    fn out(&mut self) -> &mut dyn Write {
+        match self {
+            Output::File { file, .. } => file,
+            Output::Other(out) => out,
         }
     }
-    let _ = out.flush();
+}
+
+/// At most `per_second` records a second, a second's worth at once.
+struct RateLimit {
+    per_second: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> RateLimit {
+        let per_second = f64::from(per_second);
+        RateLimit { per_second, tokens: per_second, last: Instant::now() }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    output: Output,
+    stats: Arc<FlowLogStats>,
+    reopen: Arc<AtomicBool>,
+    rate: Option<RateLimit>,
+}
+
+impl Writer {
+    fn run(mut self, receiver: Receiver<FlowRecord>) {
+        let mut line = Vec::with_capacity(1024);
+        loop {
+            match receiver.recv_timeout(IDLE_WAKE) {
+                Ok(record) => {
+                    let mut next = Some(record);
+                    while let Some(record) = next {
+                        self.write(&record, &mut line);
+                        next = receiver.try_recv().ok();
+                    }
+                    // The queue is empty: make what we have visible.
+                    if self.output.out().flush().is_err() {
+                        self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.reopen.swap(false, Ordering::AcqRel) {
+                self.reopen_file();
+            }
+        }
+        let _ = self.output.out().flush();
+    }
+
+    fn write(&mut self, record: &FlowRecord, line: &mut Vec<u8>) {
+        if self.rate.as_mut().is_some_and(|rate| !rate.take()) {
+            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        line.clear();
+        if serde_json::to_writer(&mut *line, &JsonRecord::new(record)).is_ok() {
+            line.push(b'\n');
+            if self.output.out().write_all(line).is_ok() {
+                self.stats.written.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Closes the file and opens its path again; on failure the old file stays in use.
+    fn reopen_file(&mut self) {
+        let Output::File { path, file } = &mut self.output else { return };
+        if file.flush().is_err() {
+            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        match open_append(path) {
+            Ok(new) => {
+                *file = BufWriter::new(new);
+                tracing::info!(path = %path.display(), "flow log reopened");
+            }
+            Err(error) => {
+                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(path = %path.display(), %error, "cannot reopen the flow log; writing on to the old file");
+            }
+        }
+    }
 }
 
 /// The JSON shape of one line (documented in docs/operations.md).
@@ -255,5 +378,90 @@ mod tests {
         assert_eq!(t.len(), 24, "{t}");
         assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
         assert!(t.starts_with("20"), "{t}");
+    }
+
+    fn record(port: u16) -> FlowRecord {
+        use crate::conntrack::{Flow, FlowKey, Side, TcpState};
+        use crate::policy::{Action, Decision};
+        let (key, _) = FlowKey::of_packet(
+            "10.0.1.10".parse().unwrap(),
+            port,
+            "10.20.0.5".parse().unwrap(),
+            3306,
+            ip_proto::TCP,
+        );
+        let flow = Flow {
+            key,
+            initiator: Side::A,
+            generation: 1,
+            decision: Decision { action: Action::Allow, rule: Some(0), log: true },
+            rule_name: None,
+            tcp: TcpState::SynSent,
+            started_ms: 0,
+            last_seen_ms: 0,
+            packets: 1,
+            bytes: 60,
+            cookie: 7,
+            endpoint_id: None,
+            attachment_id: None,
+        };
+        FlowRecord {
+            event: FlowEvent::Start,
+            flow,
+            src: None,
+            dst: None,
+            rule: "r".into(),
+            generation: 1,
+        }
+    }
+
+    fn wait_for(what: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !what() {
+            assert!(Instant::now() < deadline, "timed out");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn reopen_moves_on_to_a_new_file_at_the_path_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flows.jsonl");
+        let rotated = dir.path().join("flows.jsonl.1");
+        let (sender, writer) = FlowLogWriter::start(&path, None).unwrap();
+        for port in 0..3 {
+            sender.send(record(40_000 + port));
+        }
+        wait_for(|| writer.stats.written.load(Ordering::Relaxed) == 3);
+        // logrotate renames the file, then signals; records may arrive in between.
+        std::fs::rename(&path, &rotated).unwrap();
+        sender.send(record(40_003));
+        writer.reopen();
+        wait_for(|| path.exists());
+        for port in 4..6 {
+            sender.send(record(40_000 + port));
+        }
+        drop(sender);
+        writer.join();
+        let old = std::fs::read_to_string(&rotated).unwrap();
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(old.lines().count() + new.lines().count(), 6, "{old}\n--\n{new}");
+        assert!(old.lines().count() >= 3 && new.lines().count() >= 2, "{old}\n--\n{new}");
+        assert!(new.contains("\"sport\":40005"));
+    }
+
+    #[test]
+    fn beyond_the_rate_records_are_dropped_and_counted() {
+        let output = Vec::new();
+        let (sender, writer) = FlowLogWriter::start_with(Box::new(output), Some(5));
+        for port in 0..50 {
+            sender.send(record(40_000 + port));
+        }
+        drop(sender);
+        let stats = Arc::clone(&writer.stats);
+        writer.join();
+        let written = stats.written.load(Ordering::Relaxed);
+        assert!((5..=6).contains(&written), "{written} written at 5 a second");
+        assert_eq!(stats.rate_limited.load(Ordering::Relaxed), 50 - written);
     }
 }

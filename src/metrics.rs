@@ -343,11 +343,23 @@ impl Collector for ControlCollector {
             counter(
                 e,
                 "labelwall_flow_log_records",
-                "Flow-log records by outcome: written, or dropped because the writer fell behind.",
+                "Flow-log records by outcome: written, dropped (the queue was full), rate_limited \
+                 (beyond flow_log.max_rate), write_error.",
                 [
                     ([("result", "written")], flow_log.written.load(Ordering::Relaxed)),
                     ([("result", "dropped")], flow_log.dropped.load(Ordering::Relaxed)),
+                    ([("result", "rate_limited")], flow_log.rate_limited.load(Ordering::Relaxed)),
                     ([("result", "write_error")], flow_log.write_errors.load(Ordering::Relaxed)),
+                ],
+            )?;
+            counter(
+                e,
+                "labelwall_flow_log_dropped",
+                "Flow-log records not written: the queue was full (the writer fell behind), or \
+                 beyond flow_log.max_rate.",
+                [
+                    ([("reason", "queue_full")], flow_log.dropped.load(Ordering::Relaxed)),
+                    ([("reason", "rate_limited")], flow_log.rate_limited.load(Ordering::Relaxed)),
                 ],
             )?;
         }

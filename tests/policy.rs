@@ -1271,7 +1271,7 @@ rules:
 "#,
     )));
     let output = SharedBuffer::default();
-    let (sender, writer) = FlowLogWriter::start_with(Box::new(output.clone()));
+    let (sender, writer) = FlowLogWriter::start_with(Box::new(output.clone()), None);
     let settings =
         FlowSettings { max_flows: 16, timeouts: Timeouts::default(), ..FlowSettings::default() };
     let mut pipeline = Pipeline::new(Mode::Inspect, 0, Some(Arc::clone(&cell)), settings, true);

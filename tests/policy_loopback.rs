@@ -269,3 +269,99 @@ fn flow_log_records_logged_flows_with_both_identities() {
     assert_eq!(record["dst_identity"]["kind"], "external");
     assert!(record["time"].as_str().unwrap().ends_with('Z'));
 }
+
+/// The first lines of `path` once there are at least `count` of them.
+fn wait_for_lines(path: &std::path::Path, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(String::from).collect();
+        if lines.len() >= count {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} has {} lines, not {count}",
+            path.display(),
+            lines.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigusr1_reopens_the_flow_log_after_logrotate_moved_it() {
+    let peer = GwlbPeer::new(1);
+    let appliance = bookinfo(&peer, "flow_log: {path: flows.jsonl}\n");
+    let path = appliance.dir.path().join("flows.jsonl");
+    let rotated = appliance.dir.path().join("flows.jsonl.1");
+    let syn = |port| {
+        gwlb_datagram(0x0100 + u32::from(port), &tcp(RATINGS, DB, port, 3306, 1, None, true))
+    };
+    assert!(passes(&peer, &appliance, 0, &syn(40_020)));
+    wait_for_lines(&path, 1);
+    // As logrotate does: rename, then postrotate sends SIGUSR1.
+    std::fs::rename(&path, &rotated).unwrap();
+    appliance.signal("USR1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "the flow log was not reopened:\n{}", appliance.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(passes(&peer, &appliance, 0, &syn(40_021)), "the appliance still forwards");
+    let new = wait_for_lines(&path, 1);
+    assert!(new[0].contains("\"sport\":40021"), "{new:?}");
+    assert_eq!(std::fs::read_to_string(&rotated).unwrap().lines().count(), 1);
+    assert!(appliance.log().contains("flow log reopened"));
+}
+
+/// The shipped logrotate file, run by the real logrotate against a running appliance: only
+/// the log directory, the user and the way the signal reaches the process (no systemd here)
+/// are changed.
+#[test]
+fn the_shipped_logrotate_file_rotates_the_flow_log_without_losing_records() {
+    let peer = GwlbPeer::new(1);
+    let appliance = bookinfo(&peer, "flow_log: {path: flows.jsonl}\n");
+    let dir = appliance.dir.path();
+    let syn = |port| {
+        gwlb_datagram(0x0200 + u32::from(port), &tcp(RATINGS, DB, port, 3306, 1, None, true))
+    };
+    for port in 40_030..40_033 {
+        assert!(passes(&peer, &appliance, 0, &syn(port)));
+    }
+    wait_for_lines(&dir.join("flows.jsonl"), 3);
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/appliance/logrotate/labelwall"
+    ))
+    .unwrap();
+    assert!(shipped.contains("systemctl kill --signal=USR1"));
+    assert!(!shipped.lines().any(|line| line.trim() == "copytruncate"), "records would be lost");
+    let pid = appliance.pid();
+    let config = shipped
+        .replace("/var/log/labelwall/", &format!("{}/", dir.display()))
+        .replace("su labelwall labelwall", "su root root")
+        .replace(
+            "systemctl kill --signal=USR1 --kill-whom=main labelwall.service",
+            &format!("kill -USR1 {pid}"),
+        );
+    std::fs::write(dir.join("logrotate.conf"), config).unwrap();
+    let status = std::process::Command::new("logrotate")
+        .arg("--force")
+        .arg("--state")
+        .arg(dir.join("logrotate.state"))
+        .arg(dir.join("logrotate.conf"))
+        .status()
+        .expect("logrotate (tests/run.sh installs it)");
+    assert!(status.success());
+    // The next record goes to a new file at the path; the rotated one holds the first three.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !appliance.log().contains("flow log reopened") {
+        assert!(Instant::now() < deadline, "no reopen:\n{}", appliance.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(passes(&peer, &appliance, 0, &syn(40_033)));
+    let new = wait_for_lines(&dir.join("flows.jsonl"), 1);
+    assert!(new[0].contains("\"sport\":40033"), "{new:?}");
+    assert_eq!(std::fs::read_to_string(dir.join("flows.jsonl.1")).unwrap().lines().count(), 3);
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command of the README: installs what the tests need if it is missing (tshark,
-# iperf3, tcpreplay, tcpdump, iproute2, kubectl, openssl, unshare, python3-venv from Debian;
+# iperf3, tcpreplay, tcpdump, iproute2, kubectl, openssl, unshare, logrotate, python3-venv from Debian;
 # botocore from PyPI into a virtualenv), then runs every test target.
 # Needs root (network namespaces, raw sockets, packet capture). Extra arguments go to cargo test;
 # the `test-hooks` feature builds the fault hooks some tests inject (never in a release build).
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 missing=()
 for tool_package in tshark:tshark iperf3:iperf3 tcpreplay:tcpreplay tcpdump:tcpdump ip:iproute2 \
-  kubectl:kubernetes-client openssl:openssl unshare:util-linux; do
+  kubectl:kubernetes-client openssl:openssl unshare:util-linux logrotate:logrotate; do
   command -v "${tool_package%%:*}" >/dev/null 2>&1 || missing+=("${tool_package#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

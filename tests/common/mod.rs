@@ -147,6 +147,11 @@ impl Appliance {
         self.dir.path().join("policy.yaml")
     }
 
+    /// The running appliance's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Sends a signal by name (`HUP`, `TERM`) to the running appliance.
     pub fn signal(&self, name: &str) {
         let pid = self.child.as_ref().expect("running").id().to_string();

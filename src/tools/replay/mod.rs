@@ -111,7 +111,8 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
     }
     let (flow_log, flow_log_writer) = match &args.flow_log {
         Some(path) => {
-            let (sender, writer) = FlowLogWriter::start(path)
+            // Offline: as fast as the capture is read, no rate limit.
+            let (sender, writer) = FlowLogWriter::start(path, None)
                 .with_context(|| format!("cannot open the flow log {}", path.display()))?;
             (Some(sender), Some(writer))
         }
