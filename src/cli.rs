@@ -323,7 +323,12 @@ async fn serve(config: &Config, settings: DataplaneSettings) -> anyhow::Result<(
                 tracing::info!("SIGHUP: reloading policy and inventory");
                 control.reload_all();
             }
-            _ = file_check.tick() => control.poll_files(),
+            _ = file_check.tick() => {
+                control.poll_files();
+                if control.withdraw_stale() {
+                    control.publish();
+                }
+            }
             Some(event) = source_events.recv() => {
                 // Take everything queued, then publish once.
                 let mut changed = control.apply(event);

@@ -8,6 +8,7 @@
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -127,6 +128,37 @@ pub struct KubernetesSource {
     pub kubeconfig: Option<PathBuf>,
     #[serde(default)]
     pub in_cluster: bool,
+    /// Lost longer than this (a duration, `5m`): the cluster's entries are withdrawn (fail
+    /// closed) until it syncs again; absent keeps them. Read with [`KubernetesSource::max_stale`].
+    #[serde(default, rename = "max_stale")]
+    pub max_stale_text: Option<String>,
+}
+
+impl KubernetesSource {
+    /// `max_stale` (validated when the file was loaded).
+    pub fn max_stale(&self) -> Option<Duration> {
+        self.max_stale_text.as_deref().and_then(|text| parse_duration(text).ok())
+    }
+}
+
+/// A duration as labelwall.yaml writes it: a whole number and a unit, `500ms`, `30s`, `5m`,
+/// `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let shape = || {
+        format!("`{text}` is not a duration: write a whole number and ms, s, m or h (`30s`, `5m`)")
+    };
+    let number: u64 = number.parse().map_err(|_| shape())?;
+    let millis = match unit {
+        "ms" => Some(number),
+        "s" => number.checked_mul(1_000),
+        "m" => number.checked_mul(60_000),
+        "h" => number.checked_mul(3_600_000),
+        _ => return Err(shape()),
+    };
+    millis.map(Duration::from_millis).ok_or_else(|| format!("`{text}` is too long"))
 }
 
 /// The flow table.
@@ -298,6 +330,13 @@ impl Config {
             if source.kubeconfig.is_some() == source.in_cluster {
                 error(&field, "set exactly one of `kubeconfig` and `in_cluster: true`".into());
             }
+            match source.max_stale_text.as_deref().map(parse_duration) {
+                Some(Err(message)) => error(&format!("{field}.max_stale"), message),
+                Some(Ok(stale)) if stale < Duration::from_secs(1) => {
+                    error(&format!("{field}.max_stale"), "must be at least 1s".into());
+                }
+                _ => {}
+            }
         }
         if let Some(level) = &self.log.level
             && tracing_subscriber::EnvFilter::try_new(level).is_err()
@@ -426,5 +465,37 @@ mod tests {
     fn missing_file_is_a_clear_error() {
         let errors = Config::load(Path::new("/nonexistent/labelwall.yaml")).unwrap_err();
         assert!(errors.to_string().contains("cannot read the file"), "{errors}");
+    }
+
+    #[test]
+    fn durations_are_a_whole_number_and_a_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "5", "m", "1.5s", "-1s", "5 m", "5min", "1d", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn max_stale_is_read_and_checked_with_its_line() {
+        let config = parse(
+            "policy: p.yaml\nlabels:\n  kubernetes:\n    - cluster: a\n      in_cluster: true\n      max_stale: 5m\n",
+        )
+        .unwrap();
+        assert_eq!(config.labels.kubernetes[0].max_stale(), Some(Duration::from_secs(300)));
+        let errors = parse(
+            "policy: p.yaml\nlabels:\n  kubernetes:\n    - cluster: a\n      in_cluster: true\n      max_stale: 5 minutes\n",
+        )
+        .unwrap_err();
+        assert!(errors.0[0].message.contains("not a duration"), "{errors:?}");
+        assert_eq!(errors.0[0].line, Some(6), "{errors:?}");
+        assert_eq!(errors.0[0].field.as_deref(), Some("labels.kubernetes[0].max_stale"));
+        let errors = parse(
+            "policy: p.yaml\nlabels:\n  kubernetes:\n    - cluster: a\n      in_cluster: true\n      max_stale: 10ms\n",
+        )
+        .unwrap_err();
+        assert_eq!(errors.0[0].field.as_deref(), Some("labels.kubernetes[0].max_stale"));
     }
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
@@ -30,6 +30,10 @@ pub struct SourceStatus {
     pub synced: bool,
     pub last_sync: Option<Instant>,
     pub errors: u64,
+    /// Since when the source is lost (it synced before); `None` while connected.
+    pub lost_since: Option<Instant>,
+    /// Its entries are withdrawn: lost longer than its `max_stale`.
+    pub withdrawn: bool,
 }
 
 /// What the admin server and metrics read of the control plane.
@@ -107,6 +111,8 @@ pub struct ControlPlane {
     source_names: Vec<String>,
     /// How many of the sources are live.
     live_sources: usize,
+    /// Per live source: how long it may be lost before its entries are withdrawn.
+    max_stale: Vec<Option<Duration>>,
     /// What each inventory file said last (to tell whether a reload changed anything).
     inventories: Vec<SourceRecords>,
     labels: LabelBuilder,
@@ -130,6 +136,7 @@ impl ControlPlane {
         let now = Instant::now();
         let mut statuses = Vec::new();
         let mut source_names: Vec<String> = Vec::new();
+        let mut max_stale = Vec::new();
         for cluster in &config.labels.kubernetes {
             // Not synced until its watcher delivers a first full list.
             let name = kubernetes_source_name(&cluster.cluster);
@@ -138,8 +145,11 @@ impl ControlPlane {
                 synced: false,
                 last_sync: None,
                 errors: 0,
+                lost_since: None,
+                withdrawn: false,
             });
             source_names.push(name);
+            max_stale.push(cluster.max_stale());
         }
         let live_sources = source_names.len();
         for records in &inventories {
@@ -148,6 +158,8 @@ impl ControlPlane {
                 synced: true,
                 last_sync: Some(now),
                 errors: 0,
+                lost_since: None,
+                withdrawn: false,
             });
             source_names.push(records.source.clone());
         }
@@ -173,6 +185,7 @@ impl ControlPlane {
             rule_hits,
             source_names,
             live_sources,
+            max_stale,
             inventories,
             labels,
             generation: 1,
@@ -301,12 +314,20 @@ impl ControlPlane {
                     tracing::warn!(source, "changes from an unknown label source ignored");
                     return false;
                 };
+                let mut restored = false;
                 if let Some(status) = statuses.iter_mut().find(|s| s.name == source) {
                     status.synced = true;
                     status.last_sync = Some(Instant::now());
+                    status.lost_since = None;
+                    if status.withdrawn {
+                        status.withdrawn = false;
+                        self.labels.set_suspended(index, false);
+                        restored = true;
+                        tracing::info!(source, "label source synced again; its entries are back");
+                    }
                 }
                 self.labels.apply_changes(index, &changes);
-                !changes.is_empty()
+                restored || !changes.is_empty()
             }
             SourceEvent::Lost { source, error } => {
                 if let Some(status) = statuses.iter_mut().find(|s| s.name == source) {
@@ -317,12 +338,42 @@ impl ControlPlane {
                             "label source lost; keeping its last entries"
                         );
                     }
+                    if status.last_sync.is_some() && status.lost_since.is_none() {
+                        status.lost_since = Some(Instant::now());
+                    }
                     status.synced = false;
                     status.errors += 1;
                 }
                 false
             }
         }
+    }
+
+    /// Withdraws the entries of every live source lost longer than its `max_stale` (its
+    /// addresses become unknown, or go to the next source that claims them: fail closed);
+    /// they come back when it syncs again. Returns whether a new snapshot must be published.
+    pub fn withdraw_stale(&mut self) -> bool {
+        let mut statuses = self.state.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let mut withdrawn = false;
+        for (index, max_stale) in self.max_stale.iter().enumerate() {
+            let Some(max_stale) = *max_stale else { continue };
+            let Some(status) = statuses.iter_mut().find(|s| s.name == self.source_names[index])
+            else {
+                continue;
+            };
+            if status.withdrawn || status.lost_since.is_none_or(|t| t.elapsed() < max_stale) {
+                continue;
+            }
+            status.withdrawn = true;
+            self.labels.set_suspended(index, true);
+            withdrawn = true;
+            tracing::warn!(
+                source = status.name,
+                max_stale = ?max_stale,
+                "label source lost longer than max_stale; its entries are withdrawn until it syncs again"
+            );
+        }
+        withdrawn
     }
 
     /// Publishes a snapshot of the current policy and label sources: only what changed since

@@ -322,6 +322,22 @@ impl Collector for ControlCollector {
                 ([("source", s.name.clone())], age)
             }),
         )?;
+        gauge(
+            e,
+            "labelwall_label_source_stale_seconds",
+            "Seconds the label source has been lost (0 while connected): its entries are the \
+             last it reported, or withdrawn past its max_stale.",
+            sources.iter().map(|s| {
+                let stale = s.lost_since.map_or(0, |t| t.elapsed().as_secs() as i64);
+                ([("source", s.name.clone())], stale)
+            }),
+        )?;
+        gauge(
+            e,
+            "labelwall_label_source_withdrawn",
+            "1 while the label source's entries are withdrawn (lost longer than its max_stale).",
+            sources.iter().map(|s| ([("source", s.name.clone())], i64::from(s.withdrawn))),
+        )?;
         counter(
             e,
             "labelwall_label_source_errors",

@@ -32,6 +32,7 @@ fn source(cluster: &str, kubeconfig: &std::path::Path) -> KubernetesSource {
         cluster: cluster.into(),
         kubeconfig: Some(kubeconfig.to_path_buf()),
         in_cluster: false,
+        max_stale_text: None,
     }
 }
 
@@ -693,13 +694,16 @@ fn wait_verdict(
     }
 }
 
-fn kubernetes_yaml(clusters: &[(&str, &std::path::Path)]) -> String {
+fn kubernetes_yaml(clusters: &[(&str, &std::path::Path)], max_stale: Option<&str>) -> String {
     let mut yaml = String::from("labels:\n  kubernetes:\n");
     for (cluster, kubeconfig) in clusters {
         yaml.push_str(&format!(
             "    - cluster: {cluster}\n      kubeconfig: {}\n",
             kubeconfig.display()
         ));
+        if let Some(max_stale) = max_stale {
+            yaml.push_str(&format!("      max_stale: {max_stale}\n"));
+        }
     }
     yaml
 }
@@ -712,6 +716,11 @@ struct Scene {
 
 impl Scene {
     fn start(servers: &[(&str, &FakeApiServer)]) -> Scene {
+        Scene::start_with(servers, None)
+    }
+
+    /// As [`Scene::start`], each cluster with `max_stale`.
+    fn start_with(servers: &[(&str, &FakeApiServer)], max_stale: Option<&str>) -> Scene {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfigs: Vec<_> =
             servers.iter().map(|(c, s)| (*c, s.kubeconfig(dir.path(), c, None))).collect();
@@ -722,7 +731,7 @@ impl Scene {
             1,
             POLICY,
             None,
-            &kubernetes_yaml(&clusters),
+            &kubernetes_yaml(&clusters, max_stale),
             &[],
         );
         Scene { peer, appliance, _dir: dir }
@@ -973,7 +982,7 @@ fn start_measured(server: &FakeApiServer, reply_port: u16) -> (Measured, Duratio
     let config = format!(
         "dataplane:\n  listen: {listen}\n  workers: 1\n  reply_port: {reply_port}\n\
          admin:\n  listen: {admin}\npolicy: policy.yaml\nlog:\n  level: \"info,labelwall::sources=debug,labelwall::control=debug\"\n{}",
-        kubernetes_yaml(&[("c1", &kubeconfig)])
+        kubernetes_yaml(&[("c1", &kubeconfig)], None)
     );
     std::fs::write(dir.path().join("labelwall.yaml"), config).unwrap();
     let started = Instant::now();
@@ -1116,4 +1125,44 @@ fn measure_sync_memory_and_flip_latency_at_10k_pods() {
 #[ignore = "measurement: run with --release --ignored --nocapture"]
 fn measure_sync_memory_and_flip_latency_at_100k_pods() {
     measure(100_000, 100);
+}
+
+#[test]
+fn a_cluster_lost_longer_than_max_stale_is_withdrawn_until_it_syncs_again() {
+    let server =
+        server_with(&[pod("bookinfo", "ratings-1", &["10.0.1.15"], json!({"app": "ratings"}))]);
+    let scene = Scene::start_with(&[("c1", &server)], Some("2s"));
+    assert_eq!(scene.verdict(POD_A, 3306), Verdict::Allowed);
+    let stale = || {
+        metric(
+            &scene.appliance.metrics(),
+            r#"labelwall_label_source_stale_seconds{source="kubernetes:c1"}"#,
+        )
+    };
+    let withdrawn = || {
+        metric(
+            &scene.appliance.metrics(),
+            r#"labelwall_label_source_withdrawn{source="kubernetes:c1"}"#,
+        )
+    };
+    assert_eq!((stale(), withdrawn()), (0, 0));
+    server.stop();
+    scene.wait_synced("c1", 0);
+    // Within max_stale: the last table decides.
+    assert_eq!(scene.verdict(POD_A, 3306), Verdict::Allowed);
+    // Past it: the pod's address is unknown (no group matches it: default deny).
+    let took = scene.wait(POD_A, 3306, Verdict::Dropped);
+    assert!(took < Duration::from_secs(6), "withdrawn after {took:?}");
+    assert_eq!(withdrawn(), 1);
+    assert!(stale() >= 2, "stale seconds {}", stale());
+    assert_eq!(
+        http_get(scene.appliance.admin, "/readyz").map(|r| r.0),
+        Some(200),
+        "readiness unchanged"
+    );
+    // Back: the entries return whole as soon as the source syncs, with no change to report.
+    server.restart();
+    scene.wait_synced("c1", 1);
+    scene.wait(POD_A, 3306, Verdict::Allowed);
+    assert_eq!((stale(), withdrawn()), (0, 0));
 }

@@ -64,6 +64,8 @@ pub struct LabelBuilder {
     index: HashTable<u32>,
     /// Per source: records that repeat an address the same source already claimed.
     duplicates: Vec<usize>,
+    /// Per source: its claims are kept but own nothing (a source lost for too long).
+    suspended: Vec<bool>,
     /// Claims beyond the first on each address or network.
     overlaps: usize,
     empty_labels: Arc<Labels>,
@@ -97,6 +99,7 @@ impl LabelBuilder {
     pub fn new(source_names: Vec<String>) -> LabelBuilder {
         LabelBuilder {
             duplicates: vec![0; source_names.len()],
+            suspended: vec![false; source_names.len()],
             source_names: source_names.into(),
             host_claims: FxHashMap::default(),
             network_claims: BTreeMap::new(),
@@ -171,6 +174,70 @@ impl LabelBuilder {
         }
     }
 
+    /// Suspends `source` (its claims stay, but own nothing: each of its addresses goes to the
+    /// next claimant, or to nobody) or ends its suspension. For a label source lost longer
+    /// than it may be trusted (`max_stale`): its entries are withdrawn without forgetting
+    /// them, and come back whole when it syncs again. Costs a pass over every claim.
+    pub fn set_suspended(&mut self, source: usize, suspended: bool) {
+        if self.suspended[source] == suspended {
+            return;
+        }
+        // Where `source` owns the address, or would once it is back: every claim before its
+        // own is of a suspended source.
+        let flags = &self.suspended;
+        let decides = |claims: &Vec<Claim>| {
+            claims
+                .iter()
+                .take_while(|c| c.source <= source)
+                .all(|c| c.source == source || flags[c.source])
+                && claims.iter().any(|c| c.source == source)
+        };
+        let affected: Vec<IpNet> = self
+            .host_claims
+            .iter()
+            .filter(|(_, claims)| decides(claims))
+            .map(|(ip, _)| IpNet::from(*ip))
+            .chain(self.network_claims.iter().filter(|(_, c)| decides(c)).map(|(net, _)| *net))
+            .collect();
+        let in_force = |claims: &Vec<(usize, Arc<Labels>)>, flags: &[bool]| {
+            claims.iter().find(|c| !flags[c.0]).map(|c| Arc::clone(&c.1)).unwrap_or_default()
+        };
+        let namespaces_before: Vec<(Arc<str>, Arc<str>, Arc<Labels>)> = self
+            .namespaces
+            .iter()
+            .flat_map(|(cluster, names)| {
+                names.iter().filter(|(_, claims)| claims.iter().any(|c| c.0 == source)).map(
+                    |(name, claims)| {
+                        (Arc::clone(cluster), Arc::clone(name), in_force(claims, flags))
+                    },
+                )
+            })
+            .collect();
+        self.suspended[source] = suspended;
+        // Namespace labels first, so that the addresses placed below get identities with the
+        // labels in force.
+        for (cluster, name, before) in namespaces_before {
+            let after = in_force(&self.namespaces[&cluster][&name], &self.suspended);
+            if before != after {
+                self.relabel_namespace(&cluster, &name, &after);
+            }
+        }
+        for net in affected {
+            let claims = if is_host(&net) {
+                &self.host_claims[&net.addr()]
+            } else {
+                &self.network_claims[&net]
+            };
+            let owner = claims.iter().find(|c| !self.suspended[c.source]).cloned();
+            self.place(net, owner);
+        }
+    }
+
+    /// Whether `source` is suspended ([`LabelBuilder::set_suspended`]).
+    pub fn is_suspended(&self, source: usize) -> bool {
+        self.suspended[source]
+    }
+
     /// Applies what changed in `source` since its last view or changes.
     pub fn apply_changes(&mut self, source: usize, changes: &SourceChanges) {
         for NamespaceChange { cluster, name, labels } in &changes.namespaces {
@@ -238,7 +305,12 @@ impl LabelBuilder {
             (false, None) => false,
         };
         let after = claims.len();
-        let owner = (changed && at == 0).then(|| claims.first().cloned());
+        // The owner is the first claim of a source that is not suspended: it changed when this
+        // claim is (or was) that one.
+        let suspended = &self.suspended;
+        let owner =
+            (changed && !suspended[source] && claims[..at].iter().all(|c| suspended[c.source]))
+                .then(|| claims.iter().find(|c| !suspended[c.source]).cloned());
         if after == 0 {
             if is_host(&net) {
                 self.host_claims.remove(&net.addr());
@@ -287,9 +359,13 @@ impl LabelBuilder {
         name: &Arc<str>,
         labels: Option<Arc<Labels>>,
     ) {
+        let suspended = &self.suspended;
+        let in_force = |claims: &Vec<(usize, Arc<Labels>)>| {
+            claims.iter().find(|c| !suspended[c.0]).map(|c| Arc::clone(&c.1))
+        };
         let names = self.namespaces.entry(Arc::clone(cluster)).or_default();
         let claims = names.entry(Arc::clone(name)).or_default();
-        let before = claims.first().map(|c| Arc::clone(&c.1));
+        let before = in_force(claims);
         let at = claims.iter().position(|c| c.0 >= source).unwrap_or(claims.len());
         let ours = claims.get(at).is_some_and(|c| c.0 == source);
         match (ours, labels) {
@@ -300,7 +376,7 @@ impl LabelBuilder {
             (false, Some(labels)) => claims.insert(at, (source, labels)),
             (false, None) => {}
         }
-        let after = claims.first().map(|c| Arc::clone(&c.1));
+        let after = in_force(claims);
         if claims.is_empty() {
             names.remove(name);
             if names.is_empty() {
@@ -347,7 +423,7 @@ impl LabelBuilder {
         self.namespaces
             .get(cluster)
             .and_then(|names| names.get(namespace))
-            .and_then(|claims| claims.first())
+            .and_then(|claims| claims.iter().find(|c| !self.suspended[c.0]))
             .map_or_else(|| Arc::clone(&self.empty_labels), |c| Arc::clone(&c.1))
     }
 
@@ -541,6 +617,12 @@ mod tests {
             Snapshot::new(0, Arc::new(builder.publish().0), Arc::clone(&policy), Arc::clone(&hits));
         for step in 1..=600u64 {
             let source = rng.below(3) as usize;
+            if rng.below(12) == 0 {
+                // A live source lost for too long, or back: suspended or resumed, its claims
+                // kept (and still changed while suspended).
+                let live = rng.below(2) as usize;
+                builder.set_suspended(live, !builder.is_suspended(live));
+            }
             if source == 2 {
                 // An inventory reload: a new full view.
                 let mut view = View::default();
@@ -595,8 +677,18 @@ mod tests {
                 Arc::clone(&hits),
                 &changed,
             );
+            // A suspended source counts as one that claims nothing.
+            let in_force = |(i, v): (usize, &View)| {
+                if builder.is_suspended(i) { View::default() } else { v.clone() }
+            };
             let full = LabelTable::build(
-                &views.iter().zip(NAMES).map(|(v, n)| Arc::new(v.records(n))).collect::<Vec<_>>(),
+                &views
+                    .iter()
+                    .enumerate()
+                    .map(in_force)
+                    .zip(NAMES)
+                    .map(|(v, n)| Arc::new(v.records(n)))
+                    .collect::<Vec<_>>(),
             );
             let fresh =
                 Snapshot::new(step, Arc::new(full.clone()), Arc::clone(&policy), Arc::clone(&hits));
@@ -606,7 +698,10 @@ mod tests {
             }
             assert_eq!(table.identity_count(), full.identity_count(), "step {step}");
             assert_eq!(table.endpoint_count(), full.endpoint_count(), "step {step}");
-            assert_eq!(table.conflicts(), full.conflicts(), "step {step}");
+            if !(0..NAMES.len()).any(|i| builder.is_suspended(i)) {
+                // A suspended source's claims are still there, and still counted as conflicts.
+                assert_eq!(table.conflicts(), full.conflicts(), "step {step}");
+            }
         }
     }
 

@@ -223,10 +223,13 @@ impl ClusterWatch {
         let now = Instant::now();
         if !self.publish.dirty {
             // Nothing changed: say so now and then, so that the last-sync age tells a quiet
-            // cluster from a lost one.
+            // cluster from a lost one; and at once when the API server is back, so that a
+            // withdrawn cluster (`max_stale`) comes back without waiting for a heartbeat.
+            let back = lost.is_none() && self.publish.lost_reported && self.store.listed();
             if let (None, Some(at)) = (&lost, &mut self.publish.last_sent)
-                && *at + HEARTBEAT <= now
+                && (*at + HEARTBEAT <= now || back)
             {
+                self.publish.lost_reported = false;
                 *at = now;
                 let event =
                     SourceEvent::Changes { source: self.name.clone(), changes: Arc::default() };
