@@ -111,7 +111,8 @@ impl RejectBudget {
     fn take(&mut self, now_ms: u64) -> bool {
         let elapsed = now_ms.saturating_sub(self.last_ms);
         self.last_ms = self.last_ms.max(now_ms);
-        self.milli_tokens = (self.milli_tokens + elapsed * self.limit).min(self.limit * 1000);
+        let refill = elapsed.saturating_mul(self.limit);
+        self.milli_tokens = self.milli_tokens.saturating_add(refill).min(self.limit * 1000);
         if self.milli_tokens >= 1000 {
             self.milli_tokens -= 1000;
             true
