@@ -34,7 +34,7 @@ impl Pipeline {
             // A later fragment is a packet of its first fragment's flow, with its ports.
             return match self.fragments.ports_of(inner, now) {
                 Some(ports) => self.judge_flow(snapshot, packet, len, ports, 0),
-                None => self.judge_unmatched_fragment(snapshot, inner),
+                None => judge_unmatched_fragment(snapshot, inner),
             };
         }
         if let Some(fragment) = inner.fragment {
@@ -178,12 +178,12 @@ impl Pipeline {
         flow.bytes += len as u64;
         Some(flow.decision)
     }
+}
 
-    /// A later fragment whose first fragment was not seen (or is forgotten): judged as started
-    /// by its sender without ports, so only rules that admit the whole protocol can match.
-    fn judge_unmatched_fragment(&mut self, snapshot: &Snapshot, inner: &InnerPacket) -> Decision {
-        snapshot.decide(inner.src, inner.dst, inner.protocol, None)
-    }
+/// A later fragment whose first fragment was not seen (or is forgotten): judged as started by
+/// its sender without ports, so only rules that admit the whole protocol can match.
+fn judge_unmatched_fragment(snapshot: &Snapshot, inner: &InnerPacket) -> Decision {
+    snapshot.decide(inner.src, inner.dst, inner.protocol, None)
 }
 
 /// Policy or labels changed since `flow` was judged: judge it again, as its initiator started it.
