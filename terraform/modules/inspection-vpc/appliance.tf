@@ -152,7 +152,8 @@ resource "aws_vpc_security_group_egress_rule" "s3" {
 # ---------------------------------------------------------------------------------------------
 # Instance role: read its own config and release, describe the EKS clusters it watches.
 # Nothing else: the EKS bearer token is a presigned sts:GetCallerIdentity URL, which needs no
-# IAM permission; what it may read inside Kubernetes is granted by the cluster's access entry.
+# IAM permission; what it may read inside Kubernetes is granted in the cluster: its access
+# entry makes the role a member of labelwall-readers, which appliance/kubernetes/rbac.yaml binds.
 # ---------------------------------------------------------------------------------------------
 
 data "aws_iam_policy_document" "assume" {
