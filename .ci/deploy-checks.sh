@@ -241,6 +241,7 @@ output "user_data" {
     aws_region           = "eu-west-1"
     admin_port           = 8080
     dataplane_workers    = 0
+    allowed_peers        = ["10.100.0.0/24", "10.100.1.0/24"]
     flow_log_path        = "/var/log/labelwall/flows.jsonl"
     kubernetes_clusters  = [{ cluster = "eks-prod", eks_cluster_name = "prod", region = "eu-west-1" }]
   })
@@ -256,7 +257,7 @@ doc = yaml.safe_load(open(sys.argv[1]))
 files = {f["path"]: f["content"] for f in doc["write_files"]}
 assert doc["runcmd"] == [["/usr/local/libexec/labelwall/bootstrap"]], doc["runcmd"]
 cfg = yaml.safe_load(files["/etc/labelwall/labelwall.yaml"])
-spec = {"dataplane": {"listen", "workers", "reply_port"}, "admin": {"listen"}, "policy": None,
+spec = {"dataplane": {"listen", "workers", "reply_port", "allowed_peers"}, "admin": {"listen"}, "policy": None,
         "labels": {"inventory", "kubernetes"}, "flow_log": {"path"}}
 for key, value in cfg.items():
     assert key in spec, f"labelwall.yaml key {key!r} is not in SPEC.md"
@@ -264,6 +265,7 @@ for key, value in cfg.items():
         unknown = set(value) - spec[key]
         assert not unknown, f"labelwall.yaml {key}: keys {unknown} are not in SPEC.md"
 assert cfg["admin"]["listen"] == "0.0.0.0:8080" and cfg["dataplane"]["listen"] == "0.0.0.0:6081"
+assert cfg["dataplane"]["allowed_peers"] == ["10.100.0.0/24", "10.100.1.0/24"], cfg["dataplane"]
 for k in cfg["labels"]["kubernetes"]:
     assert set(k) <= {"cluster", "kubeconfig", "in_cluster"}, k
 open(sys.argv[2], "w").write(files["/usr/local/libexec/labelwall/bootstrap"])

@@ -318,24 +318,17 @@ resource "aws_eks_node_group" "this" {
   ]
 }
 
-# The appliances' read-only view of the cluster: AmazonEKSViewPolicy (pods, namespaces) at
-# cluster scope, plus membership in the group labelwall-node-readers, which docs/deploy.md binds
-# to a ClusterRole for get/list/watch on nodes (the view policy does not cover nodes).
+# The appliances' read-only view of the cluster: the access entry makes their role a member of
+# the Kubernetes group labelwall-readers, and nothing more. appliance/kubernetes/rbac.yaml binds
+# that group to get/list/watch on pods, namespaces and nodes; apply it once after this
+# (docs/deploy.md, step 4): kubectl apply -f appliance/kubernetes/rbac.yaml. No EKS access policy
+# is associated: AmazonEKSViewPolicy would grant far more (most namespaced resources) and
+# still not nodes.
 resource "aws_eks_access_entry" "labelwall" {
   cluster_name      = aws_eks_cluster.this.name
   principal_arn     = module.inspection.instance_role_arn
   type              = "STANDARD"
-  kubernetes_groups = ["labelwall-node-readers"]
-}
-
-resource "aws_eks_access_policy_association" "labelwall_view" {
-  cluster_name  = aws_eks_cluster.this.name
-  principal_arn = aws_eks_access_entry.labelwall.principal_arn
-  policy_arn    = "arn:${data.aws_partition.current.partition}:eks::aws:cluster-access-policy/AmazonEKSViewPolicy"
-
-  access_scope {
-    type = "cluster"
-  }
+  kubernetes_groups = ["labelwall-readers"]
 }
 
 # ---------------------------------------------------------------------------------------------

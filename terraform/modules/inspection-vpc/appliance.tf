@@ -12,7 +12,10 @@ data "aws_ssm_parameter" "ami" {
 locals {
   ami_id = var.ami_id != null ? var.ami_id : nonsensitive(data.aws_ssm_parameter.ami[0].value)
 
-  gwlb_cidrs = [for az in var.availability_zones : local.gwlb_subnet_cidrs[az]]
+  # The networks GWLB's nodes send GENEVE from: the CIDRs of the subnets the GWLB is in, in
+  # zone order. labelwall drops GENEVE from anywhere else (dataplane.allowed_peers, drop reason
+  # peer_not_allowed), a second line behind the security group rules below.
+  gwlb_cidrs = [for az in var.availability_zones : aws_subnet.gwlb[az].cidr_block]
 
   # s3://bucket/prefix -> bucket, prefix ("" for the whole bucket).
   config_bucket = regex("^s3://([^/]+)", var.config_s3_uri)[0]
@@ -47,6 +50,7 @@ locals {
     aws_region           = data.aws_region.current.name
     admin_port           = var.admin_port
     dataplane_workers    = var.dataplane_workers
+    allowed_peers        = local.gwlb_cidrs
     flow_log_path        = var.flow_log_path == null ? "" : var.flow_log_path
     kubernetes_clusters  = local.kubernetes_clusters
   })
@@ -148,7 +152,8 @@ resource "aws_vpc_security_group_egress_rule" "s3" {
 # ---------------------------------------------------------------------------------------------
 # Instance role: read its own config and release, describe the EKS clusters it watches.
 # Nothing else: the EKS bearer token is a presigned sts:GetCallerIdentity URL, which needs no
-# IAM permission; what it may read inside Kubernetes is granted by the cluster's access entry.
+# IAM permission; what it may read inside Kubernetes is granted in the cluster: its access
+# entry makes the role a member of labelwall-readers, which appliance/kubernetes/rbac.yaml binds.
 # ---------------------------------------------------------------------------------------------
 
 data "aws_iam_policy_document" "assume" {

@@ -387,7 +387,7 @@ variable "config_sync_interval" {
 }
 
 variable "kubernetes_clusters" {
-  description = "EKS clusters labelwall watches for pod, namespace and node labels. cluster is the name used in identities and policy selectors (labels.kubernetes[].cluster); eks_cluster_name the EKS name; region defaults to the provider's region. The instance role gets eks:DescribeCluster on exactly these clusters; each cluster also needs an access entry for the instance role (see examples/eks-egress)."
+  description = "EKS clusters labelwall watches for pod, namespace and node labels. cluster is the name used in identities and policy selectors (labels.kubernetes[].cluster); eks_cluster_name the EKS name; region defaults to the provider's region. The instance role gets eks:DescribeCluster on exactly these clusters; each cluster also needs an access entry putting the instance role in the Kubernetes group labelwall-readers, with no access policy, and appliance/kubernetes/rbac.yaml applied (see examples/eks-egress, docs/kubernetes.md)."
   type = list(object({
     cluster          = string
     eks_cluster_name = string

@@ -148,9 +148,23 @@ run "appliances_can_read_the_cluster" {
     error_message = "The appliance role needs an access entry."
   }
 
+  # One story with appliance/kubernetes/rbac.yaml: the access entry only names the group that
+  # rbac.yaml's ClusterRoleBinding binds (get/list/watch on pods, namespaces, nodes), and no
+  # EKS access policy is associated (the example has no aws_eks_access_policy_association).
   assert {
-    condition     = endswith(aws_eks_access_policy_association.labelwall_view.policy_arn, ":cluster-access-policy/AmazonEKSViewPolicy") && aws_eks_access_policy_association.labelwall_view.access_scope[0].type == "cluster"
-    error_message = "The appliance role must get read-only view at cluster scope, nothing more."
+    condition     = aws_eks_access_entry.labelwall.kubernetes_groups == toset(["labelwall-readers"])
+    error_message = "The appliance role must be in exactly one Kubernetes group, labelwall-readers."
+  }
+
+  assert {
+    condition = alltrue([
+      for g in aws_eks_access_entry.labelwall.kubernetes_groups : contains(flatten([
+        for d in split("\n---\n", file("${path.module}/../../../appliance/kubernetes/rbac.yaml")) : [
+          for s in try(yamldecode(d).subjects, []) : s.name if s.kind == "Group"
+        ] if try(yamldecode(d).kind, "") == "ClusterRoleBinding"
+      ]), g)
+    ])
+    error_message = "The access entry's group must be the one appliance/kubernetes/rbac.yaml binds."
   }
 
   assert {

@@ -1,7 +1,8 @@
 # Offline tests of the inspection VPC (mocked AWS provider: nothing is created, no credentials).
 # They pin the settings that silently break GWLB inspection in production when they drift:
-# GENEVE on 6081, the /readyz health check on the admin port, equal failover settings, and
-# security groups that admit GENEVE and health checks only from the GWLB subnets.
+# GENEVE on 6081, the /readyz health check on the admin port, equal failover settings,
+# security groups that admit GENEVE and health checks only from the GWLB subnets, and
+# labelwall's own allowed_peers set to exactly those subnets.
 
 mock_provider "aws" {
   mock_data "aws_region" {
@@ -231,6 +232,51 @@ run "appliances_boot_with_imdsv2_and_elb_health" {
   assert {
     condition     = length(base64decode(aws_launch_template.appliance.user_data)) < 16384
     error_message = "EC2 user data is limited to 16 KiB."
+  }
+}
+
+# dataplane.allowed_peers in the labelwall.yaml cloud-init writes: exactly the CIDRs of the
+# subnets the GWLB is in (its nodes' addresses), so GENEVE from anywhere else is dropped.
+run "allowed_peers_are_exactly_the_gwlb_subnets" {
+  command = apply
+
+  assert {
+    condition = yamldecode([
+      for f in yamldecode(base64decode(aws_launch_template.appliance.user_data)).write_files :
+      f.content if f.path == "/etc/labelwall/labelwall.yaml"
+    ][0]).dataplane.allowed_peers == ["10.100.0.0/24", "10.100.1.0/24"]
+    error_message = "labelwall.yaml must set dataplane.allowed_peers to exactly the GWLB subnets 10.100.0.0/24 and 10.100.1.0/24."
+  }
+
+  assert {
+    condition = toset(yamldecode([
+      for f in yamldecode(base64decode(aws_launch_template.appliance.user_data)).write_files :
+      f.content if f.path == "/etc/labelwall/labelwall.yaml"
+    ][0]).dataplane.allowed_peers) == toset([for s in aws_subnet.gwlb : s.cidr_block if contains(tolist(aws_lb.this.subnets), s.id)])
+    error_message = "dataplane.allowed_peers must be the CIDR blocks of the subnets the GWLB is in."
+  }
+}
+
+run "allowed_peers_follow_the_zones_and_the_vpc_cidr" {
+  command = apply
+
+  variables {
+    availability_zones = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+    vpc_cidr           = "10.20.0.0/20"
+    subnet_newbits     = 6
+  }
+
+  assert {
+    condition = yamldecode([
+      for f in yamldecode(base64decode(aws_launch_template.appliance.user_data)).write_files :
+      f.content if f.path == "/etc/labelwall/labelwall.yaml"
+    ][0]).dataplane.allowed_peers == ["10.20.0.0/26", "10.20.0.64/26", "10.20.0.128/26"]
+    error_message = "dataplane.allowed_peers must list every zone's GWLB subnet, and only those."
+  }
+
+  assert {
+    condition     = toset([for r in aws_vpc_security_group_ingress_rule.geneve : r.cidr_ipv4]) == toset(["10.20.0.0/26", "10.20.0.64/26", "10.20.0.128/26"])
+    error_message = "The security group and allowed_peers must admit the same GWLB subnets."
   }
 }
 
