@@ -37,12 +37,53 @@ pub fn registry(
     registry
 }
 
-/// Renders the registry in the Prometheus text format.
+/// Renders the registry in the Prometheus text format 0.0.4, the content type `/metrics`
+/// declares.
 pub fn render(registry: &Registry) -> String {
     let mut text = String::with_capacity(8 * 1024);
     // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut text, registry);
-    text
+    let _ = prometheus_client::encoding::text::encode_registry(&mut text, registry);
+    openmetrics_to_prometheus(&text)
+}
+
+/// prometheus-client writes OpenMetrics: a counter family `x` has `# HELP x` and `# TYPE x
+/// counter` over samples named `x_total`. In the Prometheus text format HELP and TYPE name
+/// the samples, so a Prometheus scraping text 0.0.4 (and `promtool check metrics`) would
+/// see `x_total` without help or type. The sample lines, hence the metric names, are the
+/// same in both formats.
+fn openmetrics_to_prometheus(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len() + 1024);
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if line.starts_with("# HELP ") {
+            help = Some(line);
+            continue;
+        }
+        if let Some(descriptor) = line.strip_prefix("# TYPE ") {
+            let (family, kind) = descriptor.split_once(' ').unwrap_or((descriptor, ""));
+            let name = match kind {
+                "counter" if !family.ends_with("_total") => format!("{family}_total"),
+                _ => family.to_string(),
+            };
+            if let Some(help) = help.take() {
+                match help["# HELP ".len()..].strip_prefix(family) {
+                    Some(text) => out.push_str(&format!("# HELP {name}{text}\n")),
+                    None => out.push_str(&format!("{help}\n")),
+                }
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        if let Some(help) = help.take() {
+            out.push_str(help);
+            out.push('\n');
+        }
+        if line != "# EOF" {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 #[derive(Debug)]
@@ -380,5 +421,36 @@ impl Collector for ControlCollector {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_described_under_the_names_of_their_samples() {
+        let openmetrics = "# HELP labelwall_drops Datagrams dropped.\n\
+                           # TYPE labelwall_drops counter\n\
+                           labelwall_drops_total{reason=\"oversize\"} 3\n\
+                           # HELP labelwall_flows_active Flows tracked now.\n\
+                           # TYPE labelwall_flows_active gauge\n\
+                           labelwall_flows_active 2\n\
+                           # EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus(openmetrics),
+            "# HELP labelwall_drops_total Datagrams dropped.\n\
+             # TYPE labelwall_drops_total counter\n\
+             labelwall_drops_total{reason=\"oversize\"} 3\n\
+             # HELP labelwall_flows_active Flows tracked now.\n\
+             # TYPE labelwall_flows_active gauge\n\
+             labelwall_flows_active 2\n"
+        );
+    }
+
+    #[test]
+    fn the_rendered_registry_has_no_openmetrics_eof() {
+        let text = render(&Registry::default());
+        assert!(!text.contains("# EOF"), "{text}");
     }
 }
