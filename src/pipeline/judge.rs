@@ -1,7 +1,7 @@
 //! Judging: the stateful decision on a decoded packet. A known flow keeps its decision until
 //! the snapshot changes; an unknown one is judged as started by its sender, or, for a TCP
 //! segment with ACK that the sender may not start, the other way round (mid-flow pickup);
-//! later fragments are packets of their first fragment's flow.
+//! later fragments are packets of their first fragment's flow, judged as it was.
 //!
 //! Must not depend on: sockets, the flow log (records go to the pipeline's queue).
 
@@ -31,9 +31,11 @@ impl Pipeline {
             return decision;
         }
         if inner.transport == Transport::Fragment {
-            // A later fragment is a packet of its first fragment's flow, with its ports.
-            return match self.fragments.ports_of(inner, now) {
-                Some(ports) => self.judge_flow(snapshot, packet, len, ports, 0),
+            // A later fragment is a packet of its first fragment's flow, with its ports, and
+            // judged as it was: the rest of a SYN that the responder of a known flow sends is
+            // its own connection, refused as its first fragment was, never part of the flow.
+            return match self.fragments.first_of(inner, now) {
+                Some(first) => self.judge_flow(snapshot, packet, len, first.ports, first.flags),
                 None => self.judge_unmatched_fragment(snapshot, inner),
             };
         }
