@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::decode::DecodedPacket;
 use super::{FlowEvent, Pipeline};
-use crate::conntrack::{Flow, FlowEnd, FlowKey, TcpState, has_ports};
+use crate::conntrack::{Flow, FlowEnd, FlowKey, Side, TcpState, has_ports};
 use crate::packet::{InnerPacket, Transport, ip_proto, tcp_flags};
 use crate::policy::Decision;
 use crate::snapshot::Snapshot;
@@ -60,7 +60,7 @@ impl Pipeline {
         let now = self.now_ms;
         let (key, sender) = FlowKey::of_packet(inner.src, sport, inner.dst, dport, inner.protocol);
         let is_tcp = inner.protocol == ip_proto::TCP;
-        let pure_syn = is_tcp && flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0;
+        let pure_syn = is_pure_syn(inner.protocol, flags);
         let (flows, records) = (&mut self.flows, &mut self.records);
         let mut ended =
             |flow: Flow, end: FlowEnd| records.push(FlowEvent::End(end), flow, snapshot);
@@ -68,15 +68,7 @@ impl Pipeline {
         if let Some(flow) = flows.lookup(&key, now, &mut ended) {
             let from_responder = sender != flow.initiator;
             let refused = !flow.decision.action.passes();
-            // Judged afresh instead, as a flow of its sender: a SYN reusing a finished
-            // 5-tuple (GWLB gives it a new cookie); a SYN from the responder side, which opens
-            // a connection of its own and is never a reply (else a server allowed to answer
-            // could turn the flow around and connect to its client's port); and any packet
-            // from the responder side of a flow that was refused, which must not poison the
-            // 5-tuple for the legitimate direction.
-            let fresh = (pure_syn && (flow.tcp == TcpState::Closed || from_responder))
-                || (refused && from_responder);
-            if !fresh {
+            if !judged_afresh(flow, sender, pure_syn) {
                 rejudge_if_stale(flow, snapshot);
                 flow.last_seen_ms = now;
                 flow.packets += 1;
@@ -186,6 +178,23 @@ impl Pipeline {
     fn judge_unmatched_fragment(&mut self, snapshot: &Snapshot, inner: &InnerPacket) -> Decision {
         snapshot.decide(inner.src, inner.dst, inner.protocol, None)
     }
+}
+
+/// Whether a packet that `sender` sends on the known flow `flow` is judged afresh, as a flow
+/// of its sender, instead of as a packet of `flow`: a SYN reusing a finished 5-tuple (GWLB
+/// gives it a new cookie); a SYN from the responder side, which opens a connection of its own
+/// and is never a reply (else a server allowed to answer could turn the flow around and
+/// connect to its client's port); and any packet from the responder side of a flow that was
+/// refused, which must not poison the 5-tuple for the legitimate direction.
+pub(super) fn judged_afresh(flow: &Flow, sender: Side, pure_syn: bool) -> bool {
+    let from_responder = sender != flow.initiator;
+    let refused = !flow.decision.action.passes();
+    (pure_syn && (flow.tcp == TcpState::Closed || from_responder)) || (refused && from_responder)
+}
+
+/// A TCP segment with SYN and without ACK (`flags` of a packet of `protocol`).
+pub(super) fn is_pure_syn(protocol: u8, flags: u8) -> bool {
+    protocol == ip_proto::TCP && flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0
 }
 
 /// Policy or labels changed since `flow` was judged: judge it again, as its initiator started it.
