@@ -271,6 +271,38 @@ mod tests {
     }
 
     #[test]
+    fn the_rest_of_a_packet_a_new_policy_refuses_is_refused_with_it() {
+        // Found by the fuzz target: db's answer on a client's flow that a reload refuses is
+        // judged as a packet of the flow (refused); its later fragment came to a flow now
+        // refused, from its responder, and was judged as db's own connection, which passed.
+        let (mut p, cell) = pipeline();
+        let allow = Outcome::SendBack(Action::Allow);
+        assert_eq!(run(&mut p, &udp(CLIENT, DB, 4000, 53)), allow);
+        let tightened = POLICY.replace("tcp/3306, udp/53", "tcp/3306")
+            + "  - {name: db-out, from: [db], to: [clients], action: allow}\n";
+        cell.store(snapshot(2, &tightened));
+        p.begin_batch(2);
+        let fragment = |offset: u16, more: bool, data: &[u8]| {
+            let mut h = etherparse::Ipv4Header::new(
+                data.len() as u16,
+                64,
+                etherparse::IpNumber::UDP,
+                DB,
+                CLIENT,
+            )
+            .unwrap();
+            h.identification = 5;
+            h.more_fragments = more;
+            h.fragment_offset = etherparse::IpFragOffset::try_new(offset).unwrap();
+            geneve([&h.to_bytes()[..], data].concat())
+        };
+        let answer = [&[0x00, 0x35, 0x0f, 0xa0, 0x00, 0x30, 0, 0][..], &[1u8; 16]].concat();
+        let first = run(&mut p, &fragment(0, true, &answer));
+        assert!(matches!(first, Outcome::Reject { .. }), "{first:?}");
+        assert_eq!(run(&mut p, &fragment(3, false, &[2u8; 24])), Outcome::Withhold(Action::Reject));
+    }
+
+    #[test]
     fn one_source_cannot_take_more_than_its_share_of_the_table() {
         let (mut p, _) = pipeline();
         let share = u32::from(SOURCE_SHARE);

@@ -61,6 +61,7 @@ impl Pipeline {
         let (key, sender) = FlowKey::of_packet(inner.src, sport, inner.dst, dport, inner.protocol);
         let is_tcp = inner.protocol == ip_proto::TCP;
         let pure_syn = is_pure_syn(inner.protocol, flags);
+        let later_fragment = inner.transport == Transport::Fragment;
         let (flows, records) = (&mut self.flows, &mut self.records);
         let mut ended =
             |flow: Flow, end: FlowEnd| records.push(FlowEvent::End(end), flow, snapshot);
@@ -68,7 +69,7 @@ impl Pipeline {
         if let Some(flow) = flows.lookup(&key, now, &mut ended) {
             let from_responder = sender != flow.initiator;
             let refused = !flow.decision.action.passes();
-            if !judged_afresh(flow, sender, pure_syn) {
+            if !judged_afresh(flow, sender, pure_syn, later_fragment) {
                 rejudge_if_stale(flow, snapshot);
                 flow.last_seen_ms = now;
                 flow.packets += 1;
@@ -185,11 +186,21 @@ impl Pipeline {
 /// gives it a new cookie); a SYN from the responder side, which opens a connection of its own
 /// and is never a reply (else a server allowed to answer could turn the flow around and
 /// connect to its client's port); and any packet from the responder side of a flow that was
-/// refused, which must not poison the 5-tuple for the legitimate direction.
-pub(super) fn judged_afresh(flow: &Flow, sender: Side, pure_syn: bool) -> bool {
+/// refused, which must not poison the 5-tuple for the legitimate direction. A later fragment
+/// (`later_fragment`) is judged as its first fragment was: afresh only as a SYN (whose flags
+/// it carries), never for the verdict of the flow, which its first fragment may have changed
+/// (a responder's packet on a flow that a new policy refuses is judged as a packet of the
+/// flow, and refused; the rest of it must not then pass as a connection of its own).
+pub(super) fn judged_afresh(
+    flow: &Flow,
+    sender: Side,
+    pure_syn: bool,
+    later_fragment: bool,
+) -> bool {
     let from_responder = sender != flow.initiator;
     let refused = !flow.decision.action.passes();
-    (pure_syn && (flow.tcp == TcpState::Closed || from_responder)) || (refused && from_responder)
+    (pure_syn && (flow.tcp == TcpState::Closed || from_responder))
+        || (refused && from_responder && !later_fragment)
 }
 
 /// A TCP segment with SYN and without ACK (`flags` of a packet of `protocol`).

@@ -313,6 +313,7 @@ impl Pipeline {
                         flow,
                         sender,
                         judge::is_pure_syn(flow.key.protocol, flags),
+                        false,
                     )
             }),
             Some(_) => false,
