@@ -650,7 +650,7 @@ impl Generator<'_> {
             0 => 1,
             1 => 2,
             2 => 3,
-            _ => u16::from(self.script.byte()),
+            _ => u16::from(self.script.byte()).max(1),
         };
         let more = self.script.byte() & 1 != 0;
         let len = 8 * usize::from(self.script.byte() % 4 + 1);
