@@ -1,6 +1,8 @@
-//! The fragment table: the ports of each fragmented datagram's first fragment, so that its
-//! later fragments (which carry none) are judged as packets of the same flow, by the flow's
-//! decision, re-decided like any flow's when policy or labels change.
+//! The fragment table: the ports of each fragmented datagram's first fragment, and its TCP
+//! SYN and ACK flags, so that its later fragments (which carry none) are judged as packets of
+//! the same flow, as the first fragment was (a SYN's later fragments as a SYN: never taken
+//! for a reply), by the flow's decision, re-decided like any flow's when policy or labels
+//! change.
 //!
 //! Bounded and allocated up front: a slab of entries, an index of slot numbers, a clock hand
 //! that finds a slot to reuse within a few steps (an expired entry, else the one under the
@@ -12,7 +14,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::packet::InnerPacket;
+use crate::packet::{InnerPacket, tcp_flags};
 
 /// Fragmented datagrams remembered per worker.
 pub(super) const MAX_FRAGMENTS: usize = 4096;
@@ -26,11 +28,19 @@ const HAND_STEPS: usize = 8;
 /// (source, destination, protocol, identification): a datagram's fragments share it.
 type FragmentKey = (IpAddr, IpAddr, u8, u32);
 
+/// What a later fragment is judged by: its first fragment's flow ports
+/// ([`crate::packet::Transport::flow_ports`]) and the TCP flags that decide whose connection
+/// a segment is (SYN and ACK; 0 for anything but TCP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct First {
+    pub(super) ports: (u16, u16),
+    pub(super) flags: u8,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     key: FragmentKey,
-    /// The first fragment's flow ports ([`crate::packet::Transport::flow_ports`]).
-    ports: (u16, u16),
+    first: First,
     expires: u64,
 }
 
@@ -60,11 +70,14 @@ impl FragmentTable {
         }
     }
 
-    /// Remembers the ports of the first fragment `inner` of datagram `id`.
+    /// Remembers the ports and flags of the first fragment `inner` of datagram `id`.
     pub(super) fn remember(&mut self, inner: &InnerPacket, id: u32, now: u64) {
         let key = (inner.src, inner.dst, inner.protocol, id);
-        let entry =
-            Entry { key, ports: inner.transport.flow_ports(), expires: now + FRAGMENT_TIMEOUT_MS };
+        let first = First {
+            ports: inner.transport.flow_ports(),
+            flags: inner.transport.tcp_flags() & (tcp_flags::SYN | tcp_flags::ACK),
+        };
+        let entry = Entry { key, first, expires: now + FRAGMENT_TIMEOUT_MS };
         if let Some(&slot) = self.index.get(&key) {
             self.slots[slot as usize] = Some(entry);
             return;
@@ -79,12 +92,12 @@ impl FragmentTable {
         *self.per_source.entry(inner.src).or_insert(0) += 1;
     }
 
-    /// The first fragment's ports for the later fragment `inner`, if its datagram's first
-    /// fragment was seen and has not expired.
-    pub(super) fn ports_of(&self, inner: &InnerPacket, now: u64) -> Option<(u16, u16)> {
+    /// What the first fragment of the later fragment `inner` was judged by, if its datagram's
+    /// first fragment was seen and has not expired.
+    pub(super) fn first_of(&self, inner: &InnerPacket, now: u64) -> Option<First> {
         let id = inner.fragment.map_or(0, |f| f.id);
         let slot = *self.index.get(&(inner.src, inner.dst, inner.protocol, id))?;
-        self.slots[slot as usize].filter(|e| e.expires > now).map(|e| e.ports)
+        self.slots[slot as usize].filter(|e| e.expires > now).map(|e| e.first)
     }
 
     /// First fragments not remembered because their source held its share (a running total).
@@ -208,6 +221,85 @@ mod tests {
         ));
         // Later fragments are packets of the flow.
         assert_eq!(p.flows().map(|f| f.packets).sum::<u64>(), 3);
+    }
+
+    /// A TCP fragment from db:3306 to the client's port 4000, datagram `id`, at `offset`.
+    fn tcp_fragment_from_db(id: u16, offset: u16, more: bool, data: &[u8]) -> Vec<u8> {
+        let mut h = etherparse::Ipv4Header::new(
+            data.len() as u16,
+            64,
+            etherparse::IpNumber::TCP,
+            DB,
+            CLIENT,
+        )
+        .unwrap();
+        h.identification = id;
+        h.more_fragments = more;
+        h.fragment_offset = etherparse::IpFragOffset::try_new(offset).unwrap();
+        geneve([&h.to_bytes()[..], data].concat())
+    }
+
+    /// The first 24 bytes (whole header and 4 of data) of a segment db:3306 -> client:4000.
+    fn segment_from_db(flags: u8) -> Vec<u8> {
+        let mut segment = Vec::new();
+        let step = etherparse::PacketBuilder::ipv4(DB, CLIENT, 64).tcp(3306, 4000, 7, 1000);
+        let step = if flags & SYN != 0 { step.syn() } else { step };
+        let step = if flags & ACK != 0 { step.ack(11) } else { step };
+        step.write(&mut segment, &[9u8; 40]).unwrap();
+        segment[20..44].to_vec()
+    }
+
+    #[test]
+    fn the_rest_of_a_syn_from_the_responder_is_refused_as_its_first_fragment_was() {
+        // Found by the fuzz target's generator: the later fragment of such a SYN was judged
+        // as a packet of the flow it could not turn around, and passed.
+        let (mut p, _) = pipeline();
+        let allow = Outcome::SendBack(Action::Allow);
+        assert_eq!(run(&mut p, &tcp(CLIENT, DB, 4000, 3306, SYN)), allow);
+        // db connecting to the client's port on the flow's 5-tuple: its own connection.
+        let deny = Outcome::Withhold(Action::Deny);
+        assert_eq!(run(&mut p, &tcp_fragment_from_db(1, 0, true, &segment_from_db(SYN))), deny);
+        assert_eq!(run(&mut p, &tcp_fragment_from_db(1, 3, false, &[2u8; 16])), deny);
+        // The flow is untouched, and the rest of db's answer is part of it.
+        assert_eq!(
+            run(&mut p, &tcp_fragment_from_db(2, 0, true, &segment_from_db(SYN_ACK))),
+            allow
+        );
+        assert_eq!(run(&mut p, &tcp_fragment_from_db(2, 3, false, &[2u8; 16])), allow);
+        assert_eq!(run(&mut p, &tcp(CLIENT, DB, 4000, 3306, ACK)), allow);
+        assert_eq!(p.flow_counts().created, 1);
+    }
+
+    #[test]
+    fn the_rest_of_a_packet_a_new_policy_refuses_is_refused_with_it() {
+        // Found by the fuzz target: db's answer on a client's flow that a reload refuses is
+        // judged as a packet of the flow (refused); its later fragment came to a flow now
+        // refused, from its responder, and was judged as db's own connection, which passed.
+        let (mut p, cell) = pipeline();
+        let allow = Outcome::SendBack(Action::Allow);
+        assert_eq!(run(&mut p, &udp(CLIENT, DB, 4000, 53)), allow);
+        let tightened = POLICY.replace("tcp/3306, udp/53", "tcp/3306")
+            + "  - {name: db-out, from: [db], to: [clients], action: allow}\n";
+        cell.store(snapshot(2, &tightened));
+        p.begin_batch(2);
+        let fragment = |offset: u16, more: bool, data: &[u8]| {
+            let mut h = etherparse::Ipv4Header::new(
+                data.len() as u16,
+                64,
+                etherparse::IpNumber::UDP,
+                DB,
+                CLIENT,
+            )
+            .unwrap();
+            h.identification = 5;
+            h.more_fragments = more;
+            h.fragment_offset = etherparse::IpFragOffset::try_new(offset).unwrap();
+            geneve([&h.to_bytes()[..], data].concat())
+        };
+        let answer = [&[0x00, 0x35, 0x0f, 0xa0, 0x00, 0x30, 0, 0][..], &[1u8; 16]].concat();
+        let first = run(&mut p, &fragment(0, true, &answer));
+        assert!(matches!(first, Outcome::Reject { .. }), "{first:?}");
+        assert_eq!(run(&mut p, &fragment(3, false, &[2u8; 24])), Outcome::Withhold(Action::Reject));
     }
 
     #[test]

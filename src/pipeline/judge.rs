@@ -1,7 +1,7 @@
 //! Judging: the stateful decision on a decoded packet. A known flow keeps its decision until
 //! the snapshot changes; an unknown one is judged as started by its sender, or, for a TCP
 //! segment with ACK that the sender may not start, the other way round (mid-flow pickup);
-//! later fragments are packets of their first fragment's flow.
+//! later fragments are packets of their first fragment's flow, judged as it was.
 //!
 //! Must not depend on: sockets, the flow log (records go to the pipeline's queue).
 
@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::decode::DecodedPacket;
 use super::{FlowEvent, Pipeline};
-use crate::conntrack::{Flow, FlowEnd, FlowKey, TcpState, has_ports};
+use crate::conntrack::{Flow, FlowEnd, FlowKey, Side, TcpState, has_ports};
 use crate::packet::{InnerPacket, Transport, ip_proto, tcp_flags};
 use crate::policy::Decision;
 use crate::snapshot::Snapshot;
@@ -31,9 +31,11 @@ impl Pipeline {
             return decision;
         }
         if inner.transport == Transport::Fragment {
-            // A later fragment is a packet of its first fragment's flow, with its ports.
-            return match self.fragments.ports_of(inner, now) {
-                Some(ports) => self.judge_flow(snapshot, packet, len, ports, 0),
+            // A later fragment is a packet of its first fragment's flow, with its ports, and
+            // judged as it was: the rest of a SYN that the responder of a known flow sends is
+            // its own connection, refused as its first fragment was, never part of the flow.
+            return match self.fragments.first_of(inner, now) {
+                Some(first) => self.judge_flow(snapshot, packet, len, first.ports, first.flags),
                 None => judge_unmatched_fragment(snapshot, inner),
             };
         }
@@ -58,7 +60,8 @@ impl Pipeline {
         let now = self.now_ms;
         let (key, sender) = FlowKey::of_packet(inner.src, sport, inner.dst, dport, inner.protocol);
         let is_tcp = inner.protocol == ip_proto::TCP;
-        let pure_syn = is_tcp && flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0;
+        let pure_syn = is_pure_syn(inner.protocol, flags);
+        let later_fragment = inner.transport == Transport::Fragment;
         let (flows, records) = (&mut self.flows, &mut self.records);
         let mut ended =
             |flow: Flow, end: FlowEnd| records.push(FlowEvent::End(end), flow, snapshot);
@@ -66,15 +69,7 @@ impl Pipeline {
         if let Some(flow) = flows.lookup(&key, now, &mut ended) {
             let from_responder = sender != flow.initiator;
             let refused = !flow.decision.action.passes();
-            // Judged afresh instead, as a flow of its sender: a SYN reusing a finished
-            // 5-tuple (GWLB gives it a new cookie); a SYN from the responder side, which opens
-            // a connection of its own and is never a reply (else a server allowed to answer
-            // could turn the flow around and connect to its client's port); and any packet
-            // from the responder side of a flow that was refused, which must not poison the
-            // 5-tuple for the legitimate direction.
-            let fresh = (pure_syn && (flow.tcp == TcpState::Closed || from_responder))
-                || (refused && from_responder);
-            if !fresh {
+            if !judged_afresh(flow, sender, pure_syn, later_fragment) {
                 rejudge_if_stale(flow, snapshot);
                 flow.last_seen_ms = now;
                 flow.packets += 1;
@@ -184,6 +179,33 @@ impl Pipeline {
 /// its sender without ports, so only rules that admit the whole protocol can match.
 fn judge_unmatched_fragment(snapshot: &Snapshot, inner: &InnerPacket) -> Decision {
     snapshot.decide(inner.src, inner.dst, inner.protocol, None)
+}
+
+/// Whether a packet that `sender` sends on the known flow `flow` is judged afresh, as a flow
+/// of its sender, instead of as a packet of `flow`: a SYN reusing a finished 5-tuple (GWLB
+/// gives it a new cookie); a SYN from the responder side, which opens a connection of its own
+/// and is never a reply (else a server allowed to answer could turn the flow around and
+/// connect to its client's port); and any packet from the responder side of a flow that was
+/// refused, which must not poison the 5-tuple for the legitimate direction. A later fragment
+/// (`later_fragment`) is judged as its first fragment was: afresh only as a SYN (whose flags
+/// it carries), never for the verdict of the flow, which its first fragment may have changed
+/// (a responder's packet on a flow that a new policy refuses is judged as a packet of the
+/// flow, and refused; the rest of it must not then pass as a connection of its own).
+pub(super) fn judged_afresh(
+    flow: &Flow,
+    sender: Side,
+    pure_syn: bool,
+    later_fragment: bool,
+) -> bool {
+    let from_responder = sender != flow.initiator;
+    let refused = !flow.decision.action.passes();
+    (pure_syn && (flow.tcp == TcpState::Closed || from_responder))
+        || (refused && from_responder && !later_fragment)
+}
+
+/// A TCP segment with SYN and without ACK (`flags` of a packet of `protocol`).
+pub(super) fn is_pure_syn(protocol: u8, flags: u8) -> bool {
+    protocol == ip_proto::TCP && flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0
 }
 
 /// Policy or labels changed since `flow` was judged: judge it again, as its initiator started it.

@@ -32,7 +32,7 @@ pub use records::{FlowEvent, FlowRecord, MAX_QUEUED_FLOW_RECORDS};
 pub use train::decode_after;
 use train::{Repeat, segment_after};
 
-use crate::conntrack::{Flow, FlowTable, Timeouts};
+use crate::conntrack::{Flow, FlowKey, FlowTable, Timeouts};
 use crate::policy::Action;
 use crate::snapshot::{Snapshot, SnapshotCell};
 use crate::wire::DropReason;
@@ -302,10 +302,22 @@ impl Pipeline {
         snapshot.rule_hits.add(self.worker, decision.rule);
         self.snapshot = Some(snapshot);
         // A datagram that is no fragment was judged by its flow, which is now the flow table's
-        // most recent one.
-        let judged = match packet.inner.fragment {
-            None => self.flows.recent_mut().map(|flow| flow.tcp),
-            Some(_) => None,
+        // most recent one. A copy of it changes nothing but the counters when its flags leave
+        // the flow's TCP state as it is and it would not be judged afresh (a SYN on a closed
+        // flow, or from the responder side, starts a flow of its own).
+        let flags = packet.inner.transport.tcp_flags();
+        let copies_change_nothing = match packet.inner.fragment {
+            None => self.flows.recent_mut().is_some_and(|flow| {
+                let (_, sender) = FlowKey::of(&packet.inner);
+                flow.tcp.advance(flags) == flow.tcp
+                    && !judge::judged_afresh(
+                        flow,
+                        sender,
+                        judge::is_pure_syn(flow.key.protocol, flags),
+                        false,
+                    )
+            }),
+            Some(_) => false,
         };
         let outcome = match decision.action {
             Action::Allow | Action::Audit => Outcome::SendBack(decision.action),
@@ -313,8 +325,7 @@ impl Pipeline {
             // Each reject is built from its own trigger: never repeated.
             Action::Reject => return self.reject(datagram, &packet, inject),
         };
-        let flags = packet.inner.transport.tcp_flags();
-        if judged.is_some_and(|tcp| tcp.advance(flags) == tcp) {
+        if copies_change_nothing {
             let rule = decision.rule;
             self.repeat = Some(Repeat { outcome, rule, flags, packets: 0, bytes: 0 });
         }

@@ -273,6 +273,40 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_of_a_syn_that_would_start_a_flow_of_its_own_is_judged_as_such() {
+        // Found by the fuzz target: copies of a SYN that judging would take for a flow of its
+        // own (SYN+RST on the flow it closed; a SYN from the responder side of a known flow)
+        // were counted as packets of the flow instead.
+        const SYN_RST: u8 = SYN | tcp_flags::RST;
+        let client = [10, 0, 1, 5];
+        let trains: [&[Vec<u8>]; 2] = [
+            &[
+                tcp(client, DB, 4000, 3306, SYN_RST),
+                tcp(client, DB, 4000, 3306, SYN_RST),
+                tcp(client, DB, 4000, 3306, SYN_RST),
+            ],
+            &[
+                tcp(client, DB, 4001, 3306, SYN),
+                tcp(DB, client, 3306, 4001, SYN),
+                tcp(DB, client, 3306, 4001, SYN),
+                tcp(DB, client, 3306, 4001, SYN),
+            ],
+        ];
+        for train in trains {
+            let (mut by_repeats, _) = pipeline();
+            let (mut one_by_one, _) = pipeline();
+            let (mut inject_a, mut inject_b) = ([0u8; MAX_REJECT_LEN], [0u8; MAX_REJECT_LEN]);
+            let mut previous: Option<&[u8]> = None;
+            for datagram in train {
+                let a = by_repeats.process_after(previous, datagram, &mut inject_a);
+                assert_eq!(a, one_by_one.process(datagram, &mut inject_b));
+                previous = Some(datagram);
+            }
+            assert_eq!(flow_states(&mut by_repeats), flow_states(&mut one_by_one));
+        }
+    }
+
+    #[test]
     fn copies_in_a_train_take_the_judged_outcome_and_count_as_judging_each_would() {
         const PSH_ACK: u8 = tcp_flags::PSH | tcp_flags::ACK;
         const FIN_ACK: u8 = tcp_flags::FIN | tcp_flags::ACK;
