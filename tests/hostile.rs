@@ -198,3 +198,30 @@ fn a_panicking_worker_ends_the_process_with_a_failure_status() {
         "{log}"
     );
 }
+
+/// An ICMPv4 "fragmentation needed" from `router` to `to`, quoting the first 28 bytes of
+/// `segment` (an IPv4 packet).
+fn frag_needed(router: [u8; 4], to: [u8; 4], segment: &[u8]) -> Vec<u8> {
+    let mut error = Vec::new();
+    etherparse::PacketBuilder::ipv4(router, to, 64)
+        .icmpv4_raw(3, 4, [0, 0, 0x05, 0x78])
+        .write(&mut error, &segment[..28])
+        .unwrap();
+    error
+}
+
+#[test]
+fn icmp_errors_of_an_allowed_flow_pass_without_an_icmp_rule() {
+    let peer = GwlbPeer::new(1);
+    let appliance = appliance(&peer, "");
+    const ROUTER: [u8; 4] = [10, 99, 0, 1];
+    let segment = ipv4_tcp(CLIENT, DB, 40_300, 5432, false, true, 1400);
+    assert!(passes(&peer, &appliance, &gwlb_datagram(40, &segment)));
+    // Path-MTU discovery: a router tells the client its segment was too big.
+    let error = gwlb_datagram(40, &frag_needed(ROUTER, CLIENT, &segment));
+    assert!(passes(&peer, &appliance, &error), "the flow's ICMP error was dropped");
+    // The same error about a flow never seen, or sent to the other end, is judged by policy.
+    let unknown = ipv4_tcp(CLIENT, DB, 40_301, 5432, false, true, 1400);
+    assert!(!passes(&peer, &appliance, &gwlb_datagram(41, &frag_needed(ROUTER, CLIENT, &unknown))));
+    assert!(!passes(&peer, &appliance, &gwlb_datagram(40, &frag_needed(ROUTER, DB, &segment))));
+}
