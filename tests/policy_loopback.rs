@@ -365,3 +365,29 @@ fn the_shipped_logrotate_file_rotates_the_flow_log_without_losing_records() {
     assert!(new[0].contains("\"sport\":40033"), "{new:?}");
     assert_eq!(std::fs::read_to_string(dir.join("flows.jsonl.1")).unwrap().lines().count(), 3);
 }
+
+#[test]
+fn the_flow_log_writes_at_most_max_rate_records_a_second_and_counts_the_rest() {
+    let peer = GwlbPeer::new(1);
+    let appliance = bookinfo(&peer, "flow_log: {path: flows.jsonl, max_rate: 5}\n");
+    // 30 new flows of a logged rule within a fraction of a second: 30 start records.
+    for port in 41_000..41_030u16 {
+        let syn =
+            gwlb_datagram(0x0300 + u32::from(port), &tcp(RATINGS, DB, port, 3306, 1, None, true));
+        assert!(passes(&peer, &appliance, 0, &syn));
+    }
+    let sample = r#"labelwall_flow_log_dropped_total{reason="rate_limited"}"#;
+    let path = appliance.dir.path().join("flows.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (lines, limited) = loop {
+        let lines = std::fs::read_to_string(&path).unwrap_or_default().lines().count() as u64;
+        let limited = metric(&appliance.metrics(), sample);
+        if lines + limited == 30 {
+            break (lines, limited);
+        }
+        assert!(Instant::now() < deadline, "{lines} written, {limited} rate-limited, of 30");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // A second's worth at once, then 5 a second: far fewer than 30 however slow the sends.
+    assert!(lines >= 5 && limited >= 10, "{lines} written, {limited} rate-limited");
+}
