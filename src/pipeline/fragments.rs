@@ -148,18 +148,7 @@ mod tests {
     fn later_fragments_follow_their_first_fragment() {
         let (mut p, _) = pipeline();
         let fragment = |src: [u8; 4], offset: u16, more: bool, data: &[u8]| {
-            let mut h = etherparse::Ipv4Header::new(
-                data.len() as u16,
-                64,
-                etherparse::IpNumber::UDP,
-                src,
-                DB,
-            )
-            .unwrap();
-            h.identification = 99;
-            h.more_fragments = more;
-            h.fragment_offset = etherparse::IpFragOffset::try_new(offset).unwrap();
-            geneve([&h.to_bytes()[..], data].concat())
+            ipv4_fragment((src, DB), etherparse::IpNumber::UDP, 99, offset, more, data)
         };
         // UDP to db:53 from a client: allowed; from a stranger: rejected (ICMP).
         let first = [&[0x0f, 0xa0, 0x00, 0x35, 0x00, 0x30, 0, 0][..], &[1u8; 16]].concat();
@@ -189,13 +178,7 @@ mod tests {
 
     /// A UDP fragment from `src` to db, datagram `id`, at `offset` (8-byte units).
     fn udp_fragment(src: [u8; 4], id: u16, offset: u16, more: bool, data: &[u8]) -> Vec<u8> {
-        let mut h =
-            etherparse::Ipv4Header::new(data.len() as u16, 64, etherparse::IpNumber::UDP, src, DB)
-                .unwrap();
-        h.identification = id;
-        h.more_fragments = more;
-        h.fragment_offset = etherparse::IpFragOffset::try_new(offset).unwrap();
-        geneve([&h.to_bytes()[..], data].concat())
+        ipv4_fragment((src, DB), etherparse::IpNumber::UDP, id, offset, more, data)
     }
 
     /// The first 24 bytes of a UDP datagram to port 53 (allowed from clients).
@@ -225,18 +208,7 @@ mod tests {
 
     /// A TCP fragment from db:3306 to the client's port 4000, datagram `id`, at `offset`.
     fn tcp_fragment_from_db(id: u16, offset: u16, more: bool, data: &[u8]) -> Vec<u8> {
-        let mut h = etherparse::Ipv4Header::new(
-            data.len() as u16,
-            64,
-            etherparse::IpNumber::TCP,
-            DB,
-            CLIENT,
-        )
-        .unwrap();
-        h.identification = id;
-        h.more_fragments = more;
-        h.fragment_offset = etherparse::IpFragOffset::try_new(offset).unwrap();
-        geneve([&h.to_bytes()[..], data].concat())
+        ipv4_fragment((DB, CLIENT), etherparse::IpNumber::TCP, id, offset, more, data)
     }
 
     /// The first 24 bytes (whole header and 4 of data) of a segment db:3306 -> client:4000.
@@ -283,18 +255,7 @@ mod tests {
         cell.store(snapshot(2, &tightened));
         p.begin_batch(2);
         let fragment = |offset: u16, more: bool, data: &[u8]| {
-            let mut h = etherparse::Ipv4Header::new(
-                data.len() as u16,
-                64,
-                etherparse::IpNumber::UDP,
-                DB,
-                CLIENT,
-            )
-            .unwrap();
-            h.identification = 5;
-            h.more_fragments = more;
-            h.fragment_offset = etherparse::IpFragOffset::try_new(offset).unwrap();
-            geneve([&h.to_bytes()[..], data].concat())
+            ipv4_fragment((DB, CLIENT), etherparse::IpNumber::UDP, 5, offset, more, data)
         };
         let answer = [&[0x00, 0x35, 0x0f, 0xa0, 0x00, 0x30, 0, 0][..], &[1u8; 16]].concat();
         let first = run(&mut p, &fragment(0, true, &answer));

@@ -79,3 +79,21 @@ pub(super) const SYN: u8 = tcp_flags::SYN;
 pub(super) const SYN_ACK: u8 = tcp_flags::SYN | tcp_flags::ACK;
 
 pub(super) const ACK: u8 = tcp_flags::ACK;
+
+/// A GENEVE datagram of one IPv4 fragment from `src` to `dst`: `data` at `offset` (8-byte
+/// units) of datagram `id`.
+pub(super) fn ipv4_fragment(
+    (src, dst): ([u8; 4], [u8; 4]),
+    protocol: etherparse::IpNumber,
+    id: u16,
+    offset: u16,
+    more: bool,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut header =
+        etherparse::Ipv4Header::new(data.len() as u16, 64, protocol, src, dst).unwrap();
+    header.identification = id;
+    header.more_fragments = more;
+    header.fragment_offset = etherparse::IpFragOffset::try_new(offset).unwrap();
+    geneve([&header.to_bytes()[..], data].concat())
+}
