@@ -318,7 +318,7 @@ impl<'a> JsonRecord<'a> {
             sport,
             dport,
             verdict: flow.decision.action.as_str(),
-            rule: &record.rule,
+            rule: record.rule.as_deref().unwrap_or("default"),
             src_identity: identity(&record.src),
             dst_identity: identity(&record.dst),
             gwlb_endpoint_id: flow.endpoint_id.map(|id| format!("{id:016x}")),
@@ -410,7 +410,7 @@ mod tests {
             flow,
             src: None,
             dst: None,
-            rule: "r".into(),
+            rule: Some("r".into()),
             generation: 1,
         }
     }
