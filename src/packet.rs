@@ -109,6 +109,12 @@ pub fn is_icmp_error(protocol: u8, icmp_type: u8) -> bool {
     }
 }
 
+/// Whether TCP `flags` of a packet of `protocol` open a connection: SYN without ACK, which is
+/// never a reply.
+pub fn is_pure_syn(protocol: u8, flags: u8) -> bool {
+    protocol == ip_proto::TCP && flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
+}
+
 /// Whether an ICMP or ICMPv6 type is a destination unreachable error.
 pub fn is_icmp_unreachable(protocol: u8, icmp_type: u8) -> bool {
     matches!((protocol, icmp_type), (ip_proto::ICMP, 3) | (ip_proto::ICMPV6, 1))

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::decode::DecodedPacket;
 use super::{FlowEvent, Pipeline};
 use crate::conntrack::{Flow, FlowEnd, FlowKey, Side, TcpState, has_ports};
-use crate::packet::{InnerPacket, Transport, ip_proto, tcp_flags};
+use crate::packet::{InnerPacket, Transport, ip_proto, is_pure_syn, tcp_flags};
 use crate::policy::Decision;
 use crate::snapshot::Snapshot;
 
@@ -201,11 +201,6 @@ pub(super) fn judged_afresh(
     let refused = !flow.decision.action.passes();
     (pure_syn && (flow.tcp == TcpState::Closed || from_responder))
         || (refused && from_responder && !later_fragment)
-}
-
-/// A TCP segment with SYN and without ACK (`flags` of a packet of `protocol`).
-pub(super) fn is_pure_syn(protocol: u8, flags: u8) -> bool {
-    protocol == ip_proto::TCP && flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0
 }
 
 /// Policy or labels changed since `flow` was judged: judge it again, as its initiator started it.

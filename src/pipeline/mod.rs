@@ -313,7 +313,7 @@ impl Pipeline {
                     && !judge::judged_afresh(
                         flow,
                         sender,
-                        judge::is_pure_syn(flow.key.protocol, flags),
+                        crate::packet::is_pure_syn(flow.key.protocol, flags),
                         false,
                     )
             }),

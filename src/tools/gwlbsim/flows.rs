@@ -12,7 +12,9 @@ use std::collections::HashMap;
 
 use super::{PortRange, header};
 use crate::conntrack::FlowKey;
-use crate::packet::{InnerPacket, Transport, ip_proto, is_icmp_unreachable, tcp_flags};
+use crate::packet::{
+    InnerPacket, Transport, ip_proto, is_icmp_unreachable, is_pure_syn, tcp_flags,
+};
 use crate::pipeline::decode;
 use crate::wire::geneve::protocol_type_of;
 use crate::wire::{DropReason, GWLB_HEADER_LEN};
@@ -164,8 +166,7 @@ impl PacketFacts {
     }
 
     fn starts_connection(&self) -> bool {
-        self.key.protocol == ip_proto::TCP
-            && self.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
+        is_pure_syn(self.key.protocol, self.tcp_flags)
     }
 }
 
