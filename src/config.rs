@@ -132,9 +132,29 @@ pub struct KubernetesSource {
     /// closed) until it syncs again; absent keeps them. Read with [`KubernetesSource::max_stale`].
     #[serde(default, rename = "max_stale")]
     pub max_stale_text: Option<String>,
+    /// No answer from the API server for this long (a duration; default
+    /// [`KubernetesSource::DEFAULT_TIMEOUT`]) = the source is lost. Read with
+    /// [`KubernetesSource::timeout`].
+    #[serde(default, rename = "timeout")]
+    pub timeout_text: Option<String>,
 }
 
 impl KubernetesSource {
+    /// `timeout` when the file does not set it.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    /// The bounds of `timeout`: a probe every third of it must stay a second or more apart,
+    /// and a watch must end (at half of it) well before the API server's own limits.
+    const TIMEOUT_MIN: Duration = Duration::from_secs(3);
+    const TIMEOUT_MAX: Duration = Duration::from_secs(600);
+
+    /// `timeout` (validated when the file was loaded).
+    pub fn timeout(&self) -> Duration {
+        self.timeout_text
+            .as_deref()
+            .and_then(|text| parse_duration(text).ok())
+            .unwrap_or(Self::DEFAULT_TIMEOUT)
+    }
+
     /// `max_stale` (validated when the file was loaded).
     pub fn max_stale(&self) -> Option<Duration> {
         self.max_stale_text.as_deref().and_then(|text| parse_duration(text).ok())
@@ -337,6 +357,16 @@ impl Config {
                 }
                 _ => {}
             }
+            match source.timeout_text.as_deref().map(parse_duration) {
+                Some(Err(message)) => error(&format!("{field}.timeout"), message),
+                Some(Ok(timeout))
+                    if !(KubernetesSource::TIMEOUT_MIN..=KubernetesSource::TIMEOUT_MAX)
+                        .contains(&timeout) =>
+                {
+                    error(&format!("{field}.timeout"), "must be between 3s and 10m".into());
+                }
+                _ => {}
+            }
         }
         if let Some(level) = &self.log.level
             && tracing_subscriber::EnvFilter::try_new(level).is_err()
@@ -447,6 +477,25 @@ mod tests {
         assert_eq!(errors.0[0].line, Some(3));
         assert_eq!(errors.0[1].line, Some(4));
         assert_eq!(errors.0[2].line, Some(7));
+    }
+
+    #[test]
+    fn a_clusters_timeout_defaults_to_30s_and_is_bounded() {
+        let yaml = |timeout: &str| {
+            format!(
+                "policy: p.yaml\nlabels:\n  kubernetes:\n    - cluster: a\n      in_cluster: true\n{timeout}"
+            )
+        };
+        let config = parse(&yaml("")).unwrap();
+        assert_eq!(config.labels.kubernetes[0].timeout(), Duration::from_secs(30));
+        let config = parse(&yaml("      timeout: 9s\n")).unwrap();
+        assert_eq!(config.labels.kubernetes[0].timeout(), Duration::from_secs(9));
+        for bad in ["      timeout: 1s\n", "      timeout: 1h\n", "      timeout: soon\n"] {
+            let errors = parse(&yaml(bad)).unwrap_err();
+            assert_eq!(errors.0.len(), 1, "{bad}: {errors}");
+            assert_eq!(errors.0[0].field.as_deref(), Some("labels.kubernetes[0].timeout"), "{bad}");
+            assert_eq!(errors.0[0].line, Some(6), "{bad}");
+        }
     }
 
     #[test]

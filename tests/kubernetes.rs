@@ -33,6 +33,8 @@ fn source(cluster: &str, kubeconfig: &std::path::Path) -> KubernetesSource {
         kubeconfig: Some(kubeconfig.to_path_buf()),
         in_cluster: false,
         max_stale_text: None,
+        // Short, so that a silent or killed API server is noticed within the tests' waits.
+        timeout_text: Some("3s".into()),
     }
 }
 
@@ -95,7 +97,17 @@ async fn records_where(
     what: &str,
     ok: impl Fn(&SourceRecords) -> bool,
 ) -> SourceRecords {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    records_within(watched, what, Duration::from_secs(10), ok).await
+}
+
+/// As [`records_where`], waiting at most `limit`.
+async fn records_within(
+    watched: &mut Watched,
+    what: &str,
+    limit: Duration,
+    ok: impl Fn(&SourceRecords) -> bool,
+) -> SourceRecords {
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if let Some(SourceEvent::Changes { changes, .. }) =
             next_event(watched, deadline - Instant::now()).await
@@ -106,7 +118,7 @@ async fn records_where(
             }
         }
     }
-    panic!("no records where {what} within 10 s; last: {:#?}", watched.view)
+    panic!("no records where {what} within {limit:?}; last: {:#?}", watched.view)
 }
 
 fn pod_names(records: &SourceRecords) -> Vec<String> {
@@ -237,11 +249,13 @@ async fn a_dropped_watch_is_resumed_from_its_resource_version_and_misses_nothing
 }
 
 #[tokio::test]
-async fn gone_during_a_watch_relists_and_forgets_what_was_deleted_meanwhile() {
+async fn gone_during_a_watch_relists_no_sooner_than_30s_after_the_last_list_and_forgets_what_was_deleted_meanwhile()
+ {
     let server = server_with(&[
         pod("bookinfo", "keep", &["10.0.1.1"], json!({"app": "keep"})),
         pod("bookinfo", "vanish", &["10.0.1.2"], json!({"app": "vanish"})),
     ]);
+    let started = Instant::now();
     let mut watched = watch(&server, "c1");
     records_where(&mut watched, "both pods", |r| pod_names(r).len() == 2).await;
     server.wait_for_watches(3);
@@ -252,11 +266,18 @@ async fn gone_during_a_watch_relists_and_forgets_what_was_deleted_meanwhile() {
     keep["metadata"]["labels"] = json!({"app": "kept"});
     server.replace_silently("pods", keep);
     server.expire_history();
+    // Expired again and again: still one relist, 30 s after the first list began (a fleet
+    // that keeps getting 410 does not list in a loop).
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_secs(1));
+        server.expire_history();
+    }
+    let relisted = |r: &SourceRecords| pod_names(r) == ["keep 10.0.1.1/32"];
     let records =
-        records_where(&mut watched, "the relisted view", |r| pod_names(r) == ["keep 10.0.1.1/32"])
-            .await;
+        records_within(&mut watched, "the relisted view", Duration::from_secs(45), relisted).await;
+    assert!(started.elapsed() >= Duration::from_secs(30), "relisted after {:?}", started.elapsed());
     assert_eq!(labels_of(&records, "keep"), "app=kept");
-    assert!(server.count_requests(&["/api/v1/pods?", "limit="]) > lists, "a relist");
+    assert_eq!(server.count_requests(&["/api/v1/pods?", "limit="]), lists + 1, "one relist");
     // It goes on watching after the relist.
     server.apply("pods", pod("bookinfo", "later", &["10.0.1.3"], json!({})));
     records_where(&mut watched, "later", |r| pod_names(r).len() == 2).await;
@@ -698,7 +719,7 @@ fn kubernetes_yaml(clusters: &[(&str, &std::path::Path)], max_stale: Option<&str
     let mut yaml = String::from("labels:\n  kubernetes:\n");
     for (cluster, kubeconfig) in clusters {
         yaml.push_str(&format!(
-            "    - cluster: {cluster}\n      kubeconfig: {}\n",
+            "    - cluster: {cluster}\n      kubeconfig: {}\n      timeout: 3s\n",
             kubeconfig.display()
         ));
         if let Some(max_stale) = max_stale {
@@ -893,6 +914,7 @@ fn a_killed_api_server_keeps_the_last_table_until_it_is_back_and_resynced() {
         pod("bookinfo", "ratings-1", &["10.0.1.15"], json!({"app": "ratings"})),
         pod("bookinfo", "other-1", &["10.0.1.20"], json!({"app": "other"})),
     ]);
+    let started = Instant::now();
     let scene = Scene::start(&[("c1", &server)]);
     assert_eq!(scene.synced("c1"), 1);
     assert_eq!(scene.verdict(POD_A, 3306), Verdict::Allowed);
@@ -921,6 +943,10 @@ fn a_killed_api_server_keeps_the_last_table_until_it_is_back_and_resynced() {
     let mut relabelled = server.get("pods", "bookinfo", "ratings-1").unwrap();
     relabelled["metadata"]["labels"] = json!({"app": "ratings"});
     server.replace_silently("pods", relabelled);
+    // (A relist comes no sooner than 30 s after the last list began.)
+    std::thread::sleep(
+        (started + Duration::from_secs(30)).saturating_duration_since(Instant::now()),
+    );
     server.expire_history();
     scene.wait(POD_A, 3306, Verdict::Allowed);
     scene.wait([10, 0, 1, 30], 3306, Verdict::Dropped);
@@ -1165,4 +1191,134 @@ fn a_cluster_lost_longer_than_max_stale_is_withdrawn_until_it_syncs_again() {
     scene.wait_synced("c1", 1);
     scene.wait(POD_A, 3306, Verdict::Allowed);
     assert_eq!((stale(), withdrawn()), (0, 0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The control plane's real failures: a silent server, failing watch starts, rotated
+// credentials. The sources here have a `timeout` of 3 s.
+
+/// The next `Lost` within `limit`, folding the `Changes` before it into the view.
+async fn lost_within(watched: &mut Watched, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    while let Some(event) =
+        next_event(watched, deadline.saturating_duration_since(Instant::now())).await
+    {
+        match event {
+            SourceEvent::Lost { error, .. } => return error,
+            SourceEvent::Changes { changes, .. } => watched.view.apply(&changes),
+        }
+    }
+    panic!("not lost within {limit:?}")
+}
+
+#[tokio::test]
+async fn a_silent_api_server_is_lost_after_the_timeout_and_resumed_without_a_relist() {
+    let server = server_with(&[pod("bookinfo", "a", &["10.0.1.1"], json!({"app": "a"}))]);
+    let mut watched = watch(&server, "c1");
+    records_where(&mut watched, "pod a", |r| pod_names(r).len() == 1).await;
+    server.wait_for_watches(3);
+    let lists = server.count_requests(&["limit="]);
+    server.freeze();
+    let frozen = Instant::now();
+    let error = lost_within(&mut watched, Duration::from_secs(10)).await;
+    // Lost after the 3 s timeout, not after a watch's own 290 s.
+    let took = frozen.elapsed();
+    assert!(took >= Duration::from_millis(2500) && took < Duration::from_secs(7), "{took:?}");
+    assert!(error.contains("no answer from the API server"), "{error}");
+    // Changed while silent; seen once it answers again, from the watches' versions.
+    server.set_labels("pods", "bookinfo", "a", json!({"app": "a2"}));
+    server.thaw();
+    records_where(&mut watched, "the change", |r| labels_of(r, "a") == "app=a2").await;
+    assert_eq!(server.count_requests(&["limit="]), lists, "no list after a stall");
+}
+
+#[tokio::test]
+async fn failing_watch_starts_are_retried_from_their_version_with_backoff_and_never_relisted() {
+    let server = server_with(&[pod("bookinfo", "a", &["10.0.1.1"], json!({"app": "a"}))]);
+    let mut watched = watch(&server, "c1");
+    records_where(&mut watched, "pod a", |r| pod_names(r).len() == 1).await;
+    server.wait_for_watches(3);
+    let lists = server.count_requests(&["limit="]);
+    let watches = server.count_requests(&["watch=true"]);
+    // A control-plane rollout: every watch start refused for 8 s (longer than the timeout),
+    // the open watches cut.
+    server.fail_watches_for(503, Duration::from_secs(8));
+    server.drop_watches();
+    let failing = Instant::now();
+    let error = lost_within(&mut watched, Duration::from_secs(10)).await;
+    assert!(error.contains("ServiceUnavailable"), "{error}");
+    server.set_labels("pods", "bookinfo", "a", json!({"app": "a2"}));
+    records_where(&mut watched, "the change", |r| labels_of(r, "a") == "app=a2").await;
+    assert!(failing.elapsed() >= Duration::from_secs(8));
+    assert_eq!(server.count_requests(&["limit="]), lists, "no relist for failed watch starts");
+    // Backoff, not a retry loop: 3 kinds, each with at most a try per half-second step,
+    // doubling to the 3 s cap, plus the watches that end every 1.5 s once back.
+    let tries = server.count_requests(&["watch=true"]) - watches;
+    assert!((3..=40).contains(&tries), "{tries} watch requests");
+}
+
+/// A kubeconfig for `server` whose user has a static `token`.
+fn kubeconfig_with_token(
+    server: &FakeApiServer,
+    dir: &std::path::Path,
+    token: &str,
+) -> std::path::PathBuf {
+    let path = server.kubeconfig(dir, "c1", None);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replace("    user: {}\n", &format!("    user:\n      token: {token}\n"));
+    assert!(text.contains("token:"), "{text}");
+    // Written whole and renamed, as kubectl and config management do.
+    let fresh = dir.join("c1.kubeconfig.new");
+    std::fs::write(&fresh, text).unwrap();
+    std::fs::rename(&fresh, &path).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_token_rewritten_in_the_kubeconfig_is_used_without_a_restart_or_a_relist() {
+    let server = server_with(&[pod("bookinfo", "a", &["10.0.1.1"], json!({"app": "a"}))]);
+    server.require_token("first");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kubeconfig_with_token(&server, dir.path(), "first");
+    let mut watched = watch_with(source("c1", &kubeconfig), dir);
+    records_where(&mut watched, "pod a", |r| pod_names(r).len() == 1).await;
+    let lists = server.count_requests(&["limit="]);
+    // The token is rotated: the server takes only the new one, the file gets it a moment later.
+    server.require_token("second");
+    server.drop_watches();
+    std::thread::sleep(Duration::from_millis(300));
+    kubeconfig_with_token(&server, watched._dir.path(), "second");
+    server.set_labels("pods", "bookinfo", "a", json!({"app": "a2"}));
+    records_where(&mut watched, "the change", |r| labels_of(r, "a") == "app=a2").await;
+    assert_eq!(server.count_requests(&["limit="]), lists, "resumed, not relisted");
+}
+
+#[tokio::test]
+async fn an_exec_plugin_runs_again_when_its_token_is_refused() {
+    let server = server_with(&[pod("bookinfo", "a", &["10.0.1.1"], json!({"app": "a"}))]);
+    server.require_token("first");
+    let dir = tempfile::tempdir().unwrap();
+    // The plugin hands out whatever token the file holds (no expiry: the client would keep it
+    // for ever).
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "first").unwrap();
+    let script = dir.path().join("get-token.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '{{\"apiVersion\":\"client.authentication.k8s.io/v1beta1\",\
+             \"kind\":\"ExecCredential\",\"status\":{{\"token\":\"%s\"}}}}' \"$(cat {})\"\n",
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let script = script.display().to_string();
+    let kubeconfig = server.kubeconfig(dir.path(), "c1", Some(("/bin/sh", &[script.as_str()])));
+    let mut watched = watch_with(source("c1", &kubeconfig), dir);
+    records_where(&mut watched, "pod a", |r| pod_names(r).len() == 1).await;
+    std::fs::write(&token_file, "second").unwrap();
+    server.require_token("second");
+    server.drop_watches();
+    server.set_labels("pods", "bookinfo", "a", json!({"app": "a2"}));
+    records_where(&mut watched, "the change", |r| labels_of(r, "a") == "app=a2").await;
 }

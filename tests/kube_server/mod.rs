@@ -191,6 +191,20 @@ struct Shared {
     uid_counter: AtomicU64,
     /// Watches currently streaming.
     open_watches: AtomicU64,
+    /// While true, requests are read and not answered, and open watches send nothing (a
+    /// blackholed API server: connections open, no bytes).
+    frozen: tokio::sync::watch::Sender<bool>,
+    /// Watch requests are answered with this status until the instant (a control-plane
+    /// rollout: 429, 503).
+    failing_watches: Mutex<Option<(u16, std::time::Instant)>>,
+}
+
+impl Shared {
+    /// Returns once the server is not frozen.
+    async fn thawed(&self) {
+        let mut frozen = self.frozen.subscribe();
+        let _ = frozen.wait_for(|frozen| !frozen).await;
+    }
 }
 
 /// Decides whether a bearer token is accepted.
@@ -259,6 +273,8 @@ impl FakeApiServer {
             connections: Mutex::new(Vec::new()),
             uid_counter: AtomicU64::new(0),
             open_watches: AtomicU64::new(0),
+            frozen: tokio::sync::watch::Sender::new(false),
+            failing_watches: Mutex::new(None),
         });
         let listener = {
             let _context = runtime.enter();
@@ -527,6 +543,23 @@ impl FakeApiServer {
     pub fn drop_watches(&self) {
         self.shared.drop_watches.send_modify(|v| *v += 1);
     }
+
+    /// Blackholes the server: connections are accepted and requests read, but nothing is
+    /// answered and open watches fall silent (no events, no bookmarks) until [`Self::thaw`].
+    pub fn freeze(&self) {
+        self.shared.frozen.send_replace(true);
+    }
+
+    /// Answers again: what was asked meanwhile is answered now.
+    pub fn thaw(&self) {
+        self.shared.frozen.send_replace(false);
+    }
+
+    /// Answers every watch request with `status` (429, 503) for `duration`; lists still work.
+    pub fn fail_watches_for(&self, status: u16, duration: Duration) {
+        *self.shared.failing_watches.lock().unwrap() =
+            Some((status, std::time::Instant::now() + duration));
+    }
 }
 
 impl Drop for FakeApiServer {
@@ -707,6 +740,8 @@ async fn respond(stream: &mut Connection, status: u16, body: &str) -> bool {
         401 => "Unauthorized",
         404 => "Not Found",
         410 => "Gone",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
         _ => "Error",
     };
     let head = format!(
@@ -736,6 +771,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: Box<dyn Io>) {
             logged.push_str(&format!("{k}={v}"));
         }
         shared.requests.lock().unwrap().push(logged);
+        shared.thawed().await;
         let check = shared.token.lock().unwrap().clone();
         if let Some(TokenCheck(accept)) = check
             && !request
@@ -896,6 +932,13 @@ async fn serve_watch(
         }
     }
     // Subscribed before counted, so a test that saw it open reaches it.
+    let failing = *shared.failing_watches.lock().unwrap();
+    if let Some((status, until)) = failing.filter(|(_, until)| std::time::Instant::now() < *until) {
+        let reason = if status == 429 { "TooManyRequests" } else { "ServiceUnavailable" };
+        let wait = until.saturating_duration_since(std::time::Instant::now()).as_secs() + 1;
+        let message = format!("the server is busy, retry in {wait}s");
+        return respond(stream, status, &status_json(status, reason, &message)).await;
+    }
     let changed = shared.changed.subscribe();
     let dropped = shared.drop_watches.subscribe();
     shared.open_watches.fetch_add(1, Ordering::SeqCst);
@@ -942,7 +985,16 @@ async fn stream_watch(
             rv
         }
     };
+    let mut frozen = shared.frozen.subscribe();
     loop {
+        if *frozen.borrow_and_update() {
+            // Silent while frozen: the deadline passes unnoticed, as on a blackholed link.
+            tokio::select! {
+                _ = frozen.wait_for(|frozen| !frozen) => {}
+                _ = dropped.changed() => return false,
+            }
+            continue;
+        }
         changed.borrow_and_update();
         let (pending, now_rv, gone) = {
             let state = shared.state.lock().unwrap();
@@ -983,6 +1035,7 @@ async fn stream_watch(
                 return false;
             }
             _ = changed.changed() => {}
+            _ = frozen.changed() => {}
             _ = tokio::time::sleep_until(deadline) => {
                 return write_chunk(stream, b"").await;
             }

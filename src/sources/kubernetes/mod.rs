@@ -12,41 +12,49 @@
 //! the host network, or have no address yet own nothing; no error of the API server or of its
 //! data ends the task.
 //!
-//! How the watch works: each kind has a `kube::runtime::watcher` (paged initial list, then a
-//! watch with bookmarks, default backoff). `Init`/`InitApply` are buffered and swapped in at
-//! `InitDone`, so objects that were not re-listed (after a 410 Gone, a restart) are gone.
-//! Dropped watch connections are resumed by the watcher from the last resource version. A
-//! failed list or watch start (or three failed watches in a row) means the API server is out
-//! of reach: the source is reported lost, the last report stays in force, and the kind's
-//! watcher is restarted (a fresh list) on a backoff of its own until a list succeeds; the
-//! next `Changes` (only what differs from the last report) marks the source synced again. An
-//! event marks the addresses and namespaces it touches; a change after a quiet spell is
-//! reported at once, the changes of a burst are gathered for at least [`COALESCE`], and
-//! nothing is sent while the control plane has not taken the previous report. A quiet cluster
-//! in sync sends an empty `Changes` every 30 s, so that the last-sync age grows only for a
-//! source that is out of sync.
+//! How the watch works: each kind has a `kube::runtime::watcher` (paged initial list, then
+//! watches with bookmarks, each ending after half of the source's `timeout` and resumed from
+//! its resource version). `Init`/`InitApply` are buffered and swapped in at `InitDone`, so
+//! objects that were not re-listed (after a 410 Gone) are gone. Failed watches and watch starts
+//! (429, 503 during a control-plane rollout) are retried from the last resource version with
+//! jittered backoff, never by a fresh list; a full list follows only a 410 Gone or a failed
+//! list, at least 30 s after the last one. The source is lost when some question (a kind's
+//! list or watch, the version probe every third of `timeout`) had no answer for `timeout`;
+//! the last report stays in force, and the next `Changes` (only what differs from the last
+//! report) marks it synced again. Refused credentials (401, 403), or silence, make the
+//! connection read the kubeconfig or the service account again (and run exec plugins again)
+//! without restarting the watchers. An event marks the addresses and namespaces it touches; a
+//! change after a quiet spell is reported at once, the changes of a burst are gathered for at
+//! least [`COALESCE`], and nothing is sent while the control plane has not taken the previous
+//! report. A cluster in sync sends an empty `Changes` every 30 s when the probe answered since
+//! the last one, so that the last-sync age grows only for a source that is out of sync.
 //!
 //! One file per concern, the later built on the earlier: `objects` (what is read of each
 //! object), `intern` (shared label sets and names), `claims` (who owns an address), `store`
-//! (the cluster store and what changed), `health` (whether a kind has lost the API server),
-//! `watch` (the loop between the watchers, the store and the control plane). This file holds
+//! (the cluster store and what changed), `connection` (the client, its credentials and the
+//! evidence of answers), `retry` (how a watcher tries again), `health` (which watch errors are
+//! logged), `watch` (the loop between the watchers, the store and the control plane). This file holds
 //! the entry points: [`spawn`], [`run`] and [`list_once`].
 
 mod claims;
+mod connection;
 #[cfg(test)]
 mod fixtures;
 mod health;
 mod intern;
 mod objects;
+mod retry;
 mod store;
 mod watch;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use kube::runtime::watcher;
 use tokio::sync::mpsc;
 
+use self::connection::Connection;
 use self::objects::{Kind, NamespaceView, NodeView, PodView};
 use self::store::ClusterStore;
 pub use self::watch::COALESCE;
@@ -70,9 +78,9 @@ pub fn spawn(
 pub async fn run(source: KubernetesSource, events: mpsc::Sender<SourceEvent>) {
     let name = kubernetes_source_name(&source.cluster);
     let mut reported = false;
-    let client = loop {
-        match client_for(&source).await {
-            Ok(client) => break client,
+    let connection = loop {
+        match Connection::open(&source).await {
+            Ok(connection) => break connection,
             Err(error) => {
                 tracing::error!(source = name, "cannot connect to the API server: {error}");
                 if !reported {
@@ -90,36 +98,18 @@ pub async fn run(source: KubernetesSource, events: mpsc::Sender<SourceEvent>) {
         }
     };
     tracing::info!(source = name, "watching pods, namespaces and nodes");
-    ClusterWatch::new(source.cluster, client, events).run().await;
-}
-
-/// A client from the kubeconfig file (exec credential plugins included) or the in-cluster
-/// service account.
-async fn client_for(source: &KubernetesSource) -> Result<kube::Client, String> {
-    let config = match &source.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("cannot read the kubeconfig {}: {e}", path.display()))?;
-            let options = kube::config::KubeConfigOptions::default();
-            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-                .await
-                .map_err(|e| format!("the kubeconfig {} is not usable: {e}", path.display()))?
-        }
-        None => {
-            kube::Config::incluster().map_err(|e| format!("no in-cluster service account: {e}"))?
-        }
-    };
-    kube::Client::try_from(config).map_err(|e| format!("cannot build an API client: {e}"))
+    ClusterWatch::new(source.cluster, Arc::new(connection), events).run().await;
 }
 
 /// Lists one cluster once (pods, namespaces, nodes) and returns its records, or the first
 /// error: for commands that answer one question and exit (`explain`), not for the appliance.
 pub async fn list_once(source: &KubernetesSource) -> Result<SourceRecords, String> {
-    let client = client_for(source).await?;
+    let connection = Connection::open(source).await?;
+    let (client, timeout) = (connection.client(), source.timeout());
     let mut store = ClusterStore::new(source.cluster.clone());
-    let mut pods = watch::stream::<PodView>(&client);
-    let mut namespaces = watch::stream::<NamespaceView>(&client);
-    let mut nodes = watch::stream::<NodeView>(&client);
+    let mut pods = watch::stream::<PodView>(client, timeout);
+    let mut namespaces = watch::stream::<NamespaceView>(client, timeout);
+    let mut nodes = watch::stream::<NodeView>(client, timeout);
     while !store.listed() {
         let failed = |kind: Kind, error: watcher::Error| format!("{kind}: {error}");
         tokio::select! {

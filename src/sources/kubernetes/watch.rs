@@ -1,12 +1,23 @@
 //! The watch loop: one task per cluster feeds its three watch streams into the store, tells
-//! the control plane what changed, that the source is lost while a kind is out of reach, and
-//! that a quiet cluster is still in sync. Must not depend on the data plane, the policy or
-//! the label table's internals: it speaks to the control plane only in `SourceEvent`s.
+//! the control plane what changed, that the source is lost while the API server does not
+//! answer, and that a quiet cluster is still in sync. Must not depend on the data plane, the
+//! policy or the label table's internals: it speaks to the control plane only in
+//! `SourceEvent`s.
 //!
 //! An event goes into the store at once and marks the report due; events already waiting
 //! are taken in the same turn, so a burst becomes one report. A change after a quiet spell
 //! is reported at once, the changes of a burst are gathered for at least [`COALESCE`], and
 //! nothing is sent while the control plane has not taken the previous report.
+//!
+//! Lost and back: the source is lost when some question (a kind's list or watch, the probe)
+//! has had no answer for the source's `timeout`; every watch ends at half of it and is resumed,
+//! and a prober asks the API server's version every third of it, so that a quiet cluster
+//! answers often enough and a silent API server (connections open, no bytes) is noticed after
+//! `timeout`, not after a watch's own five minutes. It is in sync again as soon as everything
+//! answered within `timeout` (the watches resumed from their versions: no relist needed). The
+//! heartbeat (an empty `Changes`) is only sent when the probe answered since the last report.
+//! The prober also renews the credentials (`Connection::renew`) after a 401/403 or while
+//! nothing answers.
 
 use std::fmt;
 use std::pin::Pin;
@@ -14,14 +25,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::connection::{Asked, Connection};
 use super::health::KindHealth;
 use super::objects::{Kind, NamespaceView, NodeView, PodView};
+use super::retry;
 use super::store::{Applied, ClusterStore};
 use crate::sources::{SourceEvent, kubernetes_source_name};
 
@@ -30,15 +42,22 @@ use crate::sources::{SourceEvent, kubernetes_source_name};
 pub const COALESCE: Duration = Duration::from_millis(10);
 /// Events taken at most in one go before the changes are reported.
 const DRAIN_MAX: usize = 10_000;
-/// While in sync and unchanged, an empty report is sent this often.
+/// While in sync and unchanged, an empty report is sent this often (when the probe answered
+/// since the last one).
 const HEARTBEAT: Duration = Duration::from_secs(30);
+/// The longest wait between two tries of a failing watch or list.
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// While lost, how often the loop looks whether everything answers again.
+const LOST_RECHECK: Duration = Duration::from_millis(250);
 
 /// The events of one kind's watcher.
-type WatchStream<K> = Pin<Box<dyn Stream<Item = Result<Event<K>, watcher::Error>> + Send>>;
+pub(super) type WatchStream<K> =
+    Pin<Box<dyn Stream<Item = Result<Event<K>, watcher::Error>> + Send>>;
 
-/// A kind's watch stream: a paged list, then a watch with bookmarks, retried on the default
-/// backoff.
-pub(super) fn stream<K>(client: &kube::Client) -> WatchStream<K>
+/// A kind's watch stream: a paged list, then a watch with bookmarks that ends after half of
+/// `timeout` and is resumed from its version (so a quiet kind answers that often), retried
+/// as `retry` paces it.
+pub(super) fn stream<K>(client: &kube::Client, timeout: Duration) -> WatchStream<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -48,7 +67,9 @@ where
         + 'static,
 {
     let api = kube::Api::<K>::all(client.clone());
-    watcher::watcher(api, watcher::Config::default()).default_backoff().boxed()
+    let watch_seconds = (timeout.as_secs() / 2).clamp(1, 290) as u32;
+    let config = watcher::Config::default().timeout(watch_seconds);
+    retry::paced(watcher::watcher(api, config).boxed(), timeout.min(BACKOFF_CAP))
 }
 
 /// When and what to send next.
@@ -69,11 +90,11 @@ struct Publish {
     not_before: Option<Instant>,
 }
 
-/// The watch of one cluster: its watch streams, its store, each kind's health and what is
-/// due to be sent.
+/// The watch of one cluster: its connection, watch streams, store, each kind's errors and
+/// what is due to be sent.
 pub(super) struct ClusterWatch {
     name: String,
-    client: kube::Client,
+    connection: Arc<Connection>,
     events: mpsc::Sender<SourceEvent>,
     store: ClusterStore,
     pods: WatchStream<PodView>,
@@ -97,27 +118,40 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// Aborts a task when dropped (the prober lives as long as the watch).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl ClusterWatch {
     pub(super) fn new(
         cluster: String,
-        client: kube::Client,
+        connection: Arc<Connection>,
         events: mpsc::Sender<SourceEvent>,
     ) -> Self {
+        let client = connection.client();
+        let timeout = connection.timeout();
         ClusterWatch {
             name: kubernetes_source_name(&cluster),
-            pods: stream(&client),
-            namespaces: stream(&client),
-            nodes: stream(&client),
-            client,
+            pods: stream(client, timeout),
+            namespaces: stream(client, timeout),
+            nodes: stream(client, timeout),
+            connection,
             events,
             store: ClusterStore::new(cluster),
-            health: [KindHealth::new(), KindHealth::new(), KindHealth::new()],
+            health: Default::default(),
             publish: Publish::default(),
         }
     }
 
     /// Runs until `events` closes.
     pub(super) async fn run(mut self) {
+        let prober = tokio::spawn(probe(self.connection.clone(), self.name.clone()));
+        let _prober = AbortOnDrop(prober.abort_handle());
         loop {
             let wake = self.next_wake();
             tokio::select! {
@@ -134,7 +168,6 @@ impl ClusterWatch {
                 () = self.events.closed() => return,
             }
             self.drain_ready();
-            self.restart_due();
             if !self.send_due().await {
                 return;
             }
@@ -157,11 +190,37 @@ impl ClusterWatch {
         }
     }
 
+    /// Why the source is lost at `now`: the question unanswered for `timeout` or longer.
+    fn silence(&self, now: Instant) -> Option<String> {
+        let (asked, since) = self.connection.evidence().oldest();
+        let silent = now.saturating_duration_since(since);
+        if silent < self.connection.timeout() {
+            return None;
+        }
+        let evidence = self.connection.evidence();
+        let error_of = |kind: Kind| {
+            self.health[kind as usize].last_error(evidence.last_answer(Asked::Kind(kind)))
+        };
+        let (what, error) = match asked {
+            Asked::Kind(kind) => (kind.to_string(), error_of(kind)),
+            Asked::Probe => ("the version probe".to_string(), None),
+        };
+        // The error of the question, or else of any kind: what the API server said last.
+        let error = error.or_else(|| Kind::ALL.into_iter().find_map(error_of));
+        let error = error.map(|e| format!("; last error: {e}")).unwrap_or_default();
+        Some(format!("no answer from the API server for {}s ({what}){error}", silent.as_secs()))
+    }
+
     fn next_wake(&self) -> Option<Instant> {
-        let restarts = self.health.iter().filter_map(KindHealth::restart_at);
-        let healthy = self.health.iter().all(|h| h.lost().is_none());
-        let heartbeat = self.publish.last_sent.filter(|_| healthy).map(|at| at + HEARTBEAT);
-        restarts.chain(self.publish.at).chain(heartbeat).min()
+        let now = Instant::now();
+        let lost = self.publish.lost_reported;
+        let check = if lost {
+            now + LOST_RECHECK
+        } else {
+            self.connection.evidence().oldest().1 + self.connection.timeout()
+        };
+        let heartbeat = self.publish.last_sent.filter(|_| !lost).map(|at| at + HEARTBEAT);
+        [Some(check), self.publish.at, heartbeat].into_iter().flatten().min()
     }
 
     /// One item of a kind's watch stream: an event goes into the store with `apply`.
@@ -173,15 +232,19 @@ impl ClusterWatch {
     ) {
         match item {
             Ok(event) => {
+                // `Init` comes before the list is asked for: not an answer yet.
+                if !matches!(event, Event::Init) {
+                    self.connection.evidence().answered(Asked::Kind(kind));
+                    self.health[kind as usize].on_event();
+                }
                 let applied = apply(&mut self.store, event);
-                self.on_event(kind, applied);
+                self.on_event(applied);
             }
             Err(error) => self.health[kind as usize].on_error(&self.name, kind, &error),
         }
     }
 
-    fn on_event(&mut self, kind: Kind, changed: Applied) {
-        self.health[kind as usize].on_event(&self.name, kind, changed == Applied::Listed);
+    fn on_event(&mut self, changed: Applied) {
         if changed != Applied::Unchanged {
             self.publish.dirty = true;
             if self.publish.at.is_none() {
@@ -192,27 +255,11 @@ impl ClusterWatch {
         }
     }
 
-    /// Restarts the watchers whose restart is due: a fresh list, which is what tells that
-    /// the API server is back.
-    fn restart_due(&mut self) {
-        let now = Instant::now();
-        for kind in Kind::ALL {
-            if !self.health[kind as usize].take_restart(now) {
-                continue;
-            }
-            tracing::debug!(source = self.name, %kind, "restarting the watcher");
-            match kind {
-                Kind::Pods => self.pods = stream(&self.client),
-                Kind::Namespaces => self.namespaces = stream(&self.client),
-                Kind::Nodes => self.nodes = stream(&self.client),
-            }
-        }
-    }
-
-    /// Sends `Lost` when a kind lost the API server, and the changes when they are due.
-    /// Returns false when the control plane is gone.
+    /// Sends `Lost` when the API server stopped answering, and the changes when they are
+    /// due. Returns false when the control plane is gone.
     async fn send_due(&mut self) -> bool {
-        let lost = self.health.iter().find_map(|h| h.lost().map(String::from));
+        let now = Instant::now();
+        let lost = self.silence(now);
         if let (Some(error), false) = (&lost, self.publish.lost_reported) {
             self.publish.lost_reported = true;
             let event = SourceEvent::Lost { source: self.name.clone(), error: error.clone() };
@@ -220,20 +267,21 @@ impl ClusterWatch {
                 return false;
             }
         }
-        let now = Instant::now();
         if !self.publish.dirty {
-            // Nothing changed: say so now and then, so that the last-sync age tells a quiet
-            // cluster from a lost one; and at once when the API server is back, so that a
-            // withdrawn cluster (`max_stale`) comes back without waiting for a heartbeat.
-            let back = lost.is_none() && self.publish.lost_reported && self.store.listed();
-            if let (None, Some(at)) = (&lost, &mut self.publish.last_sent)
-                && (*at + HEARTBEAT <= now || back)
-            {
-                self.publish.lost_reported = false;
-                *at = now;
-                let event =
-                    SourceEvent::Changes { source: self.name.clone(), changes: Arc::default() };
-                return self.events.send(event).await.is_ok();
+            // Nothing changed: say so now and then, when the probe answered since the last
+            // report, so that the last-sync age tells a quiet cluster from a silent one; and at
+            // once when everything answers again, so that a withdrawn cluster (`max_stale`)
+            // comes back without waiting for a heartbeat.
+            let back = self.publish.lost_reported && self.store.listed();
+            if let (None, Some(at)) = (&lost, &mut self.publish.last_sent) {
+                let probed = self.connection.evidence().last_answer(Asked::Probe) > *at;
+                if back || (*at + HEARTBEAT <= now && probed) {
+                    self.publish.lost_reported = false;
+                    *at = now;
+                    let event =
+                        SourceEvent::Changes { source: self.name.clone(), changes: Arc::default() };
+                    return self.events.send(event).await.is_ok();
+                }
             }
             return true;
         }
@@ -268,11 +316,39 @@ impl ClusterWatch {
         }
         self.publish.lost_reported = false;
         if let Some(error) = lost {
-            // Some kind is still out of reach: the view is not known to be current.
+            // The API server is silent: the view is not known to be current.
             self.publish.lost_reported = true;
             let event = SourceEvent::Lost { source: self.name.clone(), error };
             return self.events.send(event).await.is_ok();
         }
         true
+    }
+}
+
+/// Asks the API server's version every third of `timeout` (each answer is evidence that it
+/// is there), and renews the credentials after a refusal (401, 403) or while nothing answers
+/// (a rotated authority or client certificate shows as failed connections, not as a 401), at
+/// most once per probe interval, and after silence at most once per `timeout`.
+async fn probe(connection: Arc<Connection>, source: String) {
+    let timeout = connection.timeout();
+    let period = timeout / 3;
+    let mut renewed_at = Instant::now();
+    loop {
+        let started = Instant::now();
+        let refused = connection.evidence().refused();
+        let silent = started.saturating_duration_since(connection.evidence().oldest().1) >= timeout;
+        let since_renewal = started.duration_since(renewed_at);
+        if (refused && since_renewal >= period) || (silent && since_renewal >= timeout) {
+            let why = if refused { "credentials refused" } else { "no answer" };
+            match connection.renew().await {
+                Ok(()) => tracing::info!(source, why, "read the credentials again"),
+                Err(error) => {
+                    tracing::warn!(source, why, "cannot read the credentials again: {error}")
+                }
+            }
+            renewed_at = Instant::now();
+        }
+        connection.probe(period).await;
+        tokio::time::sleep_until(started + period).await;
     }
 }
