@@ -746,13 +746,22 @@ impl Scene {
         let kubeconfigs: Vec<_> =
             servers.iter().map(|(c, s)| (*c, s.kubeconfig(dir.path(), c, None))).collect();
         let clusters: Vec<_> = kubeconfigs.iter().map(|(c, p)| (*c, p.as_path())).collect();
+        Scene::start_with_kubeconfigs(&clusters, max_stale, dir)
+    }
+
+    /// As [`Scene::start_with`], with kubeconfigs of the test's own (in `dir`).
+    fn start_with_kubeconfigs(
+        clusters: &[(&str, &std::path::Path)],
+        max_stale: Option<&str>,
+        dir: tempfile::TempDir,
+    ) -> Scene {
         let peer = GwlbPeer::new(1);
         let appliance = Appliance::start_with(
             peer.reply_port(),
             1,
             POLICY,
             None,
-            &kubernetes_yaml(&clusters, max_stale),
+            &kubernetes_yaml(clusters, max_stale),
             &[],
         );
         Scene { peer, appliance, _dir: dir }
@@ -851,7 +860,8 @@ fn pod_labels_decide_live_and_a_reused_ip_follows_its_newest_owner() {
 /// `unshare`, so the host is untouched), the API server from KUBERNETES_SERVICE_HOST/PORT,
 /// over TLS; the server refuses any other token.
 #[test]
-fn in_cluster_the_service_account_token_and_authority_reach_the_api_server_over_tls() {
+fn in_cluster_the_service_account_token_and_authority_reach_the_api_server_and_a_rotated_token_is_read_again()
+ {
     let ratings = pod("bookinfo", "ratings-1", &["10.0.1.15"], json!({"app": "ratings"}));
     let server = tls_server_with(&[ratings]);
     server.require_token("service-account-token");
@@ -859,8 +869,10 @@ fn in_cluster_the_service_account_token_and_authority_reach_the_api_server_over_
     std::fs::write(account.path().join("token"), "service-account-token").unwrap();
     std::fs::write(account.path().join("namespace"), "labelwall").unwrap();
     std::fs::copy(&server.tls.as_ref().unwrap().ca_path, account.path().join("ca.crt")).unwrap();
+    // The account directory is bound, not copied, so that the test can rotate the token as
+    // the kubelet does (a new file renamed over the old).
     let mount = "mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io/serviceaccount \
-                 && cp \"$0\"/* /run/secrets/kubernetes.io/serviceaccount/ && exec \"$@\"";
+                 && mount --bind \"$0\" /run/secrets/kubernetes.io/serviceaccount && exec \"$@\"";
     let account_dir = account.path().display().to_string();
     let wrapper =
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, &account_dir];
@@ -868,7 +880,8 @@ fn in_cluster_the_service_account_token_and_authority_reach_the_api_server_over_
     let env =
         [("KUBERNETES_SERVICE_HOST", "127.0.0.1"), ("KUBERNETES_SERVICE_PORT", port.as_str())];
     let peer = GwlbPeer::new(1);
-    let clusters = "labels:\n  kubernetes:\n    - cluster: c1\n      in_cluster: true\n";
+    let clusters =
+        "labels:\n  kubernetes:\n    - cluster: c1\n      in_cluster: true\n      timeout: 3s\n";
     let appliance = Appliance::start_wrapped(
         APPLIANCE_IP,
         peer.reply_port(),
@@ -886,6 +899,14 @@ fn in_cluster_the_service_account_token_and_authority_reach_the_api_server_over_
     server.set_labels("pods", "bookinfo", "ratings-1", json!({"app": "other"}));
     wait_verdict(&peer, appliance.listen, POD_A, 3306, Verdict::Rejected, &log);
     assert!(server.count_requests(&["/api/v1/pods?", "watch=true"]) >= 1);
+    // The token is rotated: the old one is refused from now on, the file is replaced.
+    server.require_token("rotated-token");
+    let fresh = account.path().join("token.new");
+    std::fs::write(&fresh, "rotated-token").unwrap();
+    std::fs::rename(&fresh, account.path().join("token")).unwrap();
+    server.drop_watches();
+    server.set_labels("pods", "bookinfo", "ratings-1", json!({"app": "ratings"}));
+    wait_verdict(&peer, appliance.listen, POD_A, 3306, Verdict::Allowed, &log);
 }
 
 #[test]
@@ -1321,4 +1342,43 @@ async fn an_exec_plugin_runs_again_when_its_token_is_refused() {
     server.drop_watches();
     server.set_labels("pods", "bookinfo", "a", json!({"app": "a2"}));
     records_where(&mut watched, "the change", |r| labels_of(r, "a") == "app=a2").await;
+}
+
+#[test]
+fn a_blackholed_api_server_is_noticed_after_the_timeout_and_withdrawn_after_max_stale() {
+    let server =
+        server_with(&[pod("bookinfo", "ratings-1", &["10.0.1.15"], json!({"app": "ratings"}))]);
+    let scene = Scene::start_with(&[("c1", &server)], Some("2s"));
+    assert_eq!(scene.verdict(POD_A, 3306), Verdict::Allowed);
+    // Connections stay open, nothing is answered: no reset, no error for kube to see.
+    server.freeze();
+    let frozen = Instant::now();
+    scene.wait_synced("c1", 0);
+    let noticed = frozen.elapsed();
+    assert!(noticed < Duration::from_secs(7), "noticed after {noticed:?} (timeout 3s)");
+    // max_stale counts from there: the pod's address becomes unknown.
+    scene.wait(POD_A, 3306, Verdict::Dropped);
+    assert!(scene.appliance.log().contains("no answer from the API server"));
+    server.thaw();
+    scene.wait_synced("c1", 1);
+    scene.wait(POD_A, 3306, Verdict::Allowed);
+}
+
+#[test]
+fn a_token_rotated_in_the_kubeconfig_reaches_the_running_appliance() {
+    let server =
+        server_with(&[pod("bookinfo", "ratings-1", &["10.0.1.15"], json!({"app": "ratings"}))]);
+    server.require_token("first");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kubeconfig_with_token(&server, dir.path(), "first");
+    let scene = Scene::start_with_kubeconfigs(&[("c1", &kubeconfig)], None, dir);
+    assert_eq!(scene.verdict(POD_A, 3306), Verdict::Allowed);
+    server.require_token("second");
+    server.drop_watches();
+    kubeconfig_with_token(&server, scene._dir.path(), "second");
+    // A change made after the rotation decides the next packet.
+    server.set_labels("pods", "bookinfo", "ratings-1", json!({"app": "other"}));
+    scene.wait(POD_A, 3306, Verdict::Rejected);
+    assert_eq!(scene.synced("c1"), 1);
+    assert!(scene.appliance.log().contains("read the credentials again"));
 }
