@@ -1382,3 +1382,19 @@ fn a_token_rotated_in_the_kubeconfig_reaches_the_running_appliance() {
     assert_eq!(scene.synced("c1"), 1);
     assert!(scene.appliance.log().contains("read the credentials again"));
 }
+
+#[test]
+fn a_control_plane_rollout_refusing_watches_costs_no_relist_and_the_next_change_still_decides() {
+    let server =
+        server_with(&[pod("bookinfo", "ratings-1", &["10.0.1.15"], json!({"app": "ratings"}))]);
+    let scene = Scene::start(&[("c1", &server)]);
+    assert_eq!(scene.verdict(POD_A, 3306), Verdict::Allowed);
+    let lists = server.count_requests(&["limit="]);
+    server.fail_watches_for(429, Duration::from_secs(6));
+    server.drop_watches();
+    std::thread::sleep(Duration::from_secs(6));
+    server.set_labels("pods", "bookinfo", "ratings-1", json!({"app": "other"}));
+    scene.wait(POD_A, 3306, Verdict::Rejected);
+    scene.wait_synced("c1", 1);
+    assert_eq!(server.count_requests(&["limit="]), lists, "watches resumed, nothing relisted");
+}
