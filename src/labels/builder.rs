@@ -538,6 +538,8 @@ mod tests {
             namespace: namespace.into(),
             name: name.into(),
             kind,
+            terminating: false,
+            created: 0,
             labels: labels(&[("app", app)]),
         }
     }
@@ -718,7 +720,7 @@ mod tests {
         let pod = record(net, "ns1", "pod", EndpointKind::Pod, "web");
         let upsert = SourceChanges {
             endpoints: vec![EndpointChange { net, record: Some(pod) }],
-            namespaces: vec![],
+            ..SourceChanges::default()
         };
         builder.apply_changes(0, &upsert);
         let (table, _) = builder.publish();
@@ -726,7 +728,7 @@ mod tests {
         assert_eq!(table.conflicts(), 1);
         let remove = SourceChanges {
             endpoints: vec![EndpointChange { net, record: None }],
-            namespaces: vec![],
+            ..SourceChanges::default()
         };
         builder.apply_changes(0, &remove);
         let (after, changed) = builder.publish();
@@ -747,7 +749,7 @@ mod tests {
                 net: a,
                 record: Some(record(a, "ns1", "p", EndpointKind::Pod, app)),
             }],
-            namespaces: vec![],
+            ..SourceChanges::default()
         };
         builder.apply_changes(0, &set("a"));
         let (first, changed) = builder.publish();
