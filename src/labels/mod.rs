@@ -450,6 +450,14 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_record_with_its_ranking_fields_is_no_larger_than_without() {
+        // 1M pods are a target: terminating and created fill padding after `kind`.
+        assert_eq!(std::mem::size_of::<EndpointRecord>(), 80);
+        assert_eq!((created_seconds(-5), created_seconds(1 << 40)), (0, u32::MAX));
+    }
+
+    #[test]
     fn first_source_wins_a_conflict_and_it_is_counted() {
         let table = LabelTable::build(&[
             source("kubernetes:demo", vec![pod("10.0.1.10/32", "new-owner", "other")]),
