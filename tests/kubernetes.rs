@@ -1329,3 +1329,86 @@ fn a_namespace_deleted_before_its_pod_keeps_its_labels_for_negative_selectors() 
     server.delete("pods", "secure", "vault-1");
     scene.wait(POD_A, 9000, Verdict::Dropped);
 }
+
+#[test]
+fn explain_names_the_claims_on_an_address_that_lose_and_why() {
+    let ratings = json!({"app": "ratings"});
+    // c1's pod is the newest but terminating; c2's is live; the inventory entry has no
+    // creation time.
+    let c1 = server_without_nodes(&[terminating(
+        pod_created(
+            "bookinfo",
+            "ratings-c1",
+            "10.0.1.15",
+            ratings.clone(),
+            "2024-05-01T12:10:00Z",
+            "u1",
+        ),
+        "2024-05-01T13:00:00Z",
+    )]);
+    let c2 = server_without_nodes(&[pod_created(
+        "bookinfo",
+        "ratings-c2",
+        "10.0.1.15",
+        ratings,
+        "2024-05-01T12:05:00Z",
+        "u2",
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    std::fs::write(
+        dir.path().join("inventory.yaml"),
+        "endpoints:\n  - {ip: 10.0.1.15, name: static, kind: external, labels: {app: db}}\n",
+    )
+    .unwrap();
+    let kubeconfigs = [
+        ("c1", c1.kubeconfig(dir.path(), "c1", None)),
+        ("c2", c2.kubeconfig(dir.path(), "c2", None)),
+    ];
+    let clusters: Vec<_> = kubeconfigs.iter().map(|(c, p)| (*c, p.as_path())).collect();
+    let config = dir.path().join("labelwall.yaml");
+    let text = format!(
+        "policy: policy.yaml\n{}  inventory: [inventory.yaml]\n",
+        kubernetes_yaml(&clusters, None)
+    );
+    std::fs::write(&config, text).unwrap();
+    let explain = |json: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_labelwall"));
+        command.args(["explain", "-c"]).arg(&config);
+        command.args(["--src", "10.0.1.15", "--dst", "10.20.0.5", "--dport", "3307"]);
+        if json {
+            command.arg("--json");
+        }
+        let output = command.env("HOME", dir.path()).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let answer: serde_json::Value = serde_json::from_str(&explain(true)).unwrap();
+    assert_eq!(answer["src"]["identity"]["name"], "ratings-c2", "{answer}");
+    assert_eq!(answer["rule"], "c2-ratings-to-db");
+    let losing = answer["src"]["losing"].as_array().expect("losing claims");
+    let summary: Vec<(String, String, String)> = losing
+        .iter()
+        .map(|l| {
+            let source = l["source"].as_str().unwrap();
+            let source = if source.starts_with("inventory:") { "inventory" } else { source };
+            (source.to_string(), l["name"].to_string(), l["loss"].to_string())
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            // Next in line: not terminating ranks before the creation time.
+            ("inventory".into(), "\"static\"".into(), "\"older\"".into()),
+            ("kubernetes:c1".into(), "\"ratings-c1\"".into(), "\"terminating\"".into()),
+        ]
+    );
+    assert!(answer["dst"].get("losing").is_none(), "none for an address no one contests");
+    let text = explain(false);
+    assert!(
+        text.contains(
+            "also claimed by pod c1/bookinfo/ratings-c1 from kubernetes:c1 (loses: terminating)"
+        ),
+        "{text}"
+    );
+}
