@@ -489,3 +489,71 @@ impl ControlPlane {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::labels::{EndpointChange, EndpointKind, EndpointRecord, SourceChanges};
+
+    fn status(name: &str) -> SourceStatus {
+        SourceStatus {
+            name: name.into(),
+            synced: true,
+            last_sync: None,
+            errors: 0,
+            lost_since: None,
+            withdrawn: false,
+            conflicts: 0,
+        }
+    }
+
+    fn claim(ip: &str, name: &str, created: u32) -> SourceChanges {
+        let record = EndpointRecord {
+            net: ip.parse().unwrap(),
+            cluster: "c".into(),
+            namespace: "ns".into(),
+            name: name.into(),
+            kind: EndpointKind::Pod,
+            terminating: false,
+            created,
+            labels: Arc::default(),
+        };
+        let change = EndpointChange { net: record.net, record: Some(record) };
+        SourceChanges { endpoints: vec![change], ..SourceChanges::default() }
+    }
+
+    #[test]
+    fn conflicts_reach_the_statuses_and_one_line_per_source_per_interval_is_logged() {
+        let names = vec!["kubernetes:a".to_string(), "kubernetes:b".to_string()];
+        let mut labels = LabelBuilder::new(names.clone());
+        let mut statuses: Vec<SourceStatus> = names.iter().map(|n| status(n)).collect();
+        let mut log = ConflictLog::new(2);
+        labels.apply_changes(0, &claim("10.0.0.1/32", "a1", 1));
+        labels.apply_changes(1, &claim("10.0.0.1/32", "b1", 2));
+        log.note(&mut labels, &mut statuses, None);
+        assert_eq!((statuses[0].conflicts, statuses[1].conflicts), (0, 1));
+        assert_eq!(log.logged, [0, 1], "b's line");
+        assert!(log.last_line[1].is_some() && log.last_line[0].is_none());
+        // Within the interval: counted, not logged (they are the next line's `unlogged`).
+        labels.apply_changes(1, &claim("10.0.0.2/32", "b2", 2));
+        labels.apply_changes(0, &claim("10.0.0.2/32", "a2", 1));
+        let inside = SourceChanges { conflicts: 2, ..SourceChanges::default() };
+        labels.apply_changes(1, &inside);
+        log.note(&mut labels, &mut statuses, None);
+        assert_eq!((statuses[0].conflicts, statuses[1].conflicts), (1, 3));
+        assert_eq!(log.logged, [1, 1], "a's first line; b waits for its interval");
+        // Past it: b's next line, for everything counted by then.
+        log.last_line[1] = Instant::now().checked_sub(CONFLICT_LOG_INTERVAL);
+        labels.apply_changes(1, &claim("10.0.0.3/32", "b3", 2));
+        labels.apply_changes(0, &claim("10.0.0.3/32", "a3", 3));
+        labels.apply_changes(1, &claim("10.0.0.4/32", "b4", 2));
+        labels.apply_changes(0, &claim("10.0.0.4/32", "a4", 3));
+        labels.apply_changes(0, &claim("10.0.0.5/32", "a5", 3));
+        labels.apply_changes(1, &claim("10.0.0.5/32", "b5", 2));
+        log.note(&mut labels, &mut statuses, None);
+        assert_eq!((statuses[0].conflicts, statuses[1].conflicts), (3, 4));
+        assert_eq!(log.logged, [1, 4]);
+    }
+}
