@@ -44,6 +44,8 @@ fn main() {
             namespace: Arc::clone(&namespaces[(i % 40) as usize]),
             name: format!("svc-{}-7d9f8c6b5-{i:05x}", i % 1000).into(),
             kind: EndpointKind::Pod,
+            terminating: false,
+            created: 1_714_564_800 + i,
             labels: Arc::clone(&label_sets[(i % 3000) as usize]),
         })
         .collect();

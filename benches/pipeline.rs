@@ -73,6 +73,8 @@ fn records() -> Arc<SourceRecords> {
             namespace: format!("ns-{}", i % 50).into(),
             name: format!("pod-{i}").into(),
             kind: EndpointKind::Pod,
+            terminating: false,
+            created: 1_714_564_800,
             labels: Arc::new(Labels::from([
                 ("app".to_string(), format!("svc-{}", i % SERVICES)),
                 ("pod".to_string(), format!("p{i}")),
@@ -142,7 +144,7 @@ fn control_plane(c: &mut Criterion) {
             generation += 1;
             let record = if generation % 2 == 0 { &flipped } else { &pod };
             let change = EndpointChange { net: record.net, record: Some(record.clone()) };
-            let changes = SourceChanges { endpoints: vec![change], namespaces: vec![] };
+            let changes = SourceChanges { endpoints: vec![change], ..SourceChanges::default() };
             builder.apply_changes(0, &changes);
             let (table, changed) = builder.publish();
             snapshot = Arc::new(snapshot.next(

@@ -15,9 +15,9 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::control::{self, ControlPlane};
 use crate::dataplane::{ControlLinks, Dataplane, DataplaneSettings};
-use crate::explain::{FlowQuestion, explain};
+use crate::explain::{FlowQuestion, explain_with_claims};
 use crate::flowlog::FlowLogWriter;
-use crate::labels::LabelTable;
+use crate::labels::{LabelBuilder, LabelTable};
 use crate::metrics;
 use crate::packet::ip_proto;
 use crate::pipeline::Mode;
@@ -173,10 +173,15 @@ fn explain_command(path: &Path, question: &FlowQuestion, json: bool) -> anyhow::
     // As the appliance orders them: Kubernetes clusters first (listed once), then inventories.
     let mut sources = kubernetes_views(&config);
     sources.extend(inventories.into_iter().map(Arc::new));
-    let labels = Arc::new(LabelTable::build(&sources));
+    // The builder, not just its table: it knows the claims that lose.
+    let mut builder = LabelBuilder::new(sources.iter().map(|s| s.source.clone()).collect());
+    for (index, source) in sources.iter().enumerate() {
+        builder.replace_source(index, source);
+    }
+    let labels = Arc::new(builder.publish().0);
     let hits = Arc::new(RuleHits::new(1, policy.rules.len()));
     let snapshot = Snapshot::new(1, labels, Arc::new(policy), hits);
-    let answer = explain(&snapshot, question);
+    let answer = explain_with_claims(&snapshot, question, Some(&builder));
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {

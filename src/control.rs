@@ -5,6 +5,11 @@
 //!
 //! Single owner (the process's control task), so it needs no locks of its own; what the
 //! admin server reads lives in [`ControlState`].
+//!
+//! It tells the label builder which live sources are connected (a `Lost` source's claims lose
+//! to a connected source's on the addresses they share; its `Changes` make it connected
+//! again), copies each source's conflict count into its status for the metrics, and logs
+//! contested addresses, at most one line per source per [`CONFLICT_LOG_INTERVAL`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +22,7 @@ use arc_swap::ArcSwap;
 use crate::config::Config;
 use crate::diagnostics::Diagnostics;
 use crate::flowlog::FlowLogStats;
-use crate::labels::{LabelBuilder, SourceRecords};
+use crate::labels::{Contest, LabelBuilder, SourceRecords};
 use crate::policy::CompiledPolicy;
 use crate::snapshot::{RuleHits, Snapshot, SnapshotCell};
 use crate::sources::{SourceEvent, inventory, kubernetes_source_name};
@@ -34,6 +39,8 @@ pub struct SourceStatus {
     pub lost_since: Option<Instant>,
     /// Its entries are withdrawn: lost longer than its `max_stale`.
     pub withdrawn: bool,
+    /// Conflicts counted for the source ([`LabelBuilder::conflicts`]).
+    pub conflicts: u64,
 }
 
 /// What the admin server and metrics read of the control plane.
@@ -87,6 +94,74 @@ pub fn load_all(config: &Config) -> Result<(CompiledPolicy, Vec<SourceRecords>),
     }
 }
 
+/// At most one line per source this often about contested addresses.
+pub const CONFLICT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The log of contested addresses: per source, when it last had a line and how many of its
+/// conflicts were counted by then (the rest are the `unlogged` of its next line).
+#[derive(Debug)]
+struct ConflictLog {
+    last_line: Vec<Option<Instant>>,
+    logged: Vec<u64>,
+}
+
+impl ConflictLog {
+    fn new(sources: usize) -> ConflictLog {
+        ConflictLog { last_line: vec![None; sources], logged: vec![0; sources] }
+    }
+
+    /// Copies every source's conflict count into its status, and logs one contested address
+    /// for each source with new conflicts whose last line is old enough. `inside` are the
+    /// contests a source reported with its changes (decided inside it); the others come from
+    /// the builder (between sources).
+    fn note(
+        &mut self,
+        labels: &mut LabelBuilder,
+        statuses: &mut [SourceStatus],
+        inside: Option<(usize, &[Contest])>,
+    ) {
+        let between = labels.take_contests();
+        for (source, status) in statuses.iter_mut().enumerate() {
+            let total = labels.conflicts(source);
+            status.conflicts = total;
+            if total == self.logged[source]
+                || self.last_line[source].is_some_and(|t| t.elapsed() < CONFLICT_LOG_INTERVAL)
+            {
+                continue;
+            }
+            let inside = inside.filter(|(s, _)| *s == source).and_then(|(_, c)| c.first());
+            let line = match inside {
+                Some(contest) => Some((contest, source, source)),
+                None => between
+                    .iter()
+                    .find(|c| c.source == source)
+                    .map(|c| (&c.contest, c.winner_source, c.loser_source)),
+            };
+            // Without one to describe (no longer contested), they are counted into the next line.
+            let Some((contest, winner, loser)) = line else { continue };
+            let unlogged = total - self.logged[source] - 1;
+            let (source_name, winner_name, loser_name) =
+                (labels.source_name(source), labels.source_name(winner), labels.source_name(loser));
+            let winner = format!("{winner_name} {}", contest.winner.path());
+            let loser = format!("{loser_name} {}", contest.loser.path());
+            let address = contest.net.addr();
+            let loss = contest.loss.as_str();
+            if winner_name == loser_name {
+                // Inside one cluster: IP reuse seen before the old pod's delete, a pod stuck
+                // terminating, a pod on a node's address. Routine.
+                tracing::info!(source = source_name, %address, winner, loser, loss, unlogged,
+                    "address claimed twice: the winner owns it");
+            } else {
+                // Between sources: overlapping clusters, an inventory entry for a pod's address.
+                tracing::warn!(source = source_name, %address, winner, loser, loss, unlogged,
+                    "address claimed by two label sources: the winner owns it");
+            }
+            self.logged[source] = total;
+            self.last_line[source] = Some(Instant::now());
+        }
+    }
+}
+
 /// When a file was last seen changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileStamp {
@@ -116,6 +191,7 @@ pub struct ControlPlane {
     /// What each inventory file said last (to tell whether a reload changed anything).
     inventories: Vec<SourceRecords>,
     labels: LabelBuilder,
+    conflict_log: ConflictLog,
     generation: u64,
     workers: usize,
     stamps: Vec<Option<FileStamp>>,
@@ -147,6 +223,7 @@ impl ControlPlane {
                 errors: 0,
                 lost_since: None,
                 withdrawn: false,
+                conflicts: 0,
             });
             source_names.push(name);
             max_stale.push(cluster.max_stale());
@@ -160,6 +237,7 @@ impl ControlPlane {
                 errors: 0,
                 lost_since: None,
                 withdrawn: false,
+                conflicts: 0,
             });
             source_names.push(records.source.clone());
         }
@@ -167,6 +245,8 @@ impl ControlPlane {
         for (i, records) in inventories.iter().enumerate() {
             labels.replace_source(live_sources + i, records);
         }
+        let mut conflict_log = ConflictLog::new(source_names.len());
+        conflict_log.note(&mut labels, &mut statuses, None);
         let (table, _) = labels.publish();
         let snapshot =
             Snapshot::new(1, Arc::new(table), Arc::clone(&policy), Arc::clone(&rule_hits));
@@ -188,6 +268,7 @@ impl ControlPlane {
             max_stale,
             inventories,
             labels,
+            conflict_log,
             generation: 1,
             workers,
             stamps: Vec::new(),
@@ -287,6 +368,7 @@ impl ControlPlane {
                 }
                 self.labels.replace_source(self.live_sources + index, &records);
                 self.inventories[index] = records;
+                self.conflict_log.note(&mut self.labels, &mut statuses, None);
                 true
             }
             Err(errors) => {
@@ -326,10 +408,16 @@ impl ControlPlane {
                         tracing::info!(source, "label source synced again; its entries are back");
                     }
                 }
+                // In touch again: its claims rank as a connected source's.
+                let regained = self.labels.set_connected(index, true);
                 self.labels.apply_changes(index, &changes);
-                restored || !changes.is_empty()
+                let inside = Some((index, &changes.contests[..]));
+                self.conflict_log.note(&mut self.labels, &mut statuses, inside);
+                restored || regained || !changes.is_empty()
             }
             SourceEvent::Lost { source, error } => {
+                let index =
+                    self.source_names[..self.live_sources].iter().position(|s| *s == source);
                 if let Some(status) = statuses.iter_mut().find(|s| s.name == source) {
                     if status.synced {
                         tracing::warn!(
@@ -344,7 +432,8 @@ impl ControlPlane {
                     status.synced = false;
                     status.errors += 1;
                 }
-                false
+                // Its claims on addresses another source claims too lose to a connected one's.
+                index.is_some_and(|index| self.labels.set_connected(index, false))
             }
         }
     }
@@ -398,5 +487,73 @@ impl ControlPlane {
             took_us = started.elapsed().as_micros() as u64,
             "snapshot published"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::labels::{EndpointChange, EndpointKind, EndpointRecord, SourceChanges};
+
+    fn status(name: &str) -> SourceStatus {
+        SourceStatus {
+            name: name.into(),
+            synced: true,
+            last_sync: None,
+            errors: 0,
+            lost_since: None,
+            withdrawn: false,
+            conflicts: 0,
+        }
+    }
+
+    fn claim(ip: &str, name: &str, created: u32) -> SourceChanges {
+        let record = EndpointRecord {
+            net: ip.parse().unwrap(),
+            cluster: "c".into(),
+            namespace: "ns".into(),
+            name: name.into(),
+            kind: EndpointKind::Pod,
+            terminating: false,
+            created,
+            labels: Arc::default(),
+        };
+        let change = EndpointChange { net: record.net, record: Some(record) };
+        SourceChanges { endpoints: vec![change], ..SourceChanges::default() }
+    }
+
+    #[test]
+    fn conflicts_reach_the_statuses_and_one_line_per_source_per_interval_is_logged() {
+        let names = vec!["kubernetes:a".to_string(), "kubernetes:b".to_string()];
+        let mut labels = LabelBuilder::new(names.clone());
+        let mut statuses: Vec<SourceStatus> = names.iter().map(|n| status(n)).collect();
+        let mut log = ConflictLog::new(2);
+        labels.apply_changes(0, &claim("10.0.0.1/32", "a1", 1));
+        labels.apply_changes(1, &claim("10.0.0.1/32", "b1", 2));
+        log.note(&mut labels, &mut statuses, None);
+        assert_eq!((statuses[0].conflicts, statuses[1].conflicts), (0, 1));
+        assert_eq!(log.logged, [0, 1], "b's line");
+        assert!(log.last_line[1].is_some() && log.last_line[0].is_none());
+        // Within the interval: counted, not logged (they are the next line's `unlogged`).
+        labels.apply_changes(1, &claim("10.0.0.2/32", "b2", 2));
+        labels.apply_changes(0, &claim("10.0.0.2/32", "a2", 1));
+        let inside = SourceChanges { conflicts: 2, ..SourceChanges::default() };
+        labels.apply_changes(1, &inside);
+        log.note(&mut labels, &mut statuses, None);
+        assert_eq!((statuses[0].conflicts, statuses[1].conflicts), (1, 3));
+        assert_eq!(log.logged, [1, 1], "a's first line; b waits for its interval");
+        // Past it: b's next line, for everything counted by then.
+        log.last_line[1] = Instant::now().checked_sub(CONFLICT_LOG_INTERVAL);
+        labels.apply_changes(1, &claim("10.0.0.3/32", "b3", 2));
+        labels.apply_changes(0, &claim("10.0.0.3/32", "a3", 3));
+        labels.apply_changes(1, &claim("10.0.0.4/32", "b4", 2));
+        labels.apply_changes(0, &claim("10.0.0.4/32", "a4", 3));
+        labels.apply_changes(0, &claim("10.0.0.5/32", "a5", 3));
+        labels.apply_changes(1, &claim("10.0.0.5/32", "b5", 2));
+        log.note(&mut labels, &mut statuses, None);
+        assert_eq!((statuses[0].conflicts, statuses[1].conflicts), (3, 4));
+        assert_eq!(log.logged, [1, 4]);
     }
 }

@@ -1,5 +1,6 @@
 //! `labelwall explain`: what policy says about a flow and why, from the same snapshot the
-//! data plane would use: the verdict, the deciding rule, and who both ends are.
+//! data plane would use: the verdict, the deciding rule, and who both ends are; with the label
+//! builder, also the claims on each end's address that lose to its owner, and why.
 //! Must not depend on: the data plane, sockets, the flow log.
 
 use std::fmt::Write as _;
@@ -7,7 +8,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::labels::{EndpointKind, Labels};
+use crate::labels::{EndpointKind, LabelBuilder, Labels, Loss};
 use crate::packet::ip_proto;
 use crate::snapshot::Snapshot;
 
@@ -42,6 +43,22 @@ pub struct EndpointReport {
     /// `None` when no label source knows the address (only `any` and CIDR groups match it).
     pub identity: Option<IdentityReport>,
     pub groups: Vec<String>,
+    /// Other claims on the address (or network) that owns it, in the order they would take
+    /// over; left out when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub losing: Vec<LosingClaim>,
+}
+
+/// A claim on an address that loses to its owner.
+#[derive(Debug, Serialize)]
+pub struct LosingClaim {
+    pub source: String,
+    pub cluster: String,
+    pub namespace: String,
+    pub name: String,
+    pub kind: EndpointKind,
+    /// Why it loses: `withdrawn`, `lost_source`, `terminating`, `older`, `later_in_config`.
+    pub loss: Loss,
 }
 
 #[derive(Debug, Serialize)]
@@ -56,6 +73,35 @@ pub struct IdentityReport {
 
 /// Answers the question with `snapshot`.
 pub fn explain(snapshot: &Snapshot, q: &FlowQuestion) -> Explanation {
+    explain_with_claims(snapshot, q, None)
+}
+
+/// Answers the question with `snapshot`, and with `labels` (the builder its table came from)
+/// the claims on each end's address that lose.
+pub fn explain_with_claims(
+    snapshot: &Snapshot,
+    q: &FlowQuestion,
+    labels: Option<&LabelBuilder>,
+) -> Explanation {
+    let losing = |ip: IpAddr| -> Vec<LosingClaim> {
+        let (Some(labels), Some(owner)) = (labels, snapshot.labels.lookup(ip)) else {
+            return Vec::new();
+        };
+        labels
+            .claimants(owner.net)
+            .into_iter()
+            .filter_map(|c| {
+                Some(LosingClaim {
+                    source: labels.source_name(c.source).to_string(),
+                    cluster: c.record.cluster.to_string(),
+                    namespace: c.record.namespace.to_string(),
+                    name: c.record.name.to_string(),
+                    kind: c.record.kind,
+                    loss: c.loss?,
+                })
+            })
+            .collect()
+    };
     let port = matches!(q.protocol, ip_proto::TCP | ip_proto::UDP).then_some(q.dport);
     let decision = snapshot.decide(q.src, q.dst, q.protocol, port);
     let endpoint = |ip: IpAddr| EndpointReport {
@@ -76,6 +122,7 @@ pub fn explain(snapshot: &Snapshot, q: &FlowQuestion) -> Explanation {
             .into_iter()
             .map(String::from)
             .collect(),
+        losing: losing(ip),
     };
     Explanation {
         verdict: decision.action.as_str(),
@@ -113,6 +160,18 @@ impl Explanation {
                 None => "unknown (no label source knows this address)".to_string(),
             };
             let _ = writeln!(out, "{role}:     {} {who}", e.ip);
+            for l in &e.losing {
+                let path = [l.cluster.as_str(), l.namespace.as_str(), l.name.as_str()]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                let _ = writeln!(
+                    out,
+                    "         also claimed by {} {path} from {} (loses: {})",
+                    l.kind, l.source, l.loss
+                );
+            }
             let _ = writeln!(out, "         groups: {}", e.groups.join(", "));
         }
         out

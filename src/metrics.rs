@@ -341,13 +341,16 @@ impl Collector for ControlCollector {
             "Addresses and networks in the label table.",
             snapshot.labels.endpoint_count() as i64,
         )?;
-        single_gauge(
+        let sources = control.sources.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        counter(
             e,
             "labelwall_label_conflicts",
-            "Label records ignored because an earlier source claimed the same address.",
-            snapshot.labels.conflicts() as i64,
+            "Times an address became contested, for the source whose claim joined another's: \
+             inside a source (a pod and a pod or a node of one cluster; an inventory file's \
+             repeated address) or between sources. The owner is chosen by rank (connected, not \
+             terminating, newest, config order).",
+            sources.iter().map(|s| ([("source", s.name.clone())], s.conflicts)),
         )?;
-        let sources = control.sources.lock().unwrap_or_else(|e| e.into_inner()).clone();
         gauge(
             e,
             "labelwall_label_source_synced",

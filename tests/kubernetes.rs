@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use etherparse::{SlicedPacket, TransportSlice};
+use kube_server::terminating;
 use kube_server::{FakeApiServer, namespace, node, pod, pod_created};
 use labelwall::config::KubernetesSource;
 use labelwall::labels::{EndpointKind, SourceRecords};
@@ -626,6 +627,8 @@ groups:
     pods: {selector: "app=other"}
   trusted:
     pods: {namespace_selector: "trust=high"}
+  untrusted:
+    pods: {namespace_selector: "trust!=high"}
   workers:
     nodes: {selector: "role=worker"}
   c2-ratings:
@@ -642,6 +645,7 @@ rules:
   - {name: c2-ratings-to-db, from: [c2-ratings], to: [database], ports: [tcp/3307], action: reject}
   - {name: others-to-db, from: [others], to: [database], action: reject}
   - {name: known-to-db, from: [workers, trusted], to: [database], action: reject}
+  - {name: untrusted-to-db, from: [untrusted], to: [database], ports: [tcp/9000], action: allow}
 "#;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1397,4 +1401,246 @@ fn a_control_plane_rollout_refusing_watches_costs_no_relist_and_the_next_change_
     scene.wait(POD_A, 3306, Verdict::Rejected);
     scene.wait_synced("c1", 1);
     assert_eq!(server.count_requests(&["limit="]), lists, "watches resumed, nothing relisted");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contested addresses: the owner of an address several claim.
+
+/// A server with the bookinfo namespace and `pods`, no node (whose address two such servers
+/// would both claim).
+fn server_without_nodes(pods: &[serde_json::Value]) -> FakeApiServer {
+    let server = FakeApiServer::start();
+    server.apply("namespaces", namespace("bookinfo", json!({"team": "books"})));
+    for p in pods {
+        server.apply("pods", p.clone());
+    }
+    server
+}
+
+impl Scene {
+    fn conflicts(&self, cluster: &str) -> u64 {
+        let sample = format!("labelwall_label_conflicts_total{{source=\"kubernetes:{cluster}\"}}");
+        metric(&self.appliance.metrics(), &sample)
+    }
+}
+
+#[test]
+fn two_clusters_claiming_one_pod_ip_the_newer_pod_owns_it_until_its_cluster_is_lost() {
+    let ratings = json!({"app": "ratings"});
+    let c1 = server_without_nodes(&[pod_created(
+        "bookinfo",
+        "ratings-c1",
+        "10.0.1.15",
+        ratings.clone(),
+        "2024-05-01T12:00:00Z",
+        "uid-c1",
+    )]);
+    let c2 = server_without_nodes(&[]);
+    // c1 comes first in the configuration: c2's pod wins by being newer.
+    let scene = Scene::start(&[("c1", &c1), ("c2", &c2)]);
+    assert_eq!(scene.verdict(POD_A, 3307), Verdict::Allowed, "c1's ratings");
+    let m = scene.appliance.metrics();
+    for cluster in ["c1", "c2"] {
+        let sample =
+            format!("labelwall_label_conflicts_total{{source=\"kubernetes:{cluster}\"}} 0");
+        assert!(m.contains(&sample), "every source registered at 0: {m}");
+    }
+    c2.apply(
+        "pods",
+        pod_created(
+            "bookinfo",
+            "ratings-c2",
+            "10.0.1.15",
+            ratings,
+            "2024-05-01T12:05:00Z",
+            "uid-c2",
+        ),
+    );
+    scene.wait(POD_A, 3307, Verdict::Rejected);
+    assert_eq!((scene.conflicts("c1"), scene.conflicts("c2")), (0, 1), "c2's claim joined c1's");
+    let log = scene.appliance.log();
+    assert!(
+        log.contains("address claimed by two label sources")
+            && log.contains("10.0.1.15")
+            && log.contains("c2/bookinfo/ratings-c2")
+            && log.contains("c1/bookinfo/ratings-c1"),
+        "{log}"
+    );
+    // c2 lost: c1's claim takes over, though c2 keeps its last table.
+    c2.stop();
+    scene.wait_synced("c2", 0);
+    scene.wait(POD_A, 3307, Verdict::Allowed);
+    // Back: c2's newer pod again, and a relist of the same objects is no new conflict.
+    c2.restart();
+    scene.wait_synced("c2", 1);
+    scene.wait(POD_A, 3307, Verdict::Rejected);
+    assert_eq!((scene.conflicts("c1"), scene.conflicts("c2")), (0, 1));
+    // c2's pod starts terminating: c1's older, live pod owns the address.
+    c2.start_deleting("bookinfo", "ratings-c2");
+    scene.wait(POD_A, 3307, Verdict::Allowed);
+}
+
+#[test]
+fn a_pod_that_starts_terminating_hands_its_ip_to_the_live_pod_with_it() {
+    let server = server_with(&[]);
+    let scene = Scene::start(&[("c1", &server)]);
+    server.apply(
+        "pods",
+        pod_created(
+            "bookinfo",
+            "ratings-live",
+            "10.0.1.15",
+            json!({"app": "ratings"}),
+            "2024-05-01T12:00:00Z",
+            "uid-live",
+        ),
+    );
+    scene.wait(POD_A, 3306, Verdict::Allowed);
+    // A newer pod with the same address (a pod of a node that stopped answering, whose
+    // address was handed out again): the newest owns it...
+    server.apply(
+        "pods",
+        pod_created(
+            "bookinfo",
+            "other-stuck",
+            "10.0.1.15",
+            json!({"app": "other"}),
+            "2024-05-01T12:05:00Z",
+            "uid-stuck",
+        ),
+    );
+    scene.wait(POD_A, 3306, Verdict::Rejected);
+    assert_eq!(scene.conflicts("c1"), 1, "pod against pod, inside the cluster");
+    // ...until it is being deleted: the live pod's labels decide at once, while the
+    // terminating pod stays (phase Running) for as long as its node does not answer.
+    server.start_deleting("bookinfo", "other-stuck");
+    scene.wait(POD_A, 3306, Verdict::Allowed);
+    assert!(server.get("pods", "bookinfo", "other-stuck").is_some());
+    let log = scene.appliance.log();
+    assert!(log.contains("address claimed twice") && log.contains("10.0.1.15"), "{log}");
+    // A terminating pod alone still owns its address.
+    server.apply(
+        "pods",
+        terminating(
+            pod_created(
+                "bookinfo",
+                "other-alone",
+                "10.0.1.20",
+                json!({"app": "other"}),
+                "2024-05-01T12:05:00Z",
+                "uid-alone",
+            ),
+            "2024-05-01T13:00:00Z",
+        ),
+    );
+    scene.wait(POD_B, 3306, Verdict::Rejected);
+}
+
+#[test]
+fn a_namespace_deleted_before_its_pod_keeps_its_labels_for_negative_selectors() {
+    let server = server_with(&[
+        pod("secure", "vault-1", &["10.0.1.15"], json!({"app": "vault"})),
+        pod("bookinfo", "marker", &["10.0.1.20"], json!({"app": "web"})),
+    ]);
+    server.apply("namespaces", namespace("secure", json!({"trust": "high"})));
+    let scene = Scene::start(&[("c1", &server)]);
+    // Trusted: known-to-db rejects it; `trust!=high` (allowed on 9000) does not match it.
+    scene.wait(POD_A, 9000, Verdict::Rejected);
+    assert_eq!(scene.verdict(POD_B, 8080), Verdict::Dropped, "bookinfo is not trusted");
+    // The namespace's delete comes before its pod's. A namespace change after it (the same
+    // watch stream) tells when it was applied.
+    server.delete("namespaces", "", "secure");
+    server.set_labels("namespaces", "", "bookinfo", json!({"team": "books", "trust": "high"}));
+    scene.wait(POD_B, 8080, Verdict::Allowed);
+    assert_eq!(scene.verdict(POD_A, 9000), Verdict::Rejected, "still trusted, not untrusted");
+    // Back with other labels while its pod is there: they apply.
+    server.apply("namespaces", namespace("secure", json!({"trust": "low"})));
+    scene.wait(POD_A, 9000, Verdict::Allowed);
+    // Deleted again, then its pod: the address is unknown.
+    server.delete("namespaces", "", "secure");
+    server.delete("pods", "secure", "vault-1");
+    scene.wait(POD_A, 9000, Verdict::Dropped);
+}
+
+#[test]
+fn explain_names_the_claims_on_an_address_that_lose_and_why() {
+    let ratings = json!({"app": "ratings"});
+    // c1's pod is the newest but terminating; c2's is live; the inventory entry has no
+    // creation time.
+    let c1 = server_without_nodes(&[terminating(
+        pod_created(
+            "bookinfo",
+            "ratings-c1",
+            "10.0.1.15",
+            ratings.clone(),
+            "2024-05-01T12:10:00Z",
+            "u1",
+        ),
+        "2024-05-01T13:00:00Z",
+    )]);
+    let c2 = server_without_nodes(&[pod_created(
+        "bookinfo",
+        "ratings-c2",
+        "10.0.1.15",
+        ratings,
+        "2024-05-01T12:05:00Z",
+        "u2",
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    std::fs::write(
+        dir.path().join("inventory.yaml"),
+        "endpoints:\n  - {ip: 10.0.1.15, name: static, kind: external, labels: {app: db}}\n",
+    )
+    .unwrap();
+    let kubeconfigs = [
+        ("c1", c1.kubeconfig(dir.path(), "c1", None)),
+        ("c2", c2.kubeconfig(dir.path(), "c2", None)),
+    ];
+    let clusters: Vec<_> = kubeconfigs.iter().map(|(c, p)| (*c, p.as_path())).collect();
+    let config = dir.path().join("labelwall.yaml");
+    let text = format!(
+        "policy: policy.yaml\n{}  inventory: [inventory.yaml]\n",
+        kubernetes_yaml(&clusters, None)
+    );
+    std::fs::write(&config, text).unwrap();
+    let explain = |json: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_labelwall"));
+        command.args(["explain", "-c"]).arg(&config);
+        command.args(["--src", "10.0.1.15", "--dst", "10.20.0.5", "--dport", "3307"]);
+        if json {
+            command.arg("--json");
+        }
+        let output = command.env("HOME", dir.path()).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let answer: serde_json::Value = serde_json::from_str(&explain(true)).unwrap();
+    assert_eq!(answer["src"]["identity"]["name"], "ratings-c2", "{answer}");
+    assert_eq!(answer["rule"], "c2-ratings-to-db");
+    let losing = answer["src"]["losing"].as_array().expect("losing claims");
+    let summary: Vec<(String, String, String)> = losing
+        .iter()
+        .map(|l| {
+            let source = l["source"].as_str().unwrap();
+            let source = if source.starts_with("inventory:") { "inventory" } else { source };
+            (source.to_string(), l["name"].to_string(), l["loss"].to_string())
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            // Next in line: not terminating ranks before the creation time.
+            ("inventory".into(), "\"static\"".into(), "\"older\"".into()),
+            ("kubernetes:c1".into(), "\"ratings-c1\"".into(), "\"terminating\"".into()),
+        ]
+    );
+    assert!(answer["dst"].get("losing").is_none(), "none for an address no one contests");
+    let text = explain(false);
+    assert!(
+        text.contains(
+            "also claimed by pod c1/bookinfo/ratings-c1 from kubernetes:c1 (loses: terminating)"
+        ),
+        "{text}"
+    );
 }

@@ -9,12 +9,24 @@
 //! whose group membership must be evaluated again. One change to one pod therefore costs a few
 //! microseconds to publish, whatever the size of the table.
 //!
-//! Rules kept here: the first source (in configuration order) that claims an address or
-//! network owns it, the others are counted as conflicts and take over when it lets go; an
-//! identity lives while an endpoint uses it, and its id is reused after that (the ids handed
-//! out by `publish` as changed include reused ones); all identities of a (cluster, namespace)
-//! carry the namespace's current labels.
+//! Rules kept here: when several sources claim an address or network, the owner is the claim
+//! of a source that is not withdrawn ([`LabelBuilder::set_suspended`]: the others own
+//! nothing), then of a connected source before a lost one ([`LabelBuilder::set_connected`]),
+//! then a claimant that is not terminating, then the newest creation time (a record without
+//! one, such as an inventory entry, is the oldest), then the earlier source in configuration
+//! order; the others take over when it lets go. Each claim that joins an address another
+//! source claims is a conflict, counted for the joining source (and so are the conflicts a
+//! source decided inside itself and reports with its changes); a few are kept in detail for
+//! the log ([`LabelBuilder::take_contests`]). An identity lives while an endpoint uses it, and
+//! its id is reused after that (the ids handed out by `publish` as changed include reused
+//! ones); all identities of a (cluster, namespace) carry the namespace's current labels (the
+//! first claim in configuration order of a source that is not withdrawn).
+//!
+//! A source's change of state (connected or lost) re-places only the addresses it shares with
+//! another source, found through an index of contested addresses per source, so it costs
+//! nothing for a source that shares none.
 
+use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -26,8 +38,8 @@ use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 
 use super::shared::{Chunked, ShardedMap};
 use super::{
-    Endpoint, EndpointKind, EndpointRecord, Identity, IdentityId, LabelTable, Labels,
-    NamespaceChange, SourceChanges, SourceRecords,
+    Contest, Endpoint, EndpointKind, EndpointRecord, Identity, IdentityId, LabelTable, Labels,
+    Loss, NamespaceChange, SourceChanges, SourceRecords,
 };
 use crate::prefix::PrefixMap;
 
@@ -36,6 +48,84 @@ use crate::prefix::PrefixMap;
 struct Claim {
     source: usize,
     record: EndpointRecord,
+}
+
+/// Contested addresses kept for [`LabelBuilder::take_contests`] at most (the rest are only
+/// counted).
+const PENDING_CONTESTS: usize = 64;
+
+/// What the builder knows of each source's state, which ranks its claims.
+#[derive(Debug)]
+struct Standing {
+    /// Its claims are kept but own nothing (a source lost for too long).
+    suspended: Vec<bool>,
+    /// In touch with its origin (inventory files always are; a Kubernetes source while its
+    /// API server answers).
+    connected: Vec<bool>,
+}
+
+impl Standing {
+    /// How a claim ranks against the other claims of its address: the greatest owns it.
+    fn rank(&self, claim: &Claim) -> (bool, bool, bool, u32, Reverse<usize>) {
+        let source = claim.source;
+        let record = &claim.record;
+        (
+            !self.suspended[source],
+            self.connected[source],
+            !record.terminating,
+            record.created,
+            Reverse(source),
+        )
+    }
+
+    /// The claim that owns the address: the best of a source that is not suspended.
+    fn owner<'a>(&self, claims: &'a [Claim]) -> Option<&'a Claim> {
+        claims.iter().max_by_key(|c| self.rank(c)).filter(|c| !self.suspended[c.source])
+    }
+
+    /// The claims, best first.
+    fn ranked<'a>(&self, claims: &'a [Claim]) -> Vec<&'a Claim> {
+        let mut ranked: Vec<&Claim> = claims.iter().collect();
+        ranked.sort_by_key(|c| Reverse(self.rank(c)));
+        ranked
+    }
+
+    /// Why `loser` ranks below `winner`.
+    fn loss(&self, winner: &Claim, loser: &Claim) -> Loss {
+        let (w, l) = (&winner.record, &loser.record);
+        if self.suspended[loser.source] {
+            Loss::Withdrawn
+        } else if self.connected[winner.source] != self.connected[loser.source] {
+            Loss::LostSource
+        } else if w.terminating != l.terminating {
+            Loss::Terminating
+        } else if w.created != l.created {
+            Loss::Older
+        } else {
+            Loss::LaterInConfig
+        }
+    }
+}
+
+/// One claim on an address as [`LabelBuilder::claimants`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimant {
+    /// Index of the source in configuration order.
+    pub source: usize,
+    pub record: EndpointRecord,
+    /// `None` for the owner; why the claim loses to the owner otherwise (`Withdrawn` for
+    /// every claim when none owns the address).
+    pub loss: Option<Loss>,
+}
+
+/// An address that became contested between sources, or inside one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceContest {
+    /// The source counted: the one whose claim made the address contested.
+    pub source: usize,
+    pub winner_source: usize,
+    pub loser_source: usize,
+    pub contest: Contest,
 }
 
 /// A live identity.
@@ -64,8 +154,13 @@ pub struct LabelBuilder {
     index: HashTable<u32>,
     /// Per source: records that repeat an address the same source already claimed.
     duplicates: Vec<usize>,
-    /// Per source: its claims are kept but own nothing (a source lost for too long).
-    suspended: Vec<bool>,
+    standing: Standing,
+    /// Per source: the addresses and networks it claims that another source claims too.
+    contested: Vec<FxHashSet<IpNet>>,
+    /// Per source: conflicts counted for it, ever.
+    conflicts: Vec<u64>,
+    /// Addresses that became contested, with the source counted, for the log.
+    contests: Vec<SourceContest>,
     /// Claims beyond the first on each address or network.
     overlaps: usize,
     empty_labels: Arc<Labels>,
@@ -99,7 +194,13 @@ impl LabelBuilder {
     pub fn new(source_names: Vec<String>) -> LabelBuilder {
         LabelBuilder {
             duplicates: vec![0; source_names.len()],
-            suspended: vec![false; source_names.len()],
+            standing: Standing {
+                suspended: vec![false; source_names.len()],
+                connected: vec![true; source_names.len()],
+            },
+            contested: vec![FxHashSet::default(); source_names.len()],
+            conflicts: vec![0; source_names.len()],
+            contests: Vec::new(),
             source_names: source_names.into(),
             host_claims: FxHashMap::default(),
             network_claims: BTreeMap::new(),
@@ -145,7 +246,7 @@ impl LabelBuilder {
         }
 
         let mut seen: FxHashSet<IpNet> = FxHashSet::default();
-        let mut duplicates = 0;
+        let mut duplicates = 0usize;
         for record in &records.endpoints {
             let net = record.net.trunc();
             if seen.insert(net) {
@@ -154,6 +255,8 @@ impl LabelBuilder {
                 duplicates += 1;
             }
         }
+        // A record repeating an address of its own file: each one more than before is counted.
+        self.conflicts[source] += duplicates.saturating_sub(self.duplicates[source]) as u64;
         self.duplicates[source] = duplicates;
         let claimed_by_source = |claims: &Vec<Claim>| claims.iter().any(|c| c.source == source);
         let stale: Vec<IpNet> = self
@@ -179,26 +282,28 @@ impl LabelBuilder {
     /// than it may be trusted (`max_stale`): its entries are withdrawn without forgetting
     /// them, and come back whole when it syncs again. Costs a pass over every claim.
     pub fn set_suspended(&mut self, source: usize, suspended: bool) {
-        if self.suspended[source] == suspended {
+        if self.standing.suspended[source] == suspended {
             return;
         }
-        // Where `source` owns the address, or would once it is back: every claim before its
-        // own is of a suspended source.
-        let flags = &self.suspended;
-        let decides = |claims: &Vec<Claim>| {
+        // Every address `source` claims, with its owner before the change.
+        let standing = &self.standing;
+        let owner_of = |claims: &Vec<Claim>| {
             claims
                 .iter()
-                .take_while(|c| c.source <= source)
-                .all(|c| c.source == source || flags[c.source])
-                && claims.iter().any(|c| c.source == source)
+                .any(|c| c.source == source)
+                .then(|| standing.owner(claims).map(|c| c.source))
         };
-        let affected: Vec<IpNet> = self
+        let affected: Vec<(IpNet, Option<usize>)> = self
             .host_claims
             .iter()
-            .filter(|(_, claims)| decides(claims))
-            .map(|(ip, _)| IpNet::from(*ip))
-            .chain(self.network_claims.iter().filter(|(_, c)| decides(c)).map(|(net, _)| *net))
+            .filter_map(|(ip, claims)| owner_of(claims).map(|o| (IpNet::from(*ip), o)))
+            .chain(
+                self.network_claims
+                    .iter()
+                    .filter_map(|(net, claims)| owner_of(claims).map(|o| (*net, o))),
+            )
             .collect();
+        let flags = &self.standing.suspended;
         let in_force = |claims: &Vec<(usize, Arc<Labels>)>, flags: &[bool]| {
             claims.iter().find(|c| !flags[c.0]).map(|c| Arc::clone(&c.1)).unwrap_or_default()
         };
@@ -213,33 +318,120 @@ impl LabelBuilder {
                 )
             })
             .collect();
-        self.suspended[source] = suspended;
+        self.standing.suspended[source] = suspended;
         // Namespace labels first, so that the addresses placed below get identities with the
         // labels in force.
         for (cluster, name, before) in namespaces_before {
-            let after = in_force(&self.namespaces[&cluster][&name], &self.suspended);
+            let after = in_force(&self.namespaces[&cluster][&name], &self.standing.suspended);
             if before != after {
                 self.relabel_namespace(&cluster, &name, &after);
             }
         }
-        for net in affected {
-            let claims = if is_host(&net) {
-                &self.host_claims[&net.addr()]
-            } else {
-                &self.network_claims[&net]
-            };
-            let owner = claims.iter().find(|c| !self.suspended[c.source]).cloned();
-            self.place(net, owner);
+        self.replace_owners(affected);
+    }
+
+    /// Tells whether `source` is in touch with its origin: a lost source's claims lose to a
+    /// connected source's on the addresses they share. Only those addresses are placed again
+    /// (the source's index of contested addresses). Returns whether any changed owner.
+    pub fn set_connected(&mut self, source: usize, connected: bool) -> bool {
+        if self.standing.connected[source] == connected {
+            return false;
         }
+        let affected: Vec<(IpNet, Option<usize>)> = self.contested[source]
+            .iter()
+            .map(|net| (*net, self.claims_on(net).and_then(|c| self.standing.owner(c))))
+            .map(|(net, owner)| (net, owner.map(|c| c.source)))
+            .collect();
+        self.standing.connected[source] = connected;
+        self.replace_owners(affected)
+    }
+
+    /// Whether `source` is connected ([`LabelBuilder::set_connected`]).
+    pub fn is_connected(&self, source: usize) -> bool {
+        self.standing.connected[source]
+    }
+
+    /// Places the owner of each address again where it is no longer the source it was (a
+    /// source's state changed, none of its records); returns whether any changed.
+    fn replace_owners(&mut self, addresses: Vec<(IpNet, Option<usize>)>) -> bool {
+        let mut changed = false;
+        for (net, before) in addresses {
+            let owner = self.claims_on(&net).and_then(|c| self.standing.owner(c)).cloned();
+            if owner.as_ref().map(|c| c.source) != before {
+                self.place(net, owner);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Every source's claim on `net`.
+    fn claims_on(&self, net: &IpNet) -> Option<&Vec<Claim>> {
+        if is_host(net) { self.host_claims.get(&net.addr()) } else { self.network_claims.get(net) }
+    }
+
+    /// The claims on `net` (an address or network as the table holds it), the owner first,
+    /// then the others in the order they would take over, each with why it loses.
+    pub fn claimants(&self, net: IpNet) -> Vec<Claimant> {
+        let Some(claims) = self.claims_on(&net.trunc()) else { return Vec::new() };
+        let ranked = self.standing.ranked(claims);
+        let owner = self.standing.owner(claims);
+        ranked
+            .iter()
+            .map(|c| Claimant {
+                source: c.source,
+                record: c.record.clone(),
+                loss: match owner {
+                    Some(o) if o.source == c.source => None,
+                    Some(o) => Some(self.standing.loss(o, c)),
+                    None => Some(Loss::Withdrawn),
+                },
+            })
+            .collect()
+    }
+
+    /// Conflicts counted for `source` so far: claims of its that joined an address another
+    /// source claimed, records repeating an address of its own (inventory), and the conflicts
+    /// it decided inside itself (its changes' `conflicts`).
+    pub fn conflicts(&self, source: usize) -> u64 {
+        self.conflicts[source]
+    }
+
+    /// The addresses that became contested between sources since the last call (at most
+    /// [`PENDING_CONTESTS`]; the rest are only counted), each with its owner and the best claim
+    /// that loses to it, as they stand now; those no longer contested are left out.
+    pub fn take_contests(&mut self) -> Vec<SourceContest> {
+        let mut contests = std::mem::take(&mut self.contests);
+        contests.retain_mut(|pending| {
+            let Some(claims) = self.claims_on(&pending.contest.net) else { return false };
+            let ranked = self.standing.ranked(claims);
+            let (Some(winner), Some(loser)) = (ranked.first(), ranked.get(1)) else {
+                return false;
+            };
+            pending.winner_source = winner.source;
+            pending.loser_source = loser.source;
+            pending.contest.winner = winner.record.clone();
+            pending.contest.loser = loser.record.clone();
+            pending.contest.loss = self.standing.loss(winner, loser);
+            true
+        });
+        contests
+    }
+
+    /// The name of a source (`inventory:<path>`, `kubernetes:<cluster>`).
+    pub fn source_name(&self, source: usize) -> &str {
+        &self.source_names[source]
     }
 
     /// Whether `source` is suspended ([`LabelBuilder::set_suspended`]).
     pub fn is_suspended(&self, source: usize) -> bool {
-        self.suspended[source]
+        self.standing.suspended[source]
     }
 
-    /// Applies what changed in `source` since its last view or changes.
+    /// Applies what changed in `source` since its last view or changes, and counts the
+    /// conflicts it decided inside itself.
     pub fn apply_changes(&mut self, source: usize, changes: &SourceChanges) {
+        self.conflicts[source] += changes.conflicts;
         for NamespaceChange { cluster, name, labels } in &changes.namespaces {
             self.set_namespace(source, cluster, name, labels.clone());
         }
@@ -278,7 +470,7 @@ impl LabelBuilder {
     }
 
     /// Sets (or with `None` withdraws) `source`'s claim on `net`, and moves the address to
-    /// its new owner when the first claim changed.
+    /// its new owner when the owner changed (or is `source` and its record did).
     fn set_claim(&mut self, source: usize, net: IpNet, record: Option<&EndpointRecord>) {
         let claims = if is_host(&net) {
             self.host_claims.entry(net.addr()).or_default()
@@ -286,6 +478,8 @@ impl LabelBuilder {
             self.network_claims.entry(net).or_default()
         };
         let before = claims.len();
+        let owner_before = self.standing.owner(claims).map(|c| c.source);
+        // Claims are kept in source order, one per source.
         let at = claims.iter().position(|c| c.source >= source).unwrap_or(claims.len());
         let ours = claims.get(at).is_some_and(|c| c.source == source);
         let changed = match (ours, record) {
@@ -305,12 +499,41 @@ impl LabelBuilder {
             (false, None) => false,
         };
         let after = claims.len();
-        // The owner is the first claim of a source that is not suspended: it changed when this
-        // claim is (or was) that one.
-        let suspended = &self.suspended;
-        let owner =
-            (changed && !suspended[source] && claims[..at].iter().all(|c| suspended[c.source]))
-                .then(|| claims.iter().find(|c| !suspended[c.source]).cloned());
+        let owner = self.standing.owner(claims);
+        let owner_after = owner.map(|c| c.source);
+        let replace = changed && (owner_after != owner_before || owner_after == Some(source));
+        let owner = replace.then(|| owner.cloned());
+        if before >= 2 || after >= 2 {
+            // The index of contested addresses: every source of a shared address has it.
+            if ours && record.is_none() {
+                self.contested[source].remove(&net);
+            }
+            for claim in claims.iter() {
+                if after >= 2 {
+                    self.contested[claim.source].insert(net);
+                } else {
+                    self.contested[claim.source].remove(&net);
+                }
+            }
+        }
+        if !ours && record.is_some() && before >= 1 {
+            // `source` joins an address others claim: a conflict, counted for it.
+            self.conflicts[source] += 1;
+            if self.contests.len() < PENDING_CONTESTS {
+                let record = record.cloned().expect("a record joins");
+                self.contests.push(SourceContest {
+                    source,
+                    winner_source: source,
+                    loser_source: source,
+                    contest: Contest {
+                        net,
+                        winner: record.clone(),
+                        loser: record,
+                        loss: Loss::LaterInConfig,
+                    },
+                });
+            }
+        }
         if after == 0 {
             if is_host(&net) {
                 self.host_claims.remove(&net.addr());
@@ -359,7 +582,7 @@ impl LabelBuilder {
         name: &Arc<str>,
         labels: Option<Arc<Labels>>,
     ) {
-        let suspended = &self.suspended;
+        let suspended = &self.standing.suspended;
         let in_force = |claims: &Vec<(usize, Arc<Labels>)>| {
             claims.iter().find(|c| !suspended[c.0]).map(|c| Arc::clone(&c.1))
         };
@@ -423,7 +646,7 @@ impl LabelBuilder {
         self.namespaces
             .get(cluster)
             .and_then(|names| names.get(namespace))
-            .and_then(|claims| claims.iter().find(|c| !self.suspended[c.0]))
+            .and_then(|claims| claims.iter().find(|c| !self.standing.suspended[c.0]))
             .map_or_else(|| Arc::clone(&self.empty_labels), |c| Arc::clone(&c.1))
     }
 
@@ -538,6 +761,8 @@ mod tests {
             namespace: namespace.into(),
             name: name.into(),
             kind,
+            terminating: false,
+            created: 0,
             labels: labels(&[("app", app)]),
         }
     }
@@ -580,7 +805,24 @@ mod tests {
         let namespace = ["ns1", "ns2", ""][rng.below(3) as usize];
         let kind = if namespace.is_empty() { EndpointKind::Node } else { EndpointKind::Pod };
         let app = ["a", "b", "c"][rng.below(3) as usize];
-        record(net, namespace, &format!("s{source}-{}", rng.below(4)), kind, app)
+        let mut record = record(net, namespace, &format!("s{source}-{}", rng.below(4)), kind, app);
+        // Few values, so that ties happen and the later rules decide too.
+        record.terminating = kind == EndpointKind::Pod && rng.below(4) == 0;
+        record.created = [0, 100, 200][rng.below(3) as usize];
+        record
+    }
+
+    /// The table a builder made at once from these views gives, with these sources lost and
+    /// (as if they claimed nothing) suspended.
+    fn full_build(views: &[View], connected: &[bool], suspended: &[bool]) -> LabelTable {
+        let mut builder = LabelBuilder::new(NAMES.iter().map(|s| s.to_string()).collect());
+        for (i, view) in views.iter().enumerate() {
+            builder.set_connected(i, connected[i]);
+            if !suspended[i] {
+                builder.replace_source(i, &view.records(NAMES[i]));
+            }
+        }
+        builder.publish().0
     }
 
     fn random_net(rng: &mut Lcg) -> IpNet {
@@ -622,6 +864,11 @@ mod tests {
                 // kept (and still changed while suspended).
                 let live = rng.below(2) as usize;
                 builder.set_suspended(live, !builder.is_suspended(live));
+            }
+            if rng.below(8) == 0 {
+                // A live source lost, or back: its shared addresses go to the connected.
+                let live = rng.below(2) as usize;
+                builder.set_connected(live, !builder.is_connected(live));
             }
             if source == 2 {
                 // An inventory reload: a new full view.
@@ -678,18 +925,9 @@ mod tests {
                 &changed,
             );
             // A suspended source counts as one that claims nothing.
-            let in_force = |(i, v): (usize, &View)| {
-                if builder.is_suspended(i) { View::default() } else { v.clone() }
-            };
-            let full = LabelTable::build(
-                &views
-                    .iter()
-                    .enumerate()
-                    .map(in_force)
-                    .zip(NAMES)
-                    .map(|(v, n)| Arc::new(v.records(n)))
-                    .collect::<Vec<_>>(),
-            );
+            let connected: Vec<bool> = (0..NAMES.len()).map(|i| builder.is_connected(i)).collect();
+            let suspended: Vec<bool> = (0..NAMES.len()).map(|i| builder.is_suspended(i)).collect();
+            let full = full_build(&views, &connected, &suspended);
             let fresh =
                 Snapshot::new(step, Arc::new(full.clone()), Arc::clone(&policy), Arc::clone(&hits));
             for ip in probes() {
@@ -697,6 +935,18 @@ mod tests {
                 assert_eq!(snapshot.groups_of(ip), fresh.groups_of(ip), "step {step}, {ip}");
             }
             assert_eq!(table.identity_count(), full.identity_count(), "step {step}");
+            // The index of contested addresses is what the claims say.
+            for (source, indexed) in builder.contested.iter().enumerate() {
+                let shared: FxHashSet<IpNet> = builder
+                    .host_claims
+                    .iter()
+                    .map(|(ip, claims)| (IpNet::from(*ip), claims))
+                    .chain(builder.network_claims.iter().map(|(net, claims)| (*net, claims)))
+                    .filter(|(_, c)| c.len() >= 2 && c.iter().any(|c| c.source == source))
+                    .map(|(net, _)| net)
+                    .collect();
+                assert_eq!(*indexed, shared, "step {step}, source {source}");
+            }
             assert_eq!(table.endpoint_count(), full.endpoint_count(), "step {step}");
             if !(0..NAMES.len()).any(|i| builder.is_suspended(i)) {
                 // A suspended source's claims are still there, and still counted as conflicts.
@@ -718,7 +968,7 @@ mod tests {
         let pod = record(net, "ns1", "pod", EndpointKind::Pod, "web");
         let upsert = SourceChanges {
             endpoints: vec![EndpointChange { net, record: Some(pod) }],
-            namespaces: vec![],
+            ..SourceChanges::default()
         };
         builder.apply_changes(0, &upsert);
         let (table, _) = builder.publish();
@@ -726,7 +976,7 @@ mod tests {
         assert_eq!(table.conflicts(), 1);
         let remove = SourceChanges {
             endpoints: vec![EndpointChange { net, record: None }],
-            namespaces: vec![],
+            ..SourceChanges::default()
         };
         builder.apply_changes(0, &remove);
         let (after, changed) = builder.publish();
@@ -747,7 +997,7 @@ mod tests {
                 net: a,
                 record: Some(record(a, "ns1", "p", EndpointKind::Pod, app)),
             }],
-            namespaces: vec![],
+            ..SourceChanges::default()
         };
         builder.apply_changes(0, &set("a"));
         let (first, changed) = builder.publish();
@@ -762,5 +1012,174 @@ mod tests {
         let (third, changed) = builder.publish();
         assert_eq!(changed, [IdentityId(0)], "the free id is reused and reported");
         assert_eq!(third.identity(IdentityId(0)).labels.get("app").unwrap(), "c");
+    }
+
+    fn pod(net: IpNet, name: &str, created: u32, terminating: bool) -> EndpointRecord {
+        let mut record = record(net, "ns1", name, EndpointKind::Pod, "web");
+        (record.created, record.terminating) = (created, terminating);
+        record
+    }
+
+    fn upsert(builder: &mut LabelBuilder, source: usize, record: &EndpointRecord) {
+        let change = EndpointChange { net: record.net, record: Some(record.clone()) };
+        builder.apply_changes(
+            source,
+            &SourceChanges { endpoints: vec![change], ..Default::default() },
+        );
+    }
+
+    fn owner_of(builder: &mut LabelBuilder, net: IpNet) -> Option<(String, String)> {
+        let (table, _) = builder.publish();
+        let e = table.lookup(net.addr())?;
+        Some((table.source_name(e).to_string(), e.name.to_string()))
+    }
+
+    fn owner(source: &str, name: &str) -> Option<(String, String)> {
+        Some((source.to_string(), name.to_string()))
+    }
+
+    #[test]
+    fn the_newest_claim_owns_an_address_whatever_the_config_order_and_ties_go_to_the_first() {
+        let net: IpNet = "10.0.0.5/32".parse().unwrap();
+        let mut builder = LabelBuilder::new(NAMES.iter().map(|s| s.to_string()).collect());
+        upsert(&mut builder, 1, &pod(net, "b-new", 200, false));
+        upsert(&mut builder, 0, &pod(net, "a-old", 100, false));
+        assert_eq!(owner_of(&mut builder, net), owner("kubernetes:b", "b-new"));
+        let claimants = builder.claimants(net);
+        assert_eq!(
+            claimants.iter().map(|c| (c.source, c.loss)).collect::<Vec<_>>(),
+            [(1, None), (0, Some(Loss::Older))]
+        );
+        // As new as b's: the earlier source in the configuration.
+        upsert(&mut builder, 0, &pod(net, "a-same", 200, false));
+        assert_eq!(owner_of(&mut builder, net), owner("kubernetes:a", "a-same"));
+        assert_eq!(builder.claimants(net)[1].loss, Some(Loss::LaterInConfig));
+        // An inventory entry has no creation time: the oldest, behind both pods.
+        let inventory = SourceRecords {
+            source: NAMES[2].into(),
+            endpoints: vec![record(net, "ns1", "static", EndpointKind::External, "db")],
+            namespaces: vec![],
+        };
+        builder.replace_source(2, &inventory);
+        assert_eq!(owner_of(&mut builder, net), owner("kubernetes:a", "a-same"));
+        assert_eq!(builder.claimants(net)[2].loss, Some(Loss::Older));
+    }
+
+    #[test]
+    fn a_terminating_pod_loses_to_an_older_live_one_of_another_source() {
+        let net: IpNet = "10.0.0.5/32".parse().unwrap();
+        let mut builder = LabelBuilder::new(NAMES.iter().map(|s| s.to_string()).collect());
+        upsert(&mut builder, 0, &pod(net, "a-newer", 200, false));
+        upsert(&mut builder, 1, &pod(net, "b-older", 100, false));
+        assert_eq!(owner_of(&mut builder, net), owner("kubernetes:a", "a-newer"));
+        upsert(&mut builder, 0, &pod(net, "a-newer", 200, true));
+        assert_eq!(owner_of(&mut builder, net), owner("kubernetes:b", "b-older"));
+        assert_eq!(builder.claimants(net)[1].loss, Some(Loss::Terminating));
+        // Both terminating: the newest again.
+        upsert(&mut builder, 1, &pod(net, "b-older", 100, true));
+        assert_eq!(owner_of(&mut builder, net), owner("kubernetes:a", "a-newer"));
+    }
+
+    #[test]
+    fn a_lost_source_loses_its_shared_addresses_and_gets_them_back_when_connected() {
+        let shared: IpNet = "10.0.0.5/32".parse().unwrap();
+        let own: IpNet = "10.0.0.6/32".parse().unwrap();
+        let mut builder = LabelBuilder::new(NAMES.iter().map(|s| s.to_string()).collect());
+        upsert(&mut builder, 0, &pod(shared, "a-old", 100, false));
+        upsert(&mut builder, 1, &pod(shared, "b-new", 200, false));
+        upsert(&mut builder, 1, &pod(own, "b-own", 200, false));
+        assert_eq!(owner_of(&mut builder, shared), owner("kubernetes:b", "b-new"));
+        assert!(builder.set_connected(1, false), "an owner changed");
+        assert_eq!(owner_of(&mut builder, shared), owner("kubernetes:a", "a-old"));
+        assert_eq!(builder.claimants(shared)[1].loss, Some(Loss::LostSource));
+        // What it alone claims stays its own: a lost source keeps its last table.
+        assert_eq!(owner_of(&mut builder, own), owner("kubernetes:b", "b-own"));
+        assert!(!builder.set_connected(1, false), "no change of state");
+        // Lost beats terminating: a lost source's live pod loses to a terminating one.
+        upsert(&mut builder, 0, &pod(shared, "a-old", 100, true));
+        assert_eq!(owner_of(&mut builder, shared), owner("kubernetes:a", "a-old"));
+        assert!(builder.set_connected(1, true));
+        assert_eq!(owner_of(&mut builder, shared), owner("kubernetes:b", "b-new"));
+        // Both lost: the rules below apply again (a's pod is terminating), and a connected
+        // inventory entry beats both.
+        assert!(!builder.set_connected(0, false), "a's claim was not the owner");
+        assert!(!builder.set_connected(1, false), "b's claim still ranks first");
+        assert_eq!(owner_of(&mut builder, shared), owner("kubernetes:b", "b-new"));
+        let inventory = SourceRecords {
+            source: NAMES[2].into(),
+            endpoints: vec![record(shared, "ns1", "static", EndpointKind::External, "db")],
+            namespaces: vec![],
+        };
+        builder.replace_source(2, &inventory);
+        assert_eq!(owner_of(&mut builder, shared), owner("inventory:x", "static"));
+        // A source that shares nothing changes no owner.
+        let mut alone = LabelBuilder::new(NAMES.iter().map(|s| s.to_string()).collect());
+        upsert(&mut alone, 0, &pod(own, "a-own", 100, false));
+        assert!(!alone.set_connected(0, false));
+        assert!(alone.contested[0].is_empty());
+        assert_eq!(owner_of(&mut alone, own), owner("kubernetes:a", "a-own"));
+    }
+
+    #[test]
+    fn a_suspended_source_owns_nothing_however_it_ranks() {
+        let net: IpNet = "10.0.0.5/32".parse().unwrap();
+        let mut builder = LabelBuilder::new(NAMES.iter().map(|s| s.to_string()).collect());
+        upsert(&mut builder, 0, &pod(net, "a-new", 200, false));
+        upsert(&mut builder, 1, &pod(net, "b-old", 100, true));
+        builder.set_connected(1, false);
+        builder.set_suspended(0, true);
+        assert_eq!(owner_of(&mut builder, net), owner("kubernetes:b", "b-old"));
+        let claimants = builder.claimants(net);
+        assert_eq!(claimants[1].loss, Some(Loss::Withdrawn));
+        builder.set_suspended(1, true);
+        assert_eq!(owner_of(&mut builder, net), None);
+        assert!(builder.claimants(net).iter().all(|c| c.loss == Some(Loss::Withdrawn)));
+        builder.set_suspended(0, false);
+        assert_eq!(owner_of(&mut builder, net), owner("kubernetes:a", "a-new"));
+    }
+
+    #[test]
+    fn conflicts_are_counted_for_the_source_whose_claim_made_the_address_contested() {
+        let net: IpNet = "10.0.0.5/32".parse().unwrap();
+        let mut builder = LabelBuilder::new(NAMES.iter().map(|s| s.to_string()).collect());
+        upsert(&mut builder, 0, &pod(net, "a-old", 100, false));
+        assert_eq!(builder.take_contests(), []);
+        upsert(&mut builder, 1, &pod(net, "b-new", 200, false));
+        let counts = |b: &LabelBuilder| (0..3).map(|i| b.conflicts(i)).collect::<Vec<_>>();
+        assert_eq!(counts(&builder), [0, 1, 0]);
+        // A change of a claim already there is no new conflict.
+        upsert(&mut builder, 1, &pod(net, "b-new", 200, true));
+        upsert(&mut builder, 0, &pod(net, "a-old", 100, true));
+        assert_eq!(counts(&builder), [0, 1, 0]);
+        let contests = builder.take_contests();
+        assert_eq!(contests.len(), 1);
+        let c = &contests[0];
+        assert_eq!((c.source, c.winner_source, c.loser_source), (1, 1, 0));
+        assert_eq!((&*c.contest.winner.name, &*c.contest.loser.name), ("b-new", "a-old"));
+        assert_eq!(c.contest.loss, Loss::Older);
+        assert_eq!(builder.take_contests(), [], "taken");
+        // a lets go and claims it again: a joins b's address.
+        let remove = EndpointChange { net, record: None };
+        builder.apply_changes(0, &SourceChanges { endpoints: vec![remove], ..Default::default() });
+        upsert(&mut builder, 0, &pod(net, "a-back", 300, false));
+        assert_eq!(counts(&builder), [1, 1, 0]);
+        // The conflicts a source decided inside itself.
+        builder.apply_changes(1, &SourceChanges { conflicts: 3, ..Default::default() });
+        assert_eq!(counts(&builder), [1, 4, 0]);
+        // An inventory file that repeats an address of its own, then one more, then as many.
+        let file = |names: &[&str]| SourceRecords {
+            source: NAMES[2].into(),
+            endpoints: names
+                .iter()
+                .map(|n| record("10.0.0.9/32".parse().unwrap(), "", n, EndpointKind::External, "x"))
+                .collect(),
+            namespaces: vec![],
+        };
+        builder.replace_source(2, &file(&["x1", "x2"]));
+        assert_eq!(counts(&builder), [1, 4, 1]);
+        builder.replace_source(2, &file(&["x1", "x2", "x3"]));
+        builder.replace_source(2, &file(&["x1", "x2", "x3"]));
+        assert_eq!(counts(&builder), [1, 4, 2]);
+        assert_eq!(builder.publish().0.conflicts(), 1 + 2, "records that lost, now");
     }
 }

@@ -72,7 +72,9 @@ pub struct Identity {
 
 /// One address or network as a label source reports it. The strings and the label set are
 /// shared (`Arc`), so that the copies a source, its reports and the label builder keep of
-/// 100k pods share their text, and records compare cheaply.
+/// 100k pods share their text, and records compare cheaply. `terminating` and `created` rank
+/// the claims of sources that claim the same address ([`LabelBuilder`]); they fit in the
+/// padding after `kind`, so a record is no larger with them (80 bytes on 64-bit targets).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointRecord {
     pub net: IpNet,
@@ -81,7 +83,84 @@ pub struct EndpointRecord {
     /// Pod, node or VM name: shown in `explain` and flow logs, not part of the identity.
     pub name: Arc<str>,
     pub kind: EndpointKind,
+    /// A pod being deleted (`deletionTimestamp` set): it loses to any claimant that is not.
+    pub terminating: bool,
+    /// Creation time in seconds since the Unix epoch ([`created_seconds`]); 0 when the
+    /// claimant has none (inventory entries, nodes, a pod without a readable
+    /// `creationTimestamp`), which ranks as the oldest.
+    pub created: u32,
     pub labels: Arc<Labels>,
+}
+
+/// A creation time (seconds since the Unix epoch) as [`EndpointRecord::created`] holds it:
+/// clamped to 0 (before 1970) ..= `u32::MAX` (2106).
+pub fn created_seconds(unix: i64) -> u32 {
+    u32::try_from(unix.max(0)).unwrap_or(u32::MAX)
+}
+
+/// Why a claim on an address loses to the claim that owns it, in the order the rules are
+/// applied: across sources (the label builder) a withdrawn source, a lost source, a
+/// terminating pod, an older creation time, then the later source in the configuration;
+/// inside one cluster (its store) a terminating pod, an older pod, a node against a pod, then
+/// the tie-break (UID of pods, name of nodes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Loss {
+    /// Its source is withdrawn (lost longer than its `max_stale`): it owns nothing.
+    Withdrawn,
+    /// Its source has lost its origin (API server) and the owner's has not.
+    LostSource,
+    /// A terminating pod, and the owner is not terminating.
+    Terminating,
+    /// Created before the owner.
+    Older,
+    /// As new as the owner, from a source later in the configuration.
+    LaterInConfig,
+    /// A node's address that a pod of the same cluster has.
+    Node,
+    /// As new as the owner in the same cluster: the greater UID (pods) or the lesser name
+    /// (nodes) wins.
+    TieBreak,
+}
+
+impl Loss {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Loss::Withdrawn => "withdrawn source",
+            Loss::LostSource => "lost source",
+            Loss::Terminating => "terminating",
+            Loss::Older => "older",
+            Loss::LaterInConfig => "later in config",
+            Loss::Node => "node against a pod",
+            Loss::TieBreak => "tie-break",
+        }
+    }
+}
+
+impl fmt::Display for Loss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An address that became contested: its owner, the best claim that lost, and why it lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contest {
+    pub net: IpNet,
+    pub winner: EndpointRecord,
+    pub loser: EndpointRecord,
+    pub loss: Loss,
+}
+
+impl EndpointRecord {
+    /// `cluster/namespace/name`, leaving out what is empty (for logs and `explain`).
+    pub fn path(&self) -> String {
+        [&*self.cluster, &*self.namespace, &*self.name]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("/")
+    }
 }
 
 /// A namespace and its labels as a label source reports it.
@@ -160,9 +239,18 @@ pub struct NamespaceChange {
 pub struct SourceChanges {
     pub endpoints: Vec<EndpointChange>,
     pub namespaces: Vec<NamespaceChange>,
+    /// Conflicts decided inside the source since its last report: each time one of its
+    /// claimants joined an address another of its claimants already held (a pod and a pod,
+    /// a pod and a node of one cluster). Counted for the source.
+    pub conflicts: u64,
+    /// Some of those addresses, for the log (at most a few per report; `conflicts` is the
+    /// count).
+    pub contests: Vec<Contest>,
 }
 
 impl SourceChanges {
+    /// Whether the table is unchanged by these changes (conflicts change no owner the
+    /// source reports: its owners are in `endpoints`).
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty() && self.namespaces.is_empty()
     }
@@ -208,9 +296,10 @@ impl Default for LabelTable {
 }
 
 impl LabelTable {
-    /// Builds a table from every source's records. When two records claim the same address
-    /// or network, the one from the earlier source (then the earlier record) wins and the
-    /// other is counted in [`LabelTable::conflicts`].
+    /// Builds a table from every source's records, every source connected. When two records
+    /// claim the same address or network, the ranking of [`LabelBuilder`] decides between
+    /// sources (within one source the earlier record wins), and the loser is counted in
+    /// [`LabelTable::conflicts`].
     pub fn build(sources: &[Arc<SourceRecords>]) -> LabelTable {
         let mut builder = LabelBuilder::new(sources.iter().map(|s| s.source.clone()).collect());
         for (index, source) in sources.iter().enumerate() {
@@ -282,7 +371,8 @@ impl LabelTable {
         &self.source_names[endpoint.source]
     }
 
-    /// Records that lost to an earlier record for the same address or network.
+    /// Records that lose to another record for the same address or network, now (what
+    /// `labelwall check` warns about; the metric counts conflicts as they happen instead).
     pub fn conflicts(&self) -> usize {
         self.conflicts
     }
@@ -303,6 +393,8 @@ mod tests {
             namespace: "bookinfo".into(),
             name: name.into(),
             kind: EndpointKind::Pod,
+            terminating: false,
+            created: 0,
             labels: Arc::new(labels(&[("app", app)])),
         }
     }
@@ -355,6 +447,14 @@ mod tests {
         assert_eq!(&*table.lookup("fd00::5".parse().unwrap()).unwrap().name, "v6");
         assert!(table.lookup("10.21.0.1".parse().unwrap()).is_none());
         assert!(table.lookup("fd00::6".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_record_with_its_ranking_fields_is_no_larger_than_without() {
+        // 1M pods are a target: terminating and created fill padding after `kind`.
+        assert_eq!(std::mem::size_of::<EndpointRecord>(), 80);
+        assert_eq!((created_seconds(-5), created_seconds(1 << 40)), (0, u32::MAX));
     }
 
     #[test]

@@ -106,6 +106,9 @@ pub fn parse(path: &Path, text: &str) -> Result<SourceRecords, Diagnostics> {
                 namespace: spec.namespace.into(),
                 name: spec.name.into(),
                 kind: spec.kind,
+                // An inventory entry has no creation time: it ranks as the oldest claim.
+                terminating: false,
+                created: 0,
                 labels: Arc::new(spec.labels),
             }),
             Err(message) => error(&at, item, "ip", message),

@@ -1050,3 +1050,23 @@ async fn stream_watch(
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Contested addresses: pods being deleted.
+
+/// `pod` being deleted: `metadata.deletionTimestamp` set (and the grace period the API server
+/// writes with it), as it stays while its node does not confirm the delete.
+pub fn terminating(mut pod: Value, at: &str) -> Value {
+    pod["metadata"]["deletionTimestamp"] = at.into();
+    pod["metadata"]["deletionGracePeriodSeconds"] = 30.into();
+    pod
+}
+
+impl FakeApiServer {
+    /// Starts deleting a stored pod: a MODIFIED event with its `deletionTimestamp` set, the
+    /// pod kept (as for a pod on a node that stopped answering).
+    pub fn start_deleting(&self, namespace: &str, name: &str) {
+        let pod = self.get("pods", namespace, name).expect("the pod exists");
+        self.apply("pods", terminating(pod, "2024-05-01T13:00:00Z"));
+    }
+}

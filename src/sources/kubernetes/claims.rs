@@ -4,9 +4,13 @@
 //! the claims and turns owners into records, nor on the watch loop.
 //!
 //! An address may be claimed by several pods at once (a new pod may be seen before the delete
-//! of the old one that had its address) and by nodes. The newest pod wins, by creation time
-//! and then UID, whatever the order of events, so that the delete of an old pod never removes
-//! the newer owner; any pod beats a node; among nodes, the least name wins.
+//! of the old one that had its address, or an old pod may stay terminating for long on a node
+//! that stopped answering) and by nodes. Among pods, one that is not terminating
+//! (`deletionTimestamp` unset) wins over one that is, then the newest by creation time, then
+//! the greater UID, whatever the order of events: so the delete of an old pod never removes
+//! the newer owner, and a pod stuck terminating hands its address to the live pod at once.
+//! Any pod beats a node; among nodes, the least name wins. A claim that joins an address
+//! another claimant already holds is a conflict, counted by the store.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -16,7 +20,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::intern::Interner;
 use super::objects::{NodeView, PodView};
-use crate::labels::Labels;
+use crate::labels::{Labels, Loss, created_seconds};
 
 /// A pod that owns at least one address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +29,18 @@ pub(super) struct PodEntry {
     pub(super) name: Arc<str>,
     pub(super) labels: Arc<Labels>,
     pub(super) ips: Box<[IpAddr]>,
-    pub(super) created: i64,
+    /// Seconds since the Unix epoch ([`created_seconds`]: the records' form, and with
+    /// `terminating` it fits where an `i64` alone would).
+    pub(super) created: u32,
+    /// `deletionTimestamp` is set.
+    pub(super) terminating: bool,
+}
+
+impl PodEntry {
+    /// How the pod ranks for an address: the greatest wins.
+    fn rank<'a>(&self, uid: &'a Arc<str>) -> (bool, u32, &'a Arc<str>) {
+        (!self.terminating, self.created, uid)
+    }
 }
 
 /// A node with its labels and addresses.
@@ -60,7 +75,8 @@ pub(super) fn pod_entry(pod: &PodView, interner: &mut Interner) -> Option<PodEnt
         name: pod.metadata.name.as_deref().unwrap_or_default().into(),
         labels: interner.labels(pod.labels.clone()),
         ips: pod.ips.clone().into_boxed_slice(),
-        created: pod.created,
+        created: created_seconds(pod.created),
+        terminating: pod.terminating,
     })
 }
 
@@ -79,24 +95,43 @@ pub(super) struct Claimants {
     pub(super) nodes: Vec<Arc<str>>,
 }
 
-/// Adds or withdraws (`claim`) a claimant's claims on `ips`; the addresses need reporting.
+impl Claimants {
+    fn len(&self) -> usize {
+        self.pods.len() + self.nodes.len()
+    }
+}
+
+/// Moves a claimant's claims from the addresses `old` to `new` (either may be empty: a
+/// claimant that comes or goes). Every address of either needs reporting (the claimant's
+/// entry changed); only the addresses it leaves or joins change their claimants, so an update
+/// that keeps a pod's addresses is no new claim. Each address the claimant joins while another
+/// claimant holds it is pushed to `contested`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn claim(
     claims: &mut FxHashMap<IpAddr, Claimants>,
     dirty: &mut FxHashSet<IpAddr>,
-    ips: &[IpAddr],
+    contested: &mut Vec<IpAddr>,
+    old: &[IpAddr],
+    new: &[IpAddr],
     key: &Arc<str>,
     pick: fn(&mut Claimants) -> &mut Vec<Arc<str>>,
-    add: bool,
 ) {
-    for ip in ips {
-        let list = pick(claims.entry(*ip).or_default());
-        if add {
-            list.push(Arc::clone(key));
-        } else if let Some(at) = list.iter().position(|k| k == key) {
-            list.swap_remove(at);
+    for ip in old.iter().filter(|ip| !new.contains(ip)) {
+        if let Some(claimants) = claims.get_mut(ip) {
+            let list = pick(claimants);
+            if let Some(at) = list.iter().position(|k| k == key) {
+                list.swap_remove(at);
+            }
         }
-        dirty.insert(*ip);
     }
+    for ip in new.iter().filter(|ip| !old.contains(ip)) {
+        let claimants = claims.entry(*ip).or_default();
+        if claimants.len() > 0 {
+            contested.push(*ip);
+        }
+        pick(claimants).push(Arc::clone(key));
+    }
+    dirty.extend(old.iter().chain(new));
 }
 
 /// The claim that wins an address.
@@ -108,27 +143,57 @@ pub(super) enum Owner<'a> {
 }
 
 impl Claimants {
-    /// The owner of the address among the claimants still in `pods` and `nodes`: the newest
-    /// pod that claims it (by creation time, then UID), else the node with the least name.
+    /// The claimants still in `pods` and `nodes`, best first: pods that are not terminating,
+    /// then by creation time, then by UID, the greatest first; then nodes by name.
+    fn ranked<'a>(
+        &'a self,
+        pods: &'a HashMap<Arc<str>, PodEntry>,
+        nodes: &'a HashMap<Arc<str>, NodeEntry>,
+    ) -> Vec<Owner<'a>> {
+        let mut live_pods: Vec<(&Arc<str>, &PodEntry)> =
+            self.pods.iter().filter_map(|uid| pods.get(uid).map(|pod| (uid, pod))).collect();
+        live_pods.sort_unstable_by(|a, b| b.1.rank(b.0).cmp(&a.1.rank(a.0)));
+        let mut live_nodes: Vec<(&Arc<str>, &NodeEntry)> =
+            self.nodes.iter().filter_map(|name| nodes.get(name).map(|n| (name, n))).collect();
+        live_nodes.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        live_pods
+            .into_iter()
+            .map(|(_, pod)| Owner::Pod(pod))
+            .chain(live_nodes.into_iter().map(|(name, node)| Owner::Node(name, node)))
+            .collect()
+    }
+
+    /// The owner of the address among the claimants still in `pods` and `nodes`: the pod that
+    /// is not terminating before one that is, then the newest (by creation time, then UID);
+    /// else the node with the least name.
     pub(super) fn owner<'a>(
         &'a self,
         pods: &'a HashMap<Arc<str>, PodEntry>,
         nodes: &'a HashMap<Arc<str>, NodeEntry>,
     ) -> Option<Owner<'a>> {
-        let pod = self
-            .pods
-            .iter()
-            .filter_map(|uid| pods.get(uid).map(|pod| (pod.created, uid, pod)))
-            .max_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        if let Some((_, _, pod)) = pod {
-            return Some(Owner::Pod(pod));
+        if self.nodes.is_empty() && self.pods.len() == 1 {
+            // The common case: one pod, nothing to rank.
+            return pods.get(&self.pods[0]).map(Owner::Pod);
         }
-        let (name, node) = self
-            .nodes
-            .iter()
-            .filter_map(|name| nodes.get(name).map(|node| (name, node)))
-            .min_by(|a, b| a.0.cmp(b.0))?;
-        Some(Owner::Node(name, node))
+        self.ranked(pods, nodes).into_iter().next()
+    }
+
+    /// The owner and the best claim that loses to it, with why, when the address has at least
+    /// two claimants.
+    pub(super) fn contest<'a>(
+        &'a self,
+        pods: &'a HashMap<Arc<str>, PodEntry>,
+        nodes: &'a HashMap<Arc<str>, NodeEntry>,
+    ) -> Option<(Owner<'a>, Owner<'a>, Loss)> {
+        let ranked = self.ranked(pods, nodes);
+        let (winner, loser) = (*ranked.first()?, *ranked.get(1)?);
+        let loss = match (winner, loser) {
+            (Owner::Pod(w), Owner::Pod(l)) if w.terminating != l.terminating => Loss::Terminating,
+            (Owner::Pod(w), Owner::Pod(l)) if w.created != l.created => Loss::Older,
+            (Owner::Pod(_), Owner::Node(..)) => Loss::Node,
+            _ => Loss::TieBreak,
+        };
+        Some((winner, loser, loss))
     }
 }
 
@@ -184,5 +249,84 @@ mod tests {
             "pod-b"
         );
         assert_eq!(owner(&store_with(&[b, a]).records(), "10.0.1.9").unwrap(), "pod-b");
+    }
+
+    /// `json` with `metadata.deletionTimestamp` set: the pod is being deleted.
+    fn terminating(mut json: serde_json::Value) -> serde_json::Value {
+        json["metadata"]["deletionTimestamp"] = "2024-05-01T13:00:00Z".into();
+        json
+    }
+
+    #[test]
+    fn a_pod_that_starts_terminating_hands_its_address_to_a_live_claimant_at_once() {
+        // The newer pod is the one stuck terminating (its node stopped answering), so the
+        // creation time alone would keep it.
+        let live = running("u-live", "live", "2024-05-01T12:00:00Z", &["10.0.1.15"]);
+        let stuck = running("u-stuck", "stuck", "2024-05-01T12:05:00Z", &["10.0.1.15"]);
+        let mut store = store_with(&[live, stuck.clone()]);
+        assert_eq!(owner(&store.records(), "10.0.1.15").as_deref(), Some("stuck"));
+        assert_eq!(
+            store.apply_pod(Event::Apply(pod(terminating(stuck.clone())))),
+            Applied::Changed
+        );
+        let changes = store.take_changes();
+        assert_eq!(changes.endpoints.len(), 1, "the change is reported: {changes:?}");
+        let record = changes.endpoints[0].record.as_ref().unwrap();
+        assert_eq!((&*record.name, record.terminating), ("live", false));
+        // Both terminating: the newest again, and its record says so.
+        let live = running("u-live", "live", "2024-05-01T12:00:00Z", &["10.0.1.15"]);
+        store.apply_pod(Event::Apply(pod(terminating(live))));
+        let records = store.records();
+        assert_eq!(owner(&records, "10.0.1.15").as_deref(), Some("stuck"));
+        assert!(records.endpoints[0].terminating);
+        assert_eq!(records.endpoints[0].created, 1_714_565_100);
+    }
+
+    #[test]
+    fn a_terminating_pod_still_beats_a_node_and_is_its_addresses_owner_when_alone() {
+        let mut store = store_with(&[terminating(running(
+            "u1",
+            "stuck",
+            "2024-05-01T12:00:00Z",
+            &["10.0.0.10"],
+        ))]);
+        let node: NodeView = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.10"}]}
+        }))
+        .unwrap();
+        store.apply_node(Event::Apply(node));
+        assert_eq!(owner(&store.records(), "10.0.0.10").as_deref(), Some("stuck"));
+    }
+
+    #[test]
+    fn the_contest_of_an_address_names_the_owner_the_runner_up_and_why() {
+        let old = running("u-old", "old", "2024-05-01T12:00:00Z", &["10.0.1.15"]);
+        let new = running("u-new", "new", "2024-05-01T12:05:00Z", &["10.0.1.15"]);
+        let same = running("u-same", "same", "2024-05-01T12:05:00Z", &["10.0.1.15"]);
+        let mut interner = Interner::default();
+        let entries: HashMap<Arc<str>, PodEntry> = [&old, &new, &same]
+            .into_iter()
+            .map(|json| {
+                let view = pod(json.clone());
+                (pod_key(&view), pod_entry(&view, &mut interner).unwrap())
+            })
+            .collect();
+        let nodes = HashMap::new();
+        let name = |o: Owner<'_>| match o {
+            Owner::Pod(p) => p.name.to_string(),
+            Owner::Node(n, _) => n.to_string(),
+        };
+        let contest = |uids: &[&str]| {
+            let claimants =
+                Claimants { pods: uids.iter().map(|u| Arc::from(*u)).collect(), nodes: vec![] };
+            claimants.contest(&entries, &nodes).map(|(w, l, loss)| (name(w), name(l), loss))
+        };
+        assert_eq!(contest(&["u-old", "u-new"]), Some(("new".into(), "old".into(), Loss::Older)));
+        assert_eq!(
+            contest(&["u-same", "u-new"]),
+            Some(("same".into(), "new".into(), Loss::TieBreak))
+        );
+        assert_eq!(contest(&["u-old"]), None, "not contested");
     }
 }

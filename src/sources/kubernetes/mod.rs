@@ -1,14 +1,15 @@
 //! The Kubernetes label source: one task per configured cluster watches its Pods, Namespaces
 //! and Nodes through the API server and reports to the control plane what changed, as
 //! [`SourceEvent::Changes`] (the owner of each changed address, each changed namespace's
-//! labels), or [`SourceEvent::Lost`] while the API server cannot be reached. Owns the
+//! labels), or [`SourceEvent::Lost`] while the API server does not answer. Owns the
 //! per-cluster store of compact entries (never whole objects), who claims each address, what
 //! was reported, and the rule that decides which pod owns an address. Must not depend on the
 //! data plane, the policy or the label table's internals. Invariants: the first `Changes` is
 //! only sent once every kind has completed a full list (so every report leaves a consistent
-//! view, never a half-listed one); an address belongs to at most one pod, the newest by
-//! creation time (then UID), so the delete of an old pod never removes the newer owner of the
-//! same address, and a pod's address beats a node's; pods that are Succeeded or Failed, run in
+//! view, never a half-listed one); an address belongs to at most one pod: one that is not
+//! terminating before one that is, then the newest by creation time (then UID), so the delete
+//! of an old pod never removes the newer owner of the same address, and a pod's address beats
+//! a node's (other claimants are reported as conflicts); pods that are Succeeded or Failed, run in
 //! the host network, or have no address yet own nothing; no error of the API server or of its
 //! data ends the task.
 //!

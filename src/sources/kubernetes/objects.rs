@@ -1,6 +1,7 @@
 //! What is read of each object the source watches: the three kinds, and for each a view
 //! deserialized straight from the API server's JSON into the few facts labelwall uses (names,
-//! UID, resource version, creation time, labels, phase, addresses), so that specs,
+//! UID, resource version, creation time, whether a pod is terminating, labels, phase,
+//! addresses), so that specs,
 //! annotations and managed fields are never held. Must not depend on the rest of the source
 //! (store, claims, watch loop): they are built on these views.
 //!
@@ -57,6 +58,9 @@ struct RawMeta {
     resource_version: Option<String>,
     #[serde(default)]
     creation_timestamp: Option<String>,
+    /// Set once the object is being deleted; only whether it is there matters.
+    #[serde(default)]
+    deletion_timestamp: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     labels: Option<Labels>,
 }
@@ -116,6 +120,9 @@ pub(super) struct PodView {
     pub(super) labels: Labels,
     /// Seconds since the Unix epoch; 0 when absent or unreadable.
     pub(super) created: i64,
+    /// `metadata.deletionTimestamp` is set: the pod is being deleted (it may stay so for
+    /// long, with phase Running, on a node that stopped answering).
+    pub(super) terminating: bool,
     pub(super) phase: Option<String>,
     pub(super) host_network: bool,
     pub(super) ips: Vec<IpAddr>,
@@ -143,6 +150,7 @@ impl From<RawPod> for PodView {
         PodView {
             labels: raw.metadata.labels.take().unwrap_or_default(),
             created: raw.metadata.creation_timestamp.as_deref().and_then(unix_seconds).unwrap_or(0),
+            terminating: raw.metadata.deletion_timestamp.is_some(),
             metadata: raw.metadata.object_meta(),
             phase: status.phase,
             host_network: raw.spec.and_then(|s| s.host_network).unwrap_or(false),
@@ -312,6 +320,16 @@ mod tests {
         }));
         assert_eq!(view.ips, ["10.1.2.4".parse::<IpAddr>().unwrap()]);
         assert_eq!(view.bad_ips, 1);
+    }
+
+    #[test]
+    fn a_pod_with_a_deletion_timestamp_is_terminating() {
+        let mut json = running("u", "p", "2024-05-01T12:00:00Z", &["10.1.2.3"]);
+        assert!(!pod(json.clone()).terminating);
+        json["metadata"]["deletionTimestamp"] = "2024-05-01T12:30:00Z".into();
+        assert!(pod(json.clone()).terminating);
+        json["metadata"]["deletionTimestamp"] = serde_json::Value::Null;
+        assert!(!pod(json).terminating, "null is unset");
     }
 
     #[test]

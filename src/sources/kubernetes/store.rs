@@ -8,6 +8,15 @@
 //! `InitDone`: objects that were not listed again are gone, and no half-listed view is ever
 //! read. An address or namespace is reported only when its owner or labels differ from what
 //! was last reported.
+//!
+//! A namespace deleted while pods of it are still in the store (its DELETED event can come
+//! before theirs: the watches are separate streams) keeps its last reported labels until the
+//! last of those pods goes or the namespace comes back: otherwise its pods would lose their
+//! namespace labels, and selectors such as `trust!=high` would start matching them.
+//!
+//! Conflicts (a claim joining an address another pod or node of the cluster holds) are
+//! counted here, where they are decided, and reported with the changes
+//! ([`SourceChanges::conflicts`], a few of them in detail for the log).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -21,8 +30,8 @@ use super::claims::{Claimants, NodeEntry, Owner, PodEntry, claim, node_entry, po
 use super::intern::Interner;
 use super::objects::{NamespaceView, NodeView, PodView};
 use crate::labels::{
-    EndpointChange, EndpointKind, EndpointRecord, Labels, NamespaceChange, NamespaceRecord,
-    SourceChanges, SourceRecords,
+    Contest, EndpointChange, EndpointKind, EndpointRecord, Labels, NamespaceChange,
+    NamespaceRecord, SourceChanges, SourceRecords,
 };
 use crate::sources::kubernetes_source_name;
 
@@ -73,6 +82,9 @@ impl<E: PartialEq> Table<E> {
     }
 }
 
+/// Contested addresses described in one report at most (the rest are only counted).
+const CONTESTS_PER_REPORT: usize = 8;
+
 /// Everything known of one cluster, in compact form, and what the control plane was told.
 #[derive(Debug)]
 pub(super) struct ClusterStore {
@@ -86,6 +98,10 @@ pub(super) struct ClusterStore {
     /// Addresses and namespaces that may have changed since they were last reported.
     dirty_ips: FxHashSet<IpAddr>,
     dirty_namespaces: FxHashSet<Arc<str>>,
+    /// Pods in the store per namespace (a deleted namespace's labels stay while it has any).
+    pods_per_namespace: FxHashMap<Arc<str>, u32>,
+    /// Addresses a claim joined while another claimant held them, since the last report.
+    contested: Vec<IpAddr>,
     /// What the control plane was told: the owner of each address, each namespace's labels.
     reported: FxHashMap<IpAddr, EndpointRecord>,
     reported_namespaces: FxHashMap<Arc<str>, Arc<Labels>>,
@@ -104,6 +120,8 @@ impl ClusterStore {
             claims: FxHashMap::default(),
             dirty_ips: FxHashSet::default(),
             dirty_namespaces: FxHashSet::default(),
+            pods_per_namespace: FxHashMap::default(),
+            contested: Vec::new(),
             reported: FxHashMap::default(),
             reported_namespaces: FxHashMap::default(),
             no_namespace: Arc::from(""),
@@ -116,6 +134,8 @@ impl ClusterStore {
 
     pub(super) fn apply_pod(&mut self, event: Event<PodView>) -> Applied {
         let (interner, claims, dirty) = (&mut self.interner, &mut self.claims, &mut self.dirty_ips);
+        let (contested, per_namespace) = (&mut self.contested, &mut self.pods_per_namespace);
+        let dirty_namespaces = &mut self.dirty_namespaces;
         let entry = |pod: &PodView| {
             if pod.bad_ips > 0 {
                 tracing::debug!(pod = ?pod.metadata.name, "a pod address that is not an IP ignored");
@@ -123,12 +143,21 @@ impl ClusterStore {
             (pod_key(pod), pod_entry(pod, interner))
         };
         apply(&mut self.pods, event, entry, |key, old, new| {
-            let pick: fn(&mut Claimants) -> &mut Vec<Arc<str>> = |c| &mut c.pods;
-            if let Some(old) = old {
-                claim(claims, dirty, &old.ips, key, pick, false);
-            }
+            let (old_ips, new_ips) =
+                (old.map_or(&[][..], |e| &e.ips), new.map_or(&[][..], |e| &e.ips));
+            claim(claims, dirty, contested, old_ips, new_ips, key, |c| &mut c.pods);
             if let Some(new) = new {
-                claim(claims, dirty, &new.ips, key, pick, true);
+                *per_namespace.entry(Arc::clone(&new.namespace)).or_default() += 1;
+            }
+            if let Some(old) = old
+                && let Some(count) = per_namespace.get_mut(&old.namespace)
+            {
+                *count -= 1;
+                if *count == 0 {
+                    // Its last pod: a namespace deleted before it may be reported gone now.
+                    per_namespace.remove(&old.namespace);
+                    dirty_namespaces.insert(Arc::clone(&old.namespace));
+                }
             }
         })
     }
@@ -150,38 +179,76 @@ impl ClusterStore {
             let name = node.metadata.name.as_deref().unwrap_or_default();
             (name.into(), Some(node_entry(node, interner)))
         };
+        let contested = &mut self.contested;
         apply(&mut self.nodes, event, entry, |key, old, new| {
-            let pick: fn(&mut Claimants) -> &mut Vec<Arc<str>> = |c| &mut c.nodes;
-            if let Some(old) = old {
-                claim(claims, dirty, &old.ips, key, pick, false);
-            }
-            if let Some(new) = new {
-                claim(claims, dirty, &new.ips, key, pick, true);
-            }
+            let (old_ips, new_ips) =
+                (old.map_or(&[][..], |e| &e.ips), new.map_or(&[][..], |e| &e.ips));
+            claim(claims, dirty, contested, old_ips, new_ips, key, |c| &mut c.nodes);
         })
     }
 
     /// The record of the owner of an address (see [`Claimants::owner`]).
     fn owner(&self, ip: IpAddr) -> Option<EndpointRecord> {
         let owner = self.claims.get(&ip)?.owner(&self.pods.live, &self.nodes.live)?;
-        let (namespace, name, kind, labels) = match owner {
-            Owner::Pod(pod) => (&pod.namespace, &pod.name, EndpointKind::Pod, &pod.labels),
-            Owner::Node(name, node) => (&self.no_namespace, name, EndpointKind::Node, &node.labels),
+        Some(self.record(ip, owner))
+    }
+
+    /// The record of a claimant of `ip`.
+    fn record(&self, ip: IpAddr, claimant: Owner<'_>) -> EndpointRecord {
+        let (namespace, name, kind, labels, created, terminating) = match claimant {
+            Owner::Pod(pod) => (
+                &pod.namespace,
+                &pod.name,
+                EndpointKind::Pod,
+                &pod.labels,
+                pod.created,
+                pod.terminating,
+            ),
+            Owner::Node(name, node) => {
+                (&self.no_namespace, name, EndpointKind::Node, &node.labels, 0, false)
+            }
         };
-        Some(EndpointRecord {
+        EndpointRecord {
             net: IpNet::from(ip),
             cluster: Arc::clone(&self.cluster),
             namespace: Arc::clone(namespace),
             name: Arc::clone(name),
             kind,
+            terminating,
+            created,
             labels: Arc::clone(labels),
-        })
+        }
+    }
+
+    /// The addresses that became contested since the last report: how many times, and a few
+    /// of those still contested in detail.
+    fn take_contests(&mut self) -> (u64, Vec<Contest>) {
+        let contested = std::mem::take(&mut self.contested);
+        let mut described: Vec<Contest> = Vec::new();
+        for ip in &contested {
+            if described.len() == CONTESTS_PER_REPORT {
+                break;
+            }
+            let net = IpNet::from(*ip);
+            if described.iter().any(|c| c.net == net) {
+                continue;
+            }
+            let Some(claimants) = self.claims.get(ip) else { continue };
+            if let Some((winner, loser, loss)) =
+                claimants.contest(&self.pods.live, &self.nodes.live)
+            {
+                let (winner, loser) = (self.record(*ip, winner), self.record(*ip, loser));
+                described.push(Contest { net, winner, loser, loss });
+            }
+        }
+        (contested.len() as u64, described)
     }
 
     /// What changed since the last call, as the control plane is to be told; from then on
     /// it counts as reported. Sorted by address and by namespace name.
     pub(super) fn take_changes(&mut self) -> SourceChanges {
         let mut changes = SourceChanges::default();
+        (changes.conflicts, changes.contests) = self.take_contests();
         for ip in std::mem::take(&mut self.dirty_ips) {
             let owner = self.owner(ip);
             if self.claims.get(&ip).is_some_and(|c| c.pods.is_empty() && c.nodes.is_empty()) {
@@ -197,7 +264,13 @@ impl ClusterStore {
             changes.endpoints.push(EndpointChange { net: IpNet::from(ip), record: owner });
         }
         for name in std::mem::take(&mut self.dirty_namespaces) {
-            let labels = self.namespaces.live.get(&name).cloned();
+            let labels = self.namespaces.live.get(&name).cloned().or_else(|| {
+                // Deleted before its pods: the last labels stay while it has any.
+                self.pods_per_namespace
+                    .contains_key(&name)
+                    .then(|| self.reported_namespaces.get(&name).cloned())
+                    .flatten()
+            });
             if labels.as_ref() == self.reported_namespaces.get(&name) {
                 continue;
             }
@@ -248,9 +321,10 @@ pub(super) enum Applied {
     Listed,
 }
 
-/// Applies one watcher event to a table; `changed` hears of every entry that went or came
-/// (`key`, the old entry, the new one), a relist as every old entry going and every listed
-/// one coming.
+/// Applies one watcher event to a table; `changed` hears of every entry that went, came or
+/// changed (`key`, the old entry, the new one), a relist as the difference between the old
+/// entries and the listed ones (an object listed again unchanged is no change: its claims and
+/// conflicts are not made again).
 fn apply<K, E: PartialEq>(
     table: &mut Table<E>,
     event: Event<K>,
@@ -275,11 +349,17 @@ fn apply<K, E: PartialEq>(
             Applied::Unchanged
         }
         Event::InitDone => {
-            for (key, old) in &table.init_done() {
-                changed(key, Some(old), None);
+            let old = table.init_done();
+            for (key, old) in &old {
+                if !table.live.contains_key(key) {
+                    changed(key, Some(old), None);
+                }
             }
             for (key, new) in &table.live {
-                changed(key, None, Some(new));
+                let old = old.get(key);
+                if old != Some(new) {
+                    changed(key, old, Some(new));
+                }
             }
             Applied::Listed
         }
@@ -366,5 +446,107 @@ mod tests {
         let mut reversed = pods.clone();
         reversed.reverse();
         assert_eq!(store_with(&pods).records(), store_with(&reversed).records());
+    }
+
+    fn namespace(name: &str, labels: serde_json::Value) -> NamespaceView {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": labels}}))
+            .unwrap()
+    }
+
+    fn node(name: &str, ip: &str) -> NodeView {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"addresses": [{"type": "InternalIP", "address": ip}]}
+        }))
+        .unwrap()
+    }
+
+    fn namespace_labels(changes: &SourceChanges) -> Vec<(String, Option<String>)> {
+        changes
+            .namespaces
+            .iter()
+            .map(|c| (c.name.to_string(), c.labels.as_deref().map(labels_text)))
+            .collect()
+    }
+
+    #[test]
+    fn a_namespace_deleted_before_its_pods_keeps_its_labels_until_the_last_goes() {
+        let a = running("u1", "a", "2024-05-01T12:00:00Z", &["10.0.1.1"]);
+        let b = running("u2", "b", "2024-05-01T12:00:00Z", &["10.0.1.2"]);
+        let mut store = store_with(&[a.clone(), b.clone()]);
+        store.apply_namespace(Event::Apply(namespace(
+            "bookinfo",
+            serde_json::json!({"trust": "high"}),
+        )));
+        let changes = store.take_changes();
+        assert_eq!(namespace_labels(&changes), [("bookinfo".into(), Some("trust=high".into()))]);
+        // The namespace's delete is seen before its pods'.
+        store.apply_namespace(Event::Delete(namespace("bookinfo", serde_json::json!({}))));
+        assert_eq!(namespace_labels(&store.take_changes()), []);
+        assert_eq!(labels_text(&store.records().namespaces[0].labels), "trust=high");
+        store.apply_pod(Event::Delete(pod(a)));
+        assert_eq!(namespace_labels(&store.take_changes()), [], "b is still there");
+        store.apply_pod(Event::Delete(pod(b.clone())));
+        assert_eq!(namespace_labels(&store.take_changes()), [("bookinfo".into(), None)]);
+        assert!(store.records().namespaces.is_empty());
+        // Back with new labels while a pod of it is there: the new labels, at once.
+        store.apply_pod(Event::Apply(pod(b.clone())));
+        store.apply_namespace(Event::Apply(namespace(
+            "bookinfo",
+            serde_json::json!({"trust": "low"}),
+        )));
+        assert_eq!(
+            namespace_labels(&store.take_changes()),
+            [("bookinfo".into(), Some("trust=low".into()))]
+        );
+        // A relist without the namespace keeps the labels while b is listed too.
+        store.apply_namespace(Event::Init);
+        store.apply_namespace(Event::InitDone);
+        assert_eq!(namespace_labels(&store.take_changes()), []);
+        store.apply_pod(Event::Init);
+        store.apply_pod(Event::InitDone);
+        assert_eq!(namespace_labels(&store.take_changes()), [("bookinfo".into(), None)]);
+    }
+
+    #[test]
+    fn conflicts_are_counted_once_per_claim_that_joins_an_address_held_by_another() {
+        let old = running("u-old", "old", "2024-05-01T12:00:00Z", &["10.0.0.10"]);
+        let mut store = store_with(&[]);
+        store.apply_pod(Event::Apply(pod(old.clone())));
+        let changes = store.take_changes();
+        assert_eq!((changes.conflicts, changes.contests.len()), (0, 0));
+        // A node with the pod's address: pod against node.
+        store.apply_node(Event::Apply(node("n1", "10.0.0.10")));
+        let changes = store.take_changes();
+        assert_eq!(changes.conflicts, 1);
+        let contest = &changes.contests[0];
+        assert_eq!((&*contest.winner.name, &*contest.loser.name), ("old", "n1"));
+        assert_eq!(contest.loss, crate::labels::Loss::Node);
+        // A newer pod joins: pod against pod, and it takes the address.
+        let mut new = running("u-new", "new", "2024-05-01T12:05:00Z", &["10.0.0.10"]);
+        store.apply_pod(Event::Apply(pod(new.clone())));
+        let changes = store.take_changes();
+        assert_eq!(changes.conflicts, 1);
+        assert_eq!(&*changes.endpoints[0].record.as_ref().unwrap().name, "new");
+        let contest = &changes.contests[0];
+        assert_eq!((&*contest.winner.name, &*contest.loser.name), ("new", "old"));
+        assert_eq!(contest.loss, crate::labels::Loss::Older);
+        // Updates of claimants already there, and a relist of the same objects, are none.
+        new["metadata"]["labels"] = serde_json::json!({"app": "other"});
+        store.apply_pod(Event::Apply(pod(new.clone())));
+        store.apply_node(Event::Apply(node("n1", "10.0.0.10")));
+        store.apply_pod(Event::Init);
+        store.apply_pod(Event::InitApply(pod(old.clone())));
+        store.apply_pod(Event::InitApply(pod(new.clone())));
+        store.apply_pod(Event::InitDone);
+        let changes = store.take_changes();
+        assert_eq!((changes.conflicts, changes.contests.len()), (0, 0));
+        assert_eq!(labels_text(&changes.endpoints[0].record.as_ref().unwrap().labels), "app=other");
+        // A pod that moves to the address (a new address of its own) is one.
+        let mut other = running("u-other", "other", "2024-05-01T12:01:00Z", &["10.0.0.11"]);
+        store.apply_pod(Event::Apply(pod(other.clone())));
+        other["status"]["podIPs"] = serde_json::json!([{"ip": "10.0.0.11"}, {"ip": "10.0.0.10"}]);
+        store.apply_pod(Event::Apply(pod(other)));
+        assert_eq!(store.take_changes().conflicts, 1);
     }
 }
