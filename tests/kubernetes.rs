@@ -1011,6 +1011,13 @@ struct Measured {
 
 impl Drop for Measured {
     fn drop(&mut self) {
+        // SIGTERM first, so that a profiler wrapping the appliance writes its data whole.
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -1022,6 +1029,40 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) end with ')': utime, stime are the
+    // 12th and 13th after it, in clock ticks (100 per second on Linux).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 =
+        after.split_whitespace().skip(11).take(2).filter_map(|t| t.parse::<u64>().ok()).sum();
+    ticks as f64 / 100.0
+}
+
+/// CPU seconds the fake API server's thread has used so far (it runs in the test process).
+fn server_cpu_seconds() -> f64 {
+    let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+    tasks
+        .filter_map(|t| t.ok())
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "fake-api-server")
+        })
+        .map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            let ticks: u64 = after
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum();
+            ticks as f64 / 100.0
+        })
+        .sum()
 }
 
 fn start_measured(server: &FakeApiServer, reply_port: u16) -> (Measured, Duration) {
@@ -1037,7 +1078,19 @@ fn start_measured(server: &FakeApiServer, reply_port: u16) -> (Measured, Duratio
     );
     std::fs::write(dir.path().join("labelwall.yaml"), config).unwrap();
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_labelwall"))
+    // LABELWALL_MEASURE_WRAPPER runs the appliance under a profiler ("heaptrack -o FILE",
+    // "perf record -g -o FILE --"): see docs/performance.md.
+    let wrapper = std::env::var("LABELWALL_MEASURE_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(env!("CARGO_BIN_EXE_labelwall"));
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_labelwall")),
+    };
+    let child = command
         .args(["run", "-c"])
         .arg(dir.path().join("labelwall.yaml"))
         .stdout(Stdio::null())
@@ -1105,16 +1158,25 @@ fn measure(count: usize, flips: usize) {
     server.preload("pods", pods);
     server.apply("pods", pod("bookinfo", "flipper", &["10.0.1.15"], json!({"app": "ratings"})));
     let peer = GwlbPeer::new(1);
+    let server_cpu = server_cpu_seconds();
     let (appliance, sync) = start_measured(&server, peer.reply_port());
     let pid = appliance.child.id();
     let rss = proc_status_kib(pid, "VmRSS:");
     let hwm = proc_status_kib(pid, "VmHWM:");
     println!(
-        "{count} pods: ready after {:.2} s, RSS {:.1} MiB (peak {:.1} MiB)",
+        "{count} pods: ready after {:.2} s (CPU: appliance {:.2} s, fake server {:.2} s), RSS {:.1} MiB (peak {:.1} MiB)",
         sync.as_secs_f64(),
+        cpu_seconds(pid),
+        server_cpu_seconds() - server_cpu,
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
+    if std::env::var_os("LABELWALL_SHOW_START").is_some() {
+        let log = std::fs::read_to_string(appliance.dir.path().join("labelwall.log")).unwrap();
+        for line in strip_ansi(&log).lines().filter(|l| !l.contains("watch error")).take(40) {
+            println!("  {line}");
+        }
+    }
     let log = || format!("see {}", appliance.dir.path().display());
     wait_verdict(&peer, appliance.listen, POD_A, 3306, Verdict::Allowed, &log);
     let mut latencies = Vec::with_capacity(flips);

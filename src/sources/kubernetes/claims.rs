@@ -12,7 +12,6 @@
 //! Any pod beats a node; among nodes, the least name wins. A claim that joins an address
 //! another claimant already holds is a conflict, counted by the store.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -147,8 +146,8 @@ impl Claimants {
     /// then by creation time, then by UID, the greatest first; then nodes by name.
     fn ranked<'a>(
         &'a self,
-        pods: &'a HashMap<Arc<str>, PodEntry>,
-        nodes: &'a HashMap<Arc<str>, NodeEntry>,
+        pods: &'a FxHashMap<Arc<str>, PodEntry>,
+        nodes: &'a FxHashMap<Arc<str>, NodeEntry>,
     ) -> Vec<Owner<'a>> {
         let mut live_pods: Vec<(&Arc<str>, &PodEntry)> =
             self.pods.iter().filter_map(|uid| pods.get(uid).map(|pod| (uid, pod))).collect();
@@ -168,8 +167,8 @@ impl Claimants {
     /// else the node with the least name.
     pub(super) fn owner<'a>(
         &'a self,
-        pods: &'a HashMap<Arc<str>, PodEntry>,
-        nodes: &'a HashMap<Arc<str>, NodeEntry>,
+        pods: &'a FxHashMap<Arc<str>, PodEntry>,
+        nodes: &'a FxHashMap<Arc<str>, NodeEntry>,
     ) -> Option<Owner<'a>> {
         if self.nodes.is_empty() && self.pods.len() == 1 {
             // The common case: one pod, nothing to rank.
@@ -182,8 +181,8 @@ impl Claimants {
     /// two claimants.
     pub(super) fn contest<'a>(
         &'a self,
-        pods: &'a HashMap<Arc<str>, PodEntry>,
-        nodes: &'a HashMap<Arc<str>, NodeEntry>,
+        pods: &'a FxHashMap<Arc<str>, PodEntry>,
+        nodes: &'a FxHashMap<Arc<str>, NodeEntry>,
     ) -> Option<(Owner<'a>, Owner<'a>, Loss)> {
         let ranked = self.ranked(pods, nodes);
         let (winner, loser) = (*ranked.first()?, *ranked.get(1)?);
@@ -305,14 +304,14 @@ mod tests {
         let new = running("u-new", "new", "2024-05-01T12:05:00Z", &["10.0.1.15"]);
         let same = running("u-same", "same", "2024-05-01T12:05:00Z", &["10.0.1.15"]);
         let mut interner = Interner::default();
-        let entries: HashMap<Arc<str>, PodEntry> = [&old, &new, &same]
+        let entries: FxHashMap<Arc<str>, PodEntry> = [&old, &new, &same]
             .into_iter()
             .map(|json| {
                 let view = pod(json.clone());
                 (pod_key(&view), pod_entry(&view, &mut interner).unwrap())
             })
             .collect();
-        let nodes = HashMap::new();
+        let nodes = FxHashMap::default();
         let name = |o: Owner<'_>| match o {
             Owner::Pod(p) => p.name.to_string(),
             Owner::Node(n, _) => n.to_string(),

@@ -18,7 +18,6 @@
 //! counted here, where they are decided, and reported with the changes
 //! ([`SourceChanges::conflicts`], a few of them in detail for the log).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -38,19 +37,19 @@ use crate::sources::kubernetes_source_name;
 /// The entries of one kind: the live ones, and a new list being gathered.
 #[derive(Debug)]
 pub(super) struct Table<E> {
-    live: HashMap<Arc<str>, E>,
-    listing: Option<HashMap<Arc<str>, E>>,
+    live: FxHashMap<Arc<str>, E>,
+    listing: Option<FxHashMap<Arc<str>, E>>,
     /// Has completed a full list at least once.
     pub(super) listed: bool,
 }
 
 impl<E: PartialEq> Table<E> {
     fn new() -> Table<E> {
-        Table { live: HashMap::new(), listing: None, listed: false }
+        Table { live: FxHashMap::default(), listing: None, listed: false }
     }
 
     fn init(&mut self) {
-        self.listing = Some(HashMap::new());
+        self.listing = Some(FxHashMap::default());
     }
 
     fn init_apply(&mut self, key: Arc<str>, entry: Option<E>) {
@@ -61,11 +60,11 @@ impl<E: PartialEq> Table<E> {
 
     /// Swaps the new list in (objects that were not listed are gone); returns the entries
     /// it replaced.
-    fn init_done(&mut self) -> HashMap<Arc<str>, E> {
+    fn init_done(&mut self) -> FxHashMap<Arc<str>, E> {
         self.listed = true;
         match self.listing.take() {
             Some(listing) => std::mem::replace(&mut self.live, listing),
-            None => HashMap::new(),
+            None => FxHashMap::default(),
         }
     }
 
