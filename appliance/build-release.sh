@@ -15,6 +15,7 @@
 #   bin/labelwall-config-sync           policy/inventory sync from S3
 #   systemd/labelwall.service, systemd/labelwall-config-sync.{service,timer},
 #   systemd/labelwall-logrotate.{service,timer}  flow log size check every 5 minutes
+#   systemd/labelwall-journal-export.service   journal copy for the CloudWatch agent
 #   sysctl/90-labelwall.conf            socket buffer and backlog tuning
 #   logrotate/labelwall                 flow log rotation
 #   examples/{labelwall,policy,inventory}.yaml
@@ -73,7 +74,7 @@ install -m 0755 "$bin" "$dir/bin/labelwall"
 install -m 0755 appliance/bin/labelwall-config-sync "$dir/bin/labelwall-config-sync"
 install -m 0644 appliance/systemd/labelwall.service appliance/systemd/labelwall-config-sync.service \
   appliance/systemd/labelwall-config-sync.timer appliance/systemd/labelwall-logrotate.service \
-  appliance/systemd/labelwall-logrotate.timer "$dir/systemd/"
+  appliance/systemd/labelwall-logrotate.timer appliance/systemd/labelwall-journal-export.service "$dir/systemd/"
 install -m 0644 appliance/sysctl/90-labelwall.conf "$dir/sysctl/"
 install -m 0644 appliance/logrotate/labelwall "$dir/logrotate/"
 install -m 0644 appliance/examples/labelwall.yaml appliance/examples/policy.yaml \
