@@ -16,6 +16,8 @@
 #     SPEC.md and whose bootstrap script parses; shell scripts parse (and pass shellcheck when
 #     it is installed); the example configs parse
 #   - `labelwall check` of the example configs, when a built binary exists (never builds one)
+#   - .ci/test_rollout.py: labelwall-rollout and labelwall-config-sync against a fake AWS CLI
+#     and fake appliances on 127.0.0.1 (publish, canary, soak, promotion, rollback)
 #
 # Fails loudly (exit 1) when terraform or the provider mirror is missing. Writes nothing into
 # the repository: everything Terraform or checkov writes goes to a temporary directory.
@@ -316,9 +318,15 @@ if command -v shellcheck >/dev/null 2>&1; then
 else
   skip "shellcheck: not installed and not installable here"
 fi
-for s in appliance/build-release.sh appliance/bin/labelwall-config-sync .ci/deploy-checks.sh; do
+for s in appliance/build-release.sh appliance/bin/labelwall-config-sync appliance/bin/labelwall-rollout .ci/deploy-checks.sh; do
   [ -x "$s" ] || fail "$s is not executable (chmod +x)"
 done
+
+# The staged rollout: labelwall-rollout (publish, canary, soak, promote, roll back) and
+# labelwall-config-sync against a fake AWS CLI and fake appliances serving /metrics and
+# /readyz on 127.0.0.1; bounded to 3 minutes (it takes about 20 s).
+check "labelwall-rollout and labelwall-config-sync against fake AWS and fake metrics endpoints ($(grep -c '    def test_' .ci/test_rollout.py) tests)" \
+  timeout 180 python3 -W error::ResourceWarning .ci/test_rollout.py
 
 # labelwall check of the examples, only with a binary someone already built.
 bin=""

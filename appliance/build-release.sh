@@ -12,7 +12,8 @@
 #
 # Layout inside the tarball (one top-level directory, stripped by the installer):
 #   bin/labelwall                       the appliance binary (cargo build --release --locked)
-#   bin/labelwall-config-sync           policy/inventory sync from S3
+#   bin/labelwall-config-sync           loads the bundle its pointer (SSM) names
+#   bin/labelwall-rollout               publish, canary, promote, roll back (operator side)
 #   systemd/labelwall.service, systemd/labelwall-config-sync.{service,timer},
 #   systemd/labelwall-logrotate.{service,timer}  flow log size check every 5 minutes
 #   systemd/labelwall-journal-export.service   journal copy for the CloudWatch agent
@@ -72,6 +73,7 @@ install -d "$dir/bin" "$dir/systemd" "$dir/sysctl" "$dir/logrotate" "$dir/exampl
 
 install -m 0755 "$bin" "$dir/bin/labelwall"
 install -m 0755 appliance/bin/labelwall-config-sync "$dir/bin/labelwall-config-sync"
+install -m 0755 appliance/bin/labelwall-rollout "$dir/bin/labelwall-rollout"
 install -m 0644 appliance/systemd/labelwall.service appliance/systemd/labelwall-config-sync.service \
   appliance/systemd/labelwall-config-sync.timer appliance/systemd/labelwall-logrotate.service \
   appliance/systemd/labelwall-logrotate.timer appliance/systemd/labelwall-journal-export.service "$dir/systemd/"
