@@ -31,7 +31,7 @@
 set -uo pipefail
 
 CHECKOV_VERSION="3.3.30"
-TF_ROOTS=(terraform/modules/inspection-vpc terraform/modules/gwlb-endpoints terraform/examples/eks-egress)
+TF_ROOTS=(terraform/modules/inspection-vpc terraform/modules/gwlb-endpoints terraform/examples/eks-egress terraform/examples/east-west)
 
 passed=0
 failed=0
@@ -283,29 +283,36 @@ cat >"$tmp/check_examples.py" <<'EOF'
 import sys, yaml
 cfg = yaml.safe_load(open("appliance/examples/labelwall.yaml"))
 assert set(cfg) <= {"dataplane", "admin", "policy", "labels", "flow_log"}, set(cfg)
-pol = yaml.safe_load(open("appliance/examples/policy.yaml"))
-assert pol["default_action"] in ("allow", "deny", "reject", "audit")
-groups = set(pol["groups"]) | {"any"}
-kinds = {"pods", "nodes", "external", "cidrs", "except"}
-for name, g in pol["groups"].items():
-    assert set(g) <= kinds, f"group {name}: {set(g) - kinds}"
-names = set()
-for r in pol["rules"]:
-    assert r["name"] not in names, f"duplicate rule {r['name']}"
-    names.add(r["name"])
-    assert set(r) <= {"name", "from", "to", "ports", "action", "log"}, r
-    assert r["action"] in ("allow", "deny", "reject", "audit"), r
-    for g in r["from"] + r["to"]:
-        assert g in groups, f"rule {r['name']}: unknown group {g}"
-inv = yaml.safe_load(open("appliance/examples/inventory.yaml"))
-for e in inv["endpoints"]:
-    assert set(e) <= {"ip", "cluster", "namespace", "name", "kind", "labels"}, e
-    assert e["kind"] in ("pod", "node", "external"), e
-# The scenario: ratings may reach the database, and the database is where Terraform puts it.
-assert any(r["from"] == ["ratings"] and r["to"] == ["rating-database"] and r["action"] == "allow" for r in pol["rules"])
+def check_pair(d):
+    pol = yaml.safe_load(open(f"{d}/policy.yaml"))
+    assert pol["default_action"] in ("allow", "deny", "reject", "audit")
+    groups = set(pol["groups"]) | {"any"}
+    kinds = {"pods", "nodes", "external", "cidrs", "except", "domains"}
+    for name, g in pol["groups"].items():
+        assert set(g) <= kinds, f"{d} group {name}: {set(g) - kinds}"
+    names = set()
+    for r in pol["rules"]:
+        assert r["name"] not in names, f"{d}: duplicate rule {r['name']}"
+        names.add(r["name"])
+        assert set(r) <= {"name", "from", "to", "ports", "action", "log"}, r
+        assert r["action"] in ("allow", "deny", "reject", "audit"), r
+        for g in r["from"] + r["to"]:
+            assert g in groups, f"{d} rule {r['name']}: unknown group {g}"
+    inv = yaml.safe_load(open(f"{d}/inventory.yaml"))
+    for e in inv["endpoints"]:
+        assert set(e) <= {"ip", "cluster", "namespace", "name", "kind", "labels"}, e
+        assert e["kind"] in ("pod", "node", "external"), e
+    # The scenario: ratings may reach the database.
+    assert any(r["from"] == ["ratings"] and r["to"] == ["rating-database"] and r["action"] == "allow" for r in pol["rules"])
+    return pol, inv
+
+_, inv = check_pair("appliance/examples")
+# The databases are where Terraform puts them (eks-egress: 10.0.200.10, east-west: 10.20.0.10).
 assert any(e["ip"] == "10.0.200.10" for e in inv["endpoints"])
+_, inv = check_pair("appliance/examples/east-west")
+assert any(e["ip"] == "10.20.0.10" for e in inv["endpoints"])
 EOF
-check "example labelwall.yaml, policy.yaml, inventory.yaml parse and follow SPEC.md" "$py" "$tmp/check_examples.py"
+check "example labelwall.yaml and the eks-egress and east-west policy.yaml, inventory.yaml parse and follow SPEC.md" "$py" "$tmp/check_examples.py"
 
 scripts=(appliance/build-release.sh appliance/bin/labelwall-config-sync .ci/deploy-checks.sh)
 [ -f "$tmp/bootstrap.sh" ] && scripts+=("$tmp/bootstrap.sh")
@@ -341,6 +348,10 @@ if [ -n "$bin" ] && "$bin" check --help 2>&1 | grep -q -- '--config'; then
   sed -e "s#/etc/labelwall/#$ex/#g" -e '/^  kubernetes:/,/^[a-z]/{/^  kubernetes:/c\  kubernetes: []
 /^    /d}' -e "s#/var/log/labelwall/#$ex/#g" appliance/examples/labelwall.yaml >"$ex/labelwall.yaml"
   check "labelwall check of appliance/examples ($bin)" "$bin" check -c "$ex/labelwall.yaml"
+  # The east-west bundle, as labelwall-rollout publish checks a bundle: policy and inventory only.
+  printf 'policy: %s\nlabels:\n  inventory: [%s]\n' "$repo/appliance/examples/east-west/policy.yaml" \
+    "$repo/appliance/examples/east-west/inventory.yaml" >"$ex/east-west.yaml"
+  check "labelwall check of appliance/examples/east-west ($bin)" "$bin" check -c "$ex/east-west.yaml"
 else
   skip "labelwall check of appliance/examples: no built labelwall with a check command in target/ (this script never builds)"
 fi

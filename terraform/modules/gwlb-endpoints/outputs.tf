@@ -30,3 +30,13 @@ output "source_routes" {
     }
   }
 }
+
+output "post_inspection_routes" {
+  description = "Where inspected traffic goes next, per zone: zone ID => destination => NAT gateway or transit gateway ID (routes of the endpoint subnets' tables)."
+  value = {
+    for az in keys(var.zones) : az => merge(
+      { for r in aws_route.nat : r.destination_cidr_block => r.nat_gateway_id if r.route_table_id == aws_route_table.endpoint[az].id },
+      { for r in aws_route.transit_gateway : r.destination_cidr_block => r.transit_gateway_id if r.route_table_id == aws_route_table.endpoint[az].id },
+    )
+  }
+}
