@@ -4,8 +4,10 @@
 # instance refresh's alarm specification, so a bad launch template rolls itself back.
 
 locals {
-  # The count each zone is built with: its share of the fleet's minimum plus its canary.
-  healthy_per_zone = max(1, floor(var.min_size / length(var.availability_zone_ids))) + (var.canary_enabled ? 1 : 0)
+  # The count each zone is built with: its share of the fleet's minimum plus its canary. With
+  # cross-zone on and fewer appliances than zones a zone may hold no fleet appliance at all;
+  # its share is then 0, not 1, or the alarm would fire (and block every refresh) for good.
+  healthy_per_zone = floor(var.min_size / length(var.availability_zone_ids)) + (var.canary_enabled ? 1 : 0)
 }
 
 resource "aws_cloudwatch_metric_alarm" "zone_healthy_hosts" {

@@ -225,6 +225,11 @@ run "every_path_of_the_example_is_symmetric" {
 
   # NAT gateways sit alone in their subnets; the load balancers' subnets are others.
   assert {
+    condition     = alltrue([for n in aws_nat_gateway.eks : !contains([for s in aws_subnet.public : s.id], n.subnet_id)])
+    error_message = "No NAT gateway may sit in a load balancer (public) subnet: its table routes pod CIDRs through the endpoints, so LB -> pod would be inspected and pod -> LB not."
+  }
+
+  assert {
     condition     = alltrue([for id, n in aws_nat_gateway.eks : n.subnet_id == aws_subnet.nat[id].id]) && length(setintersection([for s in aws_subnet.nat : s.id], [for s in aws_subnet.public : s.id])) == 0
     error_message = "NAT gateways must be in their own subnets, not in the load balancers' public subnets."
   }

@@ -325,6 +325,29 @@ run "logs_are_shipped_off_the_instance" {
   }
 }
 
+run "with_cross_zone_and_fewer_appliances_than_zones_the_zone_alarm_counts_only_the_canary" {
+  command = plan
+
+  variables {
+    availability_zone_ids     = ["euw1-az1", "euw1-az2", "euw1-az3"]
+    min_size                  = 2
+    cross_zone_load_balancing = true
+  }
+
+  override_data {
+    target = data.aws_availability_zones.selected
+    values = {
+      names    = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+      zone_ids = ["euw1-az1", "euw1-az2", "euw1-az3"]
+    }
+  }
+
+  assert {
+    condition     = alltrue([for a in aws_cloudwatch_metric_alarm.zone_healthy_hosts : a.threshold == 1])
+    error_message = "A zone that may hold no fleet appliance must only require its canary, or the alarm blocks every refresh."
+  }
+}
+
 run "retention_must_be_a_cloudwatch_value" {
   command = plan
 
