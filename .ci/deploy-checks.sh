@@ -144,6 +144,9 @@ for root in "${TF_ROOTS[@]}"; do
   fi
 done
 
+check "applies reset neither the fleet's size nor the bundle pointers (lifecycle ignore_changes)" \
+  python3 .ci/check_lifecycle.py
+
 # ---------------------------------------------------------------------------------------------
 # checkov (PyPI), in its own virtualenv so it cannot disturb the machine's Python packages.
 # ---------------------------------------------------------------------------------------------
