@@ -16,6 +16,8 @@
 #     SPEC.md and whose bootstrap script parses; shell scripts parse (and pass shellcheck when
 #     it is installed); the example configs parse
 #   - `labelwall check` of the example configs, when a built binary exists (never builds one)
+#   - .ci/test_rollout.py: labelwall-rollout and labelwall-config-sync against a fake AWS CLI
+#     and fake appliances on 127.0.0.1 (publish, canary, soak, promotion, rollback)
 #
 # Fails loudly (exit 1) when terraform or the provider mirror is missing. Writes nothing into
 # the repository: everything Terraform or checkov writes goes to a temporary directory.
@@ -29,7 +31,7 @@
 set -uo pipefail
 
 CHECKOV_VERSION="3.3.30"
-TF_ROOTS=(terraform/modules/inspection-vpc terraform/modules/gwlb-endpoints terraform/examples/eks-egress)
+TF_ROOTS=(terraform/modules/inspection-vpc terraform/modules/gwlb-endpoints terraform/examples/eks-egress terraform/examples/east-west)
 
 passed=0
 failed=0
@@ -142,6 +144,9 @@ for root in "${TF_ROOTS[@]}"; do
   fi
 done
 
+check "applies reset neither the fleet's size nor the bundle pointers (lifecycle ignore_changes)" \
+  python3 .ci/check_lifecycle.py
+
 # ---------------------------------------------------------------------------------------------
 # checkov (PyPI), in its own virtualenv so it cannot disturb the machine's Python packages.
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +197,8 @@ if command -v systemd-analyze >/dev/null 2>&1; then
   chmod +x "$units/stub"
   for u in appliance/systemd/*.service appliance/systemd/*.timer; do
     sed -e "s#/usr/local/bin/labelwall#$units/stub#g" \
-        -e "s#/usr/local/sbin/labelwall-config-sync#$units/stub#g" "$u" >"$units/$(basename "$u")"
+        -e "s#/usr/local/sbin/labelwall-config-sync#$units/stub#g" \
+        -e "s#/usr/bin/journalctl#$units/stub#g" "$u" >"$units/$(basename "$u")"
   done
   log="$tmp/systemd-verify.log"
   (cd "$units" && SYSTEMD_LOG_LEVEL=notice systemd-analyze verify --man=no ./*.service ./*.timer) >"$log" 2>&1
@@ -231,47 +237,47 @@ py="python3"
 
 render="$tmp/render"
 mkdir -p "$render"
+# Two renders: GWLB's default TCP idle timeout (350 s, labelwall's own default: no flows key)
+# and 900 s (flows.tcp_idle_timeout must follow the listener).
 cat >"$render/main.tf" <<EOF
-output "user_data" {
-  value = templatefile("$repo/appliance/cloud-init/user-data.yaml.tftpl", {
+locals {
+  vars = {
     release_url          = "s3://example-bucket/releases/labelwall-0.1.0-x86_64-linux.tar.gz"
     release_sha256       = "0000000000000000000000000000000000000000000000000000000000000000"
     config_s3_uri        = "s3://example-bucket/labelwall"
+    bundle_parameter     = "/labelwall/prod/bundle/canary"
+    channel              = "canary"
     config_sync_interval = 60
     aws_region           = "eu-west-1"
     admin_port           = 8080
     dataplane_workers    = 0
     allowed_peers        = ["10.100.0.0/24", "10.100.1.0/24"]
+    tcp_idle_timeout     = 350
     flow_log_path        = "/var/log/labelwall/flows.jsonl"
-    kubernetes_clusters  = [{ cluster = "eks-prod", eks_cluster_name = "prod", region = "eu-west-1" }]
-  })
+    kubernetes_clusters = [
+      { cluster = "eks-prod", eks_cluster_name = "prod", region = "eu-west-1", account_id = "123456789012", describe_role_arn = "", endpoint = "", certificate_authority_data = "" },
+      { cluster = "payments", eks_cluster_name = "payments", region = "eu-west-1", account_id = "210987654321", describe_role_arn = "arn:aws:iam::210987654321:role/labelwall-describe", endpoint = "", certificate_authority_data = "" },
+    ]
+    cloudwatch_agent_config = templatefile("$repo/appliance/cloudwatch/amazon-cloudwatch-agent.json.tftpl", {
+      flow_log_path     = "/var/log/labelwall/flows.jsonl"
+      flow_log_group    = "/labelwall/prod/flows"
+      journal_log_group = "/labelwall/prod/journal"
+    })
+  }
+}
+output "user_data" {
+  value = templatefile("$repo/appliance/cloud-init/user-data.yaml.tftpl", local.vars)
+}
+output "user_data_900" {
+  value = templatefile("$repo/appliance/cloud-init/user-data.yaml.tftpl", merge(local.vars, { tcp_idle_timeout = 900 }))
 }
 EOF
 log="$tmp/render.log"
 if (cd "$render" && "$TERRAFORM" init -input=false -no-color && "$TERRAFORM" apply -auto-approve -input=false -no-color \
-  && "$TERRAFORM" output -raw user_data >"$render/user-data.yaml") >"$log" 2>&1; then
+  && "$TERRAFORM" output -raw user_data >"$render/user-data.yaml" && "$TERRAFORM" output -raw user_data_900 >"$render/user-data-900.yaml") >"$log" 2>&1; then
   pass "cloud-init template renders with templatefile()"
-  cat >"$tmp/check_userdata.py" <<'EOF'
-import sys, yaml
-doc = yaml.safe_load(open(sys.argv[1]))
-files = {f["path"]: f["content"] for f in doc["write_files"]}
-assert doc["runcmd"] == [["/usr/local/libexec/labelwall/bootstrap"]], doc["runcmd"]
-cfg = yaml.safe_load(files["/etc/labelwall/labelwall.yaml"])
-spec = {"dataplane": {"listen", "workers", "reply_port", "allowed_peers"}, "admin": {"listen"}, "policy": None,
-        "labels": {"inventory", "kubernetes"}, "flow_log": {"path"}}
-for key, value in cfg.items():
-    assert key in spec, f"labelwall.yaml key {key!r} is not in SPEC.md"
-    if spec[key] is not None:
-        unknown = set(value) - spec[key]
-        assert not unknown, f"labelwall.yaml {key}: keys {unknown} are not in SPEC.md"
-assert cfg["admin"]["listen"] == "0.0.0.0:8080" and cfg["dataplane"]["listen"] == "0.0.0.0:6081"
-assert cfg["dataplane"]["allowed_peers"] == ["10.100.0.0/24", "10.100.1.0/24"], cfg["dataplane"]
-for k in cfg["labels"]["kubernetes"]:
-    assert set(k) <= {"cluster", "kubeconfig", "in_cluster"}, k
-open(sys.argv[2], "w").write(files["/usr/local/libexec/labelwall/bootstrap"])
-EOF
-  check "cloud-init user data is YAML; its labelwall.yaml uses SPEC.md keys only" \
-    "$py" "$tmp/check_userdata.py" "$render/user-data.yaml" "$tmp/bootstrap.sh"
+  check "cloud-init user data is YAML; labelwall.yaml has SPEC.md keys only (flows.tcp_idle_timeout only off the 350 s default); the agent ships flows and journal" \
+    "$py" .ci/check_userdata.py "$render/user-data.yaml" "$render/user-data-900.yaml" "$tmp/bootstrap.sh"
 else
   fail "cloud-init template renders with templatefile()" "$log"
 fi
@@ -280,29 +286,36 @@ cat >"$tmp/check_examples.py" <<'EOF'
 import sys, yaml
 cfg = yaml.safe_load(open("appliance/examples/labelwall.yaml"))
 assert set(cfg) <= {"dataplane", "admin", "policy", "labels", "flow_log"}, set(cfg)
-pol = yaml.safe_load(open("appliance/examples/policy.yaml"))
-assert pol["default_action"] in ("allow", "deny", "reject", "audit")
-groups = set(pol["groups"]) | {"any"}
-kinds = {"pods", "nodes", "external", "cidrs", "except"}
-for name, g in pol["groups"].items():
-    assert set(g) <= kinds, f"group {name}: {set(g) - kinds}"
-names = set()
-for r in pol["rules"]:
-    assert r["name"] not in names, f"duplicate rule {r['name']}"
-    names.add(r["name"])
-    assert set(r) <= {"name", "from", "to", "ports", "action", "log"}, r
-    assert r["action"] in ("allow", "deny", "reject", "audit"), r
-    for g in r["from"] + r["to"]:
-        assert g in groups, f"rule {r['name']}: unknown group {g}"
-inv = yaml.safe_load(open("appliance/examples/inventory.yaml"))
-for e in inv["endpoints"]:
-    assert set(e) <= {"ip", "cluster", "namespace", "name", "kind", "labels"}, e
-    assert e["kind"] in ("pod", "node", "external"), e
-# The scenario: ratings may reach the database, and the database is where Terraform puts it.
-assert any(r["from"] == ["ratings"] and r["to"] == ["rating-database"] and r["action"] == "allow" for r in pol["rules"])
+def check_pair(d):
+    pol = yaml.safe_load(open(f"{d}/policy.yaml"))
+    assert pol["default_action"] in ("allow", "deny", "reject", "audit")
+    groups = set(pol["groups"]) | {"any"}
+    kinds = {"pods", "nodes", "external", "cidrs", "except", "domains"}
+    for name, g in pol["groups"].items():
+        assert set(g) <= kinds, f"{d} group {name}: {set(g) - kinds}"
+    names = set()
+    for r in pol["rules"]:
+        assert r["name"] not in names, f"{d}: duplicate rule {r['name']}"
+        names.add(r["name"])
+        assert set(r) <= {"name", "from", "to", "ports", "action", "log"}, r
+        assert r["action"] in ("allow", "deny", "reject", "audit"), r
+        for g in r["from"] + r["to"]:
+            assert g in groups, f"{d} rule {r['name']}: unknown group {g}"
+    inv = yaml.safe_load(open(f"{d}/inventory.yaml"))
+    for e in inv["endpoints"]:
+        assert set(e) <= {"ip", "cluster", "namespace", "name", "kind", "labels"}, e
+        assert e["kind"] in ("pod", "node", "external"), e
+    # The scenario: ratings may reach the database.
+    assert any(r["from"] == ["ratings"] and r["to"] == ["rating-database"] and r["action"] == "allow" for r in pol["rules"])
+    return pol, inv
+
+_, inv = check_pair("appliance/examples")
+# The databases are where Terraform puts them (eks-egress: 10.0.200.10, east-west: 10.20.0.10).
 assert any(e["ip"] == "10.0.200.10" for e in inv["endpoints"])
+_, inv = check_pair("appliance/examples/east-west")
+assert any(e["ip"] == "10.20.0.10" for e in inv["endpoints"])
 EOF
-check "example labelwall.yaml, policy.yaml, inventory.yaml parse and follow SPEC.md" "$py" "$tmp/check_examples.py"
+check "example labelwall.yaml and the eks-egress and east-west policy.yaml, inventory.yaml parse and follow SPEC.md" "$py" "$tmp/check_examples.py"
 
 scripts=(appliance/build-release.sh appliance/bin/labelwall-config-sync .ci/deploy-checks.sh)
 [ -f "$tmp/bootstrap.sh" ] && scripts+=("$tmp/bootstrap.sh")
@@ -315,9 +328,15 @@ if command -v shellcheck >/dev/null 2>&1; then
 else
   skip "shellcheck: not installed and not installable here"
 fi
-for s in appliance/build-release.sh appliance/bin/labelwall-config-sync .ci/deploy-checks.sh; do
+for s in appliance/build-release.sh appliance/bin/labelwall-config-sync appliance/bin/labelwall-rollout .ci/deploy-checks.sh; do
   [ -x "$s" ] || fail "$s is not executable (chmod +x)"
 done
+
+# The staged rollout: labelwall-rollout (publish, canary, soak, promote, roll back) and
+# labelwall-config-sync against a fake AWS CLI and fake appliances serving /metrics and
+# /readyz on 127.0.0.1; bounded to 3 minutes (it takes about 20 s).
+check "labelwall-rollout and labelwall-config-sync against fake AWS and fake metrics endpoints ($(grep -c '    def test_' .ci/test_rollout.py) tests)" \
+  timeout 180 python3 -W error::ResourceWarning .ci/test_rollout.py
 
 # labelwall check of the examples, only with a binary someone already built.
 bin=""
@@ -332,6 +351,10 @@ if [ -n "$bin" ] && "$bin" check --help 2>&1 | grep -q -- '--config'; then
   sed -e "s#/etc/labelwall/#$ex/#g" -e '/^  kubernetes:/,/^[a-z]/{/^  kubernetes:/c\  kubernetes: []
 /^    /d}' -e "s#/var/log/labelwall/#$ex/#g" appliance/examples/labelwall.yaml >"$ex/labelwall.yaml"
   check "labelwall check of appliance/examples ($bin)" "$bin" check -c "$ex/labelwall.yaml"
+  # The east-west bundle, as labelwall-rollout publish checks a bundle: policy and inventory only.
+  printf 'policy: %s\nlabels:\n  inventory: [%s]\n' "$repo/appliance/examples/east-west/policy.yaml" \
+    "$repo/appliance/examples/east-west/inventory.yaml" >"$ex/east-west.yaml"
+  check "labelwall check of appliance/examples/east-west ($bin)" "$bin" check -c "$ex/east-west.yaml"
 else
   skip "labelwall check of appliance/examples: no built labelwall with a check command in target/ (this script never builds)"
 fi

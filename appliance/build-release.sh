@@ -12,9 +12,11 @@
 #
 # Layout inside the tarball (one top-level directory, stripped by the installer):
 #   bin/labelwall                       the appliance binary (cargo build --release --locked)
-#   bin/labelwall-config-sync           policy/inventory sync from S3
+#   bin/labelwall-config-sync           loads the bundle its pointer (SSM) names
+#   bin/labelwall-rollout               publish, canary, promote, roll back (operator side)
 #   systemd/labelwall.service, systemd/labelwall-config-sync.{service,timer},
 #   systemd/labelwall-logrotate.{service,timer}  flow log size check every 5 minutes
+#   systemd/labelwall-journal-export.service   journal copy for the CloudWatch agent
 #   sysctl/90-labelwall.conf            socket buffer and backlog tuning
 #   logrotate/labelwall                 flow log rotation
 #   examples/{labelwall,policy,inventory}.yaml
@@ -71,9 +73,10 @@ install -d "$dir/bin" "$dir/systemd" "$dir/sysctl" "$dir/logrotate" "$dir/exampl
 
 install -m 0755 "$bin" "$dir/bin/labelwall"
 install -m 0755 appliance/bin/labelwall-config-sync "$dir/bin/labelwall-config-sync"
+install -m 0755 appliance/bin/labelwall-rollout "$dir/bin/labelwall-rollout"
 install -m 0644 appliance/systemd/labelwall.service appliance/systemd/labelwall-config-sync.service \
   appliance/systemd/labelwall-config-sync.timer appliance/systemd/labelwall-logrotate.service \
-  appliance/systemd/labelwall-logrotate.timer "$dir/systemd/"
+  appliance/systemd/labelwall-logrotate.timer appliance/systemd/labelwall-journal-export.service "$dir/systemd/"
 install -m 0644 appliance/sysctl/90-labelwall.conf "$dir/sysctl/"
 install -m 0644 appliance/logrotate/labelwall "$dir/logrotate/"
 install -m 0644 appliance/examples/labelwall.yaml appliance/examples/policy.yaml \

@@ -16,6 +16,17 @@ locals {
   config_s3_uri = "s3://${local.config_bucket}/labelwall"
   release_name  = basename(var.release_tarball_path)
   cluster_label = "eks-prod" # the cluster name appliance/examples/policy.yaml and inventory.yaml use
+
+  # The first policy bundle, built the way labelwall-rollout publish builds one: SHA256SUMS
+  # lists both files' hashes, and the bundle's ID is the hash of SHA256SUMS. Later bundles are
+  # published with the script; Terraform never overwrites the pointers (inspection-vpc).
+  bundle_files = {
+    "inventory.yaml" = "${path.module}/../../../appliance/examples/inventory.yaml"
+    "policy.yaml"    = "${path.module}/../../../appliance/examples/policy.yaml"
+  }
+  bundle_manifest = join("", [for name in sort(keys(local.bundle_files)) : "${filesha256(local.bundle_files[name])}  ${name}\n"])
+  bundle_id       = sha256(local.bundle_manifest)
+  appliance_count = coalesce(var.appliance_count, 2 * var.zone_count)
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -25,12 +36,18 @@ locals {
 module "inspection" {
   source = "../../modules/inspection-vpc"
 
-  name               = "${var.name}-lw"
-  tags               = var.tags
-  vpc_cidr           = "10.100.0.0/16"
-  availability_zones = keys(local.zones)
-  instance_type      = var.appliance_instance_type
-  scrape_cidrs       = var.scrape_cidrs
+  name                  = "${var.name}-lw"
+  tags                  = var.tags
+  vpc_cidr              = "10.100.0.0/16"
+  availability_zone_ids = keys(local.zones)
+  instance_type         = var.appliance_instance_type
+  scrape_cidrs          = var.scrape_cidrs
+
+  # Two fleet appliances per zone (plus one canary each) unless cross-zone is on.
+  min_size                  = local.appliance_count
+  max_size                  = 2 * local.appliance_count
+  cross_zone_load_balancing = var.cross_zone_load_balancing
+  alarm_actions             = var.alarm_actions
 
   # The demo is meant to be destroyed again.
   deletion_protection = false
@@ -40,6 +57,9 @@ module "inspection" {
   release_url    = "s3://${aws_s3_object.release.bucket}/${aws_s3_object.release.key}"
   release_sha256 = filesha256(var.release_tarball_path)
   config_s3_uri  = local.config_s3_uri
+  # Taken from the uploaded manifest's key (bundles/ID/SHA256SUMS) so that the pointers, and
+  # the appliances reading them, come after the bundle exists.
+  initial_bundle_id = split("/", aws_s3_object.bundle_manifest.key)[2]
 
   kubernetes_clusters = [
     { cluster = local.cluster_label, eks_cluster_name = aws_eks_cluster.this.name },
@@ -147,19 +167,24 @@ resource "aws_s3_object" "release" {
   source_hash = filemd5(var.release_tarball_path)
 }
 
-resource "aws_s3_object" "policy" {
+# The first bundle: immutable objects under bundles/ID/ (see local.bundle_id).
+resource "aws_s3_object" "bundle_manifest" {
   bucket       = aws_s3_bucket.config.id
-  key          = "labelwall/policy.yaml"
-  source       = "${path.module}/../../../appliance/examples/policy.yaml"
-  source_hash  = filemd5("${path.module}/../../../appliance/examples/policy.yaml")
-  content_type = "application/yaml"
+  key          = "labelwall/bundles/${local.bundle_id}/SHA256SUMS"
+  content      = local.bundle_manifest
+  content_type = "text/plain"
+
+  # The manifest last, as labelwall-rollout publishes: a bundle whose manifest exists is whole.
+  depends_on = [aws_s3_object.bundle_file]
 }
 
-resource "aws_s3_object" "inventory" {
+resource "aws_s3_object" "bundle_file" {
+  for_each = local.bundle_files
+
   bucket       = aws_s3_bucket.config.id
-  key          = "labelwall/inventory.yaml"
-  source       = "${path.module}/../../../appliance/examples/inventory.yaml"
-  source_hash  = filemd5("${path.module}/../../../appliance/examples/inventory.yaml")
+  key          = "labelwall/bundles/${local.bundle_id}/${each.key}"
+  source       = each.value
+  source_hash  = filemd5(each.value)
   content_type = "application/yaml"
 }
 
@@ -368,8 +393,8 @@ resource "aws_instance" "rating_database" {
 
   ami                    = nonsensitive(data.aws_ssm_parameter.al2023.value)
   instance_type          = "t3.micro"
-  subnet_id              = aws_subnet.database[keys(local.zones)[0]].id
-  private_ip             = cidrhost(local.database_cidrs[keys(local.zones)[0]], 10)
+  subnet_id              = aws_subnet.database[local.first_zone].id
+  private_ip             = cidrhost(local.database_cidrs[local.first_zone], 10)
   vpc_security_group_ids = [aws_security_group.database.id]
   monitoring             = true
   ebs_optimized          = true

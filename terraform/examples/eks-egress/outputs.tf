@@ -19,8 +19,23 @@ output "appliance_role_arn" {
 }
 
 output "config_s3_uri" {
-  description = "Where policy.yaml and inventory.yaml live; upload new versions here and the appliances pick them up within config_sync_interval."
+  description = "Prefix of the policy bundles: publish new ones with appliance/bin/labelwall-rollout publish --config-s3-uri this."
   value       = local.config_s3_uri
+}
+
+output "bundle_parameters" {
+  description = "The pointers (SSM parameters) of the fleet and canary channels."
+  value       = module.inspection.bundle_parameters
+}
+
+output "canary_autoscaling_groups" {
+  description = "Canary group per zone (labelwall-rollout --canary-asg)."
+  value       = module.inspection.canary_autoscaling_group_names
+}
+
+output "log_groups" {
+  description = "Where the flow log and the journal go."
+  value       = module.inspection.log_groups
 }
 
 output "gwlb_endpoint_ids" {

@@ -26,6 +26,29 @@ variable "zone_count" {
   }
 }
 
+variable "appliance_count" {
+  description = "Fleet appliances (the minimum of the autoscaling group; one canary per zone comes on top). null = two per zone. With cross_zone_load_balancing off each zone needs two: one appliance failure must not stop a zone's inspected traffic."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.appliance_count == null || var.cross_zone_load_balancing || coalesce(var.appliance_count, 0) >= 2 * var.zone_count
+    error_message = "appliance_count = ${coalesce(var.appliance_count, 0)} over ${var.zone_count} zones leaves a zone with fewer than two appliances while cross_zone_load_balancing is off: one failure would stop that zone's inspected traffic. Set appliance_count to at least ${2 * var.zone_count} (or null), or set cross_zone_load_balancing = true."
+  }
+}
+
+variable "cross_zone_load_balancing" {
+  description = "Let GWLB send a zone's flows to appliances of other zones (inter-zone data charges; fewer appliances needed). Off by default: each zone runs on its own appliances."
+  type        = bool
+  default     = false
+}
+
+variable "alarm_actions" {
+  description = "SNS topic ARNs notified by the appliances' alarms (the alarms also stop instance refreshes without any)."
+  type        = list(string)
+  default     = []
+}
+
 variable "kubernetes_version" {
   description = "Kubernetes version of the EKS cluster."
   type        = string

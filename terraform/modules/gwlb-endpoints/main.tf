@@ -17,13 +17,17 @@ locals {
     }
   ]...)
 
-  # "ZONE|INDEX|CIDR": INDEX is the position in return_route_table_ids, CIDR a source CIDR of ZONE.
+  # "ZONE|INDEX|CIDR": INDEX is the position in return_route_tables, CIDR a source CIDR of ZONE.
   return_routes = merge([
     for az, z in var.zones : {
-      for pair in setproduct(range(length(var.return_route_table_ids)), z.source_cidrs) :
-      "${az}|${pair[0]}|${pair[1]}" => { az = az, route_table_id = var.return_route_table_ids[pair[0]], destination = pair[1] }
+      for pair in setproduct(range(length(var.return_route_tables)), z.source_cidrs) :
+      "${az}|${pair[0]}|${pair[1]}" => { az = az, route_table_id = var.return_route_tables[pair[0]].route_table_id, destination = pair[1] }
     }
   ]...)
+
+  destinations_without_return_path = sort(tolist(setsubtract(var.inspected_destination_cidrs, concat(
+    flatten([for t in var.return_route_tables : t.for_destinations]), var.replies_via_source_route_tables,
+  ))))
 
   nat_routes = merge([
     for az, z in var.zones : {
@@ -40,12 +44,26 @@ locals {
   ]...)
 }
 
+# IPv6 is not routed through the endpoints by this module: in a dual-stack VPC, ::/0 through
+# an egress-only internet gateway would leave pods uninspected while the policy names "::/0".
+# Refuse the VPC instead of inspecting half of its traffic.
+data "aws_vpc" "consumer" {
+  id = var.vpc_id
+}
+
 resource "aws_subnet" "endpoint" {
   for_each = var.zones
 
-  vpc_id            = var.vpc_id
-  availability_zone = each.key
-  cidr_block        = each.value.endpoint_subnet_cidr
+  vpc_id               = var.vpc_id
+  availability_zone_id = each.key
+  cidr_block           = each.value.endpoint_subnet_cidr
+
+  lifecycle {
+    precondition {
+      condition     = data.aws_vpc.consumer.ipv6_cidr_block == null || data.aws_vpc.consumer.ipv6_cidr_block == ""
+      error_message = "VPC ${var.vpc_id} is dual-stack (IPv6 ${coalesce(data.aws_vpc.consumer.ipv6_cidr_block, "-")}): this module routes only IPv4 through the endpoints, so the pods' IPv6 traffic would leave uninspected although a policy may name ::/0. Use it with an IPv4-only VPC (disassociate the IPv6 CIDR)."
+    }
+  }
 
   tags = merge(var.tags, { Name = "${var.name}-gwlbe-${each.key}" })
 }
@@ -73,6 +91,21 @@ resource "aws_vpc_endpoint" "this" {
   vpc_endpoint_type = "GatewayLoadBalancer"
   # Exactly one subnet: a GWLB endpoint lives in one zone, and the routes below rely on it.
   subnet_ids = [aws_subnet.endpoint[each.key].id]
+
+  lifecycle {
+    # Inspection one way only is worse than none: labelwall sees half a flow and, under a
+    # default deny, drops what it cannot place. Every inspected destination must name where
+    # its replies enter, so that those get routes back through the same endpoint.
+    precondition {
+      condition     = length(local.destinations_without_return_path) == 0
+      error_message = "Inspected destinations without a return path: ${jsonencode(local.destinations_without_return_path)}. Their replies would bypass the endpoint (inspection one way only). Add the route table where each one's replies enter (its NAT gateway's subnet, the destination subnets, the transit gateway attachment subnets) to return_route_tables with the destination in for_destinations, or list it in replies_via_source_route_tables when replies arrive in the source subnets themselves."
+    }
+
+    precondition {
+      condition     = length(var.replies_via_source_route_tables) == 0 || alltrue([for c in each.value.source_cidrs : contains(var.inspected_destination_cidrs, c) || contains(var.inspected_destination_cidrs, "0.0.0.0/0")])
+      error_message = "replies_via_source_route_tables: replies go to zone ${each.key}'s source CIDRs ${jsonencode(each.value.source_cidrs)}, so the source tables must route those to the endpoint too: list them, or 0.0.0.0/0, in inspected_destination_cidrs."
+    }
+  }
 
   tags = merge(var.tags, { Name = "${var.name}-gwlbe-${each.key}" })
 }

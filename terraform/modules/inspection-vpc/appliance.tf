@@ -15,45 +15,64 @@ locals {
   # The networks GWLB's nodes send GENEVE from: the CIDRs of the subnets the GWLB is in, in
   # zone order. labelwall drops GENEVE from anywhere else (dataplane.allowed_peers, drop reason
   # peer_not_allowed), a second line behind the security group rules below.
-  gwlb_cidrs = [for az in var.availability_zones : aws_subnet.gwlb[az].cidr_block]
+  gwlb_cidrs = [for id in var.availability_zone_ids : aws_subnet.gwlb[id].cidr_block]
 
-  # s3://bucket/prefix -> bucket, prefix ("" for the whole bucket).
-  config_bucket = regex("^s3://([^/]+)", var.config_s3_uri)[0]
-  config_prefix = trim(replace(var.config_s3_uri, "s3://${local.config_bucket}", ""), "/")
-  config_uri    = local.config_prefix == "" ? "s3://${local.config_bucket}" : "s3://${local.config_bucket}/${local.config_prefix}"
-  config_object_arns = [
-    for f in ["policy.yaml", "inventory.yaml"] :
-    "arn:${data.aws_partition.current.partition}:s3:::${local.config_bucket}/${local.config_prefix == "" ? "" : "${local.config_prefix}/"}${f}"
-  ]
+  # s3://bucket/prefix -> bucket, prefix ("" for the whole bucket). Bundles live under
+  # PREFIX/bundles/ID/ and are immutable: a new policy is a new ID, never an overwrite.
+  config_bucket      = regex("^s3://([^/]+)", var.config_s3_uri)[0]
+  config_prefix      = trim(replace(var.config_s3_uri, "s3://${local.config_bucket}", ""), "/")
+  config_uri         = local.config_prefix == "" ? "s3://${local.config_bucket}" : "s3://${local.config_bucket}/${local.config_prefix}"
+  bundle_objects_arn = "arn:${data.aws_partition.current.partition}:s3:::${local.config_bucket}/${local.config_prefix == "" ? "" : "${local.config_prefix}/"}bundles/*"
 
   release_from_s3    = startswith(var.release_url, "s3://")
   release_object_arn = local.release_from_s3 ? "arn:${data.aws_partition.current.partition}:s3:::${trimprefix(var.release_url, "s3://")}" : null
 
   kubernetes_clusters = [
     for c in var.kubernetes_clusters : {
-      cluster          = c.cluster
-      eks_cluster_name = c.eks_cluster_name
-      region           = coalesce(c.region, data.aws_region.current.name)
+      cluster                    = c.cluster
+      eks_cluster_name           = c.eks_cluster_name
+      region                     = coalesce(c.region, data.aws_region.current.name)
+      account_id                 = coalesce(c.account_id, data.aws_caller_identity.current.account_id)
+      describe_role_arn          = c.describe_role_arn == null ? "" : c.describe_role_arn
+      endpoint                   = c.endpoint == null ? "" : c.endpoint
+      certificate_authority_data = c.certificate_authority_data == null ? "" : c.certificate_authority_data
     }
   ]
+  # Only clusters of this account described with the instance role itself: IAM in this account
+  # cannot grant eks:DescribeCluster on another account's cluster (EKS has no resource policy).
   eks_cluster_arns = [
     for c in local.kubernetes_clusters :
-    "arn:${data.aws_partition.current.partition}:eks:${c.region}:${data.aws_caller_identity.current.account_id}:cluster/${c.eks_cluster_name}"
+    "arn:${data.aws_partition.current.partition}:eks:${c.region}:${c.account_id}:cluster/${c.eks_cluster_name}"
+    if c.endpoint == "" && c.describe_role_arn == ""
   ]
+  describe_role_arns = distinct([for c in local.kubernetes_clusters : c.describe_role_arn if c.describe_role_arn != ""])
+
+  # The fleet follows one pointer, the canaries (one per zone) another; see rollout.tf.
+  channels = var.canary_enabled ? ["fleet", "canary"] : ["fleet"]
 
   user_data_template = coalesce(var.user_data_template_path, "${path.module}/../../../appliance/cloud-init/user-data.yaml.tftpl")
-  user_data = templatefile(local.user_data_template, {
-    release_url          = var.release_url
-    release_sha256       = var.release_sha256
-    config_s3_uri        = local.config_uri
-    config_sync_interval = var.config_sync_interval
-    aws_region           = data.aws_region.current.name
-    admin_port           = var.admin_port
-    dataplane_workers    = var.dataplane_workers
-    allowed_peers        = local.gwlb_cidrs
-    flow_log_path        = var.flow_log_path == null ? "" : var.flow_log_path
-    kubernetes_clusters  = local.kubernetes_clusters
-  })
+  user_data = {
+    for ch in local.channels : ch => templatefile(local.user_data_template, {
+      release_url          = var.release_url
+      release_sha256       = var.release_sha256
+      config_s3_uri        = local.config_uri
+      bundle_parameter     = aws_ssm_parameter.bundle[ch].name
+      channel              = ch
+      config_sync_interval = var.config_sync_interval
+      aws_region           = data.aws_region.current.name
+      admin_port           = var.admin_port
+      dataplane_workers    = var.dataplane_workers
+      allowed_peers        = local.gwlb_cidrs
+      tcp_idle_timeout     = var.tcp_idle_timeout
+      flow_log_path        = var.flow_log_path == null ? "" : var.flow_log_path
+      kubernetes_clusters  = local.kubernetes_clusters
+      cloudwatch_agent_config = templatefile("${path.module}/../../../appliance/cloudwatch/amazon-cloudwatch-agent.json.tftpl", {
+        flow_log_path     = var.flow_log_path == null || var.flow_log_path == "-" ? "" : var.flow_log_path
+        flow_log_group    = aws_cloudwatch_log_group.flows.name
+        journal_log_group = aws_cloudwatch_log_group.journal.name
+      })
+    })
+  }
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -178,9 +197,25 @@ resource "aws_iam_role" "appliance" {
 
 data "aws_iam_policy_document" "appliance" {
   statement {
-    sid       = "ReadConfig"
+    sid       = "ReadBundles"
     actions   = ["s3:GetObject"]
-    resources = local.config_object_arns
+    resources = [local.bundle_objects_arn]
+  }
+
+  # The pointers: which bundle each channel runs. Read only; labelwall-rollout, run by an
+  # operator or CI with its own credentials, is what moves them.
+  statement {
+    sid       = "ReadBundlePointers"
+    actions   = ["ssm:GetParameter"]
+    resources = [for p in aws_ssm_parameter.bundle : p.arn]
+  }
+
+  # The CloudWatch agent ships the flow log and the journal into these two groups only; the
+  # groups are created here (with their retention), so the agent needs no logs:CreateLogGroup.
+  statement {
+    sid       = "ShipLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+    resources = ["${aws_cloudwatch_log_group.flows.arn}:*", "${aws_cloudwatch_log_group.journal.arn}:*"]
   }
 
   dynamic "statement" {
@@ -199,6 +234,18 @@ data "aws_iam_policy_document" "appliance" {
     content {
       sid       = "DescribeWatchedClusters"
       actions   = ["eks:DescribeCluster"]
+      resources = statement.value
+    }
+  }
+
+  # Clusters in other accounts are described through a role there (kubernetes_clusters[]
+  # .describe_role_arn); the token itself is still made with this instance role.
+  dynamic "statement" {
+    for_each = length(local.describe_role_arns) > 0 ? [local.describe_role_arns] : []
+
+    content {
+      sid       = "DescribeClustersOfOtherAccounts"
+      actions   = ["sts:AssumeRole"]
       resources = statement.value
     }
   }
@@ -244,13 +291,17 @@ resource "aws_iam_instance_profile" "appliance" {
 # Launch template and autoscaling group
 # ---------------------------------------------------------------------------------------------
 
+# One launch template per channel: they differ only in which bundle pointer the appliance
+# follows (user data), so an instance refresh of either group changes nothing else.
 resource "aws_launch_template" "appliance" {
-  name_prefix            = "${var.name}-appliance-"
-  description            = "labelwall appliance (release sha256 ${substr(var.release_sha256, 0, 12)})"
+  for_each = toset(local.channels)
+
+  name_prefix            = "${var.name}-${each.key}-"
+  description            = "labelwall appliance, ${each.key} channel (release sha256 ${substr(var.release_sha256, 0, 12)})"
   image_id               = local.ami_id
   instance_type          = var.instance_type
   update_default_version = true
-  user_data              = base64encode(local.user_data)
+  user_data              = base64encode(local.user_data[each.key])
 
   iam_instance_profile {
     arn = aws_iam_instance_profile.appliance.arn
@@ -289,12 +340,12 @@ resource "aws_launch_template" "appliance" {
 
   tag_specifications {
     resource_type = "instance"
-    tags          = merge(var.tags, { Name = "${var.name}-labelwall" })
+    tags          = merge(var.tags, { Name = "${var.name}-labelwall-${each.key}", "labelwall/channel" = each.key })
   }
 
   tag_specifications {
     resource_type = "volume"
-    tags          = merge(var.tags, { Name = "${var.name}-labelwall" })
+    tags          = merge(var.tags, { Name = "${var.name}-labelwall-${each.key}" })
   }
 
   tags = var.tags
@@ -304,12 +355,20 @@ resource "aws_launch_template" "appliance" {
   }
 }
 
+locals {
+  # Shared by the fleet and the canary groups.
+  refresh_alarms = concat(
+    [for a in aws_cloudwatch_metric_alarm.zone_healthy_hosts : a.alarm_name],
+    [aws_cloudwatch_metric_alarm.unhealthy_hosts.alarm_name],
+  )
+}
+
 resource "aws_autoscaling_group" "appliance" {
   name                = "${var.name}-labelwall"
   vpc_zone_identifier = [for s in aws_subnet.appliance : s.id]
   min_size            = var.min_size
   max_size            = var.max_size
-  desired_capacity    = var.desired_capacity
+  desired_capacity    = coalesce(var.desired_capacity, var.min_size)
   target_group_arns   = [aws_lb_target_group.this.arn]
 
   # ELB health: an instance whose /readyz keeps failing is replaced, not just taken out of
@@ -324,8 +383,16 @@ resource "aws_autoscaling_group" "appliance" {
   wait_for_capacity_timeout = "15m"
 
   launch_template {
-    id      = aws_launch_template.appliance.id
-    version = aws_launch_template.appliance.latest_version
+    id      = aws_launch_template.appliance["fleet"].id
+    version = aws_launch_template.appliance["fleet"].latest_version
+  }
+
+  # Replacements of unhealthy or rebalanced instances launch first and terminate the old
+  # instance only once the new one is in service: a zone never drops below its count while
+  # the old instance waits out its deregistration delay.
+  instance_maintenance_policy {
+    min_healthy_percentage = 100
+    max_healthy_percentage = 200
   }
 
   instance_refresh {
@@ -337,6 +404,12 @@ resource "aws_autoscaling_group" "appliance" {
       instance_warmup        = var.instance_warmup
       skip_matching          = true
       auto_rollback          = true
+
+      # A refresh that takes a zone below its count, or leaves a target unhealthy, stops and
+      # rolls back by itself (alarms.tf).
+      alarm_specification {
+        alarms = local.refresh_alarms
+      }
     }
   }
 
@@ -350,11 +423,117 @@ resource "aws_autoscaling_group" "appliance" {
     }
   }
 
+  lifecycle {
+    # The target tracking policy owns the fleet's size once it exists: an apply must not
+    # shrink a fleet that scaled out for load.
+    ignore_changes = [desired_capacity]
+  }
+
   depends_on = [
     # The instances need their NAT path and S3 endpoint at boot, and the listener so that the
     # health checks start as soon as they are registered.
     aws_route.appliance_default,
     aws_vpc_endpoint.s3,
+    aws_vpc_endpoint.logs,
+    aws_lb_listener.this,
+    aws_iam_role_policy.appliance,
+  ]
+}
+
+# Keeps the fleet's average CPU (or packets in) per appliance at the target: scale out before
+# appliances saturate, scale in (through deregistration) when the load is gone.
+resource "aws_autoscaling_policy" "appliance" {
+  name                      = "${var.name}-labelwall-${var.autoscaling_metric}"
+  autoscaling_group_name    = aws_autoscaling_group.appliance.name
+  policy_type               = "TargetTrackingScaling"
+  estimated_instance_warmup = var.instance_warmup
+
+  target_tracking_configuration {
+    target_value = var.autoscaling_target
+
+    dynamic "predefined_metric_specification" {
+      for_each = var.autoscaling_metric == "cpu" ? [1] : []
+
+      content {
+        predefined_metric_type = "ASGAverageCPUUtilization"
+      }
+    }
+
+    dynamic "customized_metric_specification" {
+      for_each = var.autoscaling_metric == "packets" ? [1] : []
+
+      content {
+        namespace   = "AWS/EC2"
+        metric_name = "NetworkPacketsIn"
+        statistic   = "Average"
+
+        metric_dimension {
+          name  = "AutoScalingGroupName"
+          value = aws_autoscaling_group.appliance.name
+        }
+      }
+    }
+  }
+}
+
+# The canaries: one group per zone with exactly one appliance, in the same target group. They
+# take real traffic (a zone's share divided among its appliances) with the canary bundle; a
+# canary that fails its health check is replaced like any appliance.
+resource "aws_autoscaling_group" "canary" {
+  for_each = var.canary_enabled ? aws_subnet.appliance : {}
+
+  name                = "${var.name}-canary-${each.key}"
+  vpc_zone_identifier = [each.value.id]
+  min_size            = 1
+  max_size            = 2
+  desired_capacity    = 1
+  target_group_arns   = [aws_lb_target_group.this.arn]
+
+  health_check_type         = "ELB"
+  health_check_grace_period = var.health_check_grace_period
+  default_instance_warmup   = var.instance_warmup
+  wait_for_capacity_timeout = "15m"
+
+  launch_template {
+    id      = aws_launch_template.appliance["canary"].id
+    version = aws_launch_template.appliance["canary"].latest_version
+  }
+
+  instance_maintenance_policy {
+    min_healthy_percentage = 100
+    max_healthy_percentage = 200
+  }
+
+  instance_refresh {
+    strategy = "Rolling"
+
+    preferences {
+      min_healthy_percentage = 100
+      max_healthy_percentage = 200
+      instance_warmup        = var.instance_warmup
+      skip_matching          = true
+      auto_rollback          = true
+
+      alarm_specification {
+        alarms = local.refresh_alarms
+      }
+    }
+  }
+
+  dynamic "tag" {
+    for_each = merge(var.tags, { Name = "${var.name}-labelwall-canary" })
+
+    content {
+      key                 = tag.key
+      value               = tag.value
+      propagate_at_launch = false
+    }
+  }
+
+  depends_on = [
+    aws_route.appliance_default,
+    aws_vpc_endpoint.s3,
+    aws_vpc_endpoint.logs,
     aws_lb_listener.this,
     aws_iam_role_policy.appliance,
   ]

@@ -3,9 +3,32 @@
 # VPC: GWLB nodes and appliances talk inside it; the NAT path only carries the appliances' own
 # HTTPS (release and config from S3, STS, the EKS API server).
 
+# Zones are given by AZ ID (euw1-az1), which names the same physical zone in every account;
+# an AZ name (eu-west-1a) maps to a different zone in each account, so endpoints of another
+# account placed "in eu-west-1a" could sit in a zone without appliances. Names are looked up
+# here only for what needs them (CloudWatch's AvailabilityZone dimension).
+data "aws_availability_zones" "selected" {
+  #checkov:skip=CKV_AWS_394:filtered to exactly the zone IDs the caller lists; a new zone in the region changes nothing
+  all_availability_zones = true
+
+  filter {
+    name   = "zone-id"
+    values = var.availability_zone_ids
+  }
+
+  lifecycle {
+    postcondition {
+      condition     = length(self.zone_ids) == length(var.availability_zone_ids) && alltrue([for id in var.availability_zone_ids : contains(self.zone_ids, id)])
+      error_message = "availability_zone_ids ${jsonencode(var.availability_zone_ids)}: not every ID exists in this region (found ${jsonencode(self.zone_ids)}). List zone IDs of the provider's region (aws ec2 describe-availability-zones --query 'AvailabilityZones[].ZoneId')."
+    }
+  }
+}
+
 locals {
-  # zone name => index, stable as long as var.availability_zones keeps its order.
-  zones = { for i, az in var.availability_zones : az => i }
+  # zone ID => index, stable as long as var.availability_zone_ids keeps its order.
+  zones = { for i, id in var.availability_zone_ids : id => i }
+  # zone ID => this account's name for it.
+  zone_names = zipmap(data.aws_availability_zones.selected.zone_ids, data.aws_availability_zones.selected.names)
 
   gwlb_subnet_cidrs      = { for az, i in local.zones : az => cidrsubnet(var.vpc_cidr, var.subnet_newbits, i) }
   appliance_subnet_cidrs = { for az, i in local.zones : az => cidrsubnet(var.vpc_cidr, var.subnet_newbits, 16 + i) }
@@ -43,9 +66,9 @@ resource "aws_flow_log" "this" {
 resource "aws_subnet" "gwlb" {
   for_each = local.zones
 
-  vpc_id            = aws_vpc.this.id
-  availability_zone = each.key
-  cidr_block        = local.gwlb_subnet_cidrs[each.key]
+  vpc_id               = aws_vpc.this.id
+  availability_zone_id = each.key
+  cidr_block           = local.gwlb_subnet_cidrs[each.key]
 
   tags = merge(var.tags, { Name = "${var.name}-gwlb-${each.key}", "labelwall/tier" = "gwlb" })
 }
@@ -53,9 +76,9 @@ resource "aws_subnet" "gwlb" {
 resource "aws_subnet" "appliance" {
   for_each = local.zones
 
-  vpc_id            = aws_vpc.this.id
-  availability_zone = each.key
-  cidr_block        = local.appliance_subnet_cidrs[each.key]
+  vpc_id               = aws_vpc.this.id
+  availability_zone_id = each.key
+  cidr_block           = local.appliance_subnet_cidrs[each.key]
 
   tags = merge(var.tags, { Name = "${var.name}-appliance-${each.key}", "labelwall/tier" = "appliance" })
 }
@@ -63,9 +86,9 @@ resource "aws_subnet" "appliance" {
 resource "aws_subnet" "public" {
   for_each = local.nat_zones
 
-  vpc_id            = aws_vpc.this.id
-  availability_zone = each.key
-  cidr_block        = local.public_subnet_cidrs[each.key]
+  vpc_id               = aws_vpc.this.id
+  availability_zone_id = each.key
+  cidr_block           = local.public_subnet_cidrs[each.key]
 
   tags = merge(var.tags, { Name = "${var.name}-public-${each.key}", "labelwall/tier" = "public" })
 }

@@ -23,9 +23,14 @@ output "endpoint_service_id" {
   value       = aws_vpc_endpoint_service.this.id
 }
 
-output "availability_zones" {
-  description = "Zones the GWLB is enabled in; consumer endpoints must be in a subset of them."
-  value       = var.availability_zones
+output "availability_zone_ids" {
+  description = "Zone IDs the GWLB is enabled in; consumer endpoints (by zone ID, in any account) must be in a subset of them."
+  value       = var.availability_zone_ids
+}
+
+output "availability_zone_names" {
+  description = "Zone ID => this account's name for it."
+  value       = local.zone_names
 }
 
 output "gwlb_subnet_ids" {
@@ -64,11 +69,31 @@ output "instance_role_name" {
 }
 
 output "autoscaling_group_name" {
-  description = "Name of the appliances' autoscaling group (aws autoscaling start-instance-refresh --auto-scaling-group-name ...)."
+  description = "Name of the fleet's autoscaling group (aws autoscaling start-instance-refresh --auto-scaling-group-name ...)."
   value       = aws_autoscaling_group.appliance.name
 }
 
-output "launch_template_id" {
-  description = "ID of the appliances' launch template."
-  value       = aws_launch_template.appliance.id
+output "canary_autoscaling_group_names" {
+  description = "Zone ID => name of that zone's canary autoscaling group (one appliance each); empty when canary_enabled is false. labelwall-rollout --canary-asg takes them."
+  value       = { for id, g in aws_autoscaling_group.canary : id => g.name }
+}
+
+output "launch_template_ids" {
+  description = "Channel (fleet, canary) => launch template ID."
+  value       = { for ch, lt in aws_launch_template.appliance : ch => lt.id }
+}
+
+output "bundle_parameters" {
+  description = "Channel (fleet, canary) => SSM parameter holding the ID of the bundle it runs (the pointers labelwall-rollout moves)."
+  value       = { for ch, p in aws_ssm_parameter.bundle : ch => p.name }
+}
+
+output "log_groups" {
+  description = "CloudWatch log groups the appliances ship to: flows (the flow log) and journal (labelwall, config sync and bootstrap messages)."
+  value       = { flows = aws_cloudwatch_log_group.flows.name, journal = aws_cloudwatch_log_group.journal.name }
+}
+
+output "alarm_names" {
+  description = "CloudWatch alarms of the appliances (also the instance refresh's alarm specification)."
+  value       = local.refresh_alarms
 }

@@ -40,13 +40,18 @@ variable "subnet_newbits" {
   }
 }
 
-variable "availability_zones" {
-  description = "Availability zones (names, e.g. eu-west-1a) to place the GWLB and the appliances in. Use the same zones as the consumer VPC's endpoints: a GWLB endpoint can only be created in a zone the GWLB is enabled in."
+variable "availability_zone_ids" {
+  description = "Availability zone IDs (e.g. euw1-az1, not names like eu-west-1a) to place the GWLB and the appliances in. IDs name the same physical zone in every account; names do not, so consumer accounts must place their endpoints by ID too (the gwlb-endpoints module takes IDs). Every consumer endpoint's zone must be in this list."
   type        = list(string)
 
   validation {
-    condition     = length(var.availability_zones) >= 1 && length(var.availability_zones) <= 16 && length(distinct(var.availability_zones)) == length(var.availability_zones)
-    error_message = "availability_zones must list 1 to 16 distinct zones."
+    condition     = length(var.availability_zone_ids) >= 1 && length(var.availability_zone_ids) <= 16 && length(distinct(var.availability_zone_ids)) == length(var.availability_zone_ids)
+    error_message = "availability_zone_ids must list 1 to 16 distinct zone IDs."
+  }
+
+  validation {
+    condition     = alltrue([for id in var.availability_zone_ids : can(regex("^[a-z]{2,5}[0-9]+(-[a-z]+[0-9]+)?-az[0-9]+$", id))])
+    error_message = "availability_zone_ids must be zone IDs such as euw1-az1 (aws ec2 describe-availability-zones --query 'AvailabilityZones[].ZoneId'), not zone names such as eu-west-1a: a name means a different physical zone in each account."
   }
 }
 
@@ -176,7 +181,7 @@ variable "tcp_idle_timeout" {
 }
 
 variable "cross_zone_load_balancing" {
-  description = "Let each GWLB node send flows to appliances in every zone. Off keeps a zone's traffic on that zone's appliances (no cross-zone data charges, zonal failure isolation); on survives a zone without healthy appliances."
+  description = "Let each GWLB node send flows to appliances in every zone. Off keeps a zone's traffic on that zone's appliances (no inter-zone data charges, a zone's failure stays in the zone) but then each zone needs at least two appliances (min_size >= 2 x zones), or one appliance failure stops the zone's inspected traffic. On lets a zone survive without healthy appliances of its own, at the price of inter-zone data charges for the flows sent across."
   type        = bool
   default     = false
 }
@@ -248,36 +253,74 @@ variable "ebs_kms_key_arn" {
 }
 
 variable "min_size" {
-  description = "Minimum number of appliances. Keep at least one per zone: with cross-zone load balancing off, a zone without a healthy appliance drops its traffic (or, once all are unhealthy, GWLB spreads flows over unhealthy ones)."
+  description = "Minimum number of fleet appliances (the canaries come on top). With cross-zone load balancing off, GWLB sends a zone's flows only to that zone's appliances: a zone with one appliance loses its inspected traffic when that appliance fails, so at least two per zone are required (min_size >= 2 x number of zones). With cross-zone on, one in total is accepted."
   type        = number
-  default     = 2
+  default     = 4
 
   validation {
-    condition     = var.min_size >= 1
-    error_message = "min_size must be at least 1."
+    condition     = var.min_size >= 1 && floor(var.min_size) == var.min_size
+    error_message = "min_size must be a whole number of at least 1."
+  }
+
+  validation {
+    condition     = var.cross_zone_load_balancing || var.min_size >= 2 * length(var.availability_zone_ids)
+    error_message = "min_size = ${var.min_size} leaves a zone with fewer than two appliances over ${length(var.availability_zone_ids)} zones while cross_zone_load_balancing is off: one appliance failure would stop that zone's inspected traffic. Set min_size to at least ${2 * length(var.availability_zone_ids)}, or set cross_zone_load_balancing = true (and pay inter-zone data charges for flows sent across)."
   }
 }
 
 variable "max_size" {
-  description = "Maximum number of appliances (GWLB takes up to 300 targets per zone per target group). Instance refresh temporarily needs room above desired_capacity (see instance_refresh_max_healthy_percentage)."
+  description = "Maximum number of fleet appliances the target tracking policy may scale to (GWLB takes up to 300 targets per zone per target group). Instance refresh and instance maintenance temporarily need room above the current capacity (launch before terminate)."
   type        = number
-  default     = 6
+  default     = 8
 
   validation {
-    condition     = var.max_size >= var.min_size
-    error_message = "max_size must be greater than or equal to min_size."
+    condition     = var.max_size >= var.min_size && var.max_size >= 2
+    error_message = "max_size must be at least min_size and at least 2 (a replacement is launched before the instance it replaces is terminated)."
   }
 }
 
 variable "desired_capacity" {
-  description = "Number of appliances to run now (between min_size and max_size). Changes made by scaling policies outside Terraform are overwritten on the next apply."
+  description = "Fleet size at creation; null starts at min_size. After that the target tracking policy owns it: Terraform ignores later changes (an apply never resets a scaled-out fleet)."
   type        = number
-  default     = 2
+  default     = null
 
   validation {
-    condition     = var.desired_capacity >= var.min_size && var.desired_capacity <= var.max_size
-    error_message = "desired_capacity must be between min_size and max_size."
+    condition     = var.desired_capacity == null || (coalesce(var.desired_capacity, 0) >= var.min_size && coalesce(var.desired_capacity, 0) <= var.max_size)
+    error_message = "desired_capacity must be null or between min_size and max_size."
   }
+}
+
+variable "autoscaling_metric" {
+  description = "What the target tracking policy keeps at autoscaling_target per appliance: \"cpu\" (average CPU utilisation in percent; labelwall's cost is per packet, so CPU follows the packet rate) or \"packets\" (average NetworkPacketsIn per appliance per minute, from EC2's detailed monitoring)."
+  type        = string
+  default     = "cpu"
+
+  validation {
+    condition     = contains(["cpu", "packets"], var.autoscaling_metric)
+    error_message = "autoscaling_metric must be \"cpu\" or \"packets\"."
+  }
+}
+
+variable "autoscaling_target" {
+  description = "Target value of autoscaling_metric per appliance: percent CPU for \"cpu\" (default 50: room for a zone's share of a failed peer's flows), packets per minute for \"packets\" (size it from a load test: about half of what one appliance forwards without loss)."
+  type        = number
+  default     = 50
+
+  validation {
+    condition     = var.autoscaling_target > 0 && (var.autoscaling_metric != "cpu" || var.autoscaling_target <= 90)
+    error_message = "autoscaling_target must be positive, and at most 90 (percent) with autoscaling_metric = \"cpu\"."
+  }
+
+  validation {
+    condition     = var.autoscaling_target > 0 && (var.autoscaling_metric != "packets" || var.detailed_monitoring)
+    error_message = "autoscaling_metric = \"packets\" needs detailed_monitoring = true (one-minute NetworkPacketsIn); otherwise use \"cpu\"."
+  }
+}
+
+variable "canary_enabled" {
+  description = "Run one canary appliance per zone (an autoscaling group per zone, same target group) that follows the canary bundle pointer; the fleet follows the fleet pointer. appliance/bin/labelwall-rollout moves the canary pointer first and the fleet's only after the canaries stayed healthy for the soak period. Off: both pointers still exist, every appliance follows the fleet's."
+  type        = bool
+  default     = true
 }
 
 variable "health_check_grace_period" {
@@ -355,12 +398,22 @@ variable "release_sha256" {
 }
 
 variable "config_s3_uri" {
-  description = "S3 prefix holding policy.yaml and inventory.yaml (s3://bucket/prefix). Appliances download both at boot and then every config_sync_interval seconds, validate them with `labelwall check`, and reload. The instance role may s3:GetObject under this prefix and nothing else."
+  description = "S3 prefix of the policy bundles (s3://bucket/prefix): each bundle is PREFIX/bundles/ID/ with SHA256SUMS, policy.yaml and inventory.yaml, where ID is the SHA-256 of SHA256SUMS (appliance/bin/labelwall-rollout publish writes them). Appliances read the bundle ID from their channel's SSM parameter (the pointer) at boot and every config_sync_interval seconds, verify it, validate it with `labelwall check`, and reload. The instance role may s3:GetObject under PREFIX/bundles/ and nothing else there."
   type        = string
 
   validation {
     condition     = can(regex("^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", var.config_s3_uri))
     error_message = "config_s3_uri must look like s3://bucket or s3://bucket/prefix."
+  }
+}
+
+variable "initial_bundle_id" {
+  description = "ID of the bundle both pointers start at (the SHA-256 of its SHA256SUMS, as printed by labelwall-rollout publish). Used only when the pointers are created: afterwards labelwall-rollout moves them and Terraform leaves their value alone."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[0-9a-f]{64}$", var.initial_bundle_id))
+    error_message = "initial_bundle_id must be 64 lowercase hexadecimal digits (the ID labelwall-rollout publish prints)."
   }
 }
 
@@ -376,7 +429,7 @@ variable "config_kms_key_arn" {
 }
 
 variable "config_sync_interval" {
-  description = "Seconds between checks of config_s3_uri for a new policy.yaml or inventory.yaml; 0 disables periodic sync (config then changes only with new instances)."
+  description = "Seconds between reads of the appliance's bundle pointer (a changed ID is fetched, verified, checked and loaded); 0 disables periodic sync (config then changes only with new instances, and labelwall-rollout cannot be used)."
   type        = number
   default     = 60
 
@@ -387,11 +440,22 @@ variable "config_sync_interval" {
 }
 
 variable "kubernetes_clusters" {
-  description = "EKS clusters labelwall watches for pod, namespace and node labels. cluster is the name used in identities and policy selectors (labels.kubernetes[].cluster); eks_cluster_name the EKS name; region defaults to the provider's region. The instance role gets eks:DescribeCluster on exactly these clusters; each cluster also needs an access entry putting the instance role in the Kubernetes group labelwall-readers, with no access policy, and appliance/kubernetes/rbac.yaml applied (see examples/eks-egress, docs/kubernetes.md)."
+  description = <<-EOT
+    EKS clusters labelwall watches for pod, namespace and node labels.
+    - cluster: the name used in identities and policy selectors (labels.kubernetes[].cluster).
+    - eks_cluster_name: the EKS name; region: defaults to the provider's region.
+    - account_id: the cluster's account (default: this one). A cluster in another account cannot be described with this account's instance role: give describe_role_arn (a role in that account allowing eks:DescribeCluster on the cluster and trusting the instance role) or endpoint and certificate_authority_data.
+    - endpoint, certificate_authority_data: the API server URL and its CA (base64), as inputs; then nothing is described at boot.
+    Tokens are always made with the instance role: each cluster needs an access entry (type STANDARD, which may name a role of another account) putting the instance role in the Kubernetes group labelwall-readers, with no access policy, and appliance/kubernetes/rbac.yaml applied (see docs/kubernetes.md).
+  EOT
   type = list(object({
-    cluster          = string
-    eks_cluster_name = string
-    region           = optional(string)
+    cluster                    = string
+    eks_cluster_name           = string
+    region                     = optional(string)
+    account_id                 = optional(string)
+    describe_role_arn          = optional(string)
+    endpoint                   = optional(string)
+    certificate_authority_data = optional(string)
   }))
   default = []
 
@@ -403,6 +467,26 @@ variable "kubernetes_clusters" {
   validation {
     condition     = length(distinct([for c in var.kubernetes_clusters : c.cluster])) == length(var.kubernetes_clusters)
     error_message = "kubernetes_clusters[].cluster names must be unique."
+  }
+
+  validation {
+    condition     = alltrue([for c in var.kubernetes_clusters : c.account_id == null || can(regex("^[0-9]{12}$", c.account_id))])
+    error_message = "kubernetes_clusters[].account_id must be a 12-digit AWS account ID."
+  }
+
+  validation {
+    condition     = alltrue([for c in var.kubernetes_clusters : c.describe_role_arn == null || can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+", c.describe_role_arn))])
+    error_message = "kubernetes_clusters[].describe_role_arn must be an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)."
+  }
+
+  validation {
+    condition     = alltrue([for c in var.kubernetes_clusters : (c.endpoint == null) == (c.certificate_authority_data == null) && (c.endpoint == null || can(regex("^https://[^/ ]+$", coalesce(c.endpoint, "-"))))])
+    error_message = "kubernetes_clusters[]: give endpoint (https://HOST, no path) and certificate_authority_data together, or neither."
+  }
+
+  validation {
+    condition     = alltrue([for c in var.kubernetes_clusters : !(c.endpoint != null && c.describe_role_arn != null)])
+    error_message = "kubernetes_clusters[]: describe_role_arn is only used to describe the cluster; with endpoint and certificate_authority_data given, leave it out."
   }
 }
 
@@ -426,6 +510,34 @@ variable "flow_log_path" {
     condition     = var.flow_log_path == null || var.flow_log_path == "-" || can(regex("^/var/log/labelwall/[A-Za-z0-9._-]+$", var.flow_log_path))
     error_message = "flow_log_path must be null, \"-\" or a file directly under /var/log/labelwall/ (the only directory the service may write)."
   }
+}
+
+variable "log_retention_days" {
+  description = "Days CloudWatch Logs keeps the appliances' flow log and journal (one of CloudWatch's allowed values). The flow log is the audit trail of every inspected flow: keep it as long as your audit rules require."
+  type        = number
+  default     = 365
+
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days must be one of CloudWatch Logs' values: 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653."
+  }
+}
+
+variable "log_kms_key_arn" {
+  description = "KMS key ARN encrypting the log groups; null uses CloudWatch Logs' own encryption. The key policy must allow logs.REGION.amazonaws.com to use it."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.log_kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:", var.log_kms_key_arn))
+    error_message = "log_kms_key_arn must be null or a KMS key ARN."
+  }
+}
+
+variable "alarm_actions" {
+  description = "ARNs (SNS topics) notified when an alarm goes to ALARM or back to OK. The alarms also stop and roll back an instance refresh whatever this is."
+  type        = list(string)
+  default     = []
 }
 
 variable "user_data_template_path" {

@@ -5,7 +5,14 @@
 mock_provider "aws" {
   mock_data "aws_availability_zones" {
     defaults = {
-      names = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+      names    = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+      zone_ids = ["euw1-az3", "euw1-az1", "euw1-az2"]
+    }
+  }
+
+  mock_data "aws_vpc" {
+    defaults = {
+      ipv6_cidr_block = ""
     }
   }
 
@@ -102,6 +109,14 @@ mock_provider "aws" {
   }
 }
 
+override_data {
+  target = module.inspection.data.aws_availability_zones.selected
+  values = {
+    names    = ["eu-west-1a", "eu-west-1b"]
+    zone_ids = ["euw1-az3", "euw1-az1"]
+  }
+}
+
 variables {
   operator_cidrs       = ["198.51.100.0/24"]
   release_tarball_path = "tests/fixtures/labelwall-0.0.0-test-x86_64-linux.tar.gz"
@@ -170,5 +185,110 @@ run "appliances_can_read_the_cluster" {
   assert {
     condition     = contains(aws_eks_cluster.this.vpc_config[0].public_access_cidrs, "198.51.100.0/24") && !contains(aws_eks_cluster.this.vpc_config[0].public_access_cidrs, "0.0.0.0/0")
     error_message = "The EKS API must be open to the operators and the appliances only."
+  }
+}
+
+# --- issue 16 --------------------------------------------------------------------------------
+
+run "three_zones_and_two_appliances_are_refused" {
+  command = plan
+
+  variables {
+    zone_count      = 3
+    appliance_count = 2
+  }
+
+  override_data {
+    target = module.inspection.data.aws_availability_zones.selected
+    values = {
+      names    = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+      zone_ids = ["euw1-az3", "euw1-az1", "euw1-az2"]
+    }
+  }
+
+  expect_failures = [var.appliance_count]
+}
+
+run "every_zone_gets_two_appliances_by_default" {
+  command = plan
+
+  assert {
+    condition     = toset(module.inspection.availability_zone_ids) == toset(["euw1-az3", "euw1-az1"]) && local.appliance_count == 4
+    error_message = "Two zones by ID and two fleet appliances per zone by default."
+  }
+}
+
+# Every path the example creates is symmetric: what enters an endpoint one way comes back
+# through it the other way, and what does not enter one way does not the other.
+run "every_path_of_the_example_is_symmetric" {
+  command = apply
+
+  # NAT gateways sit alone in their subnets; the load balancers' subnets are others.
+  assert {
+    condition     = alltrue([for n in aws_nat_gateway.eks : !contains([for s in aws_subnet.public : s.id], n.subnet_id)])
+    error_message = "No NAT gateway may sit in a load balancer (public) subnet: its table routes pod CIDRs through the endpoints, so LB -> pod would be inspected and pod -> LB not."
+  }
+
+  assert {
+    condition     = alltrue([for id, n in aws_nat_gateway.eks : n.subnet_id == aws_subnet.nat[id].id]) && length(setintersection([for s in aws_subnet.nat : s.id], [for s in aws_subnet.public : s.id])) == 0
+    error_message = "NAT gateways must be in their own subnets, not in the load balancers' public subnets."
+  }
+
+  assert {
+    condition     = alltrue([for s in aws_subnet.public : s.tags["kubernetes.io/role/elb"] == "1"]) && alltrue([for s in aws_subnet.nat : !contains(keys(s.tags), "kubernetes.io/role/elb")])
+    error_message = "Only the public subnets may be offered to internet-facing load balancers."
+  }
+
+  # Return routes: exactly the NAT and database tables, each with every pod CIDR to the pod
+  # zone's endpoint.
+  assert {
+    condition     = toset(keys(module.egress_inspection.return_routes)) == toset([aws_route_table.nat.id, aws_route_table.database.id])
+    error_message = "Only the NAT gateways' and the database subnets' tables may route pod CIDRs back through an endpoint."
+  }
+
+  assert {
+    condition = alltrue([for rt, routes in module.egress_inspection.return_routes :
+      routes == { for id, cidr in local.private_cidrs : cidr => module.egress_inspection.endpoint_ids[id] }
+    ])
+    error_message = "A return table must send each pod CIDR to the endpoint of the pods' zone."
+  }
+
+  # The load balancers' table crosses no endpoint in either direction.
+  assert {
+    condition     = !contains(keys(module.egress_inspection.return_routes), aws_route_table.public.id) && !contains(keys(module.egress_inspection.source_routes), aws_route_table.public.id)
+    error_message = "The load balancers' table must have no route through an endpoint: LB -> pod would be inspected and pod -> LB not."
+  }
+
+  # Each subnet holding an inspected path's far end is associated with a return table: the
+  # NAT gateways' subnets (internet) and the database subnets.
+  assert {
+    condition = alltrue(concat(
+      [for a in aws_route_table_association.nat : contains(keys(module.egress_inspection.return_routes), a.route_table_id)],
+      [for a in aws_route_table_association.database : contains(keys(module.egress_inspection.return_routes), a.route_table_id)],
+      [for a in aws_route_table_association.public : !contains(keys(module.egress_inspection.return_routes), a.route_table_id)],
+    ))
+    error_message = "NAT and database subnets must use a return table; load balancer subnets must not."
+  }
+
+  # The pods' tables send exactly the inspected destinations to their own zone's endpoint.
+  assert {
+    condition = alltrue([for id, rt in aws_route_table.private :
+      module.egress_inspection.source_routes[rt.id] == { for d in concat(["0.0.0.0/0"], values(local.database_cidrs)) : d => module.egress_inspection.endpoint_ids[id] }
+    ])
+    error_message = "Each pod table must send the internet and the database subnets to its own zone's endpoint."
+  }
+}
+
+run "the_first_bundle_is_content_addressed" {
+  command = apply
+
+  assert {
+    condition     = aws_s3_object.bundle_manifest.key == "labelwall/bundles/${sha256(aws_s3_object.bundle_manifest.content)}/SHA256SUMS" && aws_s3_object.bundle_file["policy.yaml"].key == "labelwall/bundles/${local.bundle_id}/policy.yaml"
+    error_message = "The bundle must live under bundles/ID/ with ID the SHA-256 of its SHA256SUMS."
+  }
+
+  assert {
+    condition     = strcontains(aws_s3_object.bundle_manifest.content, "${filesha256("${path.module}/../../../appliance/examples/policy.yaml")}  policy.yaml")
+    error_message = "SHA256SUMS must hold the policy's hash."
   }
 }

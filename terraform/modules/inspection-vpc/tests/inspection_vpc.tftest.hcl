@@ -5,6 +5,13 @@
 # labelwall's own allowed_peers set to exactly those subnets.
 
 mock_provider "aws" {
+  mock_data "aws_availability_zones" {
+    defaults = {
+      names    = ["eu-west-1a", "eu-west-1b"]
+      zone_ids = ["euw1-az1", "euw1-az2"]
+    }
+  }
+
   mock_data "aws_region" {
     defaults = {
       name = "eu-west-1"
@@ -69,7 +76,8 @@ mock_provider "aws" {
 
 variables {
   name                                = "lw"
-  availability_zones                  = ["eu-west-1a", "eu-west-1b"]
+  availability_zone_ids               = ["euw1-az1", "euw1-az2"]
+  initial_bundle_id                   = "1111111111111111111111111111111111111111111111111111111111111111"
   endpoint_service_allowed_principals = ["arn:aws:iam::123456789012:root"]
   release_url                         = "s3://lw-artifacts/releases/labelwall-0.1.0-x86_64-linux.tar.gz"
   release_sha256                      = "0000000000000000000000000000000000000000000000000000000000000000"
@@ -138,7 +146,7 @@ run "health_check_asks_readyz_on_the_admin_port" {
   }
 
   assert {
-    condition     = strcontains(base64decode(aws_launch_template.appliance.user_data), "listen: 0.0.0.0:8080")
+    condition     = strcontains(base64decode(aws_launch_template.appliance["fleet"].user_data), "listen: 0.0.0.0:8080")
     error_message = "labelwall's admin.listen must be the port the health check asks."
   }
 }
@@ -200,12 +208,12 @@ run "appliances_boot_with_imdsv2_and_elb_health" {
   command = apply
 
   assert {
-    condition     = aws_launch_template.appliance.metadata_options[0].http_tokens == "required" && aws_launch_template.appliance.metadata_options[0].http_put_response_hop_limit == 1
+    condition     = aws_launch_template.appliance["fleet"].metadata_options[0].http_tokens == "required" && aws_launch_template.appliance["fleet"].metadata_options[0].http_put_response_hop_limit == 1
     error_message = "IMDSv2 must be required, with a hop limit of 1."
   }
 
   assert {
-    condition     = aws_launch_template.appliance.block_device_mappings[0].ebs[0].encrypted == "true"
+    condition     = aws_launch_template.appliance["fleet"].block_device_mappings[0].ebs[0].encrypted == "true"
     error_message = "The root volume must be encrypted."
   }
 
@@ -220,17 +228,17 @@ run "appliances_boot_with_imdsv2_and_elb_health" {
   }
 
   assert {
-    condition     = can(yamldecode(base64decode(aws_launch_template.appliance.user_data)))
+    condition     = can(yamldecode(base64decode(aws_launch_template.appliance["fleet"].user_data)))
     error_message = "The rendered cloud-init user data must be valid YAML."
   }
 
   assert {
-    condition     = strcontains(base64decode(aws_launch_template.appliance.user_data), "write_kubeconfig 'eks-prod' 'prod' 'eu-west-1'")
+    condition     = strcontains(base64decode(aws_launch_template.appliance["fleet"].user_data), "write_kubeconfig 'eks-prod' 'prod' 'eu-west-1'")
     error_message = "cloud-init must write a kubeconfig for every watched cluster."
   }
 
   assert {
-    condition     = length(base64decode(aws_launch_template.appliance.user_data)) < 16384
+    condition     = length(base64decode(aws_launch_template.appliance["fleet"].user_data)) < 16384
     error_message = "EC2 user data is limited to 16 KiB."
   }
 }
@@ -242,7 +250,7 @@ run "allowed_peers_are_exactly_the_gwlb_subnets" {
 
   assert {
     condition = yamldecode([
-      for f in yamldecode(base64decode(aws_launch_template.appliance.user_data)).write_files :
+      for f in yamldecode(base64decode(aws_launch_template.appliance["fleet"].user_data)).write_files :
       f.content if f.path == "/etc/labelwall/labelwall.yaml"
     ][0]).dataplane.allowed_peers == ["10.100.0.0/24", "10.100.1.0/24"]
     error_message = "labelwall.yaml must set dataplane.allowed_peers to exactly the GWLB subnets 10.100.0.0/24 and 10.100.1.0/24."
@@ -250,7 +258,7 @@ run "allowed_peers_are_exactly_the_gwlb_subnets" {
 
   assert {
     condition = toset(yamldecode([
-      for f in yamldecode(base64decode(aws_launch_template.appliance.user_data)).write_files :
+      for f in yamldecode(base64decode(aws_launch_template.appliance["fleet"].user_data)).write_files :
       f.content if f.path == "/etc/labelwall/labelwall.yaml"
     ][0]).dataplane.allowed_peers) == toset([for s in aws_subnet.gwlb : s.cidr_block if contains(tolist(aws_lb.this.subnets), s.id)])
     error_message = "dataplane.allowed_peers must be the CIDR blocks of the subnets the GWLB is in."
@@ -261,14 +269,23 @@ run "allowed_peers_follow_the_zones_and_the_vpc_cidr" {
   command = apply
 
   variables {
-    availability_zones = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
-    vpc_cidr           = "10.20.0.0/20"
-    subnet_newbits     = 6
+    availability_zone_ids = ["euw1-az1", "euw1-az2", "euw1-az3"]
+    min_size              = 6
+    vpc_cidr              = "10.20.0.0/20"
+    subnet_newbits        = 6
+  }
+
+  override_data {
+    target = data.aws_availability_zones.selected
+    values = {
+      names    = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+      zone_ids = ["euw1-az1", "euw1-az2", "euw1-az3"]
+    }
   }
 
   assert {
     condition = yamldecode([
-      for f in yamldecode(base64decode(aws_launch_template.appliance.user_data)).write_files :
+      for f in yamldecode(base64decode(aws_launch_template.appliance["fleet"].user_data)).write_files :
       f.content if f.path == "/etc/labelwall/labelwall.yaml"
     ][0]).dataplane.allowed_peers == ["10.20.0.0/26", "10.20.0.64/26", "10.20.0.128/26"]
     error_message = "dataplane.allowed_peers must list every zone's GWLB subnet, and only those."
@@ -280,22 +297,23 @@ run "allowed_peers_follow_the_zones_and_the_vpc_cidr" {
   }
 }
 
-run "instance_role_grants_only_config_release_and_eks_describe" {
+run "instance_role_grants_only_bundles_pointers_logs_release_and_eks_describe" {
   command = apply
 
   assert {
-    condition     = toset(flatten([for s in data.aws_iam_policy_document.appliance.statement : s.actions])) == toset(["s3:GetObject", "eks:DescribeCluster"])
-    error_message = "The instance role may only read objects and describe EKS clusters."
+    condition     = toset(flatten([for s in data.aws_iam_policy_document.appliance.statement : s.actions])) == toset(["s3:GetObject", "ssm:GetParameter", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams", "eks:DescribeCluster"])
+    error_message = "The instance role may only read bundles, the release and the pointers, write its log streams, and describe EKS clusters."
   }
 
   assert {
-    condition = toset(flatten([for s in data.aws_iam_policy_document.appliance.statement : s.resources])) == toset([
-      "arn:aws:s3:::lw-config/labelwall/policy.yaml",
-      "arn:aws:s3:::lw-config/labelwall/inventory.yaml",
+    condition = toset(flatten([for s in data.aws_iam_policy_document.appliance.statement : s.resources])) == toset(concat([
+      "arn:aws:s3:::lw-config/labelwall/bundles/*",
       "arn:aws:s3:::lw-artifacts/releases/labelwall-0.1.0-x86_64-linux.tar.gz",
       "arn:aws:eks:eu-west-1:123456789012:cluster/prod",
-    ])
-    error_message = "The instance role's resources must be exactly its config objects, its release and its clusters."
+      "${aws_cloudwatch_log_group.flows.arn}:*",
+      "${aws_cloudwatch_log_group.journal.arn}:*",
+    ], [for p in aws_ssm_parameter.bundle : p.arn]))
+    error_message = "The instance role's resources must be exactly its bundles, its release, its pointers, its two log groups and its clusters."
   }
 
   assert {
@@ -319,7 +337,7 @@ run "custom_admin_port_and_no_rebalance_follow_everywhere" {
   }
 
   assert {
-    condition     = strcontains(base64decode(aws_launch_template.appliance.user_data), "listen: 0.0.0.0:9090")
+    condition     = strcontains(base64decode(aws_launch_template.appliance["fleet"].user_data), "listen: 0.0.0.0:9090")
     error_message = "labelwall's admin.listen must follow admin_port."
   }
 
