@@ -24,6 +24,7 @@ impl Pipeline {
         let inner = &packet.inner;
         let now = self.now_ms;
         let len = datagram.len();
+        self.judged_sender = None;
         if inner.is_icmp_error()
             && let Some(decision) =
                 self.judge_flow_error(snapshot, inner, &datagram[packet.geneve_header_len..], len)
@@ -35,7 +36,7 @@ impl Pipeline {
             // judged as it was: the rest of a SYN that the responder of a known flow sends is
             // its own connection, refused as its first fragment was, never part of the flow.
             return match self.fragments.first_of(inner, now) {
-                Some(first) => self.judge_flow(snapshot, packet, len, first.ports, first.flags),
+                Some(first) => self.judge_flow(snapshot, packet, len, first.ports, first.flags).0,
                 None => judge_unmatched_fragment(snapshot, inner),
             };
         }
@@ -43,11 +44,18 @@ impl Pipeline {
             self.fragments.remember(inner, fragment.id, now);
         }
         let ports = inner.transport.flow_ports();
-        self.judge_flow(snapshot, packet, len, ports, inner.transport.tcp_flags())
+        let (decision, sender) =
+            self.judge_flow(snapshot, packet, len, ports, inner.transport.tcp_flags());
+        self.judged_sender = Some(sender);
+        decision
     }
 
     /// Judges a packet of the flow `ports` names (its own, or its first fragment's), with TCP
-    /// flags `flags`.
+    /// flags `flags`; returns the decision and the side of the flow the packet came from.
+    /// Inlined: it is the whole of an established flow's judging, and as a call of its own
+    /// (which the compiler chose once the fragment path called it too) it cost every packet
+    /// ~10 % more instructions (docs/performance.md, hostile-traffic A/B).
+    #[inline(always)]
     fn judge_flow(
         &mut self,
         snapshot: &Arc<Snapshot>,
@@ -55,7 +63,7 @@ impl Pipeline {
         len: usize,
         (sport, dport): (u16, u16),
         flags: u8,
-    ) -> Decision {
+    ) -> (Decision, Side) {
         let inner = &packet.inner;
         let now = self.now_ms;
         let (key, sender) = FlowKey::of_packet(inner.src, sport, inner.dst, dport, inner.protocol);
@@ -76,7 +84,7 @@ impl Pipeline {
                 flow.bytes += len as u64;
                 flow.tcp = flow.tcp.advance(flags);
                 flow.cookie = packet.gwlb.flow_cookie;
-                return flow.decision;
+                return (flow.decision, sender);
             }
             if pure_syn && from_responder && !refused && flow.tcp != TcpState::Closed {
                 // The responder's own connection: unless policy lets it open one, it is
@@ -88,7 +96,7 @@ impl Pipeline {
                     service_port(inner.protocol, dport),
                 );
                 if !own.action.passes() {
-                    return own;
+                    return (own, sender);
                 }
             }
             if let Some(old) = flows.remove(&key) {
@@ -144,7 +152,7 @@ impl Pipeline {
         if records.wanted(flow) {
             records.push(FlowEvent::Start, flow.clone(), snapshot);
         }
-        decision
+        (decision, sender)
     }
 
     /// An ICMP error (destination unreachable, packet too big, time exceeded, parameter

@@ -32,7 +32,7 @@ pub use records::{FlowEvent, FlowRecord, MAX_QUEUED_FLOW_RECORDS};
 pub use train::decode_after;
 use train::{Repeat, segment_after};
 
-use crate::conntrack::{Flow, FlowKey, FlowTable, Timeouts};
+use crate::conntrack::{Flow, FlowTable, Side, Timeouts};
 use crate::policy::Action;
 use crate::snapshot::{Snapshot, SnapshotCell};
 use crate::wire::DropReason;
@@ -141,6 +141,10 @@ pub struct Pipeline {
     last_decoded: Option<DecodedPacket>,
     /// The last judged datagram's outcome, for copies of it later in its train.
     repeat: Option<Repeat>,
+    /// The side of its flow the last judged datagram came from, when it was judged as a packet
+    /// of its own flow (not as an ICMP error of another, nor as a later fragment), so that
+    /// the train shortcut need not work its flow key out again.
+    judged_sender: Option<Side>,
 }
 
 impl Pipeline {
@@ -169,6 +173,7 @@ impl Pipeline {
             created: 0,
             last_decoded: None,
             repeat: None,
+            judged_sender: None,
         }
     }
 
@@ -306,9 +311,8 @@ impl Pipeline {
         // the flow's TCP state as it is and it would not be judged afresh (a SYN on a closed
         // flow, or from the responder side, starts a flow of its own).
         let flags = packet.inner.transport.tcp_flags();
-        let copies_change_nothing = match packet.inner.fragment {
-            None => self.flows.recent_mut().is_some_and(|flow| {
-                let (_, sender) = FlowKey::of(&packet.inner);
+        let copies_change_nothing = match (packet.inner.fragment, self.judged_sender) {
+            (None, Some(sender)) => self.flows.recent_mut().is_some_and(|flow| {
                 flow.tcp.advance(flags) == flow.tcp
                     && !judge::judged_afresh(
                         flow,
@@ -317,7 +321,7 @@ impl Pipeline {
                         false,
                     )
             }),
-            Some(_) => false,
+            _ => false,
         };
         let outcome = match decision.action {
             Action::Allow | Action::Audit => Outcome::SendBack(decision.action),
