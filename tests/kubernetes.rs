@@ -1031,37 +1031,32 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command (which may hold spaces) end with ')': utime, stime are the
-    // 12th and 13th after it, in clock ticks (100 per second on Linux).
+/// CPU seconds (user + system) in a `/proc/.../stat` file: after the command (which may hold
+/// spaces) ends with ')', utime and stime are the 12th and 13th fields, in clock ticks (100 per
+/// second on Linux).
+fn stat_cpu_seconds(stat: &std::path::Path) -> f64 {
+    let stat = std::fs::read_to_string(stat).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let ticks: u64 =
         after.split_whitespace().skip(11).take(2).filter_map(|t| t.parse::<u64>().ok()).sum();
     ticks as f64 / 100.0
 }
 
+/// CPU seconds a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    stat_cpu_seconds(std::path::Path::new(&format!("/proc/{pid}/stat")))
+}
+
 /// CPU seconds the fake API server's thread has used so far (it runs in the test process).
 fn server_cpu_seconds() -> f64 {
-    let tasks = std::fs::read_dir("/proc/self/task").unwrap();
-    tasks
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
         .filter_map(|t| t.ok())
         .filter(|t| {
             std::fs::read_to_string(t.path().join("comm"))
                 .is_ok_and(|c| c.trim() == "fake-api-server")
         })
-        .map(|t| {
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-            let ticks: u64 = after
-                .split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|v| v.parse::<u64>().ok())
-                .sum();
-            ticks as f64 / 100.0
-        })
+        .map(|t| stat_cpu_seconds(&t.path().join("stat")))
         .sum()
 }
 
