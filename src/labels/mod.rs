@@ -75,7 +75,7 @@ pub struct Identity {
 /// 100k pods share their text, and records compare cheaply. `terminating` and `created` rank
 /// the claims of sources that claim the same address ([`LabelBuilder`]); they fit in the
 /// padding after `kind`, so a record is no larger with them (80 bytes on 64-bit targets).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EndpointRecord {
     pub net: IpNet,
     pub cluster: Arc<str>,
