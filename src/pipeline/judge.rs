@@ -24,7 +24,7 @@ impl Pipeline {
         let inner = &packet.inner;
         let now = self.now_ms;
         let len = datagram.len();
-        self.judged_sender = None;
+        self.repeatable = false;
         if inner.is_icmp_error()
             && let Some(decision) =
                 self.judge_flow_error(snapshot, inner, &datagram[packet.geneve_header_len..], len)
@@ -44,14 +44,18 @@ impl Pipeline {
             self.fragments.remember(inner, fragment.id, now);
         }
         let ports = inner.transport.flow_ports();
-        let (decision, sender) =
+        let (decision, repeatable) =
             self.judge_flow(snapshot, packet, len, ports, inner.transport.tcp_flags());
-        self.judged_sender = Some(sender);
+        // A copy of a datagram that is no fragment changes nothing but the counters when its
+        // flags leave the flow's TCP state as it is and it would not be judged afresh (a SYN
+        // on a closed flow, or from the responder side, starts a flow of its own).
+        self.repeatable = repeatable && inner.fragment.is_none();
         decision
     }
 
     /// Judges a packet of the flow `ports` names (its own, or its first fragment's), with TCP
-    /// flags `flags`; returns the decision and the side of the flow the packet came from.
+    /// flags `flags`; returns the decision, and whether a copy of the packet would change
+    /// nothing but the flow's counters.
     /// Inlined: it is the whole of an established flow's judging, and as a call of its own
     /// (which the compiler chose once the fragment path called it too) it cost every packet
     /// ~10 % more instructions (docs/performance.md, hostile-traffic A/B).
@@ -63,7 +67,7 @@ impl Pipeline {
         len: usize,
         (sport, dport): (u16, u16),
         flags: u8,
-    ) -> (Decision, Side) {
+    ) -> (Decision, bool) {
         let inner = &packet.inner;
         let now = self.now_ms;
         let (key, sender) = FlowKey::of_packet(inner.src, sport, inner.dst, dport, inner.protocol);
@@ -84,7 +88,7 @@ impl Pipeline {
                 flow.bytes += len as u64;
                 flow.tcp = flow.tcp.advance(flags);
                 flow.cookie = packet.gwlb.flow_cookie;
-                return (flow.decision, sender);
+                return (flow.decision, repeatable(flow, sender, flags, pure_syn));
             }
             if pure_syn && from_responder && !refused && flow.tcp != TcpState::Closed {
                 // The responder's own connection: unless policy lets it open one, it is
@@ -96,7 +100,7 @@ impl Pipeline {
                     service_port(inner.protocol, dport),
                 );
                 if !own.action.passes() {
-                    return (own, sender);
+                    return (own, false);
                 }
             }
             if let Some(old) = flows.remove(&key) {
@@ -149,10 +153,11 @@ impl Pipeline {
         };
         self.created += 1;
         let flow = flows.insert(flow, &mut ended);
+        let repeatable = repeatable(flow, sender, flags, pure_syn);
         if records.wanted(flow) {
             records.push(FlowEvent::Start, flow.clone(), snapshot);
         }
-        (decision, sender)
+        (decision, repeatable)
     }
 
     /// An ICMP error (destination unreachable, packet too big, time exceeded, parameter
@@ -209,6 +214,13 @@ pub(super) fn judged_afresh(
     let refused = !flow.decision.action.passes();
     (pure_syn && (flow.tcp == TcpState::Closed || from_responder))
         || (refused && from_responder && !later_fragment)
+}
+
+/// Whether a copy of the packet just judged on `flow` (from `sender`, with `flags`) would change
+/// nothing but the flow's counters: its flags leave the TCP state as it is, and it would not
+/// be judged afresh.
+fn repeatable(flow: &Flow, sender: Side, flags: u8, pure_syn: bool) -> bool {
+    flow.tcp.advance(flags) == flow.tcp && !judged_afresh(flow, sender, pure_syn, false)
 }
 
 /// Policy or labels changed since `flow` was judged: judge it again, as its initiator started it.

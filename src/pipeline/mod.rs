@@ -32,7 +32,7 @@ pub use records::{FlowEvent, FlowRecord, MAX_QUEUED_FLOW_RECORDS};
 pub use train::decode_after;
 use train::{Repeat, segment_after};
 
-use crate::conntrack::{Flow, FlowTable, Side, Timeouts};
+use crate::conntrack::{Flow, FlowTable, Timeouts};
 use crate::policy::Action;
 use crate::snapshot::{Snapshot, SnapshotCell};
 use crate::wire::DropReason;
@@ -141,10 +141,9 @@ pub struct Pipeline {
     last_decoded: Option<DecodedPacket>,
     /// The last judged datagram's outcome, for copies of it later in its train.
     repeat: Option<Repeat>,
-    /// The side of its flow the last judged datagram came from, when it was judged as a packet
-    /// of its own flow (not as an ICMP error of another, nor as a later fragment), so that
-    /// the train shortcut need not work its flow key out again.
-    judged_sender: Option<Side>,
+    /// A copy of the last judged datagram would change nothing but its flow's counters (set
+    /// by judging, which has the flow at hand: see [`Pipeline::judge`]).
+    repeatable: bool,
 }
 
 impl Pipeline {
@@ -173,7 +172,7 @@ impl Pipeline {
             created: 0,
             last_decoded: None,
             repeat: None,
-            judged_sender: None,
+            repeatable: false,
         }
     }
 
@@ -306,23 +305,8 @@ impl Pipeline {
         let decision = self.judge(&snapshot, &packet, datagram);
         snapshot.rule_hits.add(self.worker, decision.rule);
         self.snapshot = Some(snapshot);
-        // A datagram that is no fragment was judged by its flow, which is now the flow table's
-        // most recent one. A copy of it changes nothing but the counters when its flags leave
-        // the flow's TCP state as it is and it would not be judged afresh (a SYN on a closed
-        // flow, or from the responder side, starts a flow of its own).
         let flags = packet.inner.transport.tcp_flags();
-        let copies_change_nothing = match (packet.inner.fragment, self.judged_sender) {
-            (None, Some(sender)) => self.flows.recent_mut().is_some_and(|flow| {
-                flow.tcp.advance(flags) == flow.tcp
-                    && !judge::judged_afresh(
-                        flow,
-                        sender,
-                        crate::packet::is_pure_syn(flow.key.protocol, flags),
-                        false,
-                    )
-            }),
-            _ => false,
-        };
+        let copies_change_nothing = self.repeatable;
         let outcome = match decision.action {
             Action::Allow | Action::Audit => Outcome::SendBack(decision.action),
             Action::Deny => Outcome::Withhold(Action::Deny),
