@@ -57,6 +57,13 @@ impl Backoff {
     }
 }
 
+/// `period` shortened by up to a quarter at random: periodic work (the version probe) of many
+/// appliances does not fall into step, nor into step with a periodic fault of the API server.
+pub(super) fn jittered(period: Duration) -> Duration {
+    let unit = (RandomState::new().hash_one(Instant::now()) >> 11) as f64 / (1u64 << 53) as f64;
+    period.mul_f64(1.0 - unit / 4.0)
+}
+
 /// Whether the watcher's next step after `error` is a full list.
 fn lists_next(error: &watcher::Error) -> bool {
     match error {
@@ -160,6 +167,15 @@ mod tests {
             (Backoff::new(Duration::from_secs(30)), Backoff::new(Duration::from_secs(30)));
         let apart = (0..8).filter(|_| a.next_wait() != b.next_wait()).count();
         assert!(apart >= 7, "{apart}");
+    }
+
+    #[test]
+    fn jittered_periods_are_between_three_quarters_and_all_of_the_period_and_vary() {
+        let period = Duration::from_secs(10);
+        let draws: Vec<Duration> = (0..32).map(|_| jittered(period)).collect();
+        assert!(draws.iter().all(|d| *d >= period * 3 / 4 && *d <= period), "{draws:?}");
+        let first = draws[0];
+        assert!(draws.iter().any(|d| *d != first), "{draws:?}");
     }
 
     #[test]

@@ -47,6 +47,8 @@ const DRAIN_MAX: usize = 10_000;
 const HEARTBEAT: Duration = Duration::from_secs(30);
 /// The longest wait between two tries of a failing watch or list.
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// How soon a failed version probe is tried again (at most a probe period).
+const PROBE_RETRY: Duration = Duration::from_secs(1);
 /// While lost, how often the loop looks whether everything answers again.
 const LOST_RECHECK: Duration = Duration::from_millis(250);
 
@@ -325,10 +327,12 @@ impl ClusterWatch {
     }
 }
 
-/// Asks the API server's version every third of `timeout` (each answer is evidence that it
-/// is there), and renews the credentials after a refusal (401, 403) or while nothing answers
-/// (a rotated authority or client certificate shows as failed connections, not as a 401), at
-/// most once per probe interval, and after silence at most once per `timeout`.
+/// Asks the API server's version about every third of `timeout` (each answer is evidence that
+/// it is there; the period is jittered, and a failed probe is tried again after
+/// [`PROBE_RETRY`], so that a probe cannot stay in step with a periodic fault), and renews the
+/// credentials after a refusal (401, 403) or while nothing answers (a rotated authority or
+/// client certificate shows as failed connections, not as a 401), at most once per probe
+/// interval, and after silence at most once per `timeout`.
 async fn probe(connection: Arc<Connection>, source: String) {
     let timeout = connection.timeout();
     let period = timeout / 3;
@@ -348,7 +352,11 @@ async fn probe(connection: Arc<Connection>, source: String) {
             }
             renewed_at = Instant::now();
         }
-        connection.probe(period).await;
-        tokio::time::sleep_until(started + period).await;
+        let next = if connection.probe(period).await {
+            retry::jittered(period)
+        } else {
+            PROBE_RETRY.min(period)
+        };
+        tokio::time::sleep_until(started + next).await;
     }
 }
