@@ -20,7 +20,7 @@
 //! (429, 503 during a control-plane rollout) are retried from the last resource version with
 //! jittered backoff, never by a fresh list; a full list follows only a 410 Gone or a failed
 //! list, at least 30 s after the last one. The source is lost when some question (a kind's
-//! list or watch, the version probe every third of `timeout`) had no answer for `timeout`;
+//! list or watch, the version probe about every third of `timeout`) had no answer for `timeout`;
 //! the last report stays in force, and the next `Changes` (only what differs from the last
 //! report) marks it synced again. Refused credentials (401, 403), or silence, make the
 //! connection read the kubeconfig or the service account again (and run exec plugins again)

@@ -11,7 +11,7 @@
 //!
 //! Lost and back: the source is lost when some question (a kind's list or watch, the probe)
 //! has had no answer for the source's `timeout`; every watch ends at half of it and is resumed,
-//! and a prober asks the API server's version every third of it, so that a quiet cluster
+//! and a prober asks the API server's version about every third of it, so that a quiet cluster
 //! answers often enough and a silent API server (connections open, no bytes) is noticed after
 //! `timeout`, not after a watch's own five minutes. It is in sync again as soon as everything
 //! answered within `timeout` (the watches resumed from their versions: no relist needed). The
