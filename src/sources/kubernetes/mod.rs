@@ -20,9 +20,9 @@
 //! (429, 503 during a control-plane rollout) are retried from the last resource version with
 //! jittered backoff, never by a fresh list; a full list follows only a 410 Gone or a failed
 //! list, at least 30 s after the last one. The source is lost when some question (a kind's
-//! list or watch, the version probe about every third of `timeout`) had no answer for `timeout`;
-//! the last report stays in force, and the next `Changes` (only what differs from the last
-//! report) marks it synced again. Refused credentials (401, 403), or silence, make the
+//! list or watch, the version probe about every third of `timeout`) had no answer for
+//! `timeout`; the last report stays in force, and the next `Changes` (only what differs from
+//! the last report) marks it synced again. Refused credentials (401, 403), or silence, make the
 //! connection read the kubeconfig or the service account again (and run exec plugins again)
 //! without restarting the watchers. An event marks the addresses and namespaces it touches; a
 //! change after a quiet spell is reported at once, the changes of a burst are gathered for at
@@ -34,8 +34,8 @@
 //! object), `intern` (shared label sets and names), `claims` (who owns an address), `store`
 //! (the cluster store and what changed), `connection` (the client, its credentials and the
 //! evidence of answers), `retry` (how a watcher tries again), `health` (which watch errors are
-//! logged), `watch` (the loop between the watchers, the store and the control plane). This file holds
-//! the entry points: [`spawn`], [`run`] and [`list_once`].
+//! logged), `watch` (the loop between the watchers, the store and the control plane). This
+//! file holds the entry points: [`spawn`], [`run`] and [`list_once`].
 
 mod claims;
 mod connection;
