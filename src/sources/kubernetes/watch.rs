@@ -47,7 +47,8 @@ const DRAIN_MAX: usize = 10_000;
 const HEARTBEAT: Duration = Duration::from_secs(30);
 /// The longest wait between two tries of a failing watch or list.
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
-/// How soon a failed version probe is tried again (at most a probe period).
+/// How soon a failed version probe is tried again (doubling while they fail, up to a probe
+/// period).
 const PROBE_RETRY: Duration = Duration::from_secs(1);
 /// While lost, how often the loop looks whether everything answers again.
 const LOST_RECHECK: Duration = Duration::from_millis(250);
@@ -329,7 +330,8 @@ impl ClusterWatch {
 
 /// Asks the API server's version about every third of `timeout` (each answer is evidence that
 /// it is there; the period is jittered, and a failed probe is tried again after
-/// [`PROBE_RETRY`], so that a probe cannot stay in step with a periodic fault), and renews the
+/// [`PROBE_RETRY`], doubling while they keep failing, so that a probe cannot stay in step with
+/// a periodic fault nor add load to an overloaded API server), and renews the
 /// credentials after a refusal (401, 403) or while nothing answers (a rotated authority or
 /// client certificate shows as failed connections, not as a 401), at most once per probe
 /// interval, and after silence at most once per `timeout`.
@@ -337,6 +339,7 @@ async fn probe(connection: Arc<Connection>, source: String) {
     let timeout = connection.timeout();
     let period = timeout / 3;
     let mut renewed_at = Instant::now();
+    let mut failures = 0u32;
     loop {
         let started = Instant::now();
         let refused = connection.evidence().refused();
@@ -352,11 +355,14 @@ async fn probe(connection: Arc<Connection>, source: String) {
             }
             renewed_at = Instant::now();
         }
-        let next = if connection.probe(period).await {
-            retry::jittered(period)
+        let wait = if connection.probe(period).await {
+            failures = 0;
+            period
         } else {
-            PROBE_RETRY.min(period)
+            failures = failures.saturating_add(1);
+            PROBE_RETRY.saturating_mul(1 << (failures - 1).min(16)).min(period)
         };
+        let next = retry::jittered(wait);
         tokio::time::sleep_until(started + next).await;
     }
 }
