@@ -389,13 +389,21 @@ impl ControlPlane {
     pub fn apply(&mut self, event: SourceEvent) -> bool {
         let mut statuses = self.state.sources.lock().unwrap_or_else(|e| e.into_inner());
         match event {
-            SourceEvent::Changes { source, changes } => {
+            SourceEvent::Changes { source, changes, in_sync } => {
                 let Some(index) =
                     self.source_names[..self.live_sources].iter().position(|s| *s == source)
                 else {
                     tracing::warn!(source, "changes from an unknown label source ignored");
                     return false;
                 };
+                if !in_sync {
+                    // Events of a source that is still lost: applied, but it stays lost (and
+                    // withdrawn, if it is: its claims are kept while they own nothing).
+                    self.labels.apply_changes(index, &changes);
+                    let inside = Some((index, &changes.contests[..]));
+                    self.conflict_log.note(&mut self.labels, &mut statuses, inside);
+                    return !changes.is_empty();
+                }
                 let mut restored = false;
                 if let Some(status) = statuses.iter_mut().find(|s| s.name == source) {
                     status.synced = true;

@@ -1446,6 +1446,40 @@ fn a_token_rotated_in_the_kubeconfig_reaches_the_running_appliance() {
 }
 
 #[test]
+fn events_that_keep_coming_while_part_of_the_api_server_is_silent_do_not_stop_max_stale() {
+    let server = server_with(&[
+        pod("bookinfo", "ratings-1", &["10.0.1.15"], json!({"app": "ratings"})),
+        pod("bookinfo", "busy", &["10.0.1.99"], json!({"app": "busy"})),
+    ]);
+    let scene = Scene::start_with(&[("c1", &server)], Some("2s"));
+    assert_eq!(scene.verdict(POD_A, 3306), Verdict::Allowed);
+    // The version probe fails; watches go on delivering a change every 300 ms. Each change
+    // must not count as being in sync again (it did: max_stale restarted with every event).
+    server.fail_version(true);
+    let started = Instant::now();
+    let mut round = 0;
+    while scene.verdict(POD_A, 3306) != Verdict::Dropped {
+        assert!(
+            started.elapsed() < Duration::from_secs(12),
+            "never withdrawn (timeout 3 s + max_stale 2 s)\n{}",
+            scene.appliance.log()
+        );
+        round += 1;
+        server.set_labels(
+            "pods",
+            "bookinfo",
+            "busy",
+            json!({"app": "busy", "round": round.to_string()}),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(scene.synced("c1"), 0);
+    server.fail_version(false);
+    scene.wait_synced("c1", 1);
+    scene.wait(POD_A, 3306, Verdict::Allowed);
+}
+
+#[test]
 fn a_control_plane_rollout_refusing_watches_costs_no_relist_and_the_next_change_still_decides() {
     let server =
         server_with(&[pod("bookinfo", "ratings-1", &["10.0.1.15"], json!({"app": "ratings"}))]);

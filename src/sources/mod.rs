@@ -14,9 +14,11 @@ use crate::labels::SourceChanges;
 #[derive(Debug, Clone)]
 pub enum SourceEvent {
     /// What changed since the source's last `Changes` (the first one, sent once every kind
-    /// has been listed in full, holds everything). Each leaves the source's view consistent,
-    /// and each, even an empty one, says the source is in sync.
-    Changes { source: String, changes: Arc<SourceChanges> },
+    /// has been listed in full, holds everything). Each leaves the source's view consistent;
+    /// with `in_sync`, even an empty one says the source is in sync. Without it (events still
+    /// arrive while some part of the API server is silent) the source stays lost: its
+    /// `max_stale` goes on counting.
+    Changes { source: String, changes: Arc<SourceChanges>, in_sync: bool },
     /// The source lost its origin (API server unreachable, watch failing): the control plane
     /// keeps its last records and reports it as out of sync until the next `Changes`.
     Lost { source: String, error: String },

@@ -197,6 +197,8 @@ struct Shared {
     /// Watch requests are answered with this status until the instant (a control-plane
     /// rollout: 429, 503).
     failing_watches: Mutex<Option<(u16, std::time::Instant)>>,
+    /// `/version` answers 503 (one part of the API server failing while watches stream).
+    version_fails: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -275,6 +277,7 @@ impl FakeApiServer {
             open_watches: AtomicU64::new(0),
             frozen: tokio::sync::watch::Sender::new(false),
             failing_watches: Mutex::new(None),
+            version_fails: std::sync::atomic::AtomicBool::new(false),
         });
         let listener = {
             let _context = runtime.enter();
@@ -555,6 +558,11 @@ impl FakeApiServer {
         self.shared.frozen.send_replace(false);
     }
 
+    /// Answers `/version` with 503 while `fails`; lists and watches still work.
+    pub fn fail_version(&self, fails: bool) {
+        self.shared.version_fails.store(fails, Ordering::SeqCst);
+    }
+
     /// Answers every watch request with `status` (429, 503) for `duration`; lists still work.
     pub fn fail_watches_for(&self, status: u16, duration: Duration) {
         *self.shared.failing_watches.lock().unwrap() =
@@ -787,6 +795,10 @@ async fn serve_connection(shared: Arc<Shared>, stream: Box<dyn Io>) {
             continue;
         }
         let ok = match request.path.as_str() {
+            "/version" if shared.version_fails.load(Ordering::SeqCst) => {
+                let body = status_json(503, "ServiceUnavailable", "version unavailable");
+                respond(&mut stream, 503, &body).await
+            }
             "/version" => {
                 let body = json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0",
                                   "platform": "linux/amd64"});

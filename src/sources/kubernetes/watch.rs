@@ -281,8 +281,11 @@ impl ClusterWatch {
                 if back || (*at + HEARTBEAT <= now && probed) {
                     self.publish.lost_reported = false;
                     *at = now;
-                    let event =
-                        SourceEvent::Changes { source: self.name.clone(), changes: Arc::default() };
+                    let event = SourceEvent::Changes {
+                        source: self.name.clone(),
+                        changes: Arc::default(),
+                        in_sync: true,
+                    };
                     return self.events.send(event).await.is_ok();
                 }
             }
@@ -313,16 +316,15 @@ impl ClusterWatch {
         self.publish.dirty = false;
         self.publish.at = None;
         self.publish.last_sent = Some(now);
-        let event = SourceEvent::Changes { source: self.name.clone(), changes };
+        // While some question goes unanswered the view is not known to be current: the
+        // changes are applied, and the source stays lost.
+        let in_sync = lost.is_none();
+        let event = SourceEvent::Changes { source: self.name.clone(), changes, in_sync };
         if self.events.send(event).await.is_err() {
             return false;
         }
-        self.publish.lost_reported = false;
-        if let Some(error) = lost {
-            // The API server is silent: the view is not known to be current.
-            self.publish.lost_reported = true;
-            let event = SourceEvent::Lost { source: self.name.clone(), error };
-            return self.events.send(event).await.is_ok();
+        if in_sync {
+            self.publish.lost_reported = false;
         }
         true
     }
