@@ -21,8 +21,9 @@
 //! jittered backoff, never by a fresh list; a full list follows only a 410 Gone or a failed
 //! list, at least 30 s after the last one. The source is lost when some question (a kind's
 //! list or watch, the version probe about every third of `timeout`) had no answer for
-//! `timeout`; the last report stays in force, and the next `Changes` (only what differs from
-//! the last report) marks it synced again. Refused credentials (401, 403), or silence, make the
+//! `timeout`; the last report stays in force, events that still arrive are reported without
+//! marking it in sync, and the first `Changes` once everything answers again marks it synced
+//! again. Refused credentials (401, 403), or silence, make the
 //! connection read the kubeconfig or the service account again (and run exec plugins again)
 //! without restarting the watchers. An event marks the addresses and namespaces it touches; a
 //! change after a quiet spell is reported at once, the changes of a burst are gathered for at
