@@ -232,6 +232,9 @@ impl FlowTable {
 
     /// The live flow for `key`; a flow idle past its timeout is removed and handed to
     /// `ended` instead.
+    /// Inlined: it is most of an established packet's judging, and as a call of its own it
+    /// cost each packet ~50 more instructions (docs/performance.md, hostile-traffic A/B).
+    #[inline(always)]
     pub fn lookup(
         &mut self,
         key: &FlowKey,

@@ -13,12 +13,12 @@
 //! another claimant already holds is a conflict, counted by the store.
 
 use std::net::IpAddr;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
-use super::intern::Interner;
-use super::objects::{NodeView, PodView};
+use super::objects::{NodeView, PodIps, PodKey, PodView};
 use crate::labels::{Labels, Loss, created_seconds};
 
 /// A pod that owns at least one address.
@@ -27,7 +27,7 @@ pub(super) struct PodEntry {
     pub(super) namespace: Arc<str>,
     pub(super) name: Arc<str>,
     pub(super) labels: Arc<Labels>,
-    pub(super) ips: Box<[IpAddr]>,
+    pub(super) ips: PodIps,
     /// Seconds since the Unix epoch ([`created_seconds`]: the records' form, and with
     /// `terminating` it fits where an `i64` alone would).
     pub(super) created: u32,
@@ -37,8 +37,8 @@ pub(super) struct PodEntry {
 
 impl PodEntry {
     /// How the pod ranks for an address: the greatest wins.
-    fn rank<'a>(&self, uid: &'a Arc<str>) -> (bool, u32, &'a Arc<str>) {
-        (!self.terminating, self.created, uid)
+    fn rank<'a>(&self, key: &'a PodKey) -> (bool, u32, &'a PodKey) {
+        (!self.terminating, self.created, key)
     }
 }
 
@@ -49,54 +49,116 @@ pub(super) struct NodeEntry {
     pub(super) ips: Box<[IpAddr]>,
 }
 
-/// The key of a pod: its UID, so that a new pod of the same name is a different entry.
-pub(super) fn pod_key(pod: &PodView) -> Arc<str> {
-    match &pod.metadata.uid {
-        Some(uid) if !uid.is_empty() => uid.as_str().into(),
-        _ => format!(
-            "{}/{}",
-            pod.metadata.namespace.as_deref().unwrap_or_default(),
-            pod.metadata.name.as_deref().unwrap_or_default()
-        )
-        .into(),
-    }
-}
-
 /// The entry of a pod, or `None` when it owns no address: finished (Succeeded, Failed), in
 /// the host network (the address is the node's), or not given an address yet.
-pub(super) fn pod_entry(pod: &PodView, interner: &mut Interner) -> Option<PodEntry> {
-    let finished = matches!(pod.phase.as_deref(), Some("Succeeded" | "Failed"));
-    if finished || pod.host_network || pod.ips.is_empty() {
+pub(super) fn pod_entry(pod: &PodView) -> Option<PodEntry> {
+    if pod.finished || pod.host_network || pod.ips.is_empty() {
         return None;
     }
     Some(PodEntry {
-        namespace: interner.name(pod.metadata.namespace.as_deref().unwrap_or_default()),
-        name: pod.metadata.name.as_deref().unwrap_or_default().into(),
-        labels: interner.labels(pod.labels.clone()),
-        ips: pod.ips.clone().into_boxed_slice(),
+        namespace: Arc::clone(&pod.namespace),
+        name: Arc::clone(&pod.name),
+        labels: Arc::clone(&pod.labels),
+        ips: pod.ips,
         created: created_seconds(pod.created),
         terminating: pod.terminating,
     })
 }
 
 /// The entry of a node: its labels and addresses (a node claims them whatever its state).
-pub(super) fn node_entry(node: &NodeView, interner: &mut Interner) -> NodeEntry {
-    NodeEntry {
-        labels: interner.labels(node.labels.clone()),
-        ips: node.ips.clone().into_boxed_slice(),
-    }
+pub(super) fn node_entry(node: &NodeView) -> NodeEntry {
+    NodeEntry { labels: Arc::clone(&node.labels), ips: node.ips.clone().into_boxed_slice() }
 }
 
-/// The pods and nodes that claim one address.
+/// A claimant of an address: a pod, by its key, or a node, by its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Claimant {
+    Pod(PodKey),
+    Node(Arc<str>),
+}
+
+/// Who claims one address. Nearly every address has one claimant, held inline (a list per
+/// address would be a million small allocations at 1M pods).
 #[derive(Debug, Default)]
-pub(super) struct Claimants {
-    pub(super) pods: Vec<Arc<str>>,
-    pub(super) nodes: Vec<Arc<str>>,
+pub(super) enum Claimants {
+    #[default]
+    None,
+    One(Claimant),
+    Many(Vec<Claimant>),
 }
 
 impl Claimants {
-    fn len(&self) -> usize {
-        self.pods.len() + self.nodes.len()
+    pub(super) fn as_slice(&self) -> &[Claimant] {
+        match self {
+            Claimants::None => &[],
+            Claimants::One(claimant) => std::slice::from_ref(claimant),
+            Claimants::Many(list) => list,
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    fn push(&mut self, claimant: Claimant) {
+        *self = match std::mem::take(self) {
+            Claimants::None => Claimants::One(claimant),
+            Claimants::One(first) => Claimants::Many(vec![first, claimant]),
+            Claimants::Many(mut list) => {
+                list.push(claimant);
+                Claimants::Many(list)
+            }
+        };
+    }
+
+    fn remove(&mut self, claimant: &Claimant) {
+        match self {
+            Claimants::One(only) if only == claimant => *self = Claimants::None,
+            Claimants::Many(list) => {
+                if let Some(at) = list.iter().position(|c| c == claimant) {
+                    list.swap_remove(at);
+                }
+                if list.len() == 1 {
+                    *self = Claimants::One(list.remove(0));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One address of the cluster: who claims it, and what was last reported of it.
+#[derive(Debug, Default)]
+pub(super) struct Address {
+    pub(super) claimants: Claimants,
+    /// A fingerprint of the record last reported for it (`None`: nothing, or its removal).
+    pub(super) reported: Option<NonZeroU64>,
+    /// Queued to be looked at by the next report.
+    pub(super) dirty: bool,
+}
+
+impl Address {
+    /// Nothing claims it and nothing of it stands reported: it can be forgotten.
+    pub(super) fn is_unused(&self) -> bool {
+        self.claimants.is_empty() && self.reported.is_none()
+    }
+}
+
+/// The addresses of a cluster, and those that may have changed since the last report.
+#[derive(Debug, Default)]
+pub(super) struct Addresses {
+    pub(super) map: FxHashMap<IpAddr, Address>,
+    pub(super) dirty: Vec<IpAddr>,
+}
+
+impl Addresses {
+    fn touch(&mut self, ip: IpAddr) -> &mut Address {
+        let address = self.map.entry(ip).or_default();
+        if !address.dirty {
+            address.dirty = true;
+            self.dirty.push(ip);
+        }
+        address
     }
 }
 
@@ -105,32 +167,28 @@ impl Claimants {
 /// entry changed); only the addresses it leaves or joins change their claimants, so an update
 /// that keeps a pod's addresses is no new claim. Each address the claimant joins while another
 /// claimant holds it is pushed to `contested`.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn claim(
-    claims: &mut FxHashMap<IpAddr, Claimants>,
-    dirty: &mut FxHashSet<IpAddr>,
+    addresses: &mut Addresses,
     contested: &mut Vec<IpAddr>,
     old: &[IpAddr],
     new: &[IpAddr],
-    key: &Arc<str>,
-    pick: fn(&mut Claimants) -> &mut Vec<Arc<str>>,
+    claimant: &Claimant,
 ) {
-    for ip in old.iter().filter(|ip| !new.contains(ip)) {
-        if let Some(claimants) = claims.get_mut(ip) {
-            let list = pick(claimants);
-            if let Some(at) = list.iter().position(|k| k == key) {
-                list.swap_remove(at);
+    for ip in old {
+        let address = addresses.touch(*ip);
+        if !new.contains(ip) {
+            address.claimants.remove(claimant);
+        }
+    }
+    for ip in new {
+        let address = addresses.touch(*ip);
+        if !old.contains(ip) {
+            if !address.claimants.is_empty() {
+                contested.push(*ip);
             }
+            address.claimants.push(claimant.clone());
         }
     }
-    for ip in new.iter().filter(|ip| !old.contains(ip)) {
-        let claimants = claims.entry(*ip).or_default();
-        if claimants.len() > 0 {
-            contested.push(*ip);
-        }
-        pick(claimants).push(Arc::clone(key));
-    }
-    dirty.extend(old.iter().chain(new));
 }
 
 /// The claim that wins an address.
@@ -146,14 +204,18 @@ impl Claimants {
     /// then by creation time, then by UID, the greatest first; then nodes by name.
     fn ranked<'a>(
         &'a self,
-        pods: &'a FxHashMap<Arc<str>, PodEntry>,
+        pods: &'a FxHashMap<PodKey, PodEntry>,
         nodes: &'a FxHashMap<Arc<str>, NodeEntry>,
     ) -> Vec<Owner<'a>> {
-        let mut live_pods: Vec<(&Arc<str>, &PodEntry)> =
-            self.pods.iter().filter_map(|uid| pods.get(uid).map(|pod| (uid, pod))).collect();
+        let mut live_pods: Vec<(&PodKey, &PodEntry)> = Vec::new();
+        let mut live_nodes: Vec<(&Arc<str>, &NodeEntry)> = Vec::new();
+        for claimant in self.as_slice() {
+            match claimant {
+                Claimant::Pod(key) => live_pods.extend(pods.get(key).map(|pod| (key, pod))),
+                Claimant::Node(name) => live_nodes.extend(nodes.get(name).map(|n| (name, n))),
+            }
+        }
         live_pods.sort_unstable_by(|a, b| b.1.rank(b.0).cmp(&a.1.rank(a.0)));
-        let mut live_nodes: Vec<(&Arc<str>, &NodeEntry)> =
-            self.nodes.iter().filter_map(|name| nodes.get(name).map(|n| (name, n))).collect();
         live_nodes.sort_unstable_by(|a, b| a.0.cmp(b.0));
         live_pods
             .into_iter()
@@ -167,12 +229,15 @@ impl Claimants {
     /// else the node with the least name.
     pub(super) fn owner<'a>(
         &'a self,
-        pods: &'a FxHashMap<Arc<str>, PodEntry>,
+        pods: &'a FxHashMap<PodKey, PodEntry>,
         nodes: &'a FxHashMap<Arc<str>, NodeEntry>,
     ) -> Option<Owner<'a>> {
-        if self.nodes.is_empty() && self.pods.len() == 1 {
-            // The common case: one pod, nothing to rank.
-            return pods.get(&self.pods[0]).map(Owner::Pod);
+        if let Claimants::One(only) = self {
+            // The common case: one claimant, nothing to rank.
+            return match only {
+                Claimant::Pod(key) => pods.get(key).map(Owner::Pod),
+                Claimant::Node(name) => nodes.get(name).map(|node| Owner::Node(name, node)),
+            };
         }
         self.ranked(pods, nodes).into_iter().next()
     }
@@ -181,7 +246,7 @@ impl Claimants {
     /// two claimants.
     pub(super) fn contest<'a>(
         &'a self,
-        pods: &'a FxHashMap<Arc<str>, PodEntry>,
+        pods: &'a FxHashMap<PodKey, PodEntry>,
         nodes: &'a FxHashMap<Arc<str>, NodeEntry>,
     ) -> Option<(Owner<'a>, Owner<'a>, Loss)> {
         let ranked = self.ranked(pods, nodes);
@@ -202,6 +267,7 @@ mod tests {
 
     use super::*;
     use crate::sources::kubernetes::fixtures::*;
+    use crate::sources::kubernetes::objects::Uid;
     use crate::sources::kubernetes::store::Applied;
 
     #[test]
@@ -215,9 +281,8 @@ mod tests {
         let mut pending = running("u4", "pending", "2024-05-01T12:00:00Z", &[]);
         pending["status"] = serde_json::json!({"phase": "Pending"});
         let bare = serde_json::json!({"metadata": {"name": "bare", "uid": "u5"}});
-        let mut interner = Interner::default();
         for json in [succeeded, failed, host, pending, bare] {
-            assert_eq!(pod_entry(&pod(json.clone()), &mut interner), None, "{json}");
+            assert_eq!(pod_entry(&pod(json.clone())), None, "{json}");
         }
     }
 
@@ -303,12 +368,11 @@ mod tests {
         let old = running("u-old", "old", "2024-05-01T12:00:00Z", &["10.0.1.15"]);
         let new = running("u-new", "new", "2024-05-01T12:05:00Z", &["10.0.1.15"]);
         let same = running("u-same", "same", "2024-05-01T12:05:00Z", &["10.0.1.15"]);
-        let mut interner = Interner::default();
-        let entries: FxHashMap<Arc<str>, PodEntry> = [&old, &new, &same]
+        let entries: FxHashMap<PodKey, PodEntry> = [&old, &new, &same]
             .into_iter()
             .map(|json| {
                 let view = pod(json.clone());
-                (pod_key(&view), pod_entry(&view, &mut interner).unwrap())
+                (view.key.clone(), pod_entry(&view).unwrap())
             })
             .collect();
         let nodes = FxHashMap::default();
@@ -317,8 +381,10 @@ mod tests {
             Owner::Node(n, _) => n.to_string(),
         };
         let contest = |uids: &[&str]| {
-            let claimants =
-                Claimants { pods: uids.iter().map(|u| Arc::from(*u)).collect(), nodes: vec![] };
+            let mut claimants = Claimants::None;
+            for uid in uids {
+                claimants.push(Claimant::Pod(PodKey(Uid::Text(Arc::from(*uid)))));
+            }
             claimants.contest(&entries, &nodes).map(|(w, l, loss)| (name(w), name(l), loss))
         };
         assert_eq!(contest(&["u-old", "u-new"]), Some(("new".into(), "old".into(), Loss::Older)));

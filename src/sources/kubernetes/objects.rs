@@ -12,10 +12,13 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
+use serde::de::{Deserializer, SeqAccess, Visitor};
 
+use super::intern::{self, InternedLabels, InternedName};
 use crate::labels::Labels;
 
 /// The three kinds watched.
@@ -44,37 +47,41 @@ impl fmt::Display for Kind {
     }
 }
 
-/// The fields of `metadata` that are kept: what the watcher needs, and labels.
+/// The fields of `metadata` that are kept: the resource version (all the watcher reads),
+/// names, UID, times and labels, each read in place from the JSON (no string of its own
+/// but the name and the version; labels and namespace names shared, see `intern`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawMeta {
     #[serde(default)]
-    name: Option<String>,
+    name: Option<SharedText>,
     #[serde(default)]
-    namespace: Option<String>,
+    namespace: Option<InternedName>,
     #[serde(default)]
-    uid: Option<String>,
+    uid: Option<Uid>,
     #[serde(default)]
     resource_version: Option<String>,
     #[serde(default)]
-    creation_timestamp: Option<String>,
+    creation_timestamp: Option<Created>,
     /// Set once the object is being deleted; only whether it is there matters.
     #[serde(default)]
     deletion_timestamp: Option<serde::de::IgnoredAny>,
     #[serde(default)]
-    labels: Option<Labels>,
+    labels: Option<InternedLabels>,
 }
 
 impl RawMeta {
-    /// The metadata the watcher reads (name and resource version), without labels.
+    /// The metadata the watcher reads: the resource version.
     fn object_meta(&mut self) -> ObjectMeta {
-        ObjectMeta {
-            name: self.name.take(),
-            namespace: self.namespace.take(),
-            uid: self.uid.take(),
-            resource_version: self.resource_version.take(),
-            ..ObjectMeta::default()
-        }
+        ObjectMeta { resource_version: self.resource_version.take(), ..ObjectMeta::default() }
+    }
+
+    fn name(&self) -> Arc<str> {
+        self.name.as_ref().map_or_else(|| Arc::from(""), |n| Arc::clone(&n.0))
+    }
+
+    fn labels(&mut self) -> Arc<Labels> {
+        self.labels.take().map_or_else(|| intern::labels(&Labels::new()), |l| l.0)
     }
 }
 
@@ -85,21 +92,21 @@ struct RawPodSpec {
     host_network: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct RawPodIp {
     #[serde(default)]
-    ip: Option<String>,
+    ip: Option<Address>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawPodStatus {
     #[serde(default)]
-    phase: Option<String>,
+    phase: Option<Phase>,
     #[serde(default, rename = "podIP")]
-    pod_ip: Option<String>,
+    pod_ip: Option<Address>,
     #[serde(default, rename = "podIPs")]
-    pod_ips: Option<Vec<RawPodIp>>,
+    pod_ips: Option<AddressList>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,46 +124,220 @@ struct RawPod {
 #[serde(from = "RawPod")]
 pub(super) struct PodView {
     pub(super) metadata: ObjectMeta,
-    pub(super) labels: Labels,
+    /// Its UID (or, without one, `namespace/name`).
+    pub(super) key: PodKey,
+    pub(super) namespace: Arc<str>,
+    pub(super) name: Arc<str>,
+    pub(super) labels: Arc<Labels>,
     /// Seconds since the Unix epoch; 0 when absent or unreadable.
     pub(super) created: i64,
     /// `metadata.deletionTimestamp` is set: the pod is being deleted (it may stay so for
     /// long, with phase Running, on a node that stopped answering).
     pub(super) terminating: bool,
-    pub(super) phase: Option<String>,
+    /// Phase Succeeded or Failed: its containers are gone, and so is its claim.
+    pub(super) finished: bool,
     pub(super) host_network: bool,
-    pub(super) ips: Vec<IpAddr>,
-    /// Addresses in status that are not IP addresses.
+    pub(super) ips: PodIps,
+    /// Addresses in status that are not IP addresses (or beyond the two a pod may have).
     pub(super) bad_ips: usize,
 }
 
 impl From<RawPod> for PodView {
     fn from(mut raw: RawPod) -> PodView {
         let status = raw.status.unwrap_or_default();
-        let mut texts: Vec<String> =
-            status.pod_ips.unwrap_or_default().into_iter().filter_map(|p| p.ip).collect();
-        if texts.is_empty() {
-            texts.extend(status.pod_ip);
-        }
-        let mut ips = Vec::with_capacity(texts.len());
-        let mut bad_ips = 0;
-        for text in &texts {
-            match text.parse::<IpAddr>() {
-                Ok(ip) if !ips.contains(&ip) => ips.push(ip),
-                Ok(_) => {}
-                Err(_) => bad_ips += 1,
+        let (mut ips, mut bad_ips) = status.pod_ips.map_or((PodIps::default(), 0), |l| (l.ips, l.bad));
+        if ips.is_empty() && bad_ips == 0 {
+            match status.pod_ip {
+                Some(Address(Some(ip))) => {
+                    ips.push(ip);
+                }
+                Some(Address(None)) => bad_ips += 1,
+                None => {}
             }
         }
+        let namespace = raw.metadata.namespace.take().map_or_else(|| intern::name(""), |n| n.0);
+        let name = raw.metadata.name();
+        let key = match raw.metadata.uid.take() {
+            Some(uid) if !matches!(&uid, Uid::Text(text) if text.is_empty()) => PodKey(uid),
+            _ => PodKey(Uid::Text(format!("{namespace}/{name}").into())),
+        };
         PodView {
-            labels: raw.metadata.labels.take().unwrap_or_default(),
-            created: raw.metadata.creation_timestamp.as_deref().and_then(unix_seconds).unwrap_or(0),
+            key,
+            labels: raw.metadata.labels(),
+            created: raw.metadata.creation_timestamp.take().and_then(|c| c.0).unwrap_or(0),
             terminating: raw.metadata.deletion_timestamp.is_some(),
             metadata: raw.metadata.object_meta(),
-            phase: status.phase,
+            namespace,
+            name,
+            finished: status.phase.is_some_and(|p| p.finished),
             host_network: raw.spec.and_then(|s| s.host_network).unwrap_or(false),
             ips,
             bad_ips,
         }
+    }
+}
+
+/// The addresses of a pod: at most two (one per family: the API server allows no more),
+/// held inline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct PodIps {
+    len: u8,
+    addrs: [IpAddr; 2],
+}
+
+impl Default for PodIps {
+    fn default() -> PodIps {
+        PodIps { len: 0, addrs: [IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED); 2] }
+    }
+}
+
+impl PodIps {
+    pub(super) fn as_slice(&self) -> &[IpAddr] {
+        &self.addrs[..usize::from(self.len)]
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds `ip` unless it is there already; false when there is no room for it.
+    fn push(&mut self, ip: IpAddr) -> bool {
+        if self.as_slice().contains(&ip) {
+            return true;
+        }
+        match self.addrs.get_mut(usize::from(self.len)) {
+            Some(slot) => {
+                *slot = ip;
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl std::ops::Deref for PodIps {
+    type Target = [IpAddr];
+    fn deref(&self) -> &[IpAddr] {
+        self.as_slice()
+    }
+}
+
+/// What identifies a pod in the store: its UID, so that a new pod of the same name is a
+/// different entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) struct PodKey(pub(super) Uid);
+
+/// A UID: as the 16 bytes of a UUID (what the API server gives: 16 bytes a pod instead of a
+/// shared string), or the text of anything else. UUIDs order as their lowercase text would.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) enum Uid {
+    Uuid([u8; 16]),
+    Text(Arc<str>),
+}
+
+impl Uid {
+    fn read(text: &str) -> Uid {
+        parse_uuid(text).map_or_else(|| Uid::Text(text.into()), Uid::Uuid)
+    }
+}
+
+/// The 16 bytes of a UUID in its `8-4-4-4-12` lowercase hex form; `None` for anything else
+/// (uppercase included, so that every UID has one form only).
+fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+    let b = text.as_bytes();
+    if b.len() != 36 || [8, 13, 18, 23].iter().any(|&at| b[at] != b'-') {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    let mut digits = b.iter().filter(|&&c| c != b'-');
+    for byte in &mut bytes {
+        let mut value = 0;
+        for _ in 0..2 {
+            let digit = match *digits.next()? {
+                c @ b'0'..=b'9' => c - b'0',
+                c @ b'a'..=b'f' => c - b'a' + 10,
+                _ => return None,
+            };
+            value = value << 4 | digit;
+        }
+        *byte = value;
+    }
+    Some(bytes)
+}
+
+/// Reads a string in place through `read` (no string of its own is made).
+macro_rules! read_str {
+    ($ty:ty, $what:literal, |$text:ident| $read:expr) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<$ty, D::Error> {
+                struct V;
+                impl Visitor<'_> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($what)
+                    }
+                    fn visit_str<E: serde::de::Error>(self, $text: &str) -> Result<$ty, E> {
+                        Ok($read)
+                    }
+                }
+                deserializer.deserialize_str(V)
+            }
+        }
+    };
+}
+
+/// A name held as a shared string (read once, then moved, never copied).
+#[derive(Debug)]
+struct SharedText(Arc<str>);
+read_str!(SharedText, "a name", |text| SharedText(text.into()));
+read_str!(Uid, "a UID", |text| Uid::read(text));
+
+/// A creation time, in seconds since the Unix epoch (`None`: unreadable).
+#[derive(Debug)]
+struct Created(Option<i64>);
+read_str!(Created, "a timestamp", |text| Created(unix_seconds(text)));
+
+/// Whether a pod's phase is one of the finished ones.
+#[derive(Debug)]
+struct Phase {
+    finished: bool,
+}
+read_str!(Phase, "a phase", |text| Phase { finished: matches!(text, "Succeeded" | "Failed") });
+
+/// An address (`None`: not an IP address).
+#[derive(Debug)]
+struct Address(Option<IpAddr>);
+read_str!(Address, "an address", |text| Address(text.parse().ok()));
+
+/// `status.podIPs`: the addresses, and how many entries were not (another) address.
+#[derive(Debug, Default)]
+struct AddressList {
+    ips: PodIps,
+    bad: usize,
+}
+
+impl<'de> Deserialize<'de> for AddressList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<AddressList, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AddressList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of pod addresses")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AddressList, A::Error> {
+                let mut list = AddressList::default();
+                while let Some(entry) = seq.next_element::<RawPodIp>()? {
+                    match entry.ip {
+                        Some(Address(Some(ip))) if list.ips.push(ip) => {}
+                        Some(_) => list.bad += 1,
+                        None => {}
+                    }
+                }
+                Ok(list)
+            }
+        }
+        deserializer.deserialize_seq(V)
     }
 }
 
@@ -210,13 +391,15 @@ struct RawNamespace {
 #[serde(from = "RawNamespace")]
 pub(super) struct NamespaceView {
     pub(super) metadata: ObjectMeta,
-    pub(super) labels: Labels,
+    pub(super) name: Arc<str>,
+    pub(super) labels: Arc<Labels>,
 }
 
 impl From<RawNamespace> for NamespaceView {
     fn from(mut raw: RawNamespace) -> NamespaceView {
         NamespaceView {
-            labels: raw.metadata.labels.take().unwrap_or_default(),
+            name: intern::name(&raw.metadata.name()),
+            labels: raw.metadata.labels(),
             metadata: raw.metadata.object_meta(),
         }
     }
@@ -249,7 +432,8 @@ struct RawNode {
 #[serde(from = "RawNode")]
 pub(super) struct NodeView {
     pub(super) metadata: ObjectMeta,
-    pub(super) labels: Labels,
+    pub(super) name: Arc<str>,
+    pub(super) labels: Arc<Labels>,
     pub(super) ips: Vec<IpAddr>,
 }
 
@@ -266,7 +450,8 @@ impl From<RawNode> for NodeView {
             }
         }
         NodeView {
-            labels: raw.metadata.labels.take().unwrap_or_default(),
+            name: raw.metadata.name(),
+            labels: raw.metadata.labels(),
             metadata: raw.metadata.object_meta(),
             ips,
         }
@@ -313,13 +498,50 @@ mod tests {
             "metadata": {"name": "old", "namespace": "ns", "uid": "u"},
             "status": {"phase": "Running", "podIP": "10.1.2.3"}
         }));
-        assert_eq!(view.ips, ["10.1.2.3".parse::<IpAddr>().unwrap()]);
+        assert_eq!(view.ips.as_slice(), ["10.1.2.3".parse::<IpAddr>().unwrap()]);
         let view = pod(serde_json::json!({
             "metadata": {"name": "bad", "uid": "u"},
             "status": {"phase": "Running", "podIPs": [{"ip": "not-an-ip"}, {"ip": "10.1.2.4"}, {}]}
         }));
-        assert_eq!(view.ips, ["10.1.2.4".parse::<IpAddr>().unwrap()]);
+        assert_eq!(view.ips.as_slice(), ["10.1.2.4".parse::<IpAddr>().unwrap()]);
         assert_eq!(view.bad_ips, 1);
+    }
+
+    #[test]
+    fn uids_are_keyed_by_their_16_bytes_and_anything_else_by_its_text() {
+        let uuid = "0a1b2c3d-4e5f-4607-8899-aabbccddeeff";
+        assert_eq!(
+            Uid::read(uuid),
+            Uid::Uuid([
+                0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f, 0x46, 0x07, 0x88, 0x99, 0xaa, 0xbb, 0xcc,
+                0xdd, 0xee, 0xff
+            ])
+        );
+        // Ordered as their text is, so that ties between pods go the same way either form.
+        let (low, high) = ("00000000-0000-4000-9000-00000000000f", "00000000-0000-4000-9000-000000000010");
+        assert!(low < high && Uid::read(low) < Uid::read(high));
+        for other in [
+            "u1",
+            "0A1B2C3D-4E5F-4607-8899-AABBCCDDEEFF",
+            "0a1b2c3d-4e5f-4607-8899-aabbccddeef",
+            "0a1b2c3d-4e5f-4607-8899-aabbccddeeffa",
+            "0a1b2c3d+4e5f-4607-8899-aabbccddeeff",
+            "0a1b2c3d-4e5f-4607-8899-aabbccddeefg",
+        ] {
+            assert_eq!(Uid::read(other), Uid::Text(other.into()), "{other}");
+        }
+        let view = pod(serde_json::json!({"metadata": {"name": "p", "namespace": "ns"}}));
+        assert_eq!(view.key, PodKey(Uid::Text("ns/p".into())), "no UID: namespace/name");
+    }
+
+    #[test]
+    fn a_pod_has_at_most_two_addresses_and_more_count_as_bad() {
+        let view = pod(running("u", "p", "2024-05-01T12:00:00Z", &[
+            "10.1.2.3", "fd00::3", "10.1.2.3", "10.1.2.4",
+        ]));
+        let expected: Vec<IpAddr> = vec!["10.1.2.3".parse().unwrap(), "fd00::3".parse().unwrap()];
+        assert_eq!(view.ips.as_slice(), expected);
+        assert_eq!(view.bad_ips, 1, "the repeat is no address of its own, the third is bad");
     }
 
     #[test]

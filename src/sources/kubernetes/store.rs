@@ -19,15 +19,16 @@
 //! ([`SourceChanges::conflicts`], a few of them in detail for the log).
 
 use std::net::IpAddr;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use kube::runtime::watcher::Event;
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::claims::{Claimants, NodeEntry, Owner, PodEntry, claim, node_entry, pod_entry, pod_key};
-use super::intern::Interner;
-use super::objects::{NamespaceView, NodeView, PodView};
+use super::claims::{Addresses, Claimant, NodeEntry, Owner, PodEntry, claim, node_entry, pod_entry};
+use super::intern;
+use super::objects::{NamespaceView, NodeView, PodKey, PodView};
 use crate::labels::{
     Contest, EndpointChange, EndpointKind, EndpointRecord, Labels, NamespaceChange,
     NamespaceRecord, SourceChanges, SourceRecords,
@@ -36,15 +37,15 @@ use crate::sources::kubernetes_source_name;
 
 /// The entries of one kind: the live ones, and a new list being gathered.
 #[derive(Debug)]
-pub(super) struct Table<E> {
-    live: FxHashMap<Arc<str>, E>,
-    listing: Option<FxHashMap<Arc<str>, E>>,
+pub(super) struct Table<K, E> {
+    live: FxHashMap<K, E>,
+    listing: Option<FxHashMap<K, E>>,
     /// Has completed a full list at least once.
     pub(super) listed: bool,
 }
 
-impl<E: PartialEq> Table<E> {
-    fn new() -> Table<E> {
+impl<K: Clone + Eq + std::hash::Hash, E: PartialEq> Table<K, E> {
+    fn new() -> Table<K, E> {
         Table { live: FxHashMap::default(), listing: None, listed: false }
     }
 
@@ -52,7 +53,7 @@ impl<E: PartialEq> Table<E> {
         self.listing = Some(FxHashMap::default());
     }
 
-    fn init_apply(&mut self, key: Arc<str>, entry: Option<E>) {
+    fn init_apply(&mut self, key: K, entry: Option<E>) {
         if let (Some(listing), Some(entry)) = (&mut self.listing, entry) {
             listing.insert(key, entry);
         }
@@ -60,7 +61,7 @@ impl<E: PartialEq> Table<E> {
 
     /// Swaps the new list in (objects that were not listed are gone); returns the entries
     /// it replaced.
-    fn init_done(&mut self) -> FxHashMap<Arc<str>, E> {
+    fn init_done(&mut self) -> FxHashMap<K, E> {
         self.listed = true;
         match self.listing.take() {
             Some(listing) => std::mem::replace(&mut self.live, listing),
@@ -70,12 +71,12 @@ impl<E: PartialEq> Table<E> {
 
     /// An added or changed object; `None` removes it. Returns the entry it replaced, or
     /// `None` when nothing changed.
-    fn apply(&mut self, key: &Arc<str>, entry: Option<E>) -> Option<Option<E>> {
+    fn apply(&mut self, key: &K, entry: Option<E>) -> Option<Option<E>> {
         if self.live.get(key) == entry.as_ref() {
             return None;
         }
         Some(match entry {
-            Some(entry) => self.live.insert(Arc::clone(key), entry),
+            Some(entry) => self.live.insert(key.clone(), entry),
             None => self.live.remove(key),
         })
     }
@@ -88,22 +89,23 @@ const CONTESTS_PER_REPORT: usize = 8;
 #[derive(Debug)]
 pub(super) struct ClusterStore {
     cluster: Arc<str>,
-    pub(super) pods: Table<PodEntry>,
-    pub(super) namespaces: Table<Arc<Labels>>,
-    pub(super) nodes: Table<NodeEntry>,
-    interner: Interner,
-    /// Which pods and nodes claim each address.
-    claims: FxHashMap<IpAddr, Claimants>,
-    /// Addresses and namespaces that may have changed since they were last reported.
-    dirty_ips: FxHashSet<IpAddr>,
+    pub(super) pods: Table<PodKey, PodEntry>,
+    pub(super) namespaces: Table<Arc<str>, Arc<Labels>>,
+    pub(super) nodes: Table<Arc<str>, NodeEntry>,
+    /// Who claims each address and what was last reported of it (a fingerprint of the
+    /// record: 8 bytes an address instead of a copy), and the addresses that may have
+    /// changed since.
+    addresses: Addresses,
+    /// Namespaces that may have changed since they were last reported.
     dirty_namespaces: FxHashSet<Arc<str>>,
     /// Pods in the store per namespace (a deleted namespace's labels stay while it has any).
     pods_per_namespace: FxHashMap<Arc<str>, u32>,
     /// Addresses a claim joined while another claimant held them, since the last report.
     contested: Vec<IpAddr>,
-    /// What the control plane was told: the owner of each address, each namespace's labels.
-    /// (A fingerprint of each reported record, not a copy: 16 bytes a pod instead of ~100.)
-    reported: FxHashMap<IpAddr, u64>,
+    /// Keys of the fingerprints (random: pod labels must not be able to make two records'
+    /// fingerprints collide).
+    fingerprints: ahash::RandomState,
+    /// What the control plane was told of each namespace's labels.
     reported_namespaces: FxHashMap<Arc<str>, Arc<Labels>>,
     /// The namespace of node records.
     no_namespace: Arc<str>,
@@ -116,13 +118,11 @@ impl ClusterStore {
             pods: Table::new(),
             namespaces: Table::new(),
             nodes: Table::new(),
-            interner: Interner::default(),
-            claims: FxHashMap::default(),
-            dirty_ips: FxHashSet::default(),
+            addresses: Addresses::default(),
             dirty_namespaces: FxHashSet::default(),
             pods_per_namespace: FxHashMap::default(),
             contested: Vec::new(),
-            reported: FxHashMap::default(),
+            fingerprints: ahash::RandomState::new(),
             reported_namespaces: FxHashMap::default(),
             no_namespace: Arc::from(""),
         }
@@ -133,19 +133,19 @@ impl ClusterStore {
     }
 
     pub(super) fn apply_pod(&mut self, event: Event<PodView>) -> Applied {
-        let (interner, claims, dirty) = (&mut self.interner, &mut self.claims, &mut self.dirty_ips);
+        let addresses = &mut self.addresses;
         let (contested, per_namespace) = (&mut self.contested, &mut self.pods_per_namespace);
         let dirty_namespaces = &mut self.dirty_namespaces;
         let entry = |pod: &PodView| {
             if pod.bad_ips > 0 {
-                tracing::debug!(pod = ?pod.metadata.name, "a pod address that is not an IP ignored");
+                tracing::debug!(pod = %pod.name, "a pod address that is not an IP ignored");
             }
-            (pod_key(pod), pod_entry(pod, interner))
+            (pod.key.clone(), pod_entry(pod))
         };
         apply(&mut self.pods, event, entry, |key, old, new| {
             let (old_ips, new_ips) =
                 (old.map_or(&[][..], |e| &e.ips), new.map_or(&[][..], |e| &e.ips));
-            claim(claims, dirty, contested, old_ips, new_ips, key, |c| &mut c.pods);
+            claim(addresses, contested, old_ips, new_ips, &Claimant::Pod(key.clone()));
             if let Some(new) = new {
                 *per_namespace.entry(Arc::clone(&new.namespace)).or_default() += 1;
             }
@@ -163,33 +163,28 @@ impl ClusterStore {
     }
 
     pub(super) fn apply_namespace(&mut self, event: Event<NamespaceView>) -> Applied {
-        let (interner, dirty) = (&mut self.interner, &mut self.dirty_namespaces);
-        let entry = |ns: &NamespaceView| {
-            let name = ns.metadata.name.as_deref().unwrap_or_default();
-            (name.into(), Some(interner.labels(ns.labels.clone())))
-        };
+        let dirty = &mut self.dirty_namespaces;
+        let entry = |ns: &NamespaceView| (Arc::clone(&ns.name), Some(Arc::clone(&ns.labels)));
         apply(&mut self.namespaces, event, entry, |key, _, _| {
             dirty.insert(Arc::clone(key));
         })
     }
 
     pub(super) fn apply_node(&mut self, event: Event<NodeView>) -> Applied {
-        let (interner, claims, dirty) = (&mut self.interner, &mut self.claims, &mut self.dirty_ips);
-        let entry = |node: &NodeView| {
-            let name = node.metadata.name.as_deref().unwrap_or_default();
-            (name.into(), Some(node_entry(node, interner)))
-        };
+        let addresses = &mut self.addresses;
+        let entry = |node: &NodeView| (Arc::clone(&node.name), Some(node_entry(node)));
         let contested = &mut self.contested;
         apply(&mut self.nodes, event, entry, |key, old, new| {
             let (old_ips, new_ips) =
                 (old.map_or(&[][..], |e| &e.ips), new.map_or(&[][..], |e| &e.ips));
-            claim(claims, dirty, contested, old_ips, new_ips, key, |c| &mut c.nodes);
+            claim(addresses, contested, old_ips, new_ips, &Claimant::Node(Arc::clone(key)));
         })
     }
 
     /// The record of the owner of an address (see [`Claimants::owner`]).
     fn owner(&self, ip: IpAddr) -> Option<EndpointRecord> {
-        let owner = self.claims.get(&ip)?.owner(&self.pods.live, &self.nodes.live)?;
+        let address = self.addresses.map.get(&ip)?;
+        let owner = address.claimants.owner(&self.pods.live, &self.nodes.live)?;
         Some(self.record(ip, owner))
     }
 
@@ -233,9 +228,9 @@ impl ClusterStore {
             if described.iter().any(|c| c.net == net) {
                 continue;
             }
-            let Some(claimants) = self.claims.get(ip) else { continue };
+            let Some(address) = self.addresses.map.get(ip) else { continue };
             if let Some((winner, loser, loss)) =
-                claimants.contest(&self.pods.live, &self.nodes.live)
+                address.claimants.contest(&self.pods.live, &self.nodes.live)
             {
                 let (winner, loser) = (self.record(*ip, winner), self.record(*ip, loser));
                 described.push(Contest { net, winner, loser, loss });
@@ -249,20 +244,21 @@ impl ClusterStore {
     pub(super) fn take_changes(&mut self) -> SourceChanges {
         let mut changes = SourceChanges::default();
         (changes.conflicts, changes.contests) = self.take_contests();
-        for ip in std::mem::take(&mut self.dirty_ips) {
-            let owner = self.owner(ip);
-            if self.claims.get(&ip).is_some_and(|c| c.pods.is_empty() && c.nodes.is_empty()) {
-                self.claims.remove(&ip);
+        for ip in std::mem::take(&mut self.addresses.dirty) {
+            let Some(address) = self.addresses.map.get(&ip) else { continue };
+            let owner = address.claimants.owner(&self.pods.live, &self.nodes.live);
+            let record = owner.map(|owner| self.record(ip, owner));
+            let print = record.as_ref().map(|r| fingerprint(&self.fingerprints, r));
+            let Some(address) = self.addresses.map.get_mut(&ip) else { continue };
+            address.dirty = false;
+            let changed = print != address.reported;
+            address.reported = print;
+            if address.is_unused() {
+                self.addresses.map.remove(&ip);
             }
-            let print = owner.as_ref().map(fingerprint);
-            if print == self.reported.get(&ip).copied() {
-                continue;
+            if changed {
+                changes.endpoints.push(EndpointChange { net: IpNet::from(ip), record });
             }
-            match print {
-                Some(print) => self.reported.insert(ip, print),
-                None => self.reported.remove(&ip),
-            };
-            changes.endpoints.push(EndpointChange { net: IpNet::from(ip), record: owner });
         }
         for name in std::mem::take(&mut self.dirty_namespaces) {
             let labels = self.namespaces.live.get(&name).cloned().or_else(|| {
@@ -289,7 +285,7 @@ impl ClusterStore {
         }
         changes.endpoints.sort_unstable_by_key(|c| c.net);
         changes.namespaces.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        self.interner.collect();
+        intern::collect();
         changes
     }
 
@@ -297,8 +293,9 @@ impl ClusterStore {
     /// namespaces by name.
     pub(super) fn records(&mut self) -> SourceRecords {
         self.take_changes();
+        let reported = self.addresses.map.iter().filter(|(_, a)| a.reported.is_some());
         let mut endpoints: Vec<EndpointRecord> =
-            self.reported.keys().filter_map(|ip| self.owner(*ip)).collect();
+            reported.filter_map(|(ip, _)| self.owner(*ip)).collect();
         endpoints.sort_unstable_by_key(|e| e.net);
         let mut namespaces: Vec<NamespaceRecord> = self
             .reported_namespaces
@@ -315,13 +312,10 @@ impl ClusterStore {
 }
 
 /// A fingerprint of everything a record says: equal records have equal fingerprints, and
-/// different ones differ but with a chance of 2^-64 (SipHash with fixed keys), so the store
-/// keeps 8 bytes per reported address to tell what changed instead of the record.
-fn fingerprint(record: &EndpointRecord) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
-    record.hash(&mut hasher);
-    hasher.finish()
+/// different ones differ but with a chance of 2^-64 (keyed at random per store), so the
+/// store keeps 8 bytes per reported address to tell what changed instead of the record.
+fn fingerprint(keys: &ahash::RandomState, record: &EndpointRecord) -> NonZeroU64 {
+    NonZeroU64::new(keys.hash_one(record)).unwrap_or(NonZeroU64::MIN)
 }
 
 /// What an event did to a table.
@@ -337,13 +331,13 @@ pub(super) enum Applied {
 /// changed (`key`, the old entry, the new one), a relist as the difference between the old
 /// entries and the listed ones (an object listed again unchanged is no change: its claims and
 /// conflicts are not made again).
-fn apply<K, E: PartialEq>(
-    table: &mut Table<E>,
-    event: Event<K>,
-    mut entry: impl FnMut(&K) -> (Arc<str>, Option<E>),
-    mut changed: impl FnMut(&Arc<str>, Option<&E>, Option<&E>),
+fn apply<O, K: Clone + Eq + std::hash::Hash, E: PartialEq>(
+    table: &mut Table<K, E>,
+    event: Event<O>,
+    mut entry: impl FnMut(&O) -> (K, Option<E>),
+    mut changed: impl FnMut(&K, Option<&E>, Option<&E>),
 ) -> Applied {
-    let mut replace = |key: Arc<str>, value: Option<E>| match table.apply(&key, value) {
+    let mut replace = |key: K, value: Option<E>| match table.apply(&key, value) {
         Some(old) => {
             changed(&key, old.as_ref(), table.live.get(&key));
             Applied::Changed
@@ -429,7 +423,7 @@ mod tests {
 
     #[test]
     fn a_relist_forgets_what_was_not_listed_again() {
-        let mut table: Table<u32> = Table::new();
+        let mut table: Table<Arc<str>, u32> = Table::new();
         table.init();
         table.init_apply("a".into(), Some(1));
         table.init_apply("b".into(), Some(2));
