@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use super::entries::Entries;
 use super::objects::{NodeView, PodIps, PodKey, PodView};
 use crate::labels::{Labels, Loss, created_seconds};
 
@@ -204,8 +205,8 @@ impl Claimants {
     /// then by creation time, then by UID, the greatest first; then nodes by name.
     fn ranked<'a>(
         &'a self,
-        pods: &'a FxHashMap<PodKey, PodEntry>,
-        nodes: &'a FxHashMap<Arc<str>, NodeEntry>,
+        pods: &'a Entries<PodKey, PodEntry>,
+        nodes: &'a Entries<Arc<str>, NodeEntry>,
     ) -> Vec<Owner<'a>> {
         let mut live_pods: Vec<(&PodKey, &PodEntry)> = Vec::new();
         let mut live_nodes: Vec<(&Arc<str>, &NodeEntry)> = Vec::new();
@@ -229,8 +230,8 @@ impl Claimants {
     /// else the node with the least name.
     pub(super) fn owner<'a>(
         &'a self,
-        pods: &'a FxHashMap<PodKey, PodEntry>,
-        nodes: &'a FxHashMap<Arc<str>, NodeEntry>,
+        pods: &'a Entries<PodKey, PodEntry>,
+        nodes: &'a Entries<Arc<str>, NodeEntry>,
     ) -> Option<Owner<'a>> {
         if let Claimants::One(only) = self {
             // The common case: one claimant, nothing to rank.
@@ -246,8 +247,8 @@ impl Claimants {
     /// two claimants.
     pub(super) fn contest<'a>(
         &'a self,
-        pods: &'a FxHashMap<PodKey, PodEntry>,
-        nodes: &'a FxHashMap<Arc<str>, NodeEntry>,
+        pods: &'a Entries<PodKey, PodEntry>,
+        nodes: &'a Entries<Arc<str>, NodeEntry>,
     ) -> Option<(Owner<'a>, Owner<'a>, Loss)> {
         let ranked = self.ranked(pods, nodes);
         let (winner, loser) = (*ranked.first()?, *ranked.get(1)?);
@@ -368,14 +369,12 @@ mod tests {
         let old = running("u-old", "old", "2024-05-01T12:00:00Z", &["10.0.1.15"]);
         let new = running("u-new", "new", "2024-05-01T12:05:00Z", &["10.0.1.15"]);
         let same = running("u-same", "same", "2024-05-01T12:05:00Z", &["10.0.1.15"]);
-        let entries: FxHashMap<PodKey, PodEntry> = [&old, &new, &same]
-            .into_iter()
-            .map(|json| {
-                let view = pod(json.clone());
-                (view.key.clone(), pod_entry(&view).unwrap())
-            })
-            .collect();
-        let nodes = FxHashMap::default();
+        let mut entries: Entries<PodKey, PodEntry> = Entries::default();
+        for json in [&old, &new, &same] {
+            let view = pod(json.clone());
+            entries.insert(view.key.clone(), pod_entry(&view).unwrap());
+        }
+        let nodes = Entries::default();
         let name = |o: Owner<'_>| match o {
             Owner::Pod(p) => p.name.to_string(),
             Owner::Node(n, _) => n.to_string(),

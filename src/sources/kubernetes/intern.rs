@@ -32,7 +32,10 @@ struct Interner {
 }
 
 /// The hash of a label set, from its pairs in key order.
-fn hash_pairs<'a>(state: &ahash::RandomState, pairs: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
+fn hash_pairs<'a>(
+    state: &ahash::RandomState,
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+) -> u64 {
     let mut hasher = state.build_hasher();
     for (key, value) in pairs {
         // Lengths first, so that ("ab", "c") and ("a", "bc") differ.
@@ -266,10 +269,10 @@ mod tests {
         let a = read(r#"{"app": "ratings", "tier": "web"}"#);
         let b = read(r#"{"tier": "web", "app": "ratings"}"#);
         assert!(Arc::ptr_eq(&a, &b));
-        assert_eq!(a.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(), [
-            "app=ratings",
-            "tier=web"
-        ]);
+        assert_eq!(
+            a.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            ["app=ratings", "tier=web"]
+        );
         let c = read(r#"{"app": "ratings", "tier": "webx"}"#);
         assert!(!Arc::ptr_eq(&a, &c));
         // Where a key ends counts: ab=c is not a=bc.

@@ -40,6 +40,7 @@
 
 mod claims;
 mod connection;
+mod entries;
 #[cfg(test)]
 mod fixtures;
 mod health;

@@ -145,7 +145,8 @@ pub(super) struct PodView {
 impl From<RawPod> for PodView {
     fn from(mut raw: RawPod) -> PodView {
         let status = raw.status.unwrap_or_default();
-        let (mut ips, mut bad_ips) = status.pod_ips.map_or((PodIps::default(), 0), |l| (l.ips, l.bad));
+        let (mut ips, mut bad_ips) =
+            status.pod_ips.map_or((PodIps::default(), 0), |l| (l.ips, l.bad));
         if ips.is_empty() && bad_ips == 0 {
             match status.pod_ip {
                 Some(Address(Some(ip))) => {
@@ -513,12 +514,13 @@ mod tests {
         assert_eq!(
             Uid::read(uuid),
             Uid::Uuid([
-                0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f, 0x46, 0x07, 0x88, 0x99, 0xaa, 0xbb, 0xcc,
-                0xdd, 0xee, 0xff
+                0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f, 0x46, 0x07, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+                0xee, 0xff
             ])
         );
         // Ordered as their text is, so that ties between pods go the same way either form.
-        let (low, high) = ("00000000-0000-4000-9000-00000000000f", "00000000-0000-4000-9000-000000000010");
+        let (low, high) =
+            ("00000000-0000-4000-9000-00000000000f", "00000000-0000-4000-9000-000000000010");
         assert!(low < high && Uid::read(low) < Uid::read(high));
         for other in [
             "u1",
@@ -536,9 +538,12 @@ mod tests {
 
     #[test]
     fn a_pod_has_at_most_two_addresses_and_more_count_as_bad() {
-        let view = pod(running("u", "p", "2024-05-01T12:00:00Z", &[
-            "10.1.2.3", "fd00::3", "10.1.2.3", "10.1.2.4",
-        ]));
+        let view = pod(running(
+            "u",
+            "p",
+            "2024-05-01T12:00:00Z",
+            &["10.1.2.3", "fd00::3", "10.1.2.3", "10.1.2.4"],
+        ));
         let expected: Vec<IpAddr> = vec!["10.1.2.3".parse().unwrap(), "fd00::3".parse().unwrap()];
         assert_eq!(view.ips.as_slice(), expected);
         assert_eq!(view.bad_ips, 1, "the repeat is no address of its own, the third is bad");

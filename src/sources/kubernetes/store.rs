@@ -26,7 +26,10 @@ use ipnet::IpNet;
 use kube::runtime::watcher::Event;
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::claims::{Addresses, Claimant, NodeEntry, Owner, PodEntry, claim, node_entry, pod_entry};
+use super::claims::{
+    Addresses, Claimant, NodeEntry, Owner, PodEntry, claim, node_entry, pod_entry,
+};
+use super::entries::Entries;
 use super::intern;
 use super::objects::{NamespaceView, NodeView, PodKey, PodView};
 use crate::labels::{
@@ -38,19 +41,19 @@ use crate::sources::kubernetes_source_name;
 /// The entries of one kind: the live ones, and a new list being gathered.
 #[derive(Debug)]
 pub(super) struct Table<K, E> {
-    live: FxHashMap<K, E>,
-    listing: Option<FxHashMap<K, E>>,
+    live: Entries<K, E>,
+    listing: Option<Entries<K, E>>,
     /// Has completed a full list at least once.
     pub(super) listed: bool,
 }
 
 impl<K: Clone + Eq + std::hash::Hash, E: PartialEq> Table<K, E> {
     fn new() -> Table<K, E> {
-        Table { live: FxHashMap::default(), listing: None, listed: false }
+        Table { live: Entries::default(), listing: None, listed: false }
     }
 
     fn init(&mut self) {
-        self.listing = Some(FxHashMap::default());
+        self.listing = Some(Entries::default());
     }
 
     fn init_apply(&mut self, key: K, entry: Option<E>) {
@@ -61,11 +64,11 @@ impl<K: Clone + Eq + std::hash::Hash, E: PartialEq> Table<K, E> {
 
     /// Swaps the new list in (objects that were not listed are gone); returns the entries
     /// it replaced.
-    fn init_done(&mut self) -> FxHashMap<K, E> {
+    fn init_done(&mut self) -> Entries<K, E> {
         self.listed = true;
         match self.listing.take() {
             Some(listing) => std::mem::replace(&mut self.live, listing),
-            None => FxHashMap::default(),
+            None => Entries::default(),
         }
     }
 
@@ -356,12 +359,12 @@ fn apply<O, K: Clone + Eq + std::hash::Hash, E: PartialEq>(
         }
         Event::InitDone => {
             let old = table.init_done();
-            for (key, old) in &old {
+            for (key, old) in old.iter() {
                 if !table.live.contains_key(key) {
                     changed(key, Some(old), None);
                 }
             }
-            for (key, new) in &table.live {
+            for (key, new) in table.live.iter() {
                 let old = old.get(key);
                 if old != Some(new) {
                     changed(key, old, Some(new));
@@ -427,14 +430,18 @@ mod tests {
         table.init();
         table.init_apply("a".into(), Some(1));
         table.init_apply("b".into(), Some(2));
-        assert!(table.live.is_empty(), "nothing is live before InitDone");
+        assert!(table.live.iter().next().is_none(), "nothing is live before InitDone");
         table.init_done();
-        assert_eq!(table.live.len(), 2);
+        assert_eq!(table.live.iter().count(), 2);
         table.init();
         table.init_apply("b".into(), Some(3));
-        assert_eq!(table.live.len(), 2, "the old view stays until the new list is complete");
+        assert_eq!(
+            table.live.iter().count(),
+            2,
+            "the old view stays until the new list is complete"
+        );
         table.init_done();
-        assert_eq!(table.live.into_iter().collect::<Vec<_>>(), [("b".into(), 3)]);
+        assert_eq!(table.live.iter().collect::<Vec<_>>(), [(&"b".into(), &3)]);
     }
 
     #[test]
