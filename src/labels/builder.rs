@@ -135,6 +135,55 @@ struct Slot {
     hash: u64,
     /// Endpoints of the table that have this identity.
     endpoints: u32,
+    /// Changes whenever the slot holds another identity, so that what
+    /// [`LabelBuilder::recent`] remembers of it can be checked. (A relabel keeps it: every
+    /// identity of the namespace gets the namespace's new labels in place, so records that
+    /// named an identity still name the right one.)
+    generation: u64,
+}
+
+/// A record's identity as the values it shares name it: its cluster's, namespace's and
+/// labels' shared copies (compared by address) and its kind. Sources share those values
+/// between records (the pods of a ReplicaSet have one label set), so most records find their
+/// identity here without hashing or comparing label maps. The key holds the values, so no
+/// address is reused while it is remembered.
+#[derive(Debug, Clone)]
+struct SharedValues {
+    cluster: Arc<str>,
+    namespace: Arc<str>,
+    labels: Arc<Labels>,
+    kind: EndpointKind,
+}
+
+impl SharedValues {
+    fn of(record: &EndpointRecord) -> SharedValues {
+        SharedValues {
+            cluster: Arc::clone(&record.cluster),
+            namespace: Arc::clone(&record.namespace),
+            labels: Arc::clone(&record.labels),
+            kind: record.kind,
+        }
+    }
+}
+
+impl PartialEq for SharedValues {
+    fn eq(&self, other: &SharedValues) -> bool {
+        Arc::ptr_eq(&self.cluster, &other.cluster)
+            && Arc::ptr_eq(&self.namespace, &other.namespace)
+            && Arc::ptr_eq(&self.labels, &other.labels)
+            && self.kind == other.kind
+    }
+}
+
+impl Eq for SharedValues {}
+
+impl std::hash::Hash for SharedValues {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.cluster), state);
+        std::ptr::hash(Arc::as_ptr(&self.namespace), state);
+        std::ptr::hash(Arc::as_ptr(&self.labels), state);
+        self.kind.hash(state);
+    }
 }
 
 /// Namespace labels by cluster, then namespace: each source's claim, in source order.
@@ -173,6 +222,11 @@ pub struct LabelBuilder {
     identities: Chunked<Option<Arc<Identity>>>,
     /// Identities created, reused or relabelled since the last `publish`.
     changed: Vec<IdentityId>,
+    /// The identity recently found for records sharing these values, with the generation
+    /// of its slot then (an entry whose slot has moved on is stale, and is replaced).
+    recent: FxHashMap<SharedValues, (u32, u64)>,
+    /// The next slot generation.
+    generations: u64,
 }
 
 fn identity_hash(
@@ -217,6 +271,8 @@ impl LabelBuilder {
             networks_changed: false,
             identities: Chunked::new(1, None),
             changed: Vec::new(),
+            recent: FxHashMap::default(),
+            generations: 0,
         }
     }
 
@@ -443,6 +499,14 @@ impl LabelBuilder {
     /// The table as it stands, and the identities whose group membership is new since the
     /// last call (created, reused or relabelled; sorted, each once).
     pub fn publish(&mut self) -> (LabelTable, Vec<IdentityId>) {
+        let live = self.slots.len() - self.free.len();
+        if self.recent.len() > 2 * live + 1024 {
+            // Forget what names identities that are gone or changed (and the values it holds).
+            let slots = &self.slots;
+            self.recent.retain(|_, &mut (id, generation)| {
+                slots[id as usize].as_ref().is_some_and(|slot| slot.generation == generation)
+            });
+        }
         if self.networks_changed {
             let mut networks = PrefixMap::default();
             for (net, endpoint) in &self.network_endpoints {
@@ -652,6 +716,24 @@ impl LabelBuilder {
 
     /// The identity of a record, created if new; counts one more endpoint using it.
     fn acquire(&mut self, record: &EndpointRecord) -> IdentityId {
+        let shared = SharedValues::of(record);
+        if let Some(&(id, generation)) = self.recent.get(&shared)
+            && let Some(slot) = &mut self.slots[id as usize]
+            && slot.generation == generation
+        {
+            slot.endpoints += 1;
+            return IdentityId(id);
+        }
+        let id = self.acquire_by_content(record);
+        if let Some(slot) = &self.slots[id.0 as usize] {
+            self.recent.insert(shared, (id.0, slot.generation));
+        }
+        id
+    }
+
+    /// [`LabelBuilder::acquire`] for a record whose shared values were not seen with a live
+    /// identity: found by hashing and comparing its content.
+    fn acquire_by_content(&mut self, record: &EndpointRecord) -> IdentityId {
         let ns_labels = self.namespace_labels(&record.cluster, &record.namespace);
         let hash = identity_hash(
             &record.cluster,
@@ -691,8 +773,10 @@ impl LabelBuilder {
                 (self.slots.len() - 1) as u32
             }
         };
+        let generation = self.generations;
+        self.generations += 1;
         self.slots[id as usize] =
-            Some(Slot { identity: Arc::clone(&identity), hash, endpoints: 1 });
+            Some(Slot { identity: Arc::clone(&identity), hash, endpoints: 1, generation });
         let slots = &self.slots;
         self.index.insert_unique(hash, id, |&x| slot_hash(slots, x));
         self.identities.grow_to(self.slots.len());
@@ -809,7 +893,26 @@ mod tests {
         // Few values, so that ties happen and the later rules decide too.
         record.terminating = kind == EndpointKind::Pod && rng.below(4) == 0;
         record.created = [0, 100, 200][rng.below(3) as usize];
+        if rng.below(2) == 0 {
+            // Values shared with other records (as a Kubernetes source shares them), so that
+            // identities are found by those values too, across relabels and reused ids.
+            let (cluster, namespaces, apps) = SHARED.with(Clone::clone);
+            let at = |names: &[&str], name: &str| names.iter().position(|n| *n == name).unwrap();
+            record.cluster = cluster;
+            record.namespace = Arc::clone(&namespaces[at(&["ns1", "ns2", ""], &record.namespace)]);
+            record.labels = Arc::clone(&apps[at(&["a", "b", "c"], app)]);
+        }
         record
+    }
+
+    type SharedRecordValues = (Arc<str>, [Arc<str>; 3], [Arc<Labels>; 3]);
+
+    thread_local! {
+        static SHARED: SharedRecordValues = (
+            "c1".into(),
+            ["ns1".into(), "ns2".into(), "".into()],
+            [labels(&[("app", "a")]), labels(&[("app", "b")]), labels(&[("app", "c")])],
+        );
     }
 
     /// The table a builder made at once from these views gives, with these sources lost and
