@@ -153,6 +153,12 @@ pub(super) struct Addresses {
 }
 
 impl Addresses {
+    /// Room for `more` addresses than there are.
+    pub(super) fn reserve(&mut self, more: usize) {
+        self.map.reserve(more);
+        self.dirty.reserve(more);
+    }
+
     fn touch(&mut self, ip: IpAddr) -> &mut Address {
         let address = self.map.entry(ip).or_default();
         if !address.dirty {

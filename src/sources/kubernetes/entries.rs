@@ -60,6 +60,10 @@ impl<K: Eq + Hash, E> Entries<K, E> {
         self.values[at as usize].take()
     }
 
+    pub(super) fn len(&self) -> usize {
+        self.index.len()
+    }
+
     pub(super) fn iter(&self) -> impl Iterator<Item = (&K, &E)> {
         self.index.iter().filter_map(|(key, &at)| Some((key, self.values[at as usize].as_ref()?)))
     }
@@ -87,5 +91,6 @@ mod tests {
         let mut all: Vec<_> = entries.iter().map(|(k, v)| (*k, *v)).collect();
         all.sort();
         assert_eq!(all, [("b", 2), ("c", 4)]);
+        assert_eq!(entries.len(), 2);
     }
 }

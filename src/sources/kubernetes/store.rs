@@ -136,6 +136,12 @@ impl ClusterStore {
     }
 
     pub(super) fn apply_pod(&mut self, event: Event<PodView>) -> Applied {
+        if let (Event::InitDone, Some(listed)) = (&event, &self.pods.listing) {
+            // Each listed pod is about to claim its addresses: room for them at once, rather
+            // than growing (and rehashing) a million-entry map several times on the way.
+            // (A relist finds most of them there already.)
+            self.addresses.reserve(listed.len().saturating_sub(self.addresses.map.len()));
+        }
         let addresses = &mut self.addresses;
         let (contested, per_namespace) = (&mut self.contested, &mut self.pods_per_namespace);
         let dirty_namespaces = &mut self.dirty_namespaces;
@@ -193,29 +199,7 @@ impl ClusterStore {
 
     /// The record of a claimant of `ip`.
     fn record(&self, ip: IpAddr, claimant: Owner<'_>) -> EndpointRecord {
-        let (namespace, name, kind, labels, created, terminating) = match claimant {
-            Owner::Pod(pod) => (
-                &pod.namespace,
-                &pod.name,
-                EndpointKind::Pod,
-                &pod.labels,
-                pod.created,
-                pod.terminating,
-            ),
-            Owner::Node(name, node) => {
-                (&self.no_namespace, name, EndpointKind::Node, &node.labels, 0, false)
-            }
-        };
-        EndpointRecord {
-            net: IpNet::from(ip),
-            cluster: Arc::clone(&self.cluster),
-            namespace: Arc::clone(namespace),
-            name: Arc::clone(name),
-            kind,
-            terminating,
-            created,
-            labels: Arc::clone(labels),
-        }
+        record_of(&self.cluster, &self.no_namespace, ip, claimant)
     }
 
     /// The addresses that became contested since the last report: how many times, and a few
@@ -247,17 +231,19 @@ impl ClusterStore {
     pub(super) fn take_changes(&mut self) -> SourceChanges {
         let mut changes = SourceChanges::default();
         (changes.conflicts, changes.contests) = self.take_contests();
-        for ip in std::mem::take(&mut self.addresses.dirty) {
-            let Some(address) = self.addresses.map.get(&ip) else { continue };
-            let owner = address.claimants.owner(&self.pods.live, &self.nodes.live);
-            let record = owner.map(|owner| self.record(ip, owner));
-            let print = record.as_ref().map(|r| fingerprint(&self.fingerprints, r));
-            let Some(address) = self.addresses.map.get_mut(&ip) else { continue };
+        let (pods, nodes) = (&self.pods.live, &self.nodes.live);
+        let (cluster, no_namespace) = (&self.cluster, &self.no_namespace);
+        let addresses = &mut self.addresses;
+        for ip in std::mem::take(&mut addresses.dirty) {
+            let Some(address) = addresses.map.get_mut(&ip) else { continue };
             address.dirty = false;
+            let owner = address.claimants.owner(pods, nodes);
+            let record = owner.map(|owner| record_of(cluster, no_namespace, ip, owner));
+            let print = record.as_ref().map(|r| fingerprint(&self.fingerprints, r));
             let changed = print != address.reported;
             address.reported = print;
             if address.is_unused() {
-                self.addresses.map.remove(&ip);
+                addresses.map.remove(&ip);
             }
             if changed {
                 changes.endpoints.push(EndpointChange { net: IpNet::from(ip), record });
@@ -311,6 +297,36 @@ impl ClusterStore {
             .collect();
         namespaces.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         SourceRecords { source: kubernetes_source_name(&self.cluster), endpoints, namespaces }
+    }
+}
+
+/// The record of a claimant of `ip` in cluster `cluster` (nodes have `no_namespace`).
+fn record_of(
+    cluster: &Arc<str>,
+    no_namespace: &Arc<str>,
+    ip: IpAddr,
+    claimant: Owner<'_>,
+) -> EndpointRecord {
+    let (namespace, name, kind, labels, created, terminating) = match claimant {
+        Owner::Pod(pod) => (
+            &pod.namespace,
+            &pod.name,
+            EndpointKind::Pod,
+            &pod.labels,
+            pod.created,
+            pod.terminating,
+        ),
+        Owner::Node(name, node) => (no_namespace, name, EndpointKind::Node, &node.labels, 0, false),
+    };
+    EndpointRecord {
+        net: IpNet::from(ip),
+        cluster: Arc::clone(cluster),
+        namespace: Arc::clone(namespace),
+        name: Arc::clone(name),
+        kind,
+        terminating,
+        created,
+        labels: Arc::clone(labels),
     }
 }
 
