@@ -19,7 +19,9 @@
 //!
 //! Every `Found` name must be normalized (parsing its text gives it back).
 
-use super::quic::{QuicVersion, seal_initial};
+pub use super::quic::{seal_initial, seal_initial_with};
+
+use super::quic::QuicVersion;
 use super::{QuicInitials, Reading, ServerName, TcpReassembly, read_stream, tls};
 
 /// Runs the readers over `data`; panics when an invariant does not hold.
@@ -166,7 +168,12 @@ fn quic_crypto_stream(stream: &[u8], budget: usize, rng: &mut Rng) {
 
 /// Cuts `bytes` into pieces of `min_len..=max_len` bytes (the last may be shorter) at
 /// fuzz-chosen places, each with its offset; pieces overlap their neighbour now and then.
-fn cut<'b>(bytes: &'b [u8], rng: &mut Rng, min_len: usize, max_len: usize) -> Vec<(usize, &'b [u8])> {
+fn cut<'b>(
+    bytes: &'b [u8],
+    rng: &mut Rng,
+    min_len: usize,
+    max_len: usize,
+) -> Vec<(usize, &'b [u8])> {
     let mut pieces = Vec::new();
     let mut at = 0;
     while at < bytes.len() {

@@ -129,6 +129,7 @@ impl std::str::FromStr for ServerName {
 
 /// What a flow's bytes so far say about its server name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant, reason = "the name is inline on purpose: boxing allocates")]
 pub enum Reading {
     /// The name, from a complete and well-formed ClientHello or HTTP request head.
     Found(ServerName),

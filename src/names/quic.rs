@@ -127,8 +127,7 @@ impl InitialSecrets {
             (hp_label, &mut secrets.hp[..]),
         ] {
             // 12 or 16 bytes, well within what HKDF-SHA256 gives (255 * 32): cannot fail.
-            expand_label(&client, label, Bytes(out.len()), |okm| okm.fill(out))
-                .unwrap_or_default();
+            expand_label(&client, label, Bytes(out.len()), |okm| okm.fill(out)).unwrap_or_default();
         }
         secrets
     }
@@ -275,9 +274,9 @@ impl QuicInitials {
             return self.settle(Reading::NoName);
         }
         match tls::read_handshake(self.crypto.bytes(crypto), crypto.len()) {
-            Reading::NeedMore
-                if self.crypto.beyond_capacity() || self.crypto.contiguous() == crypto.len() =>
-            {
+            // The buffer full, the ClientHello still not whole. (Bytes past the buffer alone
+            // say nothing: the ClientHello may yet end within it.)
+            Reading::NeedMore if self.crypto.contiguous() == crypto.len() => {
                 self.settle(Reading::TooLong)
             }
             Reading::NeedMore => Reading::NeedMore,
@@ -370,7 +369,7 @@ fn open<'s>(
 }
 
 /// RFC 9000 A.3: the full packet number closest to the next expected one.
-fn decode_packet_number(largest: Option<u64>, truncated: u64, bits: usize) -> u64 {
+pub(super) fn decode_packet_number(largest: Option<u64>, truncated: u64, bits: usize) -> u64 {
     let expected = largest.map_or(0, |l| l + 1);
     let window = 1u64 << bits;
     let (half, mask) = (window / 2, window - 1);
@@ -419,9 +418,8 @@ fn walk_frames(stream: &mut Reassembly, crypto: &mut [u8], payload: &[u8]) -> Fr
 
 /// Steps over an ACK frame's fields (RFC 9000 19.3).
 fn ack_frame(payload: &[u8], at: &mut usize, ecn: bool) -> Option<()> {
-    let skip = |count: usize, at: &mut usize| {
-        (0..count).try_for_each(|_| varint(payload, at).map(drop))
-    };
+    let skip =
+        |count: usize, at: &mut usize| (0..count).try_for_each(|_| varint(payload, at).map(drop));
     // Largest acknowledged, ACK delay; then the range count, the first range.
     skip(2, at)?;
     let ranges = varint(payload, at)?;
@@ -454,7 +452,7 @@ fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
 }
 
 /// Builds a client Initial packet carrying `frames` (the inverse of `open`), for tests, the
-/// fuzz target and benchmarks: long header with `token`, a 2-byte Length, the packet number
+/// fuzz target and benchmarks: long header without token, a 2-byte Length, the packet number
 /// in `pn_len` bytes; frames shorter than the sample needs are padded with PADDING.
 #[doc(hidden)]
 pub fn seal_initial(
@@ -465,8 +463,23 @@ pub fn seal_initial(
     pn_len: usize,
     frames: &[u8],
 ) -> Vec<u8> {
-    let secrets = InitialSecrets::derive(version, dcid);
-    let keys = InitialKeys::derive(version, dcid);
+    seal_initial_with((version, dcid), version, dcid, scid, pn, pn_len, frames)
+}
+
+/// `seal_initial` with keys of another version or connection id than the header shows (the
+/// mistakes a reader must not accept).
+#[doc(hidden)]
+pub fn seal_initial_with(
+    keys_of: (QuicVersion, &[u8]),
+    version: QuicVersion,
+    dcid: &[u8],
+    scid: &[u8],
+    pn: u64,
+    pn_len: usize,
+    frames: &[u8],
+) -> Vec<u8> {
+    let secrets = InitialSecrets::derive(keys_of.0, keys_of.1);
+    let keys = InitialKeys::derive(keys_of.0, keys_of.1);
     let pn_len = pn_len.clamp(1, 4);
     let mut payload = frames.to_vec();
     payload.resize(payload.len().max(4), PADDING);

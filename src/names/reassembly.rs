@@ -128,7 +128,8 @@ impl Reassembly {
         let mut conflicting = false;
         let mut at = start;
         let mut visit = |buf: &mut [u8], from: u32, to: u32, stored: bool| {
-            let (b, d) = (from as usize..to as usize, (from - start) as usize..(to - start) as usize);
+            let (b, d) =
+                (from as usize..to as usize, (from - start) as usize..(to - start) as usize);
             if stored {
                 conflicting |= buf[b] != data[d];
             } else {

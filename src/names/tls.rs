@@ -67,7 +67,11 @@ fn read_client_hello(mut cursor: Cursor<'_>, budget: usize, framing: usize) -> R
 
 /// The handshake header, then the ClientHello. `framing` is the least the message costs on
 /// top of its own bytes (one record header), to tell early that it cannot fit in `budget`.
-fn handshake_message(cursor: &mut Cursor<'_>, budget: usize, framing: usize) -> Result<ServerName, Stop> {
+fn handshake_message(
+    cursor: &mut Cursor<'_>,
+    budget: usize,
+    framing: usize,
+) -> Result<ServerName, Stop> {
     let mut header = [0; HANDSHAKE_HEADER_LEN];
     cursor.copy(&mut header)?;
     if header[0] != CLIENT_HELLO {
