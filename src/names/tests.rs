@@ -149,6 +149,19 @@ fn ip_literals_and_invalid_hosts_are_not_names() {
 }
 
 #[test]
+fn per_flow_reading_state_is_small_and_fixed() {
+    // What a pending flow keeps besides its byte buffer (docs/performance.md quotes these).
+    println!(
+        "TcpReassembly {} B, QuicInitials {} B",
+        std::mem::size_of::<TcpReassembly>(),
+        std::mem::size_of::<QuicInitials>()
+    );
+    assert!(std::mem::size_of::<TcpReassembly>() <= 160);
+    // Most of it is ring's AES-GCM key (round keys and the GHASH table), derived once.
+    assert!(std::mem::size_of::<QuicInitials>() <= 1_536);
+}
+
+#[test]
 fn a_server_name_is_small_and_copy() {
     // Kept in each flow of a fixed-size table: no heap, bounded size.
     assert!(std::mem::size_of::<ServerName>() <= 256);
