@@ -14,36 +14,16 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use etherparse::{SlicedPacket, TransportSlice};
+use labelwall::names::fuzzing::client_capture;
 use labelwall::names::{QuicInitials, Reading, TcpReassembly, read_stream};
 
 const BUDGET: usize = 16_384;
 
-/// (seq, syn, payload) of the first TCP client's segments, or the UDP payloads.
+/// (seq, syn, payload) of the first TCP client's segments, and the UDP payloads.
 fn capture(name: &str) -> (Vec<(u32, bool, Vec<u8>)>, Vec<Vec<u8>>) {
-    let path = format!("{}/tests/fixtures/names/{name}.pcap", env!("CARGO_MANIFEST_DIR"));
-    let mut reader = pcap_file::pcap::PcapReader::new(std::fs::File::open(path).unwrap()).unwrap();
-    let (mut segments, mut datagrams, mut client) = (Vec::new(), Vec::new(), None);
-    while let Some(packet) = reader.next_packet() {
-        let packet = packet.unwrap();
-        match SlicedPacket::from_ethernet(&packet.data).unwrap().transport {
-            Some(TransportSlice::Tcp(tcp)) => {
-                if client.is_none() && tcp.syn() && !tcp.ack() {
-                    client = Some(tcp.source_port());
-                }
-                if client == Some(tcp.source_port()) {
-                    segments.push((tcp.sequence_number(), tcp.syn(), tcp.payload().to_vec()));
-                }
-            }
-            Some(TransportSlice::Udp(udp)) => {
-                if *client.get_or_insert(udp.source_port()) == udp.source_port() {
-                    datagrams.push(udp.payload().to_vec());
-                }
-            }
-            _ => {}
-        }
-    }
-    (segments, datagrams)
+    let capture = client_capture(name);
+    let segments = capture.segments.into_iter().map(|s| (s.seq, s.syn, s.payload)).collect();
+    (segments, capture.datagrams)
 }
 
 fn tcp(c: &mut Criterion) {

@@ -1,5 +1,7 @@
 //! The server-name readers as one function over arbitrary bytes, shared by the cargo-fuzz
 //! target `server_names` (tests/fuzz) and the stable test that replays its seed corpus.
+//! Also the test support the unit tests and benchmarks share: the real clients' captures
+//! (`client_capture`) and an Initial packet builder (`seal_initial`).
 //! Must not depend on: sockets, logging, anything outside `names`.
 //!
 //! The first byte picks a mode (its value modulo 3), the next two the byte budget, the next
@@ -34,6 +36,54 @@ pub fn server_names(data: &[u8]) {
         1 => quic_datagrams(payload, budget, &mut rng),
         _ => quic_crypto_stream(payload, budget, &mut rng),
     }
+}
+
+/// A client's TCP segment: sequence number, SYN flag, payload.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub seq: u32,
+    pub syn: bool,
+    pub payload: Vec<u8>,
+}
+
+/// What the first client in a capture sent: for TCP, the segments of its first connection
+/// (identified by its first SYN); for UDP, the datagrams from the first datagram's source.
+#[derive(Debug, Default)]
+pub struct Capture {
+    pub segments: Vec<Segment>,
+    pub datagrams: Vec<Vec<u8>>,
+}
+
+/// Reads tests/fixtures/names/`name`.pcap (Ethernet frames, as tcpdump writes loopback
+/// captures) for the unit tests and benchmarks; panics on a missing or broken file.
+pub fn client_capture(name: &str) -> Capture {
+    use etherparse::{SlicedPacket, TransportSlice};
+    let path = format!("{}/tests/fixtures/names/{name}.pcap", env!("CARGO_MANIFEST_DIR"));
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut reader = pcap_file::pcap::PcapReader::new(file).unwrap();
+    let mut capture = Capture::default();
+    let mut client_port = None;
+    while let Some(packet) = reader.next_packet() {
+        let packet = packet.unwrap();
+        match SlicedPacket::from_ethernet(&packet.data).unwrap().transport {
+            Some(TransportSlice::Tcp(tcp)) => {
+                if client_port.is_none() && tcp.syn() && !tcp.ack() {
+                    client_port = Some(tcp.source_port());
+                }
+                if client_port == Some(tcp.source_port()) {
+                    let (seq, syn, payload) = (tcp.sequence_number(), tcp.syn(), tcp.payload());
+                    capture.segments.push(Segment { seq, syn, payload: payload.to_vec() });
+                }
+            }
+            Some(TransportSlice::Udp(udp)) => {
+                if *client_port.get_or_insert(udp.source_port()) == udp.source_port() {
+                    capture.datagrams.push(udp.payload().to_vec());
+                }
+            }
+            _ => {}
+        }
+    }
+    capture
 }
 
 /// A found name must be what `ServerName::parse` makes of its own text.

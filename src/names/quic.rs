@@ -399,7 +399,13 @@ fn walk_frames(stream: &mut Reassembly, crypto: &mut [u8], payload: &[u8]) -> Fr
     while let Some(&kind) = payload.get(at) {
         at += 1;
         let ok = match kind {
-            PADDING | PING => Some(()),
+            // Clients pad Initials to 1,200 bytes: skip a run of PADDING at once.
+            PADDING => {
+                at +=
+                    payload[at..].iter().position(|&b| b != PADDING).unwrap_or(payload.len() - at);
+                Some(())
+            }
+            PING => Some(()),
             ACK | ACK_ECN => ack_frame(payload, &mut at, kind == ACK_ECN),
             CRYPTO => crypto_frame(payload, &mut at).map(|(offset, data)| {
                 stream.insert(crypto, offset, data);

@@ -1,63 +1,15 @@
 //! Tests of the server-name readers: real clients' bytes (tests/fixtures/names, captured by
 //! its capture.sh), hand-made malformed messages, and every split and order of the fixtures.
 
-use super::fuzzing::{seal_initial, seal_initial_with};
+use super::fuzzing::{Capture, Segment, seal_initial, seal_initial_with};
 use super::quic::{InitialSecrets, decode_packet_number};
 use super::*;
 
 // ---------------------------------------------------------------------------------------
 // Fixtures: pcaps of real clients, read back into the client's segments or datagrams.
 
-/// A client's TCP segment: sequence number, SYN flag, payload.
-#[derive(Debug, Clone)]
-struct Segment {
-    seq: u32,
-    syn: bool,
-    payload: Vec<u8>,
-}
-
-/// What the first client in a capture sent: for TCP, the segments of its first connection
-/// (identified by its first SYN); for UDP, the datagrams from the first datagram's source.
-#[derive(Debug, Default)]
-struct Capture {
-    segments: Vec<Segment>,
-    datagrams: Vec<Vec<u8>>,
-}
-
 fn fixture(name: &str) -> Capture {
-    use etherparse::{SlicedPacket, TransportSlice};
-    let path = format!("{}/tests/fixtures/names/{name}.pcap", env!("CARGO_MANIFEST_DIR"));
-    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let mut reader = pcap_file::pcap::PcapReader::new(file).unwrap();
-    let mut capture = Capture::default();
-    let mut client_port = None;
-    while let Some(packet) = reader.next_packet() {
-        let packet = packet.unwrap();
-        let sliced = SlicedPacket::from_ethernet(&packet.data).unwrap();
-        match sliced.transport {
-            Some(TransportSlice::Tcp(tcp)) => {
-                if client_port.is_none() && tcp.syn() && !tcp.ack() {
-                    client_port = Some(tcp.source_port());
-                }
-                if client_port == Some(tcp.source_port()) {
-                    let payload = tcp.payload().to_vec();
-                    capture.segments.push(Segment {
-                        seq: tcp.sequence_number(),
-                        syn: tcp.syn(),
-                        payload,
-                    });
-                }
-            }
-            Some(TransportSlice::Udp(udp)) => {
-                let port = *client_port.get_or_insert(udp.source_port());
-                if port == udp.source_port() {
-                    capture.datagrams.push(udp.payload().to_vec());
-                }
-            }
-            _ => {}
-        }
-    }
-    capture
+    fuzzing::client_capture(name)
 }
 
 /// Feeds segments in the given order; returns the reading after each one that advanced
