@@ -19,37 +19,30 @@ use labelwall::names::{QuicInitials, Reading, TcpReassembly, read_stream};
 
 const BUDGET: usize = 16_384;
 
-/// (seq, syn, payload) of the first TCP client's segments, and the UDP payloads.
-fn capture(name: &str) -> (Vec<(u32, bool, Vec<u8>)>, Vec<Vec<u8>>) {
-    let capture = client_capture(name);
-    let segments = capture.segments.into_iter().map(|s| (s.seq, s.syn, s.payload)).collect();
-    (segments, capture.datagrams)
-}
-
 fn tcp(c: &mut Criterion) {
     let mut group = c.benchmark_group("names");
-    let (segments, _) = capture("chromium_tls");
+    let segments = client_capture("chromium_tls").segments;
     // The SYN and the two data segments of the first connection (ACKs carry nothing).
     let segments: Vec<_> =
-        segments.into_iter().filter(|(_, syn, p)| *syn || !p.is_empty()).take(3).collect();
-    assert_eq!(segments.iter().filter(|s| !s.2.is_empty()).count(), 2);
-    let bytes: usize = segments.iter().map(|s| s.2.len()).sum();
+        segments.into_iter().filter(|s| s.syn || !s.payload.is_empty()).take(3).collect();
+    assert_eq!(segments.iter().filter(|s| !s.payload.is_empty()).count(), 2);
+    let bytes: usize = segments.iter().map(|s| s.payload.len()).sum();
     let mut buf = vec![0u8; BUDGET];
     group.throughput(Throughput::Bytes(bytes as u64));
     group.bench_function("tls_pq_client_hello_two_segments", |b| {
         b.iter(|| {
             let mut stream = TcpReassembly::new();
             let mut reading = Reading::NeedMore;
-            for (seq, syn, payload) in &segments {
-                stream.segment(&mut buf, *seq, *syn, payload);
+            for s in &segments {
+                stream.segment(&mut buf, s.seq, s.syn, &s.payload);
                 reading = read_stream(stream.bytes(&buf), BUDGET);
             }
             assert!(matches!(reading, Reading::Found(_)));
             black_box(reading)
         })
     });
-    let (segments, _) = capture("curl_host");
-    let request = segments.into_iter().map(|s| s.2).find(|p| !p.is_empty()).unwrap();
+    let segments = client_capture("curl_host").segments;
+    let request = segments.into_iter().map(|s| s.payload).find(|p| !p.is_empty()).unwrap();
     group.throughput(Throughput::Bytes(request.len() as u64));
     group.bench_function("http_host", |b| {
         b.iter(|| black_box(read_stream(black_box(&request), BUDGET)))
@@ -74,7 +67,7 @@ fn quic(c: &mut Criterion) {
         ("quic_initial_v2", "aioquic_v2", 1),
         ("quic_chromium_two_initials", "chromium_quic", 2),
     ] {
-        let (_, datagrams) = capture(fixture);
+        let datagrams = client_capture(fixture).datagrams;
         let datagrams = &datagrams[..count];
         group.throughput(Throughput::Bytes(datagrams.iter().map(|d| d.len() as u64).sum()));
         group.bench_function(bench, |b| b.iter(|| black_box(read(black_box(datagrams)))));

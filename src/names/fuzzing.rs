@@ -75,10 +75,10 @@ pub fn client_capture(name: &str) -> Capture {
                     capture.segments.push(Segment { seq, syn, payload: payload.to_vec() });
                 }
             }
-            Some(TransportSlice::Udp(udp)) => {
-                if *client_port.get_or_insert(udp.source_port()) == udp.source_port() {
-                    capture.datagrams.push(udp.payload().to_vec());
-                }
+            Some(TransportSlice::Udp(udp))
+                if *client_port.get_or_insert(udp.source_port()) == udp.source_port() =>
+            {
+                capture.datagrams.push(udp.payload().to_vec());
             }
             _ => {}
         }
