@@ -72,8 +72,7 @@ fn handshake_message(
     budget: usize,
     framing: usize,
 ) -> Result<ServerName, Stop> {
-    let mut header = [0; HANDSHAKE_HEADER_LEN];
-    cursor.copy(&mut header)?;
+    let header = cursor.array::<HANDSHAKE_HEADER_LEN>()?;
     if header[0] != CLIENT_HELLO {
         return Err(Stop::NoName);
     }
@@ -82,6 +81,9 @@ fn handshake_message(
     if length + HANDSHAKE_HEADER_LEN + framing > budget {
         return Err(Stop::TooLong);
     }
+    // The whole message must be there before its fields are read. Telling costs a look at
+    // each record header, and saves walking the fields of a partial message at every segment.
+    cursor.clone().take(length, |_| ())?;
     client_hello(&mut Body { cursor, left: length })
 }
 
@@ -159,6 +161,7 @@ fn server_name(data: &mut Body<'_, '_>) -> Result<ServerName, Stop> {
 
 /// Handshake bytes in place: with `records`, the bytes are TLS records and their headers are
 /// checked and skipped between fragments; without, `data` is the handshake stream itself.
+#[derive(Clone)]
 struct Cursor<'a> {
     data: &'a [u8],
     records: bool,
@@ -220,6 +223,20 @@ impl Cursor<'_> {
             at += piece.len();
         })
     }
+
+    /// The next `N` bytes; straight from the data when they are in the current fragment
+    /// (nearly always: these are the ClientHello's 1- and 2-byte length fields).
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Stop> {
+        let end = self.fragment_end.min(self.data.len());
+        let mut out = [0; N];
+        if self.pos + N <= end {
+            out.copy_from_slice(&self.data[self.pos..self.pos + N]);
+            self.pos += N;
+        } else {
+            self.copy(&mut out)?;
+        }
+        Ok(out)
+    }
 }
 
 /// A length-prefixed part of the message: reading past its end is malformed (a length that
@@ -246,14 +263,12 @@ impl Body<'_, '_> {
     }
 
     fn u8(&mut self) -> Result<u8, Stop> {
-        let mut byte = [0; 1];
-        self.copy(&mut byte)?;
-        Ok(byte[0])
+        self.claim(1)?;
+        Ok(self.cursor.array::<1>()?[0])
     }
 
     fn u16(&mut self) -> Result<u16, Stop> {
-        let mut bytes = [0; 2];
-        self.copy(&mut bytes)?;
-        Ok(u16::from_be_bytes(bytes))
+        self.claim(2)?;
+        Ok(u16::from_be_bytes(self.cursor.array()?))
     }
 }
