@@ -14,6 +14,13 @@
 //!   and `Reassembly`/`TcpReassembly`, which join out-of-order pieces of a byte stream in a
 //!   caller-provided buffer (the first copy of a byte wins).
 //!
+//! Use (per pending flow, the buffers from a pool): TCP, `TcpReassembly::segment` for each
+//! client segment (the SYN first), and `read_stream(stream.bytes(&buf), buf.len())` whenever
+//! it returns `Insert::Advanced`; QUIC, `QuicInitials::datagram` for each client datagram
+//! (the flow's first one first: it fixes the keys), with a per-worker scratch buffer of at
+//! least the largest datagram. `NeedMore` means wait (up to `names.timeout`); the other
+//! readings are final.
+//!
 //! Invariants: nothing here allocates, locks or logs; every function is total over arbitrary
 //! input (the fuzz target in `fuzzing.rs` checks it); a reader answers `Found` only for a
 //! complete, well-formed message (a whole ClientHello, a whole HTTP header block), never from a

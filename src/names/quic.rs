@@ -407,6 +407,8 @@ fn walk_frames(stream: &mut Reassembly, crypto: &mut [u8], payload: &[u8]) -> Fr
             }
             PING => Some(()),
             ACK | ACK_ECN => ack_frame(payload, &mut at, kind == ACK_ECN),
+            // A piece refused for want of a gap slot is as if its packet was lost: the
+            // client sends its CRYPTO data again until the server acknowledges it.
             CRYPTO => crypto_frame(payload, &mut at).map(|(offset, data)| {
                 stream.insert(crypto, offset, data);
             }),
