@@ -204,8 +204,9 @@ fn a_client_hello_bigger_than_the_budget_is_too_long() {
 }
 
 #[test]
-fn every_split_and_order_of_a_client_hello_gives_the_same_name() {
-    for name in ["chromium_tls", "openssl_records", "openssl_tls12_sni"] {
+fn every_split_and_order_of_a_client_hello_or_request_gives_the_same_name() {
+    for name in ["chromium_tls", "openssl_records", "openssl_tls12_sni", "curl_host", "curl_proxy"]
+    {
         let capture = fixture(name);
         let (expected, stream) = reassemble(&capture.segments, BUDGET);
         assert!(matches!(expected, Reading::Found(_)));
