@@ -16,6 +16,7 @@ pub mod flowlog;
 pub mod fuzzing;
 pub mod labels;
 pub mod metrics;
+pub mod names;
 pub mod net;
 pub mod packet;
 pub mod pipeline;
