@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
+use super::domains::{DomainMatcher, DomainPattern};
 use super::file::{Action, GroupSpec, KindSpec, PodsSpec, PolicyFile, RuleSpec};
 use super::selector::Selector;
+use super::{Decision, Judgement, ServerName};
 use crate::diagnostics::{Diagnostic, Diagnostics, read_file};
 use crate::labels::{EndpointKind, Identity};
 use crate::packet::ip_proto;
@@ -36,6 +38,8 @@ pub struct Group {
     pub external: Option<KindMatcher>,
     pub cidrs: Vec<IpNet>,
     pub except: Vec<IpNet>,
+    /// Server names; a group with these has no other part (it selects no address).
+    pub domains: Vec<DomainPattern>,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +154,10 @@ pub struct CompiledPolicy {
     pub(crate) rules_from: Vec<u64>,
     /// Per group: the rules whose `to` names it.
     pub(crate) rules_to: Vec<u64>,
+    /// The `domains` groups' patterns.
+    pub(crate) domains: DomainMatcher,
+    /// The `domains` groups, as a group set.
+    pub(crate) domain_groups: GroupBits,
 }
 
 impl CompiledPolicy {
@@ -173,6 +181,71 @@ impl CompiledPolicy {
     /// The group index of `name`.
     pub fn group_index(&self, name: &str) -> Option<usize> {
         self.groups.iter().position(|g| g.name == name)
+    }
+
+    /// The compiled patterns of the `domains` groups.
+    pub fn domains(&self) -> &DomainMatcher {
+        &self.domains
+    }
+
+    /// Whether some rule may decide by the server name (the policy has `domains` groups).
+    #[inline]
+    pub fn uses_names(&self) -> bool {
+        !self.domains.is_empty()
+    }
+
+    /// What `rule` (`None`: the default action) does.
+    #[inline]
+    pub fn decision(&self, rule: Option<usize>) -> Decision {
+        match rule {
+            Some(r) => {
+                let rule = &self.rules[r];
+                Decision { action: rule.action, rule: Some(r), log: rule.log }
+            }
+            None => Decision { action: self.default_action, rule: None, log: self.default_log },
+        }
+    }
+
+    /// First match with the flow's server name: `dst` holds the destination address's groups
+    /// (no `domains` group is ever among them). A known name adds the `domains` groups it
+    /// matches; no name adds none. While the name is not known yet, the flow needs it when
+    /// the first rule that could match with *some* name (every `domains` group added) matches
+    /// only through a `domains` group: that rule would come before whatever decides by
+    /// addresses and ports alone. Allocation-free; without `domains` groups, one branch more
+    /// than [`CompiledPolicy::first_match`].
+    #[inline]
+    pub fn judge(
+        &self,
+        src: &GroupBits,
+        dst: &GroupBits,
+        protocol: u8,
+        port: Option<u16>,
+        name: ServerName<'_>,
+    ) -> Judgement {
+        if self.domains.is_empty() {
+            return Judgement::Decided(self.decision(self.first_match(src, dst, protocol, port)));
+        }
+        let extra = match name {
+            ServerName::Absent => {
+                return Judgement::Decided(
+                    self.decision(self.first_match(src, dst, protocol, port)),
+                );
+            }
+            ServerName::Name(name) => self.domains.matches(name),
+            ServerName::Unknown => self.domain_groups,
+        };
+        let mut with_name = *dst;
+        for w in 0..self.group_words {
+            with_name[w] |= extra[w];
+        }
+        let rule = self.first_match(src, &with_name, protocol, port);
+        if let (ServerName::Unknown, Some(r)) = (name, rule) {
+            // Matched through a `domains` group only: no address group of its `to` holds dst.
+            if !self.rules[r].to.iter().any(|&g| dst[g / 64] & (1 << (g % 64)) != 0) {
+                return Judgement::NeedsName { rule: r };
+            }
+        }
+        Judgement::Decided(self.decision(rule))
     }
 
     /// The first rule (in order) whose `from` meets `src`, whose `to` meets `dst` and whose
@@ -296,6 +369,7 @@ impl Compiler<'_> {
             external: None,
             cidrs: Vec::new(),
             except: Vec::new(),
+            domains: Vec::new(),
         }];
         if file.groups.len() + 1 > MAX_GROUPS {
             self.error(
@@ -315,6 +389,13 @@ impl Compiler<'_> {
         }
         let index: BTreeMap<&str, usize> =
             groups.iter().enumerate().map(|(i, g)| (g.name.as_str(), i)).collect();
+        // From the file, so that rules naming a domains group with errors are checked too.
+        let domain_groups: HashSet<&str> = file
+            .groups
+            .iter()
+            .filter(|(_, spec)| spec.domains.is_some())
+            .map(|(name, _)| name.as_str())
+            .collect();
 
         let mut rules = Vec::with_capacity(file.rules.len());
         let mut names = HashSet::new();
@@ -338,7 +419,7 @@ impl Compiler<'_> {
             } else if !names.insert(spec.name.as_str()) {
                 self.error(item.clone(), &path, Some("name"), "another rule has this name".into());
             }
-            if let Some(rule) = self.rule(&item, &path, spec, &index) {
+            if let Some(rule) = self.rule(&item, &path, spec, &index, &domain_groups) {
                 rules.push(rule);
             }
         }
@@ -366,6 +447,16 @@ impl Compiler<'_> {
                 }
             }
         }
+        let domains = DomainMatcher::new(
+            groups.iter().enumerate().map(|(g, group)| (g, group.domains.as_slice())),
+            group_words,
+        );
+        let mut domain_group_bits = [0u64; GROUP_WORDS];
+        for (g, group) in groups.iter().enumerate() {
+            if !group.domains.is_empty() {
+                domain_group_bits[g / 64] |= 1 << (g % 64);
+            }
+        }
         CompiledPolicy {
             path: self.path.to_path_buf(),
             default_action: file.default_action,
@@ -377,6 +468,8 @@ impl Compiler<'_> {
             rule_words,
             rules_from,
             rules_to,
+            domains,
+            domain_groups: domain_group_bits,
         }
     }
 
@@ -400,18 +493,45 @@ impl Compiler<'_> {
                 "names must be non-empty without spaces or commas".into(),
             );
         }
-        if spec.pods.is_none()
-            && spec.nodes.is_none()
-            && spec.external.is_none()
-            && spec.cidrs.is_empty()
-        {
-            self.error(
-                item.clone(),
-                &path,
-                None,
-                "selects nothing: give at least one of pods, nodes, external, cidrs".into(),
-            );
-        }
+        let address_kinds = [
+            ("pods", spec.pods.is_some()),
+            ("nodes", spec.nodes.is_some()),
+            ("external", spec.external.is_some()),
+            ("cidrs", !spec.cidrs.is_empty()),
+            ("except", !spec.except.is_empty()),
+        ];
+        let domains = match &spec.domains {
+            Some(list) => {
+                let others: Vec<&str> =
+                    address_kinds.iter().filter(|(_, given)| *given).map(|(k, _)| *k).collect();
+                if !others.is_empty() {
+                    self.error(
+                        item.clone(),
+                        &path,
+                        Some("domains"),
+                        format!(
+                            "a domains group combines with no other kind; move {} to a group \
+                             of its own and list both in the rule's `to`",
+                            others.join(", ")
+                        ),
+                    );
+                }
+                self.domains(&item, &path, list)
+            }
+            None => {
+                if !address_kinds[..4].iter().any(|(_, given)| *given) {
+                    self.error(
+                        item.clone(),
+                        &path,
+                        None,
+                        "selects nothing: give at least one of pods, nodes, external, cidrs, \
+                         domains"
+                            .into(),
+                    );
+                }
+                Vec::new()
+            }
+        };
         let pods = spec.pods.as_ref().map(|p| self.pods(&item, &path, p));
         let nodes = spec.nodes.as_ref().map(|k| self.kind(&item, &path, "nodes", k));
         let external = spec.external.as_ref().map(|k| self.kind(&item, &path, "external", k));
@@ -424,7 +544,32 @@ impl Compiler<'_> {
             external,
             cidrs,
             except,
+            domains,
         })
+    }
+
+    fn domains(&mut self, item: &str, path: &str, texts: &[String]) -> Vec<DomainPattern> {
+        if texts.is_empty() {
+            self.error(
+                item.into(),
+                path,
+                Some("domains"),
+                "an empty list matches no name; list at least one name".into(),
+            );
+        }
+        let mut patterns = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            match DomainPattern::parse(text) {
+                Ok(pattern) => patterns.push(pattern),
+                Err(message) => self.error(
+                    item.into(),
+                    path,
+                    Some(&format!("domains[{i}]")),
+                    format!("`{text}` {message}"),
+                ),
+            }
+        }
+        patterns
     }
 
     fn selector(&mut self, item: &str, path: &str, field: &str, text: Option<&str>) -> Selector {
@@ -482,6 +627,7 @@ impl Compiler<'_> {
         path: &str,
         spec: &RuleSpec,
         groups: &BTreeMap<&str, usize>,
+        domain_groups: &HashSet<&str>,
     ) -> Option<Rule> {
         let before = self.errors.len();
         let resolve = |this: &mut Self, field: &str, names: &[String]| -> Vec<usize> {
@@ -510,6 +656,20 @@ impl Compiler<'_> {
         };
         let from = resolve(self, "from", &spec.from);
         let to = resolve(self, "to", &spec.to);
+        for (i, name) in spec.from.iter().enumerate() {
+            if domain_groups.contains(name.as_str()) {
+                self.error(
+                    item.into(),
+                    path,
+                    Some(&format!("from[{i}]")),
+                    format!(
+                        "`{name}` is a domains group: a server name names the destination, so \
+                         it is used in `to` only"
+                    ),
+                );
+            }
+        }
+        let named = spec.to.iter().find(|name| domain_groups.contains(name.as_str()));
         let ports = spec.ports.as_ref().map(|list| {
             if list.is_empty() {
                 self.error(
@@ -522,6 +682,21 @@ impl Compiler<'_> {
             let mut ports = Vec::with_capacity(list.len());
             for (i, text) in list.iter().enumerate() {
                 match parse_port(text) {
+                    Ok(p)
+                        if named.is_some()
+                            && !matches!(p.protocol, ip_proto::TCP | ip_proto::UDP) =>
+                    {
+                        self.error(
+                            item.into(),
+                            path,
+                            Some(&format!("ports[{i}]")),
+                            format!(
+                                "`{text}`: `to` names the domains group `{}`, and only tcp and \
+                                 udp flows have server names; list tcp or udp ports",
+                                named.map_or("", |n| n.as_str())
+                            ),
+                        )
+                    }
                     Ok(p) => ports.push(p),
                     Err(message) => {
                         self.error(item.into(), path, Some(&format!("ports[{i}]")), message)
@@ -530,6 +705,18 @@ impl Compiler<'_> {
             }
             ports
         });
+        if let (Some(group), None) = (named, &spec.ports) {
+            self.error(
+                item.into(),
+                path,
+                Some("ports"),
+                format!(
+                    "`to` names the domains group `{group}`: list the tcp or udp ports its names \
+                     are asked on (`[tcp/443]`); without `ports` every flow of `from`, on any \
+                     protocol and port, would wait for a server name"
+                ),
+            );
+        }
         (self.errors.len() == before).then(|| Rule {
             name: spec.name.as_str().into(),
             action: spec.action,
