@@ -988,7 +988,7 @@ rules:
         "policy.yaml:6: group `db`: cidrs[0]: `10.20.0.5/24` has host bits set; \
          did you mean 10.20.0.0/24?",
         "policy.yaml:9: group `empty`: selects nothing: give at least one of pods, nodes, \
-         external, cidrs",
+         external, cidrs, domains",
         "policy.yaml:8: group `ratings`: pods.selector: invalid selector: at position 17: expected \
          a value or ',' before ')': like Kubernetes, an even number of commas right before ')' \
          is rejected",

@@ -565,7 +565,7 @@ impl Compiler<'_> {
                     item.into(),
                     path,
                     Some(&format!("domains[{i}]")),
-                    format!("`{text}` {message}"),
+                    format!("`{text}`: {message}"),
                 ),
             }
         }

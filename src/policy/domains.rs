@@ -30,22 +30,22 @@ pub enum DomainPattern {
 
 impl DomainPattern {
     /// Parses one pattern as written in policy.yaml; the error says what is wrong with it
-    /// (the caller adds file, line, group and the pattern itself).
+    /// (the caller puts file, line, group and the pattern itself in front).
     pub fn parse(text: &str) -> Result<DomainPattern, String> {
         if text.is_empty() {
-            return Err("is empty".into());
+            return Err("an empty name".into());
         }
         // One trailing dot (the absolute form) is ignored, as it is in names.
         let name = text.strip_suffix('.').unwrap_or(text);
         let bare = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')).unwrap_or(name);
         if bare.parse::<IpAddr>().is_ok() {
-            return Err("is an IP address; domains name servers by name: put addresses in a \
+            return Err("an IP address; domains name servers by name: put addresses in a \
                         `cidrs` group"
                 .into());
         }
         if name.len() > MAX_NAME_LEN {
             return Err(format!(
-                "is {} characters long; a name has at most {MAX_NAME_LEN}",
+                "{} characters long; a name has at most {MAX_NAME_LEN}",
                 name.len()
             ));
         }
@@ -83,7 +83,7 @@ impl DomainPattern {
 
 fn check_label(label: &str) -> Result<(), String> {
     if label.is_empty() {
-        return Err("has an empty label (two dots in a row, or a leading dot)".into());
+        return Err("an empty label (two dots in a row, or a leading dot)".into());
     }
     if label.len() > MAX_LABEL_LEN {
         return Err(format!(
@@ -254,12 +254,12 @@ mod tests {
             let error = DomainPattern::parse(text).expect_err(text);
             assert!(error.contains(reason), "{text:?}: {error}");
         };
-        refused("", "is empty");
-        refused("10.0.0.1", "is an IP address");
-        refused("10.0.0.1.", "is an IP address");
-        refused("::1", "is an IP address");
-        refused("fd00::5", "is an IP address");
-        refused("[2001:db8::1]", "is an IP address");
+        refused("", "an empty name");
+        refused("10.0.0.1", "an IP address");
+        refused("10.0.0.1.", "an IP address");
+        refused("::1", "an IP address");
+        refused("fd00::5", "an IP address");
+        refused("[2001:db8::1]", "an IP address");
         refused("1.2.3", "all digits");
         refused("example.123", "all digits");
         refused("api..stripe.com", "empty label");
