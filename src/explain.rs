@@ -224,18 +224,19 @@ impl Explanation {
         if let Some(waits) = &self.waits_for_name {
             let _ = writeln!(
                 out,
-                "waits:   for the server name: rule {} ({}) decides by it, so the flow is held \
-                 until its name is read; the verdict above is for a flow that shows none \
-                 (ask again with --server-name NAME)",
+                "waits:   for the server name: rule {} ({}) decides by it; the flow waits until \
+                 its name is read (names.timeout at most), and the verdict above is for a flow \
+                 that shows none (ask again with --server-name NAME)",
                 waits.rule,
                 place(waits.rule_line)
             );
         }
         let _ = writeln!(out, "flow:    {} {} -> {}{ports}", self.proto, self.src.ip, self.dst.ip);
         if let Some(name) = &self.server_name {
-            let groups = match name.groups.is_empty() {
-                true => "no domains group".to_string(),
-                false => format!("domains groups: {}", name.groups.join(", ")),
+            let groups = if name.groups.is_empty() {
+                "no domains group".to_string()
+            } else {
+                format!("domains groups: {}", name.groups.join(", "))
             };
             let _ = writeln!(out, "name:    {} ({groups})", name.name);
         }
