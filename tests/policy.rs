@@ -1058,7 +1058,7 @@ fn an_unknown_key_is_reported_by_serde_with_its_line() {
     assert_eq!(
         errors,
         ["policy.yaml:4:5: groups.web: unknown field `pod`, expected one of `pods`, `nodes`, \
-          `external`, `cidrs`, `except`"]
+          `external`, `cidrs`, `except`, `domains`"]
     );
     let errors = compile_errors(
         "default_action: deny\nrules:\n  - name: r\n    from: [any]\n    to: [any]\n    \
