@@ -327,3 +327,31 @@ fn without_domains_groups_judging_is_deciding_and_never_waits() {
         Some(Action::Allow)
     );
 }
+
+#[test]
+fn many_domains_groups_wait_at_the_first_names_rule_that_admits_the_flow() {
+    let mut text =
+        String::from("default_action: deny\ngroups:\n  web: {pods: {selector: app=web}}\n");
+    for g in 0..70 {
+        text.push_str(&format!("  n{g:02}: {{domains: [\"*.n{g}.example\", n{g}.example]}}\n"));
+    }
+    text.push_str("rules:\n");
+    for r in 0..70 {
+        // Rules 0-9 on another port; rule 65 from another source.
+        let port = if r < 10 { 8443 } else { 443 };
+        let from = if r == 65 { "web" } else { "any" };
+        text.push_str(&format!(
+            "  - {{name: r{r}, from: [{from}], to: [n{r:02}], ports: [tcp/{port}], action: allow}}\n"
+        ));
+    }
+    text.push_str("  - {name: last, from: [any], to: [any], ports: [tcp], action: reject}\n");
+    let s = snapshot(&text);
+    assert_eq!(judge(&s, SERVER, TCP, 443, Unknown), "waits r10");
+    assert_eq!(judge(&s, SERVER, TCP, 8443, Unknown), "waits r0");
+    assert_eq!(judge(&s, SERVER, TCP, 80, Unknown), "reject last");
+    assert_eq!(judge(&s, SERVER, TCP, 443, Name("x.n67.example")), "allow r67");
+    assert_eq!(judge(&s, SERVER, TCP, 443, Name("n5.example")), "reject last");
+    assert_eq!(judge(&s, SERVER, TCP, 443, Name("a.b.n65.example")), "allow r65");
+    assert_eq!(judge_from(&s, BATCH, SERVER, TCP, 443, Name("a.b.n65.example")), "reject last");
+    assert_eq!(judge(&s, SERVER, TCP, 443, Absent), "reject last");
+}

@@ -156,8 +156,8 @@ pub struct CompiledPolicy {
     pub(crate) rules_to: Vec<u64>,
     /// The `domains` groups' patterns.
     pub(crate) domains: DomainMatcher,
-    /// The `domains` groups, as a group set.
-    pub(crate) domain_groups: GroupBits,
+    /// The rules whose `to` names a `domains` group (`rule_words`).
+    pub(crate) name_rules: Vec<u64>,
 }
 
 impl CompiledPolicy {
@@ -225,26 +225,30 @@ impl CompiledPolicy {
         if self.domains.is_empty() {
             return Judgement::Decided(self.decision(self.first_match(src, dst, protocol, port)));
         }
-        let extra = match name {
-            ServerName::Absent => {
-                return Judgement::Decided(
-                    self.decision(self.first_match(src, dst, protocol, port)),
-                );
+        let rule = match name {
+            ServerName::Absent => self.first_match(src, dst, protocol, port),
+            ServerName::Name(name) => {
+                let mut with_name = *dst;
+                let matched = self.domains.matches(name);
+                for w in 0..self.group_words {
+                    with_name[w] |= matched[w];
+                }
+                self.first_match(src, &with_name, protocol, port)
             }
-            ServerName::Name(name) => self.domains.matches(name),
-            ServerName::Unknown => self.domain_groups,
+            ServerName::Unknown => {
+                // Some name could match every `domains` group: their rules' `to` counts as met
+                // (one rule bitset, however many `domains` groups there are).
+                let rule = self.first_match_or(src, dst, protocol, port, |w| self.name_rules[w]);
+                if let Some(r) = rule
+                    && !self.rules[r].to.iter().any(|&g| dst[g / 64] & (1 << (g % 64)) != 0)
+                {
+                    // Matched only through a `domains` group: no address group of its `to`
+                    // holds dst.
+                    return Judgement::NeedsName { rule: r };
+                }
+                rule
+            }
         };
-        let mut with_name = *dst;
-        for w in 0..self.group_words {
-            with_name[w] |= extra[w];
-        }
-        let rule = self.first_match(src, &with_name, protocol, port);
-        if let (ServerName::Unknown, Some(r)) = (name, rule) {
-            // Matched through a `domains` group only: no address group of its `to` holds dst.
-            if !self.rules[r].to.iter().any(|&g| dst[g / 64] & (1 << (g % 64)) != 0) {
-                return Judgement::NeedsName { rule: r };
-            }
-        }
         Judgement::Decided(self.decision(rule))
     }
 
@@ -259,6 +263,20 @@ impl CompiledPolicy {
         protocol: u8,
         port: Option<u16>,
     ) -> Option<usize> {
+        self.first_match_or(src, dst, protocol, port, |_| 0)
+    }
+
+    /// As [`CompiledPolicy::first_match`], with the rules of `extra_to(word)` counted as if
+    /// their `to` met `dst` (a constant 0 compiles away).
+    #[inline(always)]
+    fn first_match_or(
+        &self,
+        src: &GroupBits,
+        dst: &GroupBits,
+        protocol: u8,
+        port: Option<u16>,
+        extra_to: impl Fn(usize) -> u64,
+    ) -> Option<usize> {
         let src_rows = GroupRows::of(src, self.group_words, self.rule_words);
         let dst_rows = GroupRows::of(dst, self.group_words, self.rule_words);
         for w in 0..self.rule_words {
@@ -266,7 +284,7 @@ impl CompiledPolicy {
             if from == 0 {
                 continue;
             }
-            let mut candidates = from & dst_rows.union(&self.rules_to, w);
+            let mut candidates = from & (dst_rows.union(&self.rules_to, w) | extra_to(w));
             while candidates != 0 {
                 let rule = w * 64 + candidates.trailing_zeros() as usize;
                 if self.rules[rule].admits(protocol, port) {
@@ -451,10 +469,10 @@ impl Compiler<'_> {
             groups.iter().enumerate().map(|(g, group)| (g, group.domains.as_slice())),
             group_words,
         );
-        let mut domain_group_bits = [0u64; GROUP_WORDS];
-        for (g, group) in groups.iter().enumerate() {
-            if !group.domains.is_empty() {
-                domain_group_bits[g / 64] |= 1 << (g % 64);
+        let mut name_rules = vec![0u64; rule_words];
+        for (r, rule) in rules.iter().enumerate() {
+            if rule.to.iter().any(|&g| !groups[g].domains.is_empty()) {
+                name_rules[r / 64] |= 1 << (r % 64);
             }
         }
         CompiledPolicy {
@@ -469,7 +487,7 @@ impl Compiler<'_> {
             rules_from,
             rules_to,
             domains,
-            domain_groups: domain_group_bits,
+            name_rules,
         }
     }
 
