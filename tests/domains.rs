@@ -2,12 +2,15 @@
 //! YAML (every error to the file, line, group and pattern), and flows judged with what is known
 //! of their server name exactly as the data plane asks ([`Snapshot::judge`]): decided at once
 //! when a rule that decides by addresses and ports alone comes first, waiting for the name
-//! while a rule that needs it could still decide.
+//! while a rule that needs it could still decide. Last, a reload: a bad pattern keeps the
+//! running policy.
 
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use labelwall::config::Config;
+use labelwall::control::ControlPlane;
 use labelwall::labels::LabelTable;
 use labelwall::packet::ip_proto::{ICMP, TCP, UDP};
 use labelwall::policy::{Action, CompiledPolicy, Judgement, ServerName};
@@ -354,4 +357,35 @@ fn many_domains_groups_wait_at_the_first_names_rule_that_admits_the_flow() {
     assert_eq!(judge(&s, SERVER, TCP, 443, Name("a.b.n65.example")), "allow r65");
     assert_eq!(judge_from(&s, BATCH, SERVER, TCP, 443, Name("a.b.n65.example")), "reject last");
     assert_eq!(judge(&s, SERVER, TCP, 443, Absent), "reject last");
+}
+
+#[test]
+fn a_reload_with_a_bad_pattern_keeps_the_running_policy_and_a_good_one_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    let path = dir.path().join("labelwall.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    std::fs::write(dir.path().join("inventory.yaml"), INVENTORY).unwrap();
+    let config = "policy: policy.yaml\nlabels:\n  inventory: [inventory.yaml]\n";
+    std::fs::write(&path, config).unwrap();
+    let config = Config::parse(&path, config).unwrap_or_else(|e| panic!("{e}"));
+    let mut plane = ControlPlane::start(&config, 1, None).unwrap_or_else(|e| panic!("{e}"));
+    let state = plane.state();
+    let before = state.snapshot();
+    assert_eq!(judge(&before, SERVER, TCP, 443, Name("api.stripe.com")), "allow web-to-stripe");
+
+    std::fs::write(&policy, POLICY.replace("API.Stripe.com", "api.*.stripe.com")).unwrap();
+    plane.reload_all();
+    assert_eq!(state.reloads_error.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let s = state.snapshot();
+    assert_eq!(s.generation, before.generation, "nothing new was published");
+    assert_eq!(judge(&s, SERVER, TCP, 443, Name("api.stripe.com")), "allow web-to-stripe");
+
+    std::fs::write(&policy, POLICY.replace("API.Stripe.com", "api.stripe.net")).unwrap();
+    plane.reload_all();
+    assert_eq!(state.reloads_ok.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let s = state.snapshot();
+    assert!(s.generation > before.generation);
+    assert_eq!(judge(&s, SERVER, TCP, 443, Name("api.stripe.com")), "reject web-out-reject");
+    assert_eq!(judge(&s, SERVER, TCP, 443, Name("api.stripe.net")), "allow web-to-stripe");
 }
