@@ -357,6 +357,74 @@ mod tests {
         assert_eq!(names(m.matches_normalized(b"API.STRIPE.COM")), [] as [usize; 0]);
     }
 
+    /// What the matcher must give, by a scan of every pattern.
+    fn scan(groups: &[(usize, Vec<DomainPattern>)], name: &str) -> Vec<usize> {
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        if name.len() > MAX_NAME_LEN || name.split('.').any(str::is_empty) {
+            return Vec::new();
+        }
+        let mut found: Vec<usize> = groups
+            .iter()
+            .filter(|(_, patterns)| {
+                patterns.iter().any(|p| match p {
+                    DomainPattern::Exact(exact) => name == *exact,
+                    DomainPattern::Wildcard(suffix) => name
+                        .strip_suffix(suffix.as_str())
+                        .and_then(|front| front.strip_suffix('.'))
+                        .is_some_and(|front| !front.is_empty()),
+                })
+            })
+            .map(|(g, _)| *g)
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
+
+    #[test]
+    fn matching_agrees_with_a_scan_of_every_pattern_on_generated_names() {
+        const LABELS: [&str; 7] = ["a", "B", "api", "Stripe", "com", "x-y", "s3"];
+        let groups: Vec<(usize, Vec<DomainPattern>)> = vec![
+            (1, vec![exact("api.stripe.com"), wildcard("stripe.com")]),
+            (2, vec![wildcard("com")]),
+            (3, vec![exact("a.b"), wildcard("a.b"), exact("s3")]),
+            (64, vec![wildcard("x-y.s3.com"), exact("b.a.stripe.com")]),
+            (127, vec![wildcard("b"), exact("com")]),
+        ];
+        let m = DomainMatcher::new(groups.iter().map(|(g, p)| (*g, p.as_slice())), 2);
+        // A fixed linear congruential sequence: the same names every run.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |bound: u64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % bound
+        };
+        let mut hits = std::collections::BTreeMap::new();
+        for _ in 0..20_000 {
+            let mut name = String::new();
+            for i in 0..1 + next(5) {
+                if i > 0 {
+                    name.push_str(if next(20) == 0 { ".." } else { "." });
+                }
+                name.push_str(LABELS[next(LABELS.len() as u64) as usize]);
+            }
+            match next(10) {
+                0 => name.push('.'),
+                1 => name.insert(0, '.'),
+                _ => {}
+            }
+            let found = names(m.matches(&name));
+            assert_eq!(found, scan(&groups, &name), "{name:?}");
+            for g in found {
+                *hits.entry(g).or_insert(0) += 1;
+            }
+        }
+        // Every group was matched many times: the names exercise the patterns.
+        assert_eq!(hits.len(), groups.len(), "{hits:?}");
+        assert!(hits.values().all(|&n| n >= 20), "{hits:?}");
+    }
+
     #[test]
     fn an_empty_matcher_matches_nothing() {
         let m = DomainMatcher::new(std::iter::empty(), 1);
