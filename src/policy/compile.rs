@@ -1,5 +1,6 @@
 //! From policy.yaml to a [`CompiledPolicy`]: names resolved to bit positions, selectors parsed,
-//! CIDRs folded into one prefix map, every rule turned into two group bitsets and a port list.
+//! CIDRs folded into one prefix map, `domains` patterns into one hash matcher, every rule
+//! turned into two group bitsets and a port list; first match, with a server name or without.
 //! Every problem is reported at once, each naming the file, line, rule or group, and field.
 //! Must not depend on: sockets, async, the label table, snapshots.
 
@@ -209,10 +210,10 @@ impl CompiledPolicy {
     /// First match with the flow's server name: `dst` holds the destination address's groups
     /// (no `domains` group is ever among them). A known name adds the `domains` groups it
     /// matches; no name adds none. While the name is not known yet, the flow needs it when
-    /// the first rule that could match with *some* name (every `domains` group added) matches
-    /// only through a `domains` group: that rule would come before whatever decides by
-    /// addresses and ports alone. Allocation-free; without `domains` groups, one branch more
-    /// than [`CompiledPolicy::first_match`].
+    /// the first rule that could match with *some* name (every rule naming a `domains` group
+    /// taken as meeting `dst`) matches only through a `domains` group: that rule would come
+    /// before whatever decides by addresses and ports alone. Allocation-free; without
+    /// `domains` groups, one branch more than [`CompiledPolicy::first_match`].
     #[inline]
     pub fn judge(
         &self,
