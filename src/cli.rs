@@ -169,10 +169,11 @@ fn check(path: &Path) -> anyhow::Result<()> {
         crate::config::format_duration(names.timeout()),
         names.max_pending
     );
-    if policy.uses_names() {
-        let groups = policy.groups.iter().filter(|g| !g.domains.is_empty()).count();
+    let domains_groups = policy.groups.iter().filter(|g| !g.domains.is_empty()).count();
+    if domains_groups > 0 {
+        let unused = if policy.uses_names() { "" } else { " (no rule's `to` names one)" };
         println!(
-            "server names: {groups} domains groups, {} patterns; {limits}",
+            "server names: {domains_groups} domains groups{unused}, {} patterns; {limits}",
             policy.domains().pattern_count()
         );
     } else if *names != crate::config::NamesConfig::default() {

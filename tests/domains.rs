@@ -389,3 +389,16 @@ fn a_reload_with_a_bad_pattern_keeps_the_running_policy_and_a_good_one_takes_ove
     assert_eq!(judge(&s, SERVER, TCP, 443, Name("api.stripe.com")), "reject web-out-reject");
     assert_eq!(judge(&s, SERVER, TCP, 443, Name("api.stripe.net")), "allow web-to-stripe");
 }
+
+#[test]
+fn a_domains_group_that_no_rule_names_makes_no_flow_wait() {
+    let s = snapshot(
+        "default_action: deny\ngroups:\n  stripe: {domains: [api.stripe.com]}\n\
+         rules:\n  - {name: out, from: [any], to: [any], ports: [tcp/443], action: allow}\n",
+    );
+    assert!(!s.policy.uses_names(), "names decide nothing here: the data plane need not read them");
+    assert_eq!(s.policy.domains().pattern_count(), 1);
+    assert_eq!(judge(&s, SERVER, TCP, 443, Unknown), "allow out");
+    assert_eq!(judge(&s, SERVER, TCP, 443, Name("api.stripe.com")), "allow out");
+    assert_eq!(judge(&s, SERVER, TCP, 80, Unknown), "deny default");
+}

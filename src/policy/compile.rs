@@ -159,6 +159,8 @@ pub struct CompiledPolicy {
     pub(crate) domains: DomainMatcher,
     /// The rules whose `to` names a `domains` group (`rule_words`).
     pub(crate) name_rules: Vec<u64>,
+    /// Whether `name_rules` has any.
+    pub(crate) names_used: bool,
 }
 
 impl CompiledPolicy {
@@ -189,10 +191,11 @@ impl CompiledPolicy {
         &self.domains
     }
 
-    /// Whether some rule may decide by the server name (the policy has `domains` groups).
+    /// Whether some rule may decide by the server name (its `to` names a `domains` group):
+    /// else names change no verdict, and need not be read.
     #[inline]
     pub fn uses_names(&self) -> bool {
-        !self.domains.is_empty()
+        self.names_used
     }
 
     /// What `rule` (`None`: the default action) does.
@@ -213,7 +216,7 @@ impl CompiledPolicy {
     /// the first rule that could match with *some* name (every rule naming a `domains` group
     /// taken as meeting `dst`) matches only through a `domains` group: that rule would come
     /// before whatever decides by addresses and ports alone. Allocation-free; without
-    /// `domains` groups, one branch more than [`CompiledPolicy::first_match`].
+    /// rules naming `domains` groups, one branch more than [`CompiledPolicy::first_match`].
     #[inline]
     pub fn judge(
         &self,
@@ -223,7 +226,7 @@ impl CompiledPolicy {
         port: Option<u16>,
         name: ServerName<'_>,
     ) -> Judgement {
-        if self.domains.is_empty() {
+        if !self.names_used {
             return Judgement::Decided(self.decision(self.first_match(src, dst, protocol, port)));
         }
         let rule = match name {
@@ -488,6 +491,7 @@ impl Compiler<'_> {
             rules_from,
             rules_to,
             domains,
+            names_used: name_rules.iter().any(|&w| w != 0),
             name_rules,
         }
     }
