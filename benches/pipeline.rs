@@ -17,7 +17,7 @@ use labelwall::labels::{
 };
 use labelwall::packet::ip_proto;
 use labelwall::pipeline::{FlowSettings, Mode, Pipeline, decode};
-use labelwall::policy::CompiledPolicy;
+use labelwall::policy::{CompiledPolicy, Decision, Judgement, ServerName};
 use labelwall::reject::MAX_REJECT_LEN;
 use labelwall::snapshot::{RuleHits, Snapshot, SnapshotCell};
 use labelwall::wire::outer::{self, OUTER_HEADER_LEN, OuterAddressing, UDP_HEADER_LEN};
@@ -208,7 +208,35 @@ fn lookups_and_verdicts(c: &mut Criterion) {
     group.bench_function("verdict_default", |b| {
         b.iter(|| snapshot.decide(black_box(src), black_box(far), ip_proto::TCP, Some(8080)))
     });
+    // The same through calls callgrind can count (A/B of judging without `domains` groups,
+    // docs/performance.md), and judging with the server name not known yet.
+    group.bench_function("verdict_rule_500_outlined", |b| {
+        b.iter(|| decide_outlined(&snapshot, black_box(src), black_box(dst)))
+    });
+    group.bench_function("verdict_default_outlined", |b| {
+        b.iter(|| decide_outlined(&snapshot, black_box(src), black_box(far)))
+    });
+    group.bench_function("judge_rule_500_name_unknown_outlined", |b| {
+        b.iter(|| judge_outlined(&snapshot, black_box(src), black_box(dst)))
+    });
+    group.bench_function("judge_default_name_unknown_outlined", |b| {
+        b.iter(|| judge_outlined(&snapshot, black_box(src), black_box(far)))
+    });
     group.finish();
+}
+
+/// A new flow's verdict, never inlined: `valgrind --tool=callgrind` counts its instructions
+/// and calls exactly, where criterion's timing on this shared VM is noisy.
+#[inline(never)]
+fn decide_outlined(snapshot: &Snapshot, src: IpAddr, dst: IpAddr) -> Decision {
+    snapshot.decide(src, dst, ip_proto::TCP, Some(8080))
+}
+
+/// As [`decide_outlined`], judged with the server name not known yet (a policy without
+/// `domains` groups never waits for it).
+#[inline(never)]
+fn judge_outlined(snapshot: &Snapshot, src: IpAddr, dst: IpAddr) -> Judgement {
+    snapshot.judge(src, dst, ip_proto::TCP, Some(8080), ServerName::Unknown)
 }
 
 fn whole_pipeline(c: &mut Criterion) {

@@ -15,7 +15,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::control::{self, ControlPlane};
 use crate::dataplane::{ControlLinks, Dataplane, DataplaneSettings};
-use crate::explain::{FlowQuestion, explain_with_claims};
+use crate::explain::{FlowQuestion, explain_with_name};
 use crate::flowlog::FlowLogWriter;
 use crate::labels::{LabelBuilder, LabelTable};
 use crate::metrics;
@@ -68,6 +68,10 @@ pub enum Command {
         sport: u16,
         #[arg(long, default_value_t = 0)]
         dport: u16,
+        /// The server name the client asks for (TLS SNI, HTTP Host, QUIC); without it,
+        /// explain says whether the verdict waits for one.
+        #[arg(long, value_name = "NAME")]
+        server_name: Option<String>,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -125,9 +129,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config, reflect } => run(&config, reflect),
         Command::Check { config } => check(&config),
-        Command::Explain { config, src, dst, proto, sport, dport, json } => {
+        Command::Explain { config, src, dst, proto, sport, dport, server_name, json } => {
             let question = FlowQuestion { src, dst, protocol: proto.number(), sport, dport };
-            explain_command(&config, &question, json)
+            explain_command(&config, &question, server_name.as_deref(), json)
         }
         Command::Loadgen(args) => crate::tools::loadgen::run(&args),
         Command::Replay(args) => crate::tools::replay::run(&args),
@@ -158,6 +162,23 @@ fn check(path: &Path) -> anyhow::Result<()> {
         labels.identity_count(),
         policy.default_action.as_str(),
     );
+    let names = &config.names;
+    let limits = format!(
+        "names.max_bytes {}, names.timeout {}, names.max_pending {} per worker",
+        names.max_bytes,
+        crate::config::format_duration(names.timeout()),
+        names.max_pending
+    );
+    let domains_groups = policy.groups.iter().filter(|g| !g.domains.is_empty()).count();
+    if domains_groups > 0 {
+        let unused = if policy.uses_names() { "" } else { " (no rule's `to` names one)" };
+        println!(
+            "server names: {domains_groups} domains groups{unused}, {} patterns; {limits}",
+            policy.domains().pattern_count()
+        );
+    } else if *names != crate::config::NamesConfig::default() {
+        println!("server names: unused (no domains groups in the policy); {limits}");
+    }
     if labels.conflicts() > 0 {
         println!(
             "warning: {} inventory entries claim an address already claimed",
@@ -167,7 +188,12 @@ fn check(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn explain_command(path: &Path, question: &FlowQuestion, json: bool) -> anyhow::Result<()> {
+fn explain_command(
+    path: &Path,
+    question: &FlowQuestion,
+    server_name: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let (policy, inventories) = control::load_all(&config)?;
     // As the appliance orders them: Kubernetes clusters first (listed once), then inventories.
@@ -181,7 +207,7 @@ fn explain_command(path: &Path, question: &FlowQuestion, json: bool) -> anyhow::
     let labels = Arc::new(builder.publish().0);
     let hits = Arc::new(RuleHits::new(1, policy.rules.len()));
     let snapshot = Snapshot::new(1, labels, Arc::new(policy), hits);
-    let answer = explain_with_claims(&snapshot, question, Some(&builder));
+    let answer = explain_with_name(&snapshot, question, server_name, Some(&builder));
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {

@@ -32,6 +32,9 @@ pub struct Config {
     pub flow_log: Option<FlowLogConfig>,
     #[serde(default)]
     pub flows: FlowsConfig,
+    /// Reading server names for policy `domains` groups.
+    #[serde(default)]
+    pub names: NamesConfig,
     #[serde(default)]
     pub log: LogConfig,
 }
@@ -181,6 +184,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     millis.map(Duration::from_millis).ok_or_else(|| format!("`{text}` is too long"))
 }
 
+/// A duration as [`parse_duration`] reads it: `5s`, `750ms`, `5m`, `1h`.
+pub fn format_duration(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    match ms {
+        0 => "0s".into(),
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        _ if ms.is_multiple_of(1_000) => format!("{}s", ms / 1_000),
+        _ => format!("{ms}ms"),
+    }
+}
+
 /// The flow table.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -209,6 +224,84 @@ impl FlowsConfig {
 impl Default for FlowsConfig {
     fn default() -> Self {
         FlowsConfig { max: 1 << 20, tcp_idle_timeout: 350 }
+    }
+}
+
+/// How long, and with how much held, a flow may wait for its server name (policy `domains`
+/// groups). Past any limit the flow is judged with no name.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamesConfig {
+    /// Client bytes held per flow while its name is read.
+    pub max_bytes: usize,
+    /// Longest a flow waits for its name (a duration; read with [`NamesConfig::timeout`]).
+    #[serde(rename = "timeout")]
+    pub timeout_text: String,
+    /// Flows per worker waiting for a name.
+    pub max_pending: usize,
+}
+
+impl NamesConfig {
+    pub const DEFAULT_MAX_BYTES: usize = 16 * 1024;
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_MAX_PENDING: usize = 16 * 1024;
+    /// A ClientHello with a post-quantum key share is about 1.8 KB; below this most real
+    /// ones would not fit. Above the top, one flow would hold more than a 64 KiB TLS
+    /// handshake message.
+    pub const MAX_BYTES: std::ops::RangeInclusive<usize> = 1024..=65536;
+    /// Long enough for a client's first bytes after a slow handshake; short enough that a
+    /// client that never speaks first (SSH, SMTP and other server-first protocols) is
+    /// judged with no name before it gives up.
+    pub const TIMEOUT: std::ops::RangeInclusive<Duration> =
+        Duration::from_millis(100)..=Duration::from_secs(60);
+    /// A million pending flows per worker at 64 KiB each would already be 64 GiB.
+    pub const MAX_PENDING: std::ops::RangeInclusive<usize> = 1..=1 << 20;
+
+    /// `timeout` (validated when the file was loaded).
+    pub fn timeout(&self) -> Duration {
+        parse_duration(&self.timeout_text).unwrap_or(Self::DEFAULT_TIMEOUT)
+    }
+
+    fn validate(&self, error: &mut impl FnMut(&str, String)) {
+        if !Self::MAX_BYTES.contains(&self.max_bytes) {
+            error(
+                "names.max_bytes",
+                format!(
+                    "{} is outside {} to {} bytes",
+                    self.max_bytes,
+                    Self::MAX_BYTES.start(),
+                    Self::MAX_BYTES.end()
+                ),
+            );
+        }
+        match parse_duration(&self.timeout_text) {
+            Err(message) => error("names.timeout", message),
+            Ok(timeout) if !Self::TIMEOUT.contains(&timeout) => {
+                error("names.timeout", "must be between 100ms and 60s".into())
+            }
+            Ok(_) => {}
+        }
+        if !Self::MAX_PENDING.contains(&self.max_pending) {
+            error(
+                "names.max_pending",
+                format!(
+                    "{} is outside {} to {} flows per worker",
+                    self.max_pending,
+                    Self::MAX_PENDING.start(),
+                    Self::MAX_PENDING.end()
+                ),
+            );
+        }
+    }
+}
+
+impl Default for NamesConfig {
+    fn default() -> Self {
+        NamesConfig {
+            max_bytes: Self::DEFAULT_MAX_BYTES,
+            timeout_text: "5s".into(),
+            max_pending: Self::DEFAULT_MAX_PENDING,
+        }
     }
 }
 
@@ -373,6 +466,7 @@ impl Config {
         {
             error("log.level", format!("`{level}` is not a valid log filter"));
         }
+        self.names.validate(&mut error);
         errors
     }
 
@@ -546,5 +640,63 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(errors.0[0].field.as_deref(), Some("labels.kubernetes[0].max_stale"));
+    }
+
+    #[test]
+    fn durations_print_as_they_are_written() {
+        for text in ["5s", "750ms", "5m", "1h", "90s", "0s"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+    }
+
+    #[test]
+    fn names_limits_default_to_the_documented_values() {
+        let names = parse("policy: p.yaml").unwrap().names;
+        assert_eq!(names.max_bytes, 16384);
+        assert_eq!(names.timeout(), Duration::from_secs(5));
+        assert_eq!(names.max_pending, 16384);
+        let names = parse(
+            "policy: p.yaml\nnames:\n  max_bytes: 4096\n  timeout: 750ms\n  max_pending: 10\n",
+        )
+        .unwrap()
+        .names;
+        assert_eq!(names.max_bytes, 4096);
+        assert_eq!(names.timeout(), Duration::from_millis(750));
+        assert_eq!(names.max_pending, 10);
+        // The bounds themselves are accepted.
+        parse("policy: p.yaml\nnames: {max_bytes: 1024, timeout: 100ms, max_pending: 1}\n")
+            .unwrap();
+        parse("policy: p.yaml\nnames: {max_bytes: 65536, timeout: 60s, max_pending: 1048576}\n")
+            .unwrap();
+    }
+
+    #[test]
+    fn names_limits_out_of_bounds_are_errors_with_field_and_line() {
+        let cases = [
+            ("max_bytes: 1023", "names.max_bytes", "outside 1024 to 65536"),
+            ("max_bytes: 65537", "names.max_bytes", "outside 1024 to 65536"),
+            ("timeout: 99ms", "names.timeout", "between 100ms and 60s"),
+            ("timeout: 61s", "names.timeout", "between 100ms and 60s"),
+            ("timeout: 5", "names.timeout", "not a duration"),
+            ("max_pending: 0", "names.max_pending", "outside 1 to 1048576"),
+            ("max_pending: 1048577", "names.max_pending", "outside 1 to 1048576"),
+        ];
+        for (line, field, message) in cases {
+            let errors =
+                parse(&format!("policy: p.yaml\nlog: {{}}\nnames:\n  {line}\n")).unwrap_err();
+            assert_eq!(errors.0.len(), 1, "{line}: {errors}");
+            assert_eq!(errors.0[0].field.as_deref(), Some(field), "{line}");
+            assert_eq!(errors.0[0].line, Some(4), "{line}");
+            assert!(errors.0[0].message.contains(message), "{line}: {errors}");
+            let text = errors.to_string();
+            assert!(
+                text.starts_with(&format!("/etc/labelwall/labelwall.yaml:4: {field}: ")),
+                "{text}"
+            );
+        }
+        let errors = parse("policy: p.yaml\nnames:\n  max_byte: 4096\n").unwrap_err();
+        assert!(errors.to_string().contains("unknown field `max_byte`"), "{errors}");
+        let errors = parse("policy: p.yaml\nnames:\n  max_bytes: -1\n").unwrap_err();
+        assert_eq!(errors.0[0].line, Some(3), "{errors}");
     }
 }

@@ -1,6 +1,8 @@
 //! `labelwall explain`: what policy says about a flow and why, from the same snapshot the
 //! data plane would use: the verdict, the deciding rule, and who both ends are; with the label
-//! builder, also the claims on each end's address that lose to its owner, and why.
+//! builder, also the claims on each end's address that lose to its owner, and why. With a
+//! server name, the verdict for a flow that shows it; without, whether the verdict waits for
+//! one (and which rule would decide by it).
 //! Must not depend on: the data plane, sockets, the flow log.
 
 use std::fmt::Write as _;
@@ -10,6 +12,7 @@ use serde::Serialize;
 
 use crate::labels::{EndpointKind, LabelBuilder, Labels, Loss};
 use crate::packet::ip_proto;
+use crate::policy::{Judgement, ServerName};
 use crate::snapshot::Snapshot;
 
 /// The question: the first packet of a flow from `src` to `dst`.
@@ -33,8 +36,27 @@ pub struct Explanation {
     pub proto: &'static str,
     pub sport: u16,
     pub dport: u16,
+    /// The server name asked about (`--server-name`), and the `domains` groups it matches;
+    /// `None` when none was given.
+    pub server_name: Option<ServerNameReport>,
+    /// Without a server name: the rule that waits for it, when the verdict depends on it
+    /// (then `verdict` and `rule` are what a flow that shows no name gets).
+    pub waits_for_name: Option<RuleReport>,
     pub src: EndpointReport,
     pub dst: EndpointReport,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServerNameReport {
+    /// Lowercase, without a trailing dot.
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RuleReport {
+    pub rule: String,
+    pub rule_line: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,6 +105,17 @@ pub fn explain_with_claims(
     q: &FlowQuestion,
     labels: Option<&LabelBuilder>,
 ) -> Explanation {
+    explain_with_name(snapshot, q, None, labels)
+}
+
+/// As [`explain_with_claims`], for a flow whose client asks for `server_name` (`None`: the
+/// name is not known, and the answer says whether the verdict waits for it).
+pub fn explain_with_name(
+    snapshot: &Snapshot,
+    q: &FlowQuestion,
+    server_name: Option<&str>,
+    labels: Option<&LabelBuilder>,
+) -> Explanation {
     let losing = |ip: IpAddr| -> Vec<LosingClaim> {
         let (Some(labels), Some(owner)) = (labels, snapshot.labels.lookup(ip)) else {
             return Vec::new();
@@ -103,7 +136,28 @@ pub fn explain_with_claims(
             .collect()
     };
     let port = matches!(q.protocol, ip_proto::TCP | ip_proto::UDP).then_some(q.dport);
-    let decision = snapshot.decide(q.src, q.dst, q.protocol, port);
+    let name = match server_name {
+        Some(name) => ServerName::Name(name),
+        None => ServerName::Unknown,
+    };
+    let (decision, waits) = match snapshot.judge(q.src, q.dst, q.protocol, port, name) {
+        Judgement::Decided(decision) => (decision, None),
+        Judgement::NeedsName { rule } => (
+            snapshot.decide(q.src, q.dst, q.protocol, port),
+            Some(RuleReport {
+                rule: snapshot.rule_name(Some(rule)).to_string(),
+                rule_line: snapshot.policy.rules[rule].line,
+            }),
+        ),
+    };
+    let server_name = server_name.map(|name| ServerNameReport {
+        name: name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase(),
+        groups: snapshot
+            .group_names(&snapshot.policy.domains().matches(name))
+            .into_iter()
+            .map(String::from)
+            .collect(),
+    });
     let endpoint = |ip: IpAddr| EndpointReport {
         ip,
         identity: snapshot.labels.lookup(ip).map(|e| {
@@ -133,6 +187,8 @@ pub fn explain_with_claims(
         proto: crate::packet::ip_proto::name(q.protocol),
         sport: q.sport,
         dport: q.dport,
+        server_name,
+        waits_for_name: waits,
         src: endpoint(q.src),
         dst: endpoint(q.dst),
     }
@@ -151,9 +207,39 @@ impl Explanation {
         } else {
             String::new()
         };
-        let _ = writeln!(out, "verdict: {}", self.verdict);
+        let place = |line: Option<usize>| match line {
+            Some(line) => format!("{}:{line}", self.policy),
+            None => self.policy.clone(),
+        };
+        match &self.waits_for_name {
+            Some(_) => {
+                let _ =
+                    writeln!(out, "verdict: {} (if the flow shows no server name)", self.verdict);
+            }
+            None => {
+                let _ = writeln!(out, "verdict: {}", self.verdict);
+            }
+        }
         let _ = writeln!(out, "rule:    {rule}");
+        if let Some(waits) = &self.waits_for_name {
+            let _ = writeln!(
+                out,
+                "waits:   for the server name: rule {} ({}) decides by it; the flow waits until \
+                 its name is read (names.timeout at most), and the verdict above is for a flow \
+                 that shows none (ask again with --server-name NAME)",
+                waits.rule,
+                place(waits.rule_line)
+            );
+        }
         let _ = writeln!(out, "flow:    {} {} -> {}{ports}", self.proto, self.src.ip, self.dst.ip);
+        if let Some(name) = &self.server_name {
+            let groups = if name.groups.is_empty() {
+                "no domains group".to_string()
+            } else {
+                format!("domains groups: {}", name.groups.join(", "))
+            };
+            let _ = writeln!(out, "name:    {} ({groups})", name.name);
+        }
         for (role, e) in [("src", &self.src), ("dst", &self.dst)] {
             let who = match &e.identity {
                 Some(i) => format!("{} {}", i.kind, describe(i)),

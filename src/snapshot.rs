@@ -6,7 +6,8 @@
 //! (evaluating each group's selectors against each new or changed identity once, sharing the
 //! rest with the snapshot before) and swaps it in; a worker
 //! loads it once per batch, so a packet sees the old snapshot or the new one, never a mix.
-//! Deciding a packet then costs two address lookups and a few bit operations.
+//! Deciding a packet then costs two address lookups and a few bit operations (with a server
+//! name, one hash probe per label more).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::labels::shared::Chunked;
 use crate::labels::{IdentityId, LabelTable};
 use crate::policy::compile::{ANY_GROUP, GROUP_WORDS};
 use crate::policy::membership::MembershipIndex;
-use crate::policy::{CompiledPolicy, Decision, GroupBits};
+use crate::policy::{CompiledPolicy, Decision, GroupBits, Judgement, ServerName};
 
 /// Packets per rule, one row per data-plane worker (each row has a single writer, so
 /// counting is a relaxed load and store on a cache line no other worker touches). The last
@@ -170,14 +171,24 @@ impl Snapshot {
         protocol: u8,
         port: Option<u16>,
     ) -> Decision {
-        let policy = &self.policy;
-        match policy.first_match(src, dst, protocol, port) {
-            Some(r) => {
-                let rule = &policy.rules[r];
-                Decision { action: rule.action, rule: Some(r), log: rule.log }
-            }
-            None => Decision { action: policy.default_action, rule: None, log: policy.default_log },
-        }
+        self.policy.decision(self.policy.first_match(src, dst, protocol, port))
+    }
+
+    /// As [`Snapshot::decide`], with what is known of the flow's server name: a decision, or
+    /// [`Judgement::NeedsName`] while a rule that decides by the name could still decide (see
+    /// [`CompiledPolicy::judge`]). Without `domains` groups it costs what `decide` costs.
+    #[inline]
+    pub fn judge(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        protocol: u8,
+        port: Option<u16>,
+        name: ServerName<'_>,
+    ) -> Judgement {
+        let src_groups = self.groups_of(src);
+        let dst_groups = self.groups_of(dst);
+        self.policy.judge(&src_groups, &dst_groups, protocol, port, name)
     }
 
     /// Names of the groups in a bitset, for `explain`.

@@ -111,3 +111,150 @@ fn run_refuses_an_open_file_limit_below_what_the_data_plane_may_need() {
         "{stderr}"
     );
 }
+
+/// A config with `names` limits and a policy with `domains` groups, in a fresh directory.
+fn named_egress(names: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("labelwall.yaml");
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        "default_action: deny
+groups:
+  payments: {cidrs: [10.0.1.10/32]}
+  nodes: {cidrs: [10.0.0.0/24]}
+  stripe: {domains: [api.stripe.com]}
+  aws: {domains: [\"*.amazonaws.com\"]}
+  blocked: {cidrs: [198.51.100.0/24]}
+rules:
+  - {name: deny-blocked, from: [any], to: [blocked], action: deny}
+  - {name: payments-to-stripe, from: [payments], to: [stripe], ports: [tcp/443], action: allow}
+  - {name: nodes-to-aws, from: [nodes], to: [aws], ports: [tcp/443], action: allow}
+",
+    )
+    .unwrap();
+    std::fs::write(&path, format!("policy: policy.yaml\n{names}")).unwrap();
+    (dir, path.to_str().unwrap().to_string())
+}
+
+#[test]
+fn check_reports_domains_groups_and_the_names_limits() {
+    let (_dir, path) = named_egress("names:\n  timeout: 750ms\n");
+    let (code, stdout, stderr) = labelwall(&["check", "-c", &path]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(
+            "server names: 2 domains groups, 2 patterns; names.max_bytes 16384, \
+             names.timeout 750ms, names.max_pending 16384 per worker"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_names_the_group_pattern_and_line_of_a_bad_domain_and_of_a_bad_names_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("labelwall.yaml");
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        "default_action: deny\ngroups:\n  stripe:\n    domains:\n      - api.stripe.com\n      - \
+         \"*.*.stripe.com\"\nrules: []\n",
+    )
+    .unwrap();
+    std::fs::write(&path, "policy: policy.yaml\nnames:\n  max_pending: 0\n").unwrap();
+    let (code, _, stderr) = labelwall(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains(&format!(
+            "{}:3: names.max_pending: 0 is outside 1 to 1048576 flows per worker",
+            path.display()
+        )),
+        "{stderr}"
+    );
+    // The config is checked first; with it fixed, the policy's error.
+    std::fs::write(&path, "policy: policy.yaml\n").unwrap();
+    let (code, _, stderr) = labelwall(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let policy = dir.path().join("policy.yaml");
+    assert!(
+        stderr.contains(&format!(
+            "{}:6: group `stripe`: domains[1]: `*.*.stripe.com`: `*` is allowed only as the \
+             whole first label (`*.example.com`)",
+            policy.display()
+        )),
+        "{stderr}"
+    );
+}
+
+fn explain(path: &str, dst: &str, src: &str, extra: &[&str]) -> String {
+    let mut args = vec!["explain", "-c", path, "--src", src, "--dst", dst, "--dport", "443"];
+    args.extend_from_slice(extra);
+    let (code, stdout, stderr) = labelwall(&args);
+    assert_eq!(code, 0, "{stderr}");
+    stdout
+}
+
+#[test]
+fn explain_with_a_server_name_gives_the_verdict_for_that_name() {
+    let (_dir, path) = named_egress("");
+    let policy = std::path::Path::new(&path).with_file_name("policy.yaml");
+    let text = explain(&path, "192.0.2.10", "10.0.1.10", &["--server-name", "API.Stripe.com."]);
+    assert!(text.starts_with("verdict: allow\n"), "{text}");
+    assert!(
+        text.contains(&format!("rule:    payments-to-stripe ({}:10)", policy.display())),
+        "{text}"
+    );
+    assert!(text.contains("name:    api.stripe.com (domains groups: stripe)\n"), "{text}");
+    assert!(!text.contains("waits:"), "{text}");
+    let text = explain(&path, "192.0.2.10", "10.0.1.10", &["--server-name", "evil.example"]);
+    assert!(text.starts_with("verdict: deny\nrule:    default"), "{text}");
+    assert!(text.contains("name:    evil.example (no domains group)\n"), "{text}");
+    // An address rule before the names rules decides whatever the name.
+    let text = explain(&path, "198.51.100.7", "10.0.1.10", &["--server-name", "api.stripe.com"]);
+    assert!(text.starts_with("verdict: deny\nrule:    deny-blocked"), "{text}");
+
+    let json = explain(
+        &path,
+        "192.0.2.10",
+        "10.0.0.7",
+        &["--server-name", "ec2.eu-west-1.amazonaws.com", "--json"],
+    );
+    let answer: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(answer["verdict"], "allow", "{json}");
+    assert_eq!(answer["rule"], "nodes-to-aws", "{json}");
+    assert_eq!(answer["rule_line"], 11, "{json}");
+    assert_eq!(answer["server_name"]["name"], "ec2.eu-west-1.amazonaws.com", "{json}");
+    assert_eq!(answer["server_name"]["groups"], serde_json::json!(["aws"]), "{json}");
+    assert!(answer["waits_for_name"].is_null(), "{json}");
+}
+
+#[test]
+fn explain_without_a_server_name_says_which_rule_waits_for_it_and_what_no_name_gets() {
+    let (_dir, path) = named_egress("");
+    let policy = std::path::Path::new(&path).with_file_name("policy.yaml");
+    let text = explain(&path, "192.0.2.10", "10.0.1.10", &[]);
+    assert!(
+        text.starts_with("verdict: deny (if the flow shows no server name)\nrule:    default"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "waits:   for the server name: rule payments-to-stripe ({}:10) decides by it",
+            policy.display()
+        )),
+        "{text}"
+    );
+    let json = explain(&path, "192.0.2.10", "10.0.1.10", &["--json"]);
+    let answer: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(answer["verdict"], "deny", "{json}");
+    assert_eq!(answer["rule"], "default", "{json}");
+    assert_eq!(answer["waits_for_name"]["rule"], "payments-to-stripe", "{json}");
+    assert_eq!(answer["waits_for_name"]["rule_line"], 10, "{json}");
+    assert!(answer["server_name"].is_null(), "{json}");
+    // Decided by address before any names rule, or by a port no names rule lists: no wait.
+    for (dst, dport) in [("198.51.100.7", "443"), ("192.0.2.10", "80")] {
+        let args = ["explain", "-c", &path, "--src", "10.0.1.10", "--dst", dst, "--dport", dport];
+        let (code, text, _) = labelwall(&args);
+        assert_eq!(code, 0);
+        assert!(!text.contains("waits:") && !text.contains("no server name"), "{text}");
+    }
+}

@@ -988,7 +988,7 @@ rules:
         "policy.yaml:6: group `db`: cidrs[0]: `10.20.0.5/24` has host bits set; \
          did you mean 10.20.0.0/24?",
         "policy.yaml:9: group `empty`: selects nothing: give at least one of pods, nodes, \
-         external, cidrs",
+         external, cidrs, domains",
         "policy.yaml:8: group `ratings`: pods.selector: invalid selector: at position 17: expected \
          a value or ',' before ')': like Kubernetes, an even number of commas right before ')' \
          is rejected",
@@ -1058,7 +1058,7 @@ fn an_unknown_key_is_reported_by_serde_with_its_line() {
     assert_eq!(
         errors,
         ["policy.yaml:4:5: groups.web: unknown field `pod`, expected one of `pods`, `nodes`, \
-          `external`, `cidrs`, `except`"]
+          `external`, `cidrs`, `except`, `domains`"]
     );
     let errors = compile_errors(
         "default_action: deny\nrules:\n  - name: r\n    from: [any]\n    to: [any]\n    \

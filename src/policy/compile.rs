@@ -1,5 +1,6 @@
 //! From policy.yaml to a [`CompiledPolicy`]: names resolved to bit positions, selectors parsed,
-//! CIDRs folded into one prefix map, every rule turned into two group bitsets and a port list.
+//! CIDRs folded into one prefix map, `domains` patterns into one hash matcher, every rule
+//! turned into two group bitsets and a port list; first match, with a server name or without.
 //! Every problem is reported at once, each naming the file, line, rule or group, and field.
 //! Must not depend on: sockets, async, the label table, snapshots.
 
@@ -8,8 +9,10 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
+use super::domains::{DomainMatcher, DomainPattern};
 use super::file::{Action, GroupSpec, KindSpec, PodsSpec, PolicyFile, RuleSpec};
 use super::selector::Selector;
+use super::{Decision, Judgement, ServerName};
 use crate::diagnostics::{Diagnostic, Diagnostics, read_file};
 use crate::labels::{EndpointKind, Identity};
 use crate::packet::ip_proto;
@@ -36,6 +39,8 @@ pub struct Group {
     pub external: Option<KindMatcher>,
     pub cidrs: Vec<IpNet>,
     pub except: Vec<IpNet>,
+    /// Server names; a group with these has no other part (it selects no address).
+    pub domains: Vec<DomainPattern>,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +155,12 @@ pub struct CompiledPolicy {
     pub(crate) rules_from: Vec<u64>,
     /// Per group: the rules whose `to` names it.
     pub(crate) rules_to: Vec<u64>,
+    /// The `domains` groups' patterns.
+    pub(crate) domains: DomainMatcher,
+    /// The rules whose `to` names a `domains` group (`rule_words`).
+    pub(crate) name_rules: Vec<u64>,
+    /// Whether `name_rules` has any.
+    pub(crate) names_used: bool,
 }
 
 impl CompiledPolicy {
@@ -175,6 +186,76 @@ impl CompiledPolicy {
         self.groups.iter().position(|g| g.name == name)
     }
 
+    /// The compiled patterns of the `domains` groups.
+    pub fn domains(&self) -> &DomainMatcher {
+        &self.domains
+    }
+
+    /// Whether some rule may decide by the server name (its `to` names a `domains` group):
+    /// else names change no verdict, and need not be read.
+    #[inline]
+    pub fn uses_names(&self) -> bool {
+        self.names_used
+    }
+
+    /// What `rule` (`None`: the default action) does.
+    #[inline]
+    pub fn decision(&self, rule: Option<usize>) -> Decision {
+        match rule {
+            Some(r) => {
+                let rule = &self.rules[r];
+                Decision { action: rule.action, rule: Some(r), log: rule.log }
+            }
+            None => Decision { action: self.default_action, rule: None, log: self.default_log },
+        }
+    }
+
+    /// First match with the flow's server name: `dst` holds the destination address's groups
+    /// (no `domains` group is ever among them). A known name adds the `domains` groups it
+    /// matches; no name adds none. While the name is not known yet, the flow needs it when
+    /// the first rule that could match with *some* name (every rule naming a `domains` group
+    /// taken as meeting `dst`) matches only through a `domains` group: that rule would come
+    /// before whatever decides by addresses and ports alone. Allocation-free; without
+    /// rules naming `domains` groups, one branch more than [`CompiledPolicy::first_match`].
+    #[inline]
+    pub fn judge(
+        &self,
+        src: &GroupBits,
+        dst: &GroupBits,
+        protocol: u8,
+        port: Option<u16>,
+        name: ServerName<'_>,
+    ) -> Judgement {
+        if !self.names_used {
+            return Judgement::Decided(self.decision(self.first_match(src, dst, protocol, port)));
+        }
+        let rule = match name {
+            ServerName::Absent => self.first_match(src, dst, protocol, port),
+            ServerName::Name(name) => {
+                let mut with_name = *dst;
+                let matched = self.domains.matches(name);
+                for w in 0..self.group_words {
+                    with_name[w] |= matched[w];
+                }
+                self.first_match(src, &with_name, protocol, port)
+            }
+            ServerName::Unknown => {
+                // Some name could match every `domains` group: their rules' `to` counts as met
+                // (one rule bitset, however many `domains` groups there are).
+                let rule = self.first_match_or(src, dst, protocol, port, |w| self.name_rules[w]);
+                if let Some(r) = rule
+                    && !self.rules[r].to.iter().any(|&g| dst[g / 64] & (1 << (g % 64)) != 0)
+                {
+                    // Matched only through a `domains` group: no address group of its `to`
+                    // holds dst.
+                    return Judgement::NeedsName { rule: r };
+                }
+                rule
+            }
+        };
+        Judgement::Decided(self.decision(rule))
+    }
+
     /// The first rule (in order) whose `from` meets `src`, whose `to` meets `dst` and whose
     /// ports admit the packet. Allocation-free: the set groups are listed once, then the rule
     /// bitsets are walked 64 rules per word.
@@ -186,6 +267,20 @@ impl CompiledPolicy {
         protocol: u8,
         port: Option<u16>,
     ) -> Option<usize> {
+        self.first_match_or(src, dst, protocol, port, |_| 0)
+    }
+
+    /// As [`CompiledPolicy::first_match`], with the rules of `extra_to(word)` counted as if
+    /// their `to` met `dst` (a constant 0 compiles away).
+    #[inline(always)]
+    fn first_match_or(
+        &self,
+        src: &GroupBits,
+        dst: &GroupBits,
+        protocol: u8,
+        port: Option<u16>,
+        extra_to: impl Fn(usize) -> u64,
+    ) -> Option<usize> {
         let src_rows = GroupRows::of(src, self.group_words, self.rule_words);
         let dst_rows = GroupRows::of(dst, self.group_words, self.rule_words);
         for w in 0..self.rule_words {
@@ -193,7 +288,7 @@ impl CompiledPolicy {
             if from == 0 {
                 continue;
             }
-            let mut candidates = from & dst_rows.union(&self.rules_to, w);
+            let mut candidates = from & (dst_rows.union(&self.rules_to, w) | extra_to(w));
             while candidates != 0 {
                 let rule = w * 64 + candidates.trailing_zeros() as usize;
                 if self.rules[rule].admits(protocol, port) {
@@ -296,6 +391,7 @@ impl Compiler<'_> {
             external: None,
             cidrs: Vec::new(),
             except: Vec::new(),
+            domains: Vec::new(),
         }];
         if file.groups.len() + 1 > MAX_GROUPS {
             self.error(
@@ -315,6 +411,13 @@ impl Compiler<'_> {
         }
         let index: BTreeMap<&str, usize> =
             groups.iter().enumerate().map(|(i, g)| (g.name.as_str(), i)).collect();
+        // From the file, so that rules naming a domains group with errors are checked too.
+        let domain_groups: HashSet<&str> = file
+            .groups
+            .iter()
+            .filter(|(_, spec)| spec.domains.is_some())
+            .map(|(name, _)| name.as_str())
+            .collect();
 
         let mut rules = Vec::with_capacity(file.rules.len());
         let mut names = HashSet::new();
@@ -338,7 +441,7 @@ impl Compiler<'_> {
             } else if !names.insert(spec.name.as_str()) {
                 self.error(item.clone(), &path, Some("name"), "another rule has this name".into());
             }
-            if let Some(rule) = self.rule(&item, &path, spec, &index) {
+            if let Some(rule) = self.rule(&item, &path, spec, &index, &domain_groups) {
                 rules.push(rule);
             }
         }
@@ -366,6 +469,16 @@ impl Compiler<'_> {
                 }
             }
         }
+        let domains = DomainMatcher::new(
+            groups.iter().enumerate().map(|(g, group)| (g, group.domains.as_slice())),
+            group_words,
+        );
+        let mut name_rules = vec![0u64; rule_words];
+        for (r, rule) in rules.iter().enumerate() {
+            if rule.to.iter().any(|&g| !groups[g].domains.is_empty()) {
+                name_rules[r / 64] |= 1 << (r % 64);
+            }
+        }
         CompiledPolicy {
             path: self.path.to_path_buf(),
             default_action: file.default_action,
@@ -377,6 +490,9 @@ impl Compiler<'_> {
             rule_words,
             rules_from,
             rules_to,
+            domains,
+            names_used: name_rules.iter().any(|&w| w != 0),
+            name_rules,
         }
     }
 
@@ -400,18 +516,45 @@ impl Compiler<'_> {
                 "names must be non-empty without spaces or commas".into(),
             );
         }
-        if spec.pods.is_none()
-            && spec.nodes.is_none()
-            && spec.external.is_none()
-            && spec.cidrs.is_empty()
-        {
-            self.error(
-                item.clone(),
-                &path,
-                None,
-                "selects nothing: give at least one of pods, nodes, external, cidrs".into(),
-            );
-        }
+        let address_kinds = [
+            ("pods", spec.pods.is_some()),
+            ("nodes", spec.nodes.is_some()),
+            ("external", spec.external.is_some()),
+            ("cidrs", !spec.cidrs.is_empty()),
+            ("except", !spec.except.is_empty()),
+        ];
+        let domains = match &spec.domains {
+            Some(list) => {
+                let others: Vec<&str> =
+                    address_kinds.iter().filter(|(_, given)| *given).map(|(k, _)| *k).collect();
+                if !others.is_empty() {
+                    self.error(
+                        item.clone(),
+                        &path,
+                        Some("domains"),
+                        format!(
+                            "a domains group combines with no other kind; move {} to a group \
+                             of its own and list both in the rule's `to`",
+                            others.join(", ")
+                        ),
+                    );
+                }
+                self.domains(&item, &path, list)
+            }
+            None => {
+                if !address_kinds[..4].iter().any(|(_, given)| *given) {
+                    self.error(
+                        item.clone(),
+                        &path,
+                        None,
+                        "selects nothing: give at least one of pods, nodes, external, cidrs, \
+                         domains"
+                            .into(),
+                    );
+                }
+                Vec::new()
+            }
+        };
         let pods = spec.pods.as_ref().map(|p| self.pods(&item, &path, p));
         let nodes = spec.nodes.as_ref().map(|k| self.kind(&item, &path, "nodes", k));
         let external = spec.external.as_ref().map(|k| self.kind(&item, &path, "external", k));
@@ -424,7 +567,32 @@ impl Compiler<'_> {
             external,
             cidrs,
             except,
+            domains,
         })
+    }
+
+    fn domains(&mut self, item: &str, path: &str, texts: &[String]) -> Vec<DomainPattern> {
+        if texts.is_empty() {
+            self.error(
+                item.into(),
+                path,
+                Some("domains"),
+                "an empty list matches no name; list at least one name".into(),
+            );
+        }
+        let mut patterns = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            match DomainPattern::parse(text) {
+                Ok(pattern) => patterns.push(pattern),
+                Err(message) => self.error(
+                    item.into(),
+                    path,
+                    Some(&format!("domains[{i}]")),
+                    format!("`{text}`: {message}"),
+                ),
+            }
+        }
+        patterns
     }
 
     fn selector(&mut self, item: &str, path: &str, field: &str, text: Option<&str>) -> Selector {
@@ -482,6 +650,7 @@ impl Compiler<'_> {
         path: &str,
         spec: &RuleSpec,
         groups: &BTreeMap<&str, usize>,
+        domain_groups: &HashSet<&str>,
     ) -> Option<Rule> {
         let before = self.errors.len();
         let resolve = |this: &mut Self, field: &str, names: &[String]| -> Vec<usize> {
@@ -510,6 +679,20 @@ impl Compiler<'_> {
         };
         let from = resolve(self, "from", &spec.from);
         let to = resolve(self, "to", &spec.to);
+        for (i, name) in spec.from.iter().enumerate() {
+            if domain_groups.contains(name.as_str()) {
+                self.error(
+                    item.into(),
+                    path,
+                    Some(&format!("from[{i}]")),
+                    format!(
+                        "`{name}` is a domains group: a server name names the destination, so \
+                         it is used in `to` only"
+                    ),
+                );
+            }
+        }
+        let named = spec.to.iter().find(|name| domain_groups.contains(name.as_str()));
         let ports = spec.ports.as_ref().map(|list| {
             if list.is_empty() {
                 self.error(
@@ -522,6 +705,21 @@ impl Compiler<'_> {
             let mut ports = Vec::with_capacity(list.len());
             for (i, text) in list.iter().enumerate() {
                 match parse_port(text) {
+                    Ok(p)
+                        if named.is_some()
+                            && !matches!(p.protocol, ip_proto::TCP | ip_proto::UDP) =>
+                    {
+                        self.error(
+                            item.into(),
+                            path,
+                            Some(&format!("ports[{i}]")),
+                            format!(
+                                "`{text}`: `to` names the domains group `{}`, and only tcp and \
+                                 udp flows have server names; list tcp or udp ports",
+                                named.map_or("", |n| n.as_str())
+                            ),
+                        )
+                    }
                     Ok(p) => ports.push(p),
                     Err(message) => {
                         self.error(item.into(), path, Some(&format!("ports[{i}]")), message)
@@ -530,6 +728,18 @@ impl Compiler<'_> {
             }
             ports
         });
+        if let (Some(group), None) = (named, &spec.ports) {
+            self.error(
+                item.into(),
+                path,
+                Some("ports"),
+                format!(
+                    "`to` names the domains group `{group}`: list the tcp or udp ports its names \
+                     are asked on (`[tcp/443]`); without `ports` every flow of `from`, on any \
+                     protocol and port, would wait for a server name"
+                ),
+            );
+        }
         (self.errors.len() == before).then(|| Rule {
             name: spec.name.as_str().into(),
             action: spec.action,

@@ -61,7 +61,8 @@ pub struct PolicyFile {
     pub rules: Vec<RuleSpec>,
 }
 
-/// A named set of endpoints: the union of every kind it lists, minus `except`.
+/// A named set of endpoints: the union of every kind it lists, minus `except`; or, alone, the
+/// server names (`domains`) a flow's client may ask for.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GroupSpec {
@@ -75,6 +76,9 @@ pub struct GroupSpec {
     pub cidrs: Vec<String>,
     #[serde(default)]
     pub except: Vec<String>,
+    /// Server names (`api.stripe.com`, `*.stripe.com`); a domains group has no other kind.
+    #[serde(default)]
+    pub domains: Option<Vec<String>>,
 }
 
 /// Pods selected by labels, narrowed by cluster, namespace and namespace labels.
