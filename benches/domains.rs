@@ -13,7 +13,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use labelwall::labels::LabelTable;
 use labelwall::packet::ip_proto;
-use labelwall::policy::{CompiledPolicy, Judgement, ServerName};
+use labelwall::policy::{CompiledPolicy, Judgement, NameState};
 use labelwall::snapshot::{RuleHits, Snapshot};
 
 /// Domains groups; each lists 5 exact names and 5 wildcards, 1,000 patterns in all.
@@ -91,17 +91,17 @@ fn matching(c: &mut Criterion) {
         Judgement::Decided(d) => snapshot.rule_name(d.rule).to_string(),
         Judgement::NeedsName { rule } => format!("waits {}", snapshot.rule_name(Some(rule))),
     };
-    assert_eq!(rule(ServerName::Unknown), "waits names-0");
-    assert_eq!(rule(ServerName::Absent), "rest");
-    assert_eq!(rule(ServerName::Name("a.b.zone1.example90.com")), "names-90");
-    assert_eq!(rule(ServerName::Name("www.example.org")), "rest");
-    group.bench_function("judge_name_unknown", |b| b.iter(|| judge(ServerName::Unknown)));
-    group.bench_function("judge_no_name", |b| b.iter(|| judge(ServerName::Absent)));
+    assert_eq!(rule(NameState::Unknown), "waits names-0");
+    assert_eq!(rule(NameState::Absent), "rest");
+    assert_eq!(rule(NameState::Name("a.b.zone1.example90.com")), "names-90");
+    assert_eq!(rule(NameState::Name("www.example.org")), "rest");
+    group.bench_function("judge_name_unknown", |b| b.iter(|| judge(NameState::Unknown)));
+    group.bench_function("judge_no_name", |b| b.iter(|| judge(NameState::Absent)));
     group.bench_function("judge_name_rule_90", |b| {
-        b.iter(|| judge(ServerName::Name(black_box("a.b.zone1.example90.com"))))
+        b.iter(|| judge(NameState::Name(black_box("a.b.zone1.example90.com"))))
     });
     group.bench_function("judge_name_matching_none", |b| {
-        b.iter(|| judge(ServerName::Name(black_box("www.example.org"))))
+        b.iter(|| judge(NameState::Name(black_box("www.example.org"))))
     });
     group.finish();
 }

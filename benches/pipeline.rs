@@ -17,7 +17,7 @@ use labelwall::labels::{
 };
 use labelwall::packet::ip_proto;
 use labelwall::pipeline::{FlowSettings, Mode, Pipeline, decode};
-use labelwall::policy::{CompiledPolicy, Decision, Judgement, ServerName};
+use labelwall::policy::{CompiledPolicy, Decision, Judgement, NameState};
 use labelwall::reject::MAX_REJECT_LEN;
 use labelwall::snapshot::{RuleHits, Snapshot, SnapshotCell};
 use labelwall::wire::outer::{self, OUTER_HEADER_LEN, OuterAddressing, UDP_HEADER_LEN};
@@ -236,7 +236,7 @@ fn decide_outlined(snapshot: &Snapshot, src: IpAddr, dst: IpAddr) -> Decision {
 /// `domains` groups never waits for it).
 #[inline(never)]
 fn judge_outlined(snapshot: &Snapshot, src: IpAddr, dst: IpAddr) -> Judgement {
-    snapshot.judge(src, dst, ip_proto::TCP, Some(8080), ServerName::Unknown)
+    snapshot.judge(src, dst, ip_proto::TCP, Some(8080), NameState::Unknown)
 }
 
 fn whole_pipeline(c: &mut Criterion) {

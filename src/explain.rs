@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::labels::{EndpointKind, LabelBuilder, Labels, Loss};
 use crate::packet::ip_proto;
-use crate::policy::{Judgement, ServerName};
+use crate::policy::{Judgement, NameState};
 use crate::snapshot::Snapshot;
 
 /// The question: the first packet of a flow from `src` to `dst`.
@@ -137,8 +137,8 @@ pub fn explain_with_name(
     };
     let port = matches!(q.protocol, ip_proto::TCP | ip_proto::UDP).then_some(q.dport);
     let name = match server_name {
-        Some(name) => ServerName::Name(name),
-        None => ServerName::Unknown,
+        Some(name) => NameState::Name(name),
+        None => NameState::Unknown,
     };
     let (decision, waits) = match snapshot.judge(q.src, q.dst, q.protocol, port, name) {
         Judgement::Decided(decision) => (decision, None),

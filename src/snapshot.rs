@@ -19,7 +19,7 @@ use crate::labels::shared::Chunked;
 use crate::labels::{IdentityId, LabelTable};
 use crate::policy::compile::{ANY_GROUP, GROUP_WORDS};
 use crate::policy::membership::MembershipIndex;
-use crate::policy::{CompiledPolicy, Decision, GroupBits, Judgement, ServerName};
+use crate::policy::{CompiledPolicy, Decision, GroupBits, Judgement, NameState};
 
 /// Packets per rule, one row per data-plane worker (each row has a single writer, so
 /// counting is a relaxed load and store on a cache line no other worker touches). The last
@@ -184,7 +184,7 @@ impl Snapshot {
         dst: IpAddr,
         protocol: u8,
         port: Option<u16>,
-        name: ServerName<'_>,
+        name: NameState<'_>,
     ) -> Judgement {
         let src_groups = self.groups_of(src);
         let dst_groups = self.groups_of(dst);

@@ -13,7 +13,7 @@ use labelwall::config::Config;
 use labelwall::control::ControlPlane;
 use labelwall::labels::LabelTable;
 use labelwall::packet::ip_proto::{ICMP, TCP, UDP};
-use labelwall::policy::{Action, CompiledPolicy, Judgement, ServerName};
+use labelwall::policy::{Action, CompiledPolicy, Judgement, NameState};
 use labelwall::snapshot::{RuleHits, Snapshot};
 use labelwall::sources::inventory;
 
@@ -52,7 +52,7 @@ fn compile_errors(text: &str) -> Vec<String> {
 }
 
 /// What `judge` answers, as `(action, rule)` or `("waits", rule)`.
-fn judge(s: &Snapshot, dst: &str, protocol: u8, port: u16, name: ServerName<'_>) -> String {
+fn judge(s: &Snapshot, dst: &str, protocol: u8, port: u16, name: NameState<'_>) -> String {
     judge_from(s, WEB, dst, protocol, port, name)
 }
 
@@ -62,7 +62,7 @@ fn judge_from(
     dst: &str,
     protocol: u8,
     port: u16,
-    name: ServerName<'_>,
+    name: NameState<'_>,
 ) -> String {
     let port = matches!(protocol, TCP | UDP).then_some(port);
     match s.judge(ip(src), ip(dst), protocol, port, name) {
@@ -71,7 +71,7 @@ fn judge_from(
     }
 }
 
-use ServerName::{Absent, Name, Unknown};
+use NameState::{Absent, Name, Unknown};
 
 // ---------------------------------------------------------------------------------------------
 // policy.yaml: what check accepts and refuses.

@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use super::domains::{DomainMatcher, DomainPattern};
 use super::file::{Action, GroupSpec, KindSpec, PodsSpec, PolicyFile, RuleSpec};
 use super::selector::Selector;
-use super::{Decision, Judgement, ServerName};
+use super::{Decision, Judgement, NameState};
 use crate::diagnostics::{Diagnostic, Diagnostics, read_file};
 use crate::labels::{EndpointKind, Identity};
 use crate::packet::ip_proto;
@@ -224,14 +224,14 @@ impl CompiledPolicy {
         dst: &GroupBits,
         protocol: u8,
         port: Option<u16>,
-        name: ServerName<'_>,
+        name: NameState<'_>,
     ) -> Judgement {
         if !self.names_used {
             return Judgement::Decided(self.decision(self.first_match(src, dst, protocol, port)));
         }
         let rule = match name {
-            ServerName::Absent => self.first_match(src, dst, protocol, port),
-            ServerName::Name(name) => {
+            NameState::Absent => self.first_match(src, dst, protocol, port),
+            NameState::Name(name) => {
                 let mut with_name = *dst;
                 let matched = self.domains.matches(name);
                 for w in 0..self.group_words {
@@ -239,7 +239,7 @@ impl CompiledPolicy {
                 }
                 self.first_match(src, &with_name, protocol, port)
             }
-            ServerName::Unknown => {
+            NameState::Unknown => {
                 // Some name could match every `domains` group: their rules' `to` counts as met
                 // (one rule bitset, however many `domains` groups there are).
                 let rule = self.first_match_or(src, dst, protocol, port, |w| self.name_rules[w]);

@@ -39,7 +39,7 @@ impl Decision {
 
 /// What the data plane knows of a flow's server name (TLS SNI, HTTP Host, QUIC SNI).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerName<'a> {
+pub enum NameState<'a> {
     /// Not read yet: the flow may still show one.
     Unknown,
     /// The flow shows none (or was picked up mid-flow, or passed the `names` limits): no
