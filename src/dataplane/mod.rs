@@ -26,7 +26,7 @@ use crate::net::nexthop::{self, NextHops, SingleSender};
 use crate::net::sys;
 pub use stats::{Counters, Fallback, SendPath, SharedCounters, SocketEvent};
 
-use crate::config::Config;
+use crate::config::{Config, IoMode};
 use crate::flowlog::FlowLogSender;
 use crate::pipeline::{FlowSettings, Mode};
 use crate::snapshot::SnapshotCell;
@@ -49,6 +49,10 @@ pub struct DataplaneSettings {
     pub flows: FlowSettings,
     /// Networks GENEVE may come from; `None` = any.
     pub allowed_peers: Option<Vec<ipnet::Ipv4Net>>,
+    /// How GENEVE is received and sent (`dataplane.io`).
+    pub io: IoMode,
+    /// Microseconds of busy polling per receive (`dataplane.busy_poll`, 0 = off).
+    pub busy_poll: u32,
 }
 
 impl DataplaneSettings {
@@ -66,6 +70,8 @@ impl DataplaneSettings {
             packet_socket: dataplane.packet_socket,
             flows: config.pipeline_settings(workers),
             allowed_peers: dataplane.allowed_peers.clone(),
+            io: dataplane.io,
+            busy_poll: dataplane.busy_poll,
         }
     }
 }
@@ -229,6 +235,15 @@ fn bind_worker_socket(settings: &DataplaneSettings) -> io::Result<Socket> {
     sys::set_buffer_size(&socket, libc::SO_RCVBUFFORCE, settings.receive_buffer, |s, n| {
         s.set_recv_buffer_size(n)
     });
+    if settings.busy_poll > 0 {
+        // The kernel polls the device queue for this long before the receive call sleeps
+        // (SO_PREFER_BUSY_POLL: and keeps the device's interrupts deferred meanwhile, with
+        // the host settings in appliance/sysctl). Refused without CAP_NET_ADMIN above
+        // net.core.busy_read: the socket then works without it.
+        if let Err(error) = sys::set_busy_poll(&socket, settings.busy_poll) {
+            tracing::warn!(%error, busy_poll = settings.busy_poll, "busy polling not available");
+        }
+    }
     socket.bind(&settings.listen.into())?;
     Ok(socket)
 }

@@ -343,6 +343,21 @@ pub fn set_int_option(
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// Busy polling on `socket`: `SO_BUSY_POLL` for `micros`, `SO_PREFER_BUSY_POLL` and a budget
+/// of [`SEND_BATCH`] packets per poll where the kernel has them (5.11+; an older kernel keeps
+/// plain `SO_BUSY_POLL`).
+pub fn set_busy_poll(socket: &Socket, micros: u32) -> io::Result<()> {
+    let micros = micros.min(i32::MAX as u32) as libc::c_int;
+    set_int_option(socket, libc::SOL_SOCKET, libc::SO_BUSY_POLL, micros)?;
+    let _ = set_int_option(socket, libc::SOL_SOCKET, SO_PREFER_BUSY_POLL, 1);
+    let _ = set_int_option(socket, libc::SOL_SOCKET, SO_BUSY_POLL_BUDGET, SEND_BATCH as _);
+    Ok(())
+}
+
+/// asm-generic/socket.h (5.11+).
+const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+
 /// `UDP_SEGMENT` (linux/udp.h; not in the libc crate for glibc targets).
 const UDP_SEGMENT: libc::c_int = 103;
 /// Most segments the kernel accepts in one `UDP_SEGMENT` send (UDP_MAX_SEGMENTS).
