@@ -22,7 +22,9 @@ use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::net::ingress::IngressRule;
 use crate::net::nexthop::{self, NextHops, SingleSender};
+use crate::net::ring::{self, RxRing};
 use crate::net::sys;
 pub use stats::{Counters, Fallback, SendPath, SharedCounters, SocketEvent};
 
@@ -122,6 +124,11 @@ pub enum StartError {
     RawSocket(io::Error),
     #[error("cannot start data-plane worker {worker}: {source}")]
     Spawn { worker: usize, source: io::Error },
+    #[error(
+        "dataplane.io is packet_ring, but {0}; set dataplane.io to sockets (or auto, which \
+         falls back to sockets)"
+    )]
+    Ring(String),
 }
 
 /// The running data plane.
@@ -132,6 +139,8 @@ pub struct Dataplane {
     /// The packet socket's next hops; `None` when it is off or could not be opened.
     next_hops: Option<Arc<NextHops>>,
     threads: Vec<JoinHandle<()>>,
+    /// The tc rule that keeps GENEVE from the kernel's UDP stack (`packet_ring` only).
+    ingress: Option<IngressRule>,
 }
 
 impl Dataplane {
@@ -142,21 +151,19 @@ impl Dataplane {
         links: &ControlLinks,
     ) -> Result<Dataplane, StartError> {
         let workers = settings.workers.max(1);
+        let (mut receivers, ingress) = open_receivers(settings, workers)?;
         let mut sockets = Vec::with_capacity(workers);
-        for worker in 0..workers {
-            let receive = bind_worker_socket(settings).map_err(|source| StartError::Bind {
-                listen: settings.listen,
-                worker,
-                source,
-            })?;
+        for _ in 0..workers {
             let raw = sys::RawSender::open(settings.send_buffer).map_err(StartError::RawSocket)?;
-            sockets.push((receive, raw));
+            sockets.push((receivers.remove(0), raw));
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(workers + 1);
+        // Rings hand over frames past the IP stack; their replies skip the qdisc layer too.
+        let bypass_qdisc = ingress.is_some();
         let opened = settings
             .packet_socket
-            .then(|| nexthop::open_links(workers, settings.send_buffer, &stop))
+            .then(|| nexthop::open_links(workers, settings.send_buffer, bypass_qdisc, &stop))
             .flatten();
         let (mut link_senders, next_hops) = match opened {
             Some((senders, resolver, hops)) => {
@@ -168,7 +175,7 @@ impl Dataplane {
         let sockets: Vec<worker::WorkerSockets> = sockets
             .into_iter()
             .map(|(receive, raw)| worker::WorkerSockets {
-                receive: receive.into(),
+                receive,
                 single: SingleSender::new(raw, link_senders.next(), worker::MAX_SINGLES_PER_FLUSH),
             })
             .collect();
@@ -192,11 +199,12 @@ impl Dataplane {
                 Err(error) => {
                     stop.store(true, Ordering::Release);
                     threads.into_iter().for_each(|t| drop(t.join()));
+                    ingress.map(IngressRule::remove);
                     return Err(error);
                 }
             }
         }
-        Ok(Dataplane { stop, status, next_hops, threads })
+        Ok(Dataplane { stop, status, next_hops, threads, ingress })
     }
 
     /// The next hops the workers' packet sockets send to, for metrics.
@@ -216,6 +224,9 @@ impl Dataplane {
         for thread in self.threads {
             let _ = thread.join();
         }
+        if let Some(rule) = self.ingress {
+            rule.remove();
+        }
         total(&self.status)
     }
 }
@@ -227,6 +238,74 @@ pub fn total(status: &[Arc<WorkerStatus>]) -> Counters {
         sum.accumulate(&worker.counters());
     }
     sum
+}
+
+/// Each worker's receiver, by `dataplane.io`, and the tc rule the rings need.
+fn open_receivers(
+    settings: &DataplaneSettings,
+    workers: usize,
+) -> Result<(Vec<worker::Receiver>, Option<IngressRule>), StartError> {
+    let rings = match settings.io {
+        IoMode::Sockets => None,
+        IoMode::PacketRing => Some(open_rings(settings, workers).map_err(StartError::Ring)?),
+        IoMode::Auto => match open_rings(settings, workers) {
+            Ok(rings) => Some(rings),
+            Err(reason) => {
+                tracing::info!(%reason, "dataplane.io auto: receiving on UDP sockets");
+                None
+            }
+        },
+    };
+    if let Some((rings, rule)) = rings {
+        tracing::info!(
+            interface = rule.interface(),
+            rule_installed_here = rule.owned(),
+            "dataplane.io {}: receiving on packet rings",
+            settings.io.as_str()
+        );
+        return Ok((rings.into_iter().map(worker::Receiver::Ring).collect(), Some(rule)));
+    }
+    let sockets = (0..workers)
+        .map(|worker| {
+            bind_worker_socket(settings)
+                .map(|socket| worker::Receiver::Socket(socket.into()))
+                .map_err(|source| StartError::Bind { listen: settings.listen, worker, source })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((sockets, None))
+}
+
+/// One ring per worker in one fanout group, then the tc rule (only once the rings take the
+/// packets it drops); why not, as a sentence, when that cannot be done here.
+fn open_rings(
+    settings: &DataplaneSettings,
+    workers: usize,
+) -> Result<(Vec<RxRing>, IngressRule), String> {
+    let ip = *settings.listen.ip();
+    if ip.is_unspecified() {
+        return Err("dataplane.listen is 0.0.0.0: the rings filter GENEVE by the appliance's \
+                    address, so listen on it (the ENI's primary address)"
+            .into());
+    }
+    let (interface, name, loopback) = ring::interface_of(ip)
+        .map_err(|error| format!("cannot list the interfaces' addresses: {error}"))?
+        .ok_or_else(|| format!("no interface has the listen address {ip}"))?;
+    if loopback {
+        return Err(format!("{ip} is on {name}, a loopback interface (packet rings need a link)"));
+    }
+    let port = settings.listen.port();
+    let mut rings: Vec<RxRing> = Vec::with_capacity(workers);
+    for worker in 0..workers {
+        let group = rings.first().map(RxRing::fanout_group).transpose();
+        let ring = group.and_then(|group| {
+            RxRing::open(interface, ip, port, settings.receive_buffer, worker::RING_EXTRA, group)
+        });
+        rings.push(ring.map_err(|error| {
+            format!("cannot open the packet ring of worker {worker} on {name}: {error}")
+        })?);
+    }
+    let rule = IngressRule::install(&name, ip, port)?;
+    Ok((rings, rule))
 }
 
 fn bind_worker_socket(settings: &DataplaneSettings) -> io::Result<Socket> {

@@ -305,16 +305,24 @@ impl SingleSender {
 }
 
 /// Packet sockets for `count` senders, the resolver thread they share (ended by `stop`) and
-/// its table, or `None`, with a warning, when either cannot be opened (a sandbox without
+/// its table (`bypass_qdisc`: frames go straight to the device's queue, see
+/// [`PacketSocket::bypass_qdisc`]), or `None`, with a warning, when either cannot be opened (a sandbox without
 /// `AF_PACKET` or `AF_NETLINK`, no CAP_NET_RAW): single packets then all go raw.
 pub fn open_links(
     count: usize,
     send_buffer: usize,
+    bypass_qdisc: bool,
     stop: &Arc<AtomicBool>,
 ) -> Option<(Vec<LinkSender>, JoinHandle<()>, Arc<NextHops>)> {
     let hops = Arc::new(NextHops::default());
     let opened = (0..count)
-        .map(|_| PacketSocket::open(send_buffer).map(|s| LinkSender::new(s, Arc::clone(&hops))))
+        .map(|_| {
+            let socket = PacketSocket::open(send_buffer)?;
+            if bypass_qdisc {
+                socket.bypass_qdisc();
+            }
+            Ok(LinkSender::new(socket, Arc::clone(&hops)))
+        })
         .collect::<io::Result<Vec<_>>>()
         .and_then(|senders| {
             Ok((senders, Resolver::spawn(Arc::clone(&hops), Arc::clone(stop))?, hops))
@@ -339,7 +347,7 @@ pub fn standalone(
     send_buffer: usize,
     stop: &Arc<AtomicBool>,
 ) -> (SingleSender, Option<JoinHandle<()>>) {
-    match open_links(1, send_buffer, stop) {
+    match open_links(1, send_buffer, false, stop) {
         Some((mut senders, resolver, _)) => {
             (SingleSender::new(raw, senders.pop(), SEND_BATCH), Some(resolver))
         }

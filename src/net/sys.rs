@@ -270,6 +270,13 @@ impl PacketSocket {
         Ok(PacketSocket { socket })
     }
 
+    /// Frames skip the qdisc layer (`PACKET_QDISC_BYPASS`): no queueing discipline, no tc
+    /// egress rules, straight to the driver's transmit queue (which reports a full queue as a
+    /// send error instead of queueing). Best effort: without it frames take the qdisc path.
+    pub fn bypass_qdisc(&self) {
+        let _ = set_int_option(&self.socket, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1);
+    }
+
     /// Sends every frame in `sendmmsg` batches of up to [`SEND_BATCH`].
     pub fn send(&self, frames: &[Frame], payloads: &[u8], report: &mut SendReport) {
         for chunk in frames.chunks(SEND_BATCH) {
