@@ -199,7 +199,9 @@ impl Dataplane {
                 Err(error) => {
                     stop.store(true, Ordering::Release);
                     threads.into_iter().for_each(|t| drop(t.join()));
-                    ingress.map(IngressRule::remove);
+                    if let Some(rule) = ingress {
+                        rule.remove();
+                    }
                     return Err(error);
                 }
             }

@@ -1,0 +1,452 @@
+//! `dataplane.io: packet_ring` through the real binary across a veth link: GENEVE from a peer
+//! namespace is read from the workers' rings and answered byte for byte as the sockets path
+//! answers it, while the kernel's UDP stack never sees it (the tc rule); the rule exists only
+//! while the appliance runs; broken outer headers are counted and dropped; the fanout spreads
+//! flows over the workers; `packet_ring` refuses to start where it cannot work and `auto`
+//! falls back to sockets.
+//!
+//! ```text
+//!  peer 10.76.0.2/24 (loadgen, tcpdump, python3 for raw frames) --veth-- app 10.76.0.1/24
+//! ```
+//!
+//! Needs root, `ip`, `tc` (iproute2), tcpdump, python3 and setpriv: tests/run.sh installs them.
+
+mod common;
+#[path = "common/netns.rs"]
+mod netns;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::metric;
+use labelwall::wire::outer::{self, OuterAddressing};
+use netns::{Netns, run_bounded, run_checked, veth, wait_bounded};
+
+const APP_IP: &str = "10.76.0.1";
+const PEER_IP: &str = "10.76.0.2";
+const GENEVE_PORT: u16 = 6081;
+const ADMIN_PORT: u16 = 8080;
+
+/// The tests count packets on their own links, but share the CPU: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct Link {
+    app: Netns,
+    peer: Netns,
+    appliance: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Link {
+    fn new() -> Link {
+        netns::require_tools(&[
+            ("ip", "-V"),
+            ("tc", "-V"),
+            ("tcpdump", "--version"),
+            ("python3", "--version"),
+            ("setpriv", "--version"),
+        ]);
+        let (app, peer) = (Netns::new("app"), Netns::new("peer"));
+        veth(&app, "eth0", &peer, "eth0", 9000);
+        app.address("eth0", &format!("{APP_IP}/24"));
+        peer.address("eth0", &format!("{PEER_IP}/24"));
+        Link { app, peer, appliance: None, dir: tempfile::tempdir().unwrap() }
+    }
+
+    /// Starts `labelwall run --reflect` listening on `listen` with `extra` in `dataplane:`,
+    /// the binary run through `wrapper` (a program and its arguments) if given.
+    fn spawn(&mut self, listen: &str, extra: &str, wrapper: &[&str]) {
+        let dir = self.dir.path();
+        std::fs::write(dir.join("policy.yaml"), "default_action: allow\n").unwrap();
+        let config = format!(
+            "dataplane:\n  listen: {listen}:{GENEVE_PORT}\n  reply_port: {GENEVE_PORT}\n{extra}\
+             admin:\n  listen: 127.0.0.1:{ADMIN_PORT}\npolicy: policy.yaml\nlog:\n  level: info\n"
+        );
+        std::fs::write(dir.join("labelwall.yaml"), config).unwrap();
+        let log = std::fs::File::create(dir.join("labelwall.log")).unwrap();
+        let program = wrapper.first().copied().unwrap_or(env!("CARGO_BIN_EXE_labelwall"));
+        let mut command = self.app.exec(program);
+        if !wrapper.is_empty() {
+            command.args(&wrapper[1..]).arg(env!("CARGO_BIN_EXE_labelwall"));
+        }
+        let child = command
+            .arg("run")
+            .arg("-c")
+            .arg(dir.join("labelwall.yaml"))
+            .arg("--reflect")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.appliance = Some(child);
+    }
+
+    /// Starts the appliance on the link and waits until it is ready.
+    fn start(&mut self, extra: &str) {
+        self.spawn(APP_IP, extra, &[]);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.app.http_get(ADMIN_PORT, "/readyz").starts_with("HTTP/1.1 200") {
+            if let Some(status) = self.appliance.as_mut().unwrap().try_wait().unwrap() {
+                panic!("labelwall exited ({status}):\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "labelwall not ready:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    fn stop(&mut self) -> ExitStatus {
+        let mut child = self.appliance.take().expect("running");
+        run_bounded(
+            Command::new("kill").args(["-TERM", &child.id().to_string()]),
+            netns::COMMAND_LIMIT,
+        );
+        wait_bounded(&mut child, Duration::from_secs(20)).expect("labelwall stops on SIGTERM")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("labelwall.log")).unwrap_or_default()
+    }
+
+    fn metrics(&self) -> String {
+        self.app.http_get(ADMIN_PORT, "/metrics")
+    }
+
+    /// `secs` seconds of GENEVE from the peer at `rate` over `flows` flows of `size`-byte
+    /// inner packets; (sent, received).
+    fn load(&self, secs: u32, rate: u32, flows: u32, size: u32) -> (u64, u64) {
+        let output = run_checked(
+            self.peer.exec(env!("CARGO_BIN_EXE_labelwall")).args([
+                "loadgen",
+                "--target",
+                &format!("{APP_IP}:{GENEVE_PORT}"),
+                "--listen",
+                &format!("{PEER_IP}:{GENEVE_PORT}"),
+                "--duration",
+                &secs.to_string(),
+                "--rate",
+                &rate.to_string(),
+                "--flows",
+                &flows.to_string(),
+                "--size",
+                &size.to_string(),
+                "--json",
+            ]),
+            Duration::from_secs(u64::from(secs) + 20),
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        (report["sent"].as_u64().unwrap(), report["received"].as_u64().unwrap())
+    }
+
+    /// Whether the appliance's tc ingress rule is on the app's eth0.
+    fn rule_present(&self) -> bool {
+        let text = self.app_tc(&["filter", "show", "dev", "eth0", "ingress"]);
+        text.contains("bpf") && text.contains(&format!("pref {GENEVE_PORT}"))
+    }
+
+    fn app_tc(&self, args: &[&str]) -> String {
+        let output = run_checked(self.app.exec("tc").args(args), netns::COMMAND_LIMIT);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The app namespace's UDP counters from /proc/net/snmp: (InDatagrams, NoPorts).
+    fn app_udp_counters(&self) -> (u64, u64) {
+        let output = run_checked(self.app.exec("cat").arg("/proc/net/snmp"), netns::COMMAND_LIMIT);
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut udp = text.lines().filter(|line| line.starts_with("Udp: "));
+        let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
+        let field = |name: &str| {
+            let at = names.split_whitespace().position(|n| n == name).unwrap();
+            values.split_whitespace().nth(at).unwrap().parse::<u64>().unwrap()
+        };
+        (field("InDatagrams"), field("NoPorts"))
+    }
+
+    fn mac(netns: &Netns) -> [u8; 6] {
+        let text = netns.ip(&["-o", "link", "show", "eth0"]);
+        let after = text.split("link/ether ").nth(1).expect("an Ethernet address");
+        let mut mac = [0u8; 6];
+        for (byte, hex) in mac.iter_mut().zip(after.split_whitespace().next().unwrap().split(':')) {
+            *byte = u8::from_str_radix(hex, 16).unwrap();
+        }
+        mac
+    }
+
+    /// Sends whole Ethernet frames from the peer's eth0 (python3, AF_PACKET).
+    fn send_frames(&self, frames: &[Vec<u8>]) {
+        let script = "import socket, sys, binascii\n\
+                      s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+                      s.bind(('eth0', 0))\n\
+                      for h in sys.argv[1:]:\n    s.send(binascii.unhexlify(h))\n";
+        let hex: Vec<String> =
+            frames.iter().map(|f| f.iter().map(|b| format!("{b:02x}")).collect()).collect();
+        run_checked(
+            self.peer.exec("python3").arg("-c").arg(script).args(&hex),
+            netns::COMMAND_LIMIT,
+        );
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.appliance.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What a capture on the peer saw: (source IP, source port, destination port, UDP payload) of
+/// each UDP packet, requests and replies.
+fn read_capture(path: &std::path::Path) -> Vec<([u8; 4], u16, u16, Vec<u8>)> {
+    let file = std::fs::File::open(path).unwrap();
+    let mut reader = pcap_file::pcap::PcapReader::new(file).unwrap();
+    let mut packets = Vec::new();
+    while let Some(packet) = reader.next_packet() {
+        let data = packet.unwrap().data;
+        let ip = &data[14..];
+        let ihl = usize::from(ip[0] & 0xf) * 4;
+        let udp = &ip[ihl..];
+        let be = |b: &[u8], at: usize| u16::from_be_bytes([b[at], b[at + 1]]);
+        let len = usize::from(be(udp, 4));
+        packets.push((
+            ip[12..16].try_into().unwrap(),
+            be(udp, 0),
+            be(udp, 2),
+            udp[8..len].to_vec(),
+        ));
+    }
+    packets
+}
+
+/// Runs loadgen under tcpdump on the peer and checks that every reply is its request's
+/// GENEVE datagram byte for byte, from the port GWLB sent from to the reply port; returns
+/// (sent, replies matched).
+fn byte_exact_round(link: &Link) -> (u64, u64) {
+    let capture = link.dir.path().join("peer.pcap");
+    let mut tcpdump: Child = link
+        .peer
+        .exec("tcpdump")
+        .args(["-i", "eth0", "-n", "-U", "-B", "16384", "-s", "0", "-w"])
+        .arg(&capture)
+        .args(["udp", "port", &GENEVE_PORT.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (sent, received) = link.load(1, 3000, 16, 300);
+    std::thread::sleep(Duration::from_millis(200));
+    run_bounded(
+        Command::new("kill").args(["-INT", &tcpdump.id().to_string()]),
+        netns::COMMAND_LIMIT,
+    );
+    wait_bounded(&mut tcpdump, Duration::from_secs(5)).expect("tcpdump stops on SIGINT");
+    assert!(received * 100 >= sent * 99, "{received} of {sent} came back\n{}", link.log());
+
+    let packets = read_capture(&capture);
+    let peer: [u8; 4] = PEER_IP.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    let requests: HashMap<&[u8], u16> = packets
+        .iter()
+        .filter(|p| p.0 == peer)
+        .map(|(_, sport, _, payload)| (payload.as_slice(), *sport))
+        .collect();
+    let mut matched = 0;
+    for (src, sport, dport, payload) in packets.iter().filter(|p| p.0 != peer) {
+        let request_port = requests.get(payload.as_slice());
+        assert!(request_port.is_some(), "a reply from {src:?} that is no request's datagram");
+        assert_eq!(Some(sport), request_port, "the reply leaves from the port GWLB sent from");
+        assert_eq!(*dport, GENEVE_PORT);
+        matched += 1;
+    }
+    assert!(matched * 10 >= received * 9, "{matched} replies captured of {received}");
+    (sent, matched)
+}
+
+#[test]
+fn ring_replies_are_the_requests_byte_for_byte_and_the_kernel_udp_stack_sees_none() {
+    let _serial = serial();
+    for io in ["sockets", "packet_ring"] {
+        let mut link = Link::new();
+        link.start(&format!("  io: {io}\n  workers: 1\n"));
+        let (in_before, noports_before) = link.app_udp_counters();
+        let (sent, _) = byte_exact_round(&link);
+        let (in_after, noports_after) = link.app_udp_counters();
+        if io == "packet_ring" {
+            assert!(link.log().contains("receiving on packet rings"), "{}", link.log());
+            assert_eq!(in_after, in_before, "the kernel's UDP stack received GENEVE");
+            assert_eq!(noports_after, noports_before, "the kernel answered GENEVE");
+            let metrics = link.metrics();
+            assert!(metric(&metrics, r#"labelwall_send_packets_total{path="packet"}"#) > sent / 2);
+        } else {
+            // The counter the ring case relies on does count GENEVE on the sockets path.
+            assert!(in_after - in_before >= sent, "{in_before} -> {in_after} for {sent}");
+        }
+        assert!(link.stop().success(), "{}", link.log());
+    }
+}
+
+#[test]
+fn the_tc_rule_exists_while_the_appliance_runs_and_is_gone_after_sigterm() {
+    let _serial = serial();
+    let mut link = Link::new();
+    assert!(!link.rule_present());
+    link.start("  io: packet_ring\n  workers: 2\n");
+    assert!(link.rule_present(), "{}", link.log());
+    assert!(link.log().contains("rule_installed_here=true"), "{}", link.log());
+    let (sent, received) = link.load(1, 5000, 8, 128);
+    assert!(received * 100 >= sent * 99, "{received} of {sent}\n{}", link.log());
+    let status = link.stop();
+    assert!(status.success(), "{status}\n{}", link.log());
+    assert!(!link.rule_present(), "the rule outlived the appliance");
+    let qdiscs = link.app_tc(&["qdisc", "show", "dev", "eth0"]);
+    assert!(!qdiscs.contains("clsact"), "the qdisc it added stayed: {qdiscs}");
+
+    // Without the rule GENEVE reaches the kernel's UDP stack again (nothing listens: it
+    // answers with port unreachable), which is what the rule kept from happening.
+    let (_, noports_before) = link.app_udp_counters();
+    link.send_frames(&[frame(&link, |_| {})]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(link.app_udp_counters().1, noports_before + 1);
+}
+
+/// A GENEVE frame from the peer to the appliance, with `change` applied to the whole frame
+/// (Ethernet header first).
+fn frame(link: &Link, change: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
+    let inner = common::ipv4_udp([10, 1, 0, 1], [10, 2, 0, 1], 5353, 53, 20);
+    let datagram = common::gwlb_datagram(0x1234_5678, &inner);
+    let addressing = OuterAddressing {
+        src: PEER_IP.parse().unwrap(),
+        dst: APP_IP.parse().unwrap(),
+        src_port: 40_001,
+        dst_port: GENEVE_PORT,
+    };
+    let mut header = [0u8; outer::OUTER_HEADER_LEN];
+    outer::emit(&mut header, &addressing, datagram.len()).unwrap();
+    let mut bytes = Link::mac(&link.app).to_vec();
+    bytes.extend_from_slice(&Link::mac(&link.peer));
+    bytes.extend_from_slice(&[0x08, 0x00]);
+    bytes.extend_from_slice(&header);
+    bytes.extend_from_slice(&datagram);
+    change(&mut bytes);
+    bytes
+}
+
+/// Rewrites the IPv4 header checksum of a frame after a change.
+fn fix_ip_checksum(frame: &mut [u8]) {
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let sum: u32 =
+        frame[14..34].chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let checksum = !(((folded & 0xffff) + (folded >> 16)) as u16);
+    frame[24..26].copy_from_slice(&checksum.to_be_bytes());
+}
+
+#[test]
+fn broken_outer_headers_are_counted_by_reason_and_never_answered() {
+    let _serial = serial();
+    let mut link = Link::new();
+    link.start("  io: packet_ring\n  workers: 1\n");
+    let frames = [
+        frame(&link, |_| {}),        // good: answered
+        frame(&link, |f| f[22] = 7), // TTL changed, checksum not
+        frame(&link, |f| {
+            f[20] |= 0x20; // more fragments
+            fix_ip_checksum(f);
+        }),
+        frame(&link, |f| {
+            f[38..40].copy_from_slice(&4000u16.to_be_bytes()); // UDP length past the packet
+        }),
+        frame(&link, |f| {
+            f[16..18].copy_from_slice(&25u16.to_be_bytes()); // IPv4 length cuts the UDP header
+            fix_ip_checksum(f);
+        }),
+    ];
+    link.send_frames(&frames);
+    let sample = |name: &str| {
+        metric(
+            &link.metrics(),
+            &format!("labelwall_drops_total{{class=\"malformed_outer\",reason=\"{name}\"}}"),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sample("outer_malformed") < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sample("outer_checksum"), 1, "{}", link.metrics());
+    assert_eq!(sample("outer_fragment"), 1);
+    assert_eq!(sample("outer_malformed"), 2);
+    let metrics = link.metrics();
+    assert_eq!(metric(&metrics, r#"labelwall_packets_total{verdict="allow"}"#), 1, "{metrics}");
+    assert_eq!(
+        metric(&metrics, r#"labelwall_worker_sent_packets_total{worker="0"}"#),
+        1,
+        "{metrics}"
+    );
+    assert!(link.stop().success());
+}
+
+#[test]
+fn the_fanout_spreads_flows_over_the_workers() {
+    let _serial = serial();
+    let mut link = Link::new();
+    link.start("  io: packet_ring\n  workers: 2\n");
+    let (sent, received) = link.load(2, 10_000, 64, 128);
+    assert!(received * 100 >= sent * 99, "{received} of {sent}\n{}", link.log());
+    let metrics = link.metrics();
+    let per_worker: Vec<u64> = (0..2)
+        .map(|w| {
+            metric(&metrics, &format!("labelwall_worker_received_packets_total{{worker=\"{w}\"}}"))
+        })
+        .collect();
+    assert_eq!(per_worker.iter().sum::<u64>(), sent, "{metrics}");
+    for count in &per_worker {
+        assert!(*count * 5 >= sent, "one worker got {count} of {sent}: {per_worker:?}");
+    }
+    assert!(link.stop().success());
+}
+
+#[test]
+fn packet_ring_refuses_to_start_where_it_cannot_work_and_auto_falls_back_to_sockets() {
+    let _serial = serial();
+    // Without CAP_NET_ADMIN the tc rule cannot be installed (and nobody installed it).
+    let no_admin = ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin"];
+    let mut link = Link::new();
+    link.spawn(APP_IP, "  io: packet_ring\n  workers: 1\n", &no_admin);
+    let status = wait_bounded(link.appliance.as_mut().unwrap(), Duration::from_secs(15))
+        .expect("labelwall exits");
+    link.appliance = None;
+    assert!(!status.success());
+    let log = link.log();
+    assert!(
+        log.contains("dataplane.io is packet_ring, but cannot install the tc ingress rule"),
+        "{log}"
+    );
+    assert!(log.contains("CAP_NET_ADMIN"), "{log}");
+    assert!(!link.rule_present());
+
+    link.spawn(APP_IP, "  io: auto\n  workers: 1\n", &no_admin);
+    link.wait_ready();
+    assert!(link.log().contains("dataplane.io auto: receiving on UDP sockets"), "{}", link.log());
+    let (sent, received) = link.load(1, 5000, 8, 128);
+    assert!(received * 100 >= sent * 99, "{received} of {sent}\n{}", link.log());
+    assert!(link.stop().success());
+
+    // A loopback address has no link to tap.
+    link.spawn("127.0.0.1", "  io: packet_ring\n  workers: 1\n", &[]);
+    let status = wait_bounded(link.appliance.as_mut().unwrap(), Duration::from_secs(15))
+        .expect("labelwall exits");
+    link.appliance = None;
+    assert!(!status.success());
+    assert!(link.log().contains("a loopback interface"), "{}", link.log());
+}
