@@ -29,6 +29,14 @@
 #        C reflector) and loadgen in two network namespaces joined by a veth pair (MTU 9000)
 #        instead of on loopback: a real link, where the appliance's packet socket can send
 #        (it cannot on loopback, whose addresses are all local))
+# Across the link (NETNS=1) two more cases run labelwall with `dataplane.io: packet_ring`
+# ("ring reflector", "ring bookinfo"), and each veth end's receive work is steered to its own
+# side's CPU (rps_cpus: the appliance's end to CPU 1, loadgen's to CPU 0), so that the
+# appliance's CPU pays its own kernel receive path and nothing of loadgen's. The headline
+# column dut_ns/fwd is then the busy time of CPU 1 (/proc/stat: everything but idle and
+# iowait, softirq included) per packet the appliance forwarded: what a forwarded packet costs
+# the appliance's core, kernel and user space together. Other work on CPU 1 counts too: on a
+# shared machine compare the rows of one run, and repeat the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # BIN=path uses that binary instead of building (to compare two builds); LOADGEN=path runs
@@ -53,6 +61,9 @@ if [ -n "${NETNS:-}" ]; then
   ip -n "${netns[0]}" link add eth0 mtu 9000 type veth peer name eth0 mtu 9000 netns "${netns[1]}"
   ip -n "${netns[0]}" addr add "$app_ip/24" dev eth0; ip -n "${netns[0]}" link set eth0 up
   ip -n "${netns[1]}" addr add "$peer_ip/24" dev eth0; ip -n "${netns[1]}" link set eth0 up
+  # Receive work of each end on its own side's CPU (the appliance on 1, loadgen on 0).
+  ip netns exec "${netns[0]}" sh -c 'echo 2 > /sys/class/net/eth0/queues/rx-0/rps_cpus'
+  ip netns exec "${netns[1]}" sh -c 'echo 1 > /sys/class/net/eth0/queues/rx-0/rps_cpus'
 fi
 cleanup() {
   [ -n "$appliance_pid" ] && kill "$appliance_pid" 2>/dev/null
@@ -67,10 +78,10 @@ if command -v cc >/dev/null && cc -O2 -o "$dir/plain" benches/plain_reflector.c;
 # Above loadgen's per-flow source ports (20000 + flow, on 127.0.0.2 with --train).
 port=$((40000 + RANDOM % 20000)); reply=$((port + 1)); admin=$((port + 2))
 
-# (packet_socket only when given, so that builds from before it can be compared with BIN=)
-start_appliance() { # policy-file send-sockets [--reflect] [packet-socket]
+# (packet_socket and io only when given, so that builds from before them can be compared with BIN=)
+start_appliance() { # policy-file send-sockets [--reflect] [packet-socket] [io]
   cat >"$dir/labelwall.yaml" <<YAML
-dataplane: {listen: $app_ip:$port, workers: 1, reply_port: $reply, send_sockets: $2${4:+, packet_socket: $4}}
+dataplane: {listen: $app_ip:$port, workers: 1, reply_port: $reply, send_sockets: $2${4:+, packet_socket: $4}${5:+, io: $5}}
 admin: {listen: 127.0.0.1:$admin}
 policy: $1
 labels: {inventory: [$dir/inventory.yaml]}
@@ -91,6 +102,8 @@ loadgen() { # size train
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$appliance_pid/stat"; }
+# CPU 1's busy ticks: all but idle and iowait (user, nice, system, irq, softirq, steal).
+cpu1_busy() { awk '$1 == "cpu1" {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 # Runs loadgen (args: size train); with PERF=1 samples CPU 1 meanwhile into $dir/busy.
 measured_loadgen() {
   if [ -z "${PERF:-}" ]; then echo 0 >"$dir/busy"; loadgen "$@"; return; fi
@@ -107,8 +120,8 @@ counter() { # metric name: summed over workers
 
 stop_appliance() { kill "$appliance_pid" 2>/dev/null || true; wait "$appliance_pid" 2>/dev/null || true; appliance_pid=""; }
 
-printf '%-6s %-5s %-22s %11s %11s %11s %8s %6s %11s %10s %10s %s\n' \
-  size train case sent_pps fwd_pps recv_pps gbit/s ratio cpu_ns/pkt p50_us p99_us \
+printf '%-6s %-5s %-22s %11s %11s %11s %8s %6s %11s %10s %10s %10s %s\n' \
+  size train case sent_pps fwd_pps recv_pps gbit/s ratio cpu_ns/pkt dut_ns/fwd p50_us p99_us \
   "${PERF:+cpu1_ns/pkt}"
 for size in ${sizes[*]}; do
  for train in ${trains[*]}; do
@@ -117,6 +130,7 @@ for size in ${sizes[*]}; do
   cases=("null reflector" "labelwall allow-all" "labelwall bookinfo")
   [ "$train" -gt 1 ] && cases+=("reflector raw send")
   [ "$train" -eq 1 ] && [ -n "${NETNS:-}" ] && cases+=("reflector raw socket")
+  [ -n "${NETNS:-}" ] && cases+=("ring reflector" "ring bookinfo")
   [ -n "$plain" ] && cases+=("plain reflector (C)")
   for case in "${cases[@]}"; do
     if [ -n "${CASES:-}" ] && ! grep -qxE "$CASES" <<<"$case"; then continue; fi
@@ -126,14 +140,17 @@ for size in ${sizes[*]}; do
       "labelwall bookinfo") start_appliance "$dir/policy.yaml" 256 ;;
       "reflector raw send") start_appliance "$dir/allow.yaml" 0 --reflect ;;
       "reflector raw socket") start_appliance "$dir/allow.yaml" 256 --reflect false ;;
+      "ring reflector") start_appliance "$dir/allow.yaml" 256 --reflect true packet_ring ;;
+      "ring bookinfo") start_appliance "$dir/policy.yaml" 256 "" true packet_ring ;;
       "plain reflector (C)")
         "${in_app[@]}" taskset -c 1 "$plain" "$app_ip" "$port" "$peer_ip" "$reply" 600 >"$dir/plain.out" &
         appliance_pid=$!; sleep 0.3 ;;
     esac
+    busy_before=$(cpu1_busy)
     if [ "$case" = "plain reflector (C)" ]; then
       ticks_before=$(cpu_ticks)
       result=$(measured_loadgen "$size" "$train")
-      ticks=$(( $(cpu_ticks) - ticks_before ))
+      ticks=$(( $(cpu_ticks) - ticks_before )); dut_ticks=$(( $(cpu1_busy) - busy_before ))
       stop_appliance
       packets=$(cat "$dir/plain.out"); back=$packets
       # Its replies come from its listen port, which loadgen counts as unexpected.
@@ -143,7 +160,7 @@ for size in ${sizes[*]}; do
       packets_before=$(counter labelwall_worker_received_packets_total)
       back_before=$(counter labelwall_worker_sent_packets_total)
       result=$(measured_loadgen "$size" "$train")
-      ticks=$(( $(cpu_ticks) - ticks_before ))
+      ticks=$(( $(cpu_ticks) - ticks_before )); dut_ticks=$(( $(cpu1_busy) - busy_before ))
       packets=$(( $(counter labelwall_worker_received_packets_total) - packets_before ))
       back=$(( $(counter labelwall_worker_sent_packets_total) - back_before ))
       stop_appliance
@@ -151,19 +168,20 @@ for size in ${sizes[*]}; do
     base=${base:-$result}
     base_back=${base_back:-$back}
     python3 - "$size" "$case" "$result" "$base" "$ticks" "$packets" "$(getconf CLK_TCK)" \
-      "$back" "$base_back" "$train" "$(cat "$dir/busy")" <<'PY'
+      "$back" "$base_back" "$train" "$(cat "$dir/busy")" "$dut_ticks" <<'PY'
 import json, sys
 size, case, r, b = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
 ticks, packets, hz = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 back, base_back, train = int(sys.argv[8]), int(sys.argv[9]), sys.argv[10]
 busy = int(sys.argv[11])
 cpu1 = f' {busy / 2000 * 1e9 / packets:>11.0f}' if busy and packets else ''
+dut_ns = int(sys.argv[12]) / hz * 1e9 / back if back else 0
 
 seconds = r["duration_s"]
 ratio = back / base_back if base_back else 0
 cpu_ns = ticks / hz * 1e9 / packets if packets else 0
 print(f'{size:<6} {train:<5} {case:<22} {r["sent_pps"]:>11.0f} {back / seconds:>11.0f} {r["pps"]:>11.0f} '
-      f'{r["gbps"]:>8.2f} {ratio:>6.2f} {cpu_ns:>11.0f} {r["latency_us"]["p50"]:>10.0f} '
+      f'{r["gbps"]:>8.2f} {ratio:>6.2f} {cpu_ns:>11.0f} {dut_ns:>10.0f} {r["latency_us"]["p50"]:>10.0f} '
       f'{r["latency_us"]["p99"]:>10.0f}{cpu1}')
 PY
   done

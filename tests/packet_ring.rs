@@ -59,9 +59,8 @@ impl Link {
         Link { app, peer, appliance: None, dir: tempfile::tempdir().unwrap() }
     }
 
-    /// Starts `labelwall run --reflect` listening on `listen` with `extra` in `dataplane:`,
-    /// the binary run through `wrapper` (a program and its arguments) if given.
-    fn spawn(&mut self, listen: &str, extra: &str, wrapper: &[&str]) {
+    /// Writes labelwall.yaml: listening on `listen`, `extra` in `dataplane:`.
+    fn write_config(&self, listen: &str, extra: &str) {
         let dir = self.dir.path();
         std::fs::write(dir.join("policy.yaml"), "default_action: allow\n").unwrap();
         let config = format!(
@@ -69,6 +68,17 @@ impl Link {
              admin:\n  listen: 127.0.0.1:{ADMIN_PORT}\npolicy: policy.yaml\nlog:\n  level: info\n"
         );
         std::fs::write(dir.join("labelwall.yaml"), config).unwrap();
+    }
+
+    /// Starts `labelwall run --reflect` listening on `listen` with `extra` in `dataplane:`,
+    /// the binary run through `wrapper` (a program and its arguments) if given.
+    fn spawn(&mut self, listen: &str, extra: &str, wrapper: &[&str]) {
+        self.write_config(listen, extra);
+        self.spawn_as_configured(wrapper);
+    }
+
+    fn spawn_as_configured(&mut self, wrapper: &[&str]) {
+        let dir = self.dir.path();
         let log = std::fs::File::create(dir.join("labelwall.log")).unwrap();
         let program = wrapper.first().copied().unwrap_or(env!("CARGO_BIN_EXE_labelwall"));
         let mut command = self.app.exec(program);
@@ -449,4 +459,40 @@ fn packet_ring_refuses_to_start_where_it_cannot_work_and_auto_falls_back_to_sock
     link.appliance = None;
     assert!(!status.success());
     assert!(link.log().contains("a loopback interface"), "{}", link.log());
+}
+
+#[test]
+fn an_unprivileged_appliance_uses_a_rule_installed_for_it_and_leaves_its_removal_to_the_installer()
+{
+    let _serial = serial();
+    let no_admin = ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin"];
+    let mut link = Link::new();
+    link.write_config(APP_IP, "  io: packet_ring\n  workers: 1\n");
+    let config = link.dir.path().join("labelwall.yaml");
+    let ingress_rule = |link: &Link, action: &str| {
+        let output = run_checked(
+            link.app
+                .exec(env!("CARGO_BIN_EXE_labelwall"))
+                .args(["ingress-rule", action, "-c"])
+                .arg(&config),
+            netns::COMMAND_LIMIT,
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    // What the systemd unit's ExecStartPre=+ does before the unprivileged appliance starts.
+    let said = ingress_rule(&link, "install");
+    assert!(said.contains("is on eth0"), "{said}");
+    assert!(link.rule_present());
+    link.spawn_as_configured(&no_admin);
+    link.wait_ready();
+    assert!(link.log().contains("rule_installed_here=false"), "{}", link.log());
+    let (sent, received) = link.load(1, 5000, 8, 128);
+    assert!(received * 100 >= sent * 99, "{received} of {sent}\n{}", link.log());
+    assert!(link.stop().success());
+    assert!(link.rule_present(), "not the appliance's to remove");
+    // ExecStopPost=+.
+    let said = ingress_rule(&link, "remove");
+    assert!(said.contains("removed"), "{said}");
+    assert!(!link.rule_present());
+    assert!(!link.app_tc(&["qdisc", "show", "dev", "eth0"]).contains("clsact"));
 }

@@ -129,6 +129,8 @@ pub enum StartError {
          falls back to sockets)"
     )]
     Ring(String),
+    #[error("dataplane.io is auto, but the packet rings cannot be used: {0}")]
+    RuleLeft(String),
 }
 
 /// The running data plane.
@@ -253,6 +255,16 @@ fn open_receivers(
         IoMode::Auto => match open_rings(settings, workers) {
             Ok(rings) => Some(rings),
             Err(reason) => {
+                // A rule installed for us (ExecStartPre) would drop everything the sockets
+                // should get.
+                if let Some(interface) = rule_left_on(settings) {
+                    return Err(StartError::RuleLeft(format!(
+                        "{reason}, and the tc ingress rule that keeps GENEVE from UDP sockets \
+                         is installed on {interface}: remove it (`tc filter del dev \
+                         {interface} ingress pref {}`) or fix the cause",
+                        settings.listen.port()
+                    )));
+                }
                 tracing::info!(%reason, "dataplane.io auto: receiving on UDP sockets");
                 None
             }
@@ -275,6 +287,34 @@ fn open_receivers(
         })
         .collect::<Result<_, _>>()?;
     Ok((sockets, None))
+}
+
+/// `labelwall ingress-rule install|remove`: puts the rings' tc rule on the listen interface
+/// (`install`, when `dataplane.io` may use rings there) or takes it off (`remove`, and
+/// `install` with `dataplane.io: sockets`); what was done, as a sentence.
+pub fn ingress_rule(config: &Config, install: bool) -> Result<String, String> {
+    let listen = config.dataplane.listen;
+    let (ip, port) = (*listen.ip(), listen.port());
+    let interface = match ring::interface_of(ip) {
+        Ok(Some((_, name, false))) => name,
+        _ => return Ok(format!("{ip} is not on a link that packet rings can use: nothing to do")),
+    };
+    if install && config.dataplane.io != IoMode::Sockets {
+        let rule = IngressRule::install(&interface, ip, port)?;
+        // Left in place for the appliance; `remove` takes it off.
+        return Ok(format!("the tc ingress rule for {listen} is on {}", rule.interface()));
+    }
+    if !crate::net::ingress::present(&interface, port) {
+        return Ok(format!("no tc ingress rule for port {port} on {interface}"));
+    }
+    crate::net::ingress::remove(&interface, port)?;
+    Ok(format!("removed the tc ingress rule for port {port} from {interface}"))
+}
+
+/// The listen interface, when a tc ingress rule for the listen port is on it.
+fn rule_left_on(settings: &DataplaneSettings) -> Option<String> {
+    let (_, name, _) = ring::interface_of(*settings.listen.ip()).ok().flatten()?;
+    crate::net::ingress::present(&name, settings.listen.port()).then_some(name)
 }
 
 /// One ring per worker in one fanout group, then the tc rule (only once the rings take the

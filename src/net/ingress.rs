@@ -103,21 +103,31 @@ impl IngressRule {
         if !self.owned {
             return;
         }
-        let pref = self.port.to_string();
-        if let Err(error) = tc(&["filter", "del", "dev", &self.interface, "ingress", "pref", &pref])
-        {
+        if let Err(error) = remove_filter(&self.interface, self.port, self.made_qdisc) {
             tracing::warn!(interface = %self.interface, %error, "cannot remove the tc ingress rule");
         }
-        if self.made_qdisc {
-            let empty = |direction| {
-                tc(&["filter", "show", "dev", &self.interface, direction])
-                    .is_ok_and(|text| text.trim().is_empty())
-            };
-            if empty("ingress") && empty("egress") {
-                let _ = tc(&["qdisc", "del", "dev", &self.interface, "clsact"]);
-            }
+    }
+}
+
+/// Removes the rule for `port` from `interface` and the `clsact` qdisc if nothing else uses it
+/// (`labelwall ingress-rule remove`, for a rule another process installed).
+pub fn remove(interface: &str, port: u16) -> Result<(), String> {
+    remove_filter(interface, port, true)
+}
+
+fn remove_filter(interface: &str, port: u16, qdisc_too: bool) -> Result<(), String> {
+    let pref = port.to_string();
+    tc(&["filter", "del", "dev", interface, "ingress", "pref", &pref])?;
+    if qdisc_too {
+        let empty = |direction| {
+            tc(&["filter", "show", "dev", interface, direction])
+                .is_ok_and(|text| text.trim().is_empty())
+        };
+        if empty("ingress") && empty("egress") {
+            let _ = tc(&["qdisc", "del", "dev", interface, "clsact"]);
         }
     }
+    Ok(())
 }
 
 /// Whether a rule of ours for `port` is on `interface`.
