@@ -22,7 +22,9 @@
 # recv_pps (loadgen received), gbit/s (received GENEVE bits), ratio (fwd_pps / the null
 # reflector's fwd_pps), cpu_ns/pkt, and reply latency percentiles (meaningful only when paced).
 # Usage: benches/e2e.sh [SIZES...]   (default: 128 1500 8500; DURATION=5 seconds per case;
-#        RATE=pps paces loadgen, default as fast as possible; TRAINS="1 64" the train lengths;
+#        RATE=pps paces loadgen, default as fast as possible; NICE=-10 runs the appliance at
+#        that nice level, so that on a machine shared with builds its threads are not starved
+#        by the scheduler (the kernel's softirq work is not subject to it, user space is); TRAINS="1 64" the train lengths;
 #        CASES="null reflector|..." limits the cases, by name; PERF=1 adds perf_ns/fwd: the
 #        appliance's share of CPU 1 per forwarded packet, sampled by `perf record -g` at 2 kHz:
 #        samples of the appliance's threads, and samples of anything else on CPU 1 whose call
@@ -93,7 +95,7 @@ admin: {listen: 127.0.0.1:$admin}
 policy: $1
 labels: {inventory: [$dir/inventory.yaml]}
 YAML
-  "${in_app[@]}" taskset -c 1 "$bin" run -c "$dir/labelwall.yaml" ${3:-} 2>"$dir/appliance.log" &
+  "${in_app[@]}" taskset -c 1 ${NICE:+nice -n "$NICE"} "$bin" run -c "$dir/labelwall.yaml" ${3:-} 2>"$dir/appliance.log" &
   appliance_pid=$!
   for _ in $(seq 100); do
     "${in_app[@]}" curl -sf "127.0.0.1:$admin/readyz" >/dev/null 2>&1 && return 0
