@@ -282,8 +282,10 @@ impl RxRing {
         // SAFETY: the frame belongs to us now (status USER, read with acquire ordering); its
         // header is a tpacket2_hdr at the frame's start, inside the mapped ring.
         let header = unsafe { self.region.add(at).cast::<libc::tpacket2_hdr>().read() };
-        let mac = usize::from(header.tp_mac);
-        let len = (header.tp_snaplen as usize).min(FRAME_SIZE.saturating_sub(mac));
+        // The kernel puts the Ethernet header after its own headers and the virtio header;
+        // clamped so that a bad offset can only make a bad frame, never a read outside it.
+        let mac = usize::from(header.tp_mac).clamp(VNET_HEADER_LEN, FRAME_SIZE);
+        let len = (header.tp_snaplen as usize).min(FRAME_SIZE - mac);
         // The virtio header sits just before the Ethernet header.
         let vnet = at + mac - VNET_HEADER_LEN;
         // SAFETY: as above; `vnet` is inside the frame (tp_mac leaves room for it).
