@@ -30,7 +30,10 @@
 #        samples of the appliance's threads, and samples of anything else on CPU 1 whose call
 #        chain runs the network receive softirq (net_rx_action: the kernel's work on packets
 #        for the appliance, whoever it interrupted), so that builds sharing the CPU are not
-#        counted; more exact than dut_ns/fwd, which the scheduler tick samples; NETNS=1 runs the appliance (and the
+#        counted, less the samples that send the rps_cpus steering's inter-processor
+#        interrupts (net_rps_send_ipi: a trapped MSR write per IPI in a VM, about 40% of a
+#        worker's time; an artifact of steering veth, which a NIC does not have); more exact
+#        than dut_ns/fwd, which the scheduler tick samples; NETNS=1 runs the appliance (and the
 #        C reflector) and loadgen in two network namespaces joined by a veth pair (MTU 9000)
 #        instead of on loopback: a real link, where the appliance's packet socket can send
 #        (it cannot on loopback, whose addresses are all local))
@@ -123,13 +126,14 @@ measured_loadgen() {
   wait "$perf_pid"
   perf script -i "$dir/perf.data" -F comm,ip,sym 2>/dev/null | python3 -c '
 import sys
-n = 0; comm = None; softirq = False
+n = 0; comm = None; softirq = False; ipi = False
 def done():
     global n
-    if comm is not None and (comm.startswith(("lw-", "labelwall")) or softirq): n += 1
+    if comm is not None and not ipi and (comm.startswith(("lw-", "labelwall")) or softirq): n += 1
 for line in sys.stdin:
-    if not line.strip(): done(); comm = None; softirq = False
+    if not line.strip(): done(); comm = None; softirq = False; ipi = False
     elif not line.startswith("\t"): comm = line.strip()
+    elif "net_rps_send_ipi" in line: ipi = True
     elif "net_rx_action" in line: softirq = True
 done(); print(n)' >"$dir/busy"
 }
