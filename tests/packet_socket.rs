@@ -38,6 +38,11 @@ struct Link {
 
 impl Link {
     fn start() -> Link {
+        Link::start_with("")
+    }
+
+    /// As [`Link::start`], with `dataplane` (lines of the `dataplane:` section) added.
+    fn start_with(dataplane: &str) -> Link {
         netns::require_tools(&[("ip", "-V"), ("tcpdump", "--version"), ("tshark", "--version")]);
         let (app, peer) = (Netns::new("app"), Netns::new("peer"));
         veth(&app, "eth0", &peer, "eth0", 1500);
@@ -47,7 +52,7 @@ impl Link {
         std::fs::write(dir.path().join("policy.yaml"), "default_action: allow\n").unwrap();
         let config = format!(
             "dataplane:\n  listen: {APP_IP}:{GENEVE_PORT}\n  workers: 1\n  reply_port: \
-             {GENEVE_PORT}\nadmin:\n  listen: 127.0.0.1:{ADMIN_PORT}\npolicy: policy.yaml\n\
+             {GENEVE_PORT}\n{dataplane}admin:\n  listen: 127.0.0.1:{ADMIN_PORT}\npolicy: policy.yaml\n\
              log:\n  level: info\n"
         );
         std::fs::write(dir.path().join("labelwall.yaml"), config).unwrap();
@@ -144,7 +149,20 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 #[test]
 fn replies_leave_as_frames_with_the_headers_the_raw_socket_would_write() {
     let _serial = serial();
-    let link = Link::start();
+    frames_carry_the_raw_sockets_headers(Link::start());
+}
+
+#[test]
+fn replies_to_what_packet_rings_received_carry_the_same_headers() {
+    let _serial = serial();
+    let link = Link::start_with("  io: packet_ring\n");
+    assert!(link.log().contains("receiving on packet rings"), "{}", link.log());
+    frames_carry_the_raw_sockets_headers(link);
+}
+
+/// Replies leave as frames once the next hop is known, and tshark on the peer finds the
+/// outer headers the raw socket would have written.
+fn frames_carry_the_raw_sockets_headers(link: Link) {
     let capture = link.dir.path().join("peer.pcap");
     let mut tcpdump: Child = link
         .peer
