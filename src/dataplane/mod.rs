@@ -339,9 +339,8 @@ fn open_rings(
     let mut rings: Vec<RxRing> = Vec::with_capacity(workers);
     for worker in 0..workers {
         let group = rings.first().map(RxRing::fanout_group).transpose();
-        let ring = group.and_then(|group| {
-            RxRing::open(interface, ip, port, settings.receive_buffer, worker::RING_EXTRA, group)
-        });
+        let ring = group
+            .and_then(|group| RxRing::open(interface, ip, port, settings.receive_buffer, group));
         rings.push(ring.map_err(|error| {
             format!("cannot open the packet ring of worker {worker} on {name}: {error}")
         })?);

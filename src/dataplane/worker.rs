@@ -16,9 +16,10 @@ use super::stats::{Counters, Fallback, SendPath};
 use super::{ControlLinks, DataplaneSettings, WorkerStatus};
 use crate::flowlog::FlowLogSender;
 use crate::net::nexthop::SingleSender;
-use crate::net::ring::{RxFrame, RxRing};
+use crate::net::ring::{RingPayloads, RxFrame, RxRing};
 use crate::net::sys::{
-    GsoSocket, MAX_GSO_SEGMENTS, SendReport, TxItem, skip_unused_control_messages, wait_readable,
+    GsoSocket, MAX_GSO_SEGMENTS, Payloads, SendReport, TxItem, skip_unused_control_messages,
+    wait_readable,
 };
 use crate::pipeline::{Outcome, Pipeline};
 use crate::policy::Action;
@@ -44,11 +45,9 @@ pub(super) const MAX_SINGLES_PER_FLUSH: usize = BATCH_SIZE * MAX_SEGMENTS_PER_SL
 /// call keep what was received in the core's cache until it is sent; 32 slots of 64 KiB
 /// would be 2 MiB, and the segmented sends would read it back from memory.
 const TRAIN_BATCH: usize = 8;
-/// Room after a worker's ring for one packet too large for a ring frame (a train handed over
-/// whole), read from the socket: its virtio header, Ethernet frame and some slack.
-pub(super) const SPILL_SIZE: usize = 64 * 1024 + 1024;
-/// What a worker's ring region holds after the frames: the spill buffer and injected rejects.
-pub(super) const RING_EXTRA: usize = SPILL_SIZE + INJECT_REGION;
+/// Room in a ring worker's own buffer for one packet too large for a ring frame (a train
+/// handed over whole), read from the socket: its virtio header, Ethernet frame and some slack.
+const SPILL_SIZE: usize = 64 * 1024 + 1024;
 /// How often a ring worker asks the kernel how many packets its full ring dropped.
 const RING_STATS_INTERVAL_MS: u64 = 1_000;
 /// How long an idle worker sleeps before it looks at the stop flag again.
@@ -225,12 +224,12 @@ impl Worker {
                     _ => self.listen_ip,
                 };
                 let stride = if meta.stride == 0 { meta.len.max(1) } else { meta.stride };
+                let at = slot * SLOT_STRIDE;
                 let (rx, inject) = storage.split_at_mut(RX_REGION);
                 let mut slot_io =
-                    SlotIo { rx, inject, inject_base: RX_REGION, injected: &mut injected, tx };
-                let arrival =
-                    Arrival { at: slot * SLOT_STRIDE, len: meta.len, stride, gwlb, appliance_ip };
-                self.handle_datagrams(arrival, &mut slot_io, counters);
+                    SlotIo { inject, inject_base: RX_REGION, injected: &mut injected, tx };
+                let arrival = Arrival { at, stride, gwlb, appliance_ip };
+                self.handle_datagrams(arrival, &rx[at..at + meta.len], &mut slot_io, counters);
             }
             self.flush(tx, &storage, counters, errors);
             self.end_batch(counters);
@@ -246,8 +245,11 @@ impl Worker {
         counters: &mut Counters,
         errors: &mut RateLimitedLog,
     ) {
+        // Offsets at and above the ring's length are in `room`: the spill buffer for a packet
+        // too large for a frame, then injected rejects.
         let spill_at = ring.ring_len();
         let inject_base = spill_at + SPILL_SIZE;
+        let mut room = vec![0u8; SPILL_SIZE + INJECT_REGION];
         let clock = Instant::now();
         let mut stats_at_ms = 0;
         let mut frames = [None::<RxFrame>; BATCH_SIZE];
@@ -279,14 +281,13 @@ impl Worker {
                 taken += 1;
                 frames[taken - 1] = Some(frame);
                 if frame.copied {
-                    frames[taken - 1] = match ring.read_copy(spill_at, SPILL_SIZE) {
-                        Ok(copy) => copy,
-                        Err(error) => {
-                            errors.log(self.index, "receive", &error);
-                            None
-                        }
-                    };
-                    if frames[taken - 1].is_none() {
+                    let copy = ring.read_copy(&mut room[..SPILL_SIZE]).unwrap_or_else(|error| {
+                        errors.log(self.index, "receive", &error);
+                        None
+                    });
+                    frames[taken - 1] =
+                        copy.map(|copy| RxFrame { offset: spill_at + copy.offset, ..copy });
+                    if copy.is_none() {
                         counters.received(frame.wire_len);
                         counters.drop(DropReason::RingFull);
                     }
@@ -296,20 +297,20 @@ impl Worker {
             counters.batch();
             tx.now_ms = now_ms;
             self.pipeline.begin_batch(now_ms);
-            let memory = ring.memory();
             let mut injected = 0;
             for frame in frames[..taken].iter().flatten() {
                 if INJECT_REGION - injected < MAX_SEGMENTS_PER_SLOT * MAX_REJECT_LEN {
-                    self.flush(tx, memory, counters, errors);
+                    self.flush(tx, &RingPayloads { ring, room: &room }, counters, errors);
                     injected = 0;
                 }
-                let bytes = &memory[frame.offset..frame.offset + frame.len];
                 if frame.len < frame.wire_len {
                     // Cut to the frame, and the kernel could not queue it whole.
                     counters.received(frame.wire_len);
                     counters.drop(DropReason::RingFull);
                     continue;
                 }
+                let (spill, inject) = room.split_at_mut(SPILL_SIZE);
+                let bytes = RingPayloads { ring, room: spill }.get(frame.offset, frame.len);
                 let outer = match outer::parse_frame(bytes, frame.checksum_known) {
                     Ok(outer) => outer,
                     Err(reason) => {
@@ -318,22 +319,17 @@ impl Worker {
                         continue;
                     }
                 };
+                let data = &bytes[outer.payload_offset..outer.payload_offset + outer.payload_len];
                 let arrival = Arrival {
                     at: frame.offset + outer.payload_offset,
-                    len: outer.payload_len,
-                    stride: if frame.segment == 0 {
-                        outer.payload_len.max(1)
-                    } else {
-                        frame.segment
-                    },
+                    stride: if frame.segment == 0 { data.len().max(1) } else { frame.segment },
                     gwlb: SocketAddrV4::new(outer.src, outer.src_port),
                     appliance_ip: outer.dst,
                 };
-                let (rx, inject) = memory.split_at_mut(inject_base);
-                let mut slot_io = SlotIo { rx, inject, inject_base, injected: &mut injected, tx };
-                self.handle_datagrams(arrival, &mut slot_io, counters);
+                let mut slot_io = SlotIo { inject, inject_base, injected: &mut injected, tx };
+                self.handle_datagrams(arrival, data, &mut slot_io, counters);
             }
-            self.flush(tx, memory, counters, errors);
+            self.flush(tx, &RingPayloads { ring, room: &room }, counters, errors);
             ring.release(taken);
             self.end_batch(counters);
         }
@@ -384,10 +380,10 @@ impl Worker {
     /// Sends what is queued, in order: single packets in `sendmmsg` batches, each run of a
     /// train as one segmented send (or as single packets, one by one, when that cannot be
     /// done).
-    fn flush(
+    fn flush<P: Payloads + ?Sized>(
         &mut self,
         tx: &mut SendQueue,
-        storage: &[u8],
+        storage: &P,
         counters: &mut Counters,
         errors: &mut RateLimitedLog,
     ) {
@@ -408,7 +404,7 @@ impl Worker {
             let reason = if !self.gso {
                 Fallback::GsoUnsupported
             } else if let Some(socket) = self.sockets.get(local, tx.now_ms, counters) {
-                let data = &storage[run.offset..run.offset + run.len];
+                let data = storage.bytes(run.offset, run.len);
                 match socket.send(SocketAddrV4::new(a.dst, a.dst_port), data, run.segment as u16) {
                     Ok(()) => {
                         let count = run.count as u64;
@@ -453,10 +449,10 @@ impl Worker {
 
     /// Sends single packets: as Ethernet frames where the next hop is known, else through
     /// the raw socket.
-    fn send_singles(
+    fn send_singles<P: Payloads + ?Sized>(
         &mut self,
         items: &[TxItem],
-        storage: &[u8],
+        storage: &P,
         counters: &mut Counters,
         errors: &mut RateLimitedLog,
     ) {
@@ -487,9 +483,14 @@ impl Worker {
 
     /// Decides every datagram of one receive slot or ring frame (several when GRO or a GSO
     /// sender made a train).
-    fn handle_datagrams(&mut self, arrival: Arrival, io: &mut SlotIo<'_>, counters: &mut Counters) {
-        let Arrival { at: slot_offset, len, stride, gwlb, appliance_ip } = arrival;
-        let data = &io.rx[slot_offset..slot_offset + len];
+    fn handle_datagrams(
+        &mut self,
+        arrival: Arrival,
+        data: &[u8],
+        io: &mut SlotIo<'_>,
+        counters: &mut Counters,
+    ) {
+        let Arrival { at: slot_offset, stride, gwlb, appliance_ip } = arrival;
         if let Some(peers) = &self.allowed_peers
             && !peers.iter().any(|net| net.contains(gwlb.ip()))
         {
@@ -604,19 +605,17 @@ impl SendQueue {
     }
 }
 
-/// What arrived in one receive slot or ring frame: `len` bytes at `at` in the receive
-/// buffer, one datagram every `stride` bytes, from `gwlb` to `appliance_ip`.
+/// Where what arrived in one receive slot or ring frame is: at `at` in what sends are taken
+/// from, one datagram every `stride` bytes, from `gwlb` to `appliance_ip`.
 struct Arrival {
     at: usize,
-    len: usize,
     stride: usize,
     gwlb: SocketAddrV4,
     appliance_ip: Ipv4Addr,
 }
 
-/// The buffers one slot is handled with: received datagrams, room for rejects, the send queue.
+/// The buffers one slot is handled with: room for rejects, the send queue.
 struct SlotIo<'a> {
-    rx: &'a [u8],
     inject: &'a mut [u8],
     /// Where `inject` starts in the buffer sends are taken from.
     inject_base: usize,

@@ -26,8 +26,8 @@ use arc_swap::ArcSwap;
 
 use crate::net::netlink::{Netlink, NetlinkError};
 use crate::net::sys::{
-    ETHERNET_HEADER_LEN, FRAME_HEADER_LEN, Frame, PacketSocket, RawSender, SEND_BATCH, SendReport,
-    TxItem,
+    ETHERNET_HEADER_LEN, FRAME_HEADER_LEN, Frame, PacketSocket, Payloads, RawSender, SEND_BATCH,
+    SendReport, TxItem,
 };
 use crate::wire::outer::{self, IPV4_HEADER_LEN, OUTER_HEADER_LEN};
 
@@ -289,7 +289,7 @@ impl SingleSender {
         SingleSender { raw, link, rest: Vec::with_capacity(batch) }
     }
 
-    pub fn send(&mut self, items: &[TxItem], payloads: &[u8]) -> PathReports {
+    pub fn send<P: Payloads + ?Sized>(&mut self, items: &[TxItem], payloads: &P) -> PathReports {
         let mut reports = PathReports::default();
         let Some(link) = &mut self.link else {
             reports.raw = self.raw.send(items, payloads);
@@ -370,10 +370,10 @@ impl LinkSender {
 
     /// Sends the items whose next hop is known as frames, and leaves the others in `rest`
     /// (in order) for the raw socket, asking the resolver about pairs it has not seen.
-    fn send(
+    fn send<P: Payloads + ?Sized>(
         &mut self,
         items: &[TxItem],
-        payloads: &[u8],
+        payloads: &P,
         rest: &mut Vec<TxItem>,
         report: &mut SendReport,
     ) {
@@ -413,7 +413,7 @@ impl LinkSender {
         self.flush(payloads, report);
     }
 
-    fn flush(&mut self, payloads: &[u8], report: &mut SendReport) {
+    fn flush<P: Payloads + ?Sized>(&mut self, payloads: &P, report: &mut SendReport) {
         if !self.frames.is_empty() {
             self.socket.send(&self.frames, payloads, report);
             self.frames.clear();
@@ -503,7 +503,7 @@ mod tests {
             item(APPLIANCE, unknown, 100),
         ];
         let (mut rest, mut report) = (Vec::new(), SendReport::default());
-        link.send(&items, &[0u8; 2048], &mut rest, &mut report);
+        link.send(&items, &[0u8; 2048][..], &mut rest, &mut report);
         assert_eq!(report, SendReport::default(), "nothing went through the packet socket");
         let rest: Vec<_> = rest.iter().map(|i| (i.src, i.dst, i.len)).collect();
         let expected: Vec<_> = items.iter().map(|i| (i.src, i.dst, i.len)).collect();

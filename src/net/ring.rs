@@ -19,12 +19,16 @@
 //! reads it. `PACKET_VNET_HDR` puts a virtio header before each frame: the segment size of
 //! such trains and whether the kernel left the UDP checksum to offload.
 //!
-//! The ring is mapped at the start of one region, followed by room the caller uses (a spill
-//! buffer for copied packets, injected rejects), so that everything a worker sends is at an
-//! offset in one slice, as on the sockets path.
+//! The mapping is shared with the kernel, which writes the frames it owns at any time: it is
+//! reached through a raw pointer, each frame's status atomically (acquire to take a frame,
+//! release to give it back), and a Rust slice exists only over a frame user space holds.
+//! A worker sends replies from the frames it holds and from its own buffer (copied packets,
+//! injected rejects): [`RingPayloads`] finds both by offset, as one buffer does on the
+//! sockets path.
 
 #![allow(unsafe_code)]
 
+use std::cell::Cell;
 use std::io;
 use std::mem::size_of;
 use std::net::Ipv4Addr;
@@ -32,6 +36,8 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
+
+use super::sys::Payloads;
 
 /// Bytes per frame: a 9,001-byte outer packet, its Ethernet header, the virtio header and
 /// the frame header fit.
@@ -125,10 +131,12 @@ pub fn bytecode_text(program: &[Instruction]) -> String {
     text
 }
 
-/// One ready frame of the ring.
+/// One ready frame of the ring, or a packet read from the socket into the caller's buffer
+/// ([`RxRing::read_copy`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RxFrame {
-    /// Where the Ethernet frame starts in [`RxRing::memory`], and its length in the ring.
+    /// Where the Ethernet frame starts (in the ring: [`RxRing::bytes`] reads it while it is
+    /// held; from [`RxRing::read_copy`]: in the buffer given), and its length there.
     pub offset: usize,
     pub len: usize,
     /// The packet did not fit the frame: it waits whole in the socket ([`RxRing::read_copy`]);
@@ -150,33 +158,39 @@ struct Stats {
     drops: u32,
 }
 
-/// A TPACKET_V2 receive ring on one interface, mapped at the start of a region of
-/// `ring + extra` bytes.
+/// A TPACKET_V2 receive ring on one interface.
+///
+/// The mapping is shared with the kernel, which writes any frame whose status is
+/// `TP_STATUS_KERNEL` at any time, so it is never behind a Rust reference as a whole: frame
+/// statuses are read and written atomically through raw pointers, and a slice is made only
+/// over a frame the kernel has handed over ([`RxRing::frame`]) until it goes back
+/// ([`RxRing::release`], which needs `&mut self`, so no slice outlives the hand-back).
 #[derive(Debug)]
 pub struct RxRing {
     socket: Socket,
-    region: *mut u8,
-    region_len: usize,
+    ring: *mut u8,
     ring_len: usize,
     frames: usize,
     /// The next frame to look at.
     head: usize,
+    /// Frames from the head the kernel has handed over (status seen `TP_STATUS_USER` with
+    /// acquire ordering) and not yet released: the only ones [`RxRing::bytes`] reads.
+    held: Cell<usize>,
 }
 
-// SAFETY: the ring's memory is owned by this value alone (the kernel writes only frames it
-// owns); it moves to its worker thread once.
+// SAFETY: the mapping is owned by this value alone (the kernel writes only frames it owns);
+// it moves to its worker thread once. (`Cell` keeps it from being shared between threads.)
 unsafe impl Send for RxRing {}
 
 impl RxRing {
-    /// Opens the socket on `interface` with about `ring_bytes` of frames and `extra` bytes
-    /// after them, filtered to GENEVE to `ip`:`port`, and joins fanout group `fanout` (`None`:
-    /// makes a new group; [`RxRing::fanout_group`] tells its id to the next ones).
+    /// Opens the socket on `interface` with about `ring_bytes` of frames, filtered to GENEVE
+    /// to `ip`:`port`, and joins fanout group `fanout` (`None`: makes a new group;
+    /// [`RxRing::fanout_group`] tells its id to the next ones).
     pub fn open(
         interface: u32,
         ip: Ipv4Addr,
         port: u16,
         ring_bytes: usize,
-        extra: usize,
         fanout: Option<u16>,
     ) -> io::Result<RxRing> {
         // Protocol 0: nothing reaches the socket before the filter and the ring are in place.
@@ -203,9 +217,8 @@ impl RxRing {
         };
         set(&socket, libc::PACKET_RX_RING, &request)?;
         let ring_len = frames * FRAME_SIZE;
-        let region_len = ring_len + extra.next_multiple_of(4096);
-        let region = map(&socket, ring_len, region_len)?;
-        let mut ring = RxRing { socket, region, region_len, ring_len, frames, head: 0 };
+        let ring = map(&socket, ring_len)?;
+        let ring = RxRing { socket, ring, ring_len, frames, head: 0, held: Cell::new(0) };
         // SAFETY: all-zero is a valid sockaddr_ll.
         let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         address.sll_family = libc::AF_PACKET as u16;
@@ -227,7 +240,6 @@ impl RxRing {
             Some(id) => u32::from(id),
         };
         set(&ring.socket, libc::PACKET_FANOUT, &(group | (PACKET_FANOUT_HASH << 16)))?;
-        ring.head = 0;
         Ok(ring)
     }
 
@@ -255,75 +267,84 @@ impl RxRing {
         self.socket.as_raw_fd()
     }
 
-    /// Bytes of the region the ring takes; the caller's room starts here.
+    /// Bytes of the ring: offsets of frames in it are below this.
     pub fn ring_len(&self) -> usize {
         self.ring_len
     }
 
-    /// The whole region: frames (read only the ones [`RxRing::frame`] returned, until they
-    /// are released) and the caller's room after [`RxRing::ring_len`].
-    pub fn memory(&mut self) -> &mut [u8] {
-        // SAFETY: the region is mapped for `region_len` bytes for as long as `self` lives, and
-        // `&mut self` makes this the only reference. The kernel writes only frames whose
-        // status is TP_STATUS_KERNEL; the caller reads only frames handed to it
-        // (TP_STATUS_USER, seen with acquire ordering) until it releases them.
-        unsafe { std::slice::from_raw_parts_mut(self.region, self.region_len) }
-    }
-
-    /// The `n`th frame after the head if the kernel has handed it over.
+    /// The `n`th frame after the head if the kernel has handed it over, and every frame
+    /// before it too (they are handed over in order); from then on it is held until released.
     pub fn frame(&self, n: usize) -> Option<RxFrame> {
         if n >= self.frames {
             return None;
         }
-        let at = ((self.head + n) % self.frames) * FRAME_SIZE;
-        let status = self.status(at).load(Ordering::Acquire);
-        if status & libc::TP_STATUS_USER == 0 {
-            return None;
+        for k in self.held.get()..=n {
+            let status = self.status(self.frame_at(k)).load(Ordering::Acquire);
+            if status & libc::TP_STATUS_USER == 0 {
+                return None;
+            }
+            self.held.set(k + 1);
         }
-        // SAFETY: the frame belongs to us now (status USER, read with acquire ordering); its
-        // header is a tpacket2_hdr at the frame's start, inside the mapped ring.
-        let header = unsafe { self.region.add(at).cast::<libc::tpacket2_hdr>().read() };
+        let at = self.frame_at(n);
+        let frame = self.bytes(at, FRAME_SIZE);
+        // A held frame's header is ours to read like the rest of it.
+        let word = |at: usize| {
+            u32::from_ne_bytes([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]])
+        };
+        let (status, wire_len, snap_len) = (word(0), word(TP_LEN), word(TP_SNAPLEN));
+        let mac = u16::from_ne_bytes([frame[TP_MAC], frame[TP_MAC + 1]]);
         // The kernel puts the Ethernet header after its own headers and the virtio header;
         // clamped so that a bad offset can only make a bad frame, never a read outside it.
-        let mac = usize::from(header.tp_mac).clamp(VNET_HEADER_LEN, FRAME_SIZE);
-        let len = (header.tp_snaplen as usize).min(FRAME_SIZE - mac);
+        let mac = (mac as usize).clamp(VNET_HEADER_LEN, FRAME_SIZE);
+        let len = (snap_len as usize).min(FRAME_SIZE - mac);
         // The virtio header sits just before the Ethernet header.
-        let vnet = at + mac - VNET_HEADER_LEN;
-        // SAFETY: as above; `vnet` is inside the frame (tp_mac leaves room for it).
-        let vnet = unsafe { std::slice::from_raw_parts(self.region.add(vnet), VNET_HEADER_LEN) };
-        let (checksum_known, segment) = read_vnet(vnet);
+        let (checksum_known, segment) = read_vnet(&frame[mac - VNET_HEADER_LEN..mac]);
         Some(RxFrame {
             offset: at + mac,
             len,
             copied: status & libc::TP_STATUS_COPY != 0,
-            wire_len: header.tp_len as usize,
+            wire_len: wire_len as usize,
             checksum_known: checksum_known
                 || status & (libc::TP_STATUS_CSUM_VALID | libc::TP_STATUS_CSUMNOTREADY) != 0,
             segment,
         })
     }
 
-    /// Hands the first `count` frames after the head back to the kernel and moves the head.
-    pub fn release(&mut self, count: usize) {
-        for n in 0..count {
-            let at = ((self.head + n) % self.frames) * FRAME_SIZE;
-            self.status(at).store(libc::TP_STATUS_KERNEL, Ordering::Release);
-        }
-        self.head = (self.head + count) % self.frames;
+    /// The `len` bytes at `offset` in the ring, which must lie in one frame this ring holds
+    /// (returned by [`RxRing::frame`] and not released yet); panics otherwise.
+    pub fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        let index = offset / FRAME_SIZE;
+        let held = index < self.frames
+            && (index + self.frames - self.head) % self.frames < self.held.get()
+            && offset.checked_add(len).is_some_and(|end| end <= (index + 1) * FRAME_SIZE);
+        assert!(held, "{len} bytes at {offset} are not in a frame the ring holds");
+        // SAFETY: the bytes are inside the mapping, in one frame the kernel handed over (its
+        // status was read as TP_STATUS_USER with acquire ordering, so its writes to the frame
+        // happened before) and will not write again until `release` gives it back; `release`
+        // takes `&mut self`, so this shared borrow ends first.
+        unsafe { std::slice::from_raw_parts(self.ring.add(offset), len) }
     }
 
-    /// Reads the next packet queued whole to the socket (a [`RxFrame::copied`] one) into the
-    /// region at `at` (at most `room` bytes, virtio header first): the frame as an
-    /// [`RxFrame`] at its offset, or `None` when nothing is queued.
-    pub fn read_copy(&mut self, at: usize, room: usize) -> io::Result<Option<RxFrame>> {
-        assert!(at >= self.ring_len && at + room <= self.region_len, "outside the caller's room");
-        // SAFETY: [at, at + room) is the caller's part of the region, which the kernel never
-        // writes by itself; recv writes at most `room` bytes there.
+    /// Hands the first `count` frames after the head back to the kernel and moves the head.
+    pub fn release(&mut self, count: usize) {
+        assert!(count <= self.held.get(), "releasing frames the ring does not hold");
+        for n in 0..count {
+            self.status(self.frame_at(n)).store(libc::TP_STATUS_KERNEL, Ordering::Release);
+        }
+        self.head = (self.head + count) % self.frames;
+        self.held.set(self.held.get() - count);
+    }
+
+    /// Reads the next packet queued whole to the socket (a [`RxFrame::copied`] one) into
+    /// `buffer` (virtio header first): the frame as an [`RxFrame`] at its offset in `buffer`,
+    /// or `None` when nothing is queued.
+    pub fn read_copy(&self, buffer: &mut [u8]) -> io::Result<Option<RxFrame>> {
+        // SAFETY: recv writes at most `buffer.len()` bytes into `buffer`.
         let rc = unsafe {
             libc::recv(
                 self.socket.as_raw_fd(),
-                self.region.add(at).cast(),
-                room,
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
                 libc::MSG_DONTWAIT,
             )
         };
@@ -338,12 +359,10 @@ impl RxRing {
         if got < VNET_HEADER_LEN {
             return Ok(None);
         }
-        // SAFETY: recv wrote `got` bytes at `at`.
-        let vnet = unsafe { std::slice::from_raw_parts(self.region.add(at), VNET_HEADER_LEN) };
-        let (checksum_known, segment) = read_vnet(vnet);
+        let (checksum_known, segment) = read_vnet(&buffer[..VNET_HEADER_LEN]);
         let len = got - VNET_HEADER_LEN;
         Ok(Some(RxFrame {
-            offset: at + VNET_HEADER_LEN,
+            offset: VNET_HEADER_LEN,
             len,
             copied: false,
             wire_len: len,
@@ -373,20 +392,54 @@ impl RxRing {
         Ok(u64::from(stats.drops))
     }
 
+    /// Where the `n`th frame after the head starts.
+    fn frame_at(&self, n: usize) -> usize {
+        ((self.head + n) % self.frames) * FRAME_SIZE
+    }
+
     fn status(&self, frame_at: usize) -> &AtomicU32 {
-        // SAFETY: tp_status is the first u32 of every frame header, 4-aligned (frames are
-        // FRAME_SIZE apart in a page-aligned mapping); the kernel and we share it only through
-        // atomic accesses.
-        unsafe { AtomicU32::from_ptr(self.region.add(frame_at).cast::<u32>()) }
+        // SAFETY: tp_status is the first u32 of every frame header, inside the mapping and
+        // 4-aligned (frames are FRAME_SIZE apart in a page-aligned mapping); the kernel and we
+        // share it only through atomic accesses, and no slice covers a frame the kernel owns.
+        unsafe { AtomicU32::from_ptr(self.ring.add(frame_at).cast::<u32>()) }
     }
 }
 
 impl Drop for RxRing {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the region `map` made; nothing refers to it any more.
-        unsafe { libc::munmap(self.region.cast(), self.region_len) };
+        // SAFETY: unmaps exactly the ring `map` made; nothing refers to it any more.
+        unsafe { libc::munmap(self.ring.cast(), self.ring_len) };
     }
 }
+
+/// What a ring worker sends from, by offset: the frames its ring holds below
+/// [`RxRing::ring_len`], its own buffer (`room`: copied packets, injected rejects) after.
+#[derive(Debug, Clone, Copy)]
+pub struct RingPayloads<'a> {
+    pub ring: &'a RxRing,
+    pub room: &'a [u8],
+}
+
+impl<'a> RingPayloads<'a> {
+    /// The `len` bytes at `offset`; panics when they are not in a held frame or the room.
+    pub fn get(&self, offset: usize, len: usize) -> &'a [u8] {
+        match offset.checked_sub(self.ring.ring_len) {
+            None => self.ring.bytes(offset, len),
+            Some(at) => &self.room[at..at + len],
+        }
+    }
+}
+
+impl Payloads for RingPayloads<'_> {
+    fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        self.get(offset, len)
+    }
+}
+
+/// Offsets of `struct tpacket2_hdr`'s fields after `tp_status` (host byte order).
+const TP_LEN: usize = 4;
+const TP_SNAPLEN: usize = 8;
+const TP_MAC: usize = 12;
 
 /// (checksum known, segment size) from a virtio header.
 fn read_vnet(vnet: &[u8]) -> (bool, usize) {
@@ -400,40 +453,23 @@ fn read_vnet(vnet: &[u8]) -> (bool, usize) {
     (known, segment)
 }
 
-/// Reserves `region_len` bytes of anonymous memory and maps the ring over its start.
-fn map(socket: &Socket, ring_len: usize, region_len: usize) -> io::Result<*mut u8> {
-    // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
-    let region = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            region_len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if region == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: MAP_FIXED over the start of the reservation just made, which nothing uses yet.
+/// Maps the socket's ring.
+fn map(socket: &Socket, ring_len: usize) -> io::Result<*mut u8> {
+    // SAFETY: a new shared mapping of the socket's ring; no existing memory is touched.
     let ring = unsafe {
         libc::mmap(
-            region,
+            std::ptr::null_mut(),
             ring_len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_FIXED | libc::MAP_POPULATE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
             socket.as_raw_fd(),
             0,
         )
     };
     if ring == libc::MAP_FAILED {
-        let error = io::Error::last_os_error();
-        // SAFETY: the reservation above, unused.
-        unsafe { libc::munmap(region, region_len) };
-        return Err(error);
+        return Err(io::Error::last_os_error());
     }
-    Ok(region.cast())
+    Ok(ring.cast())
 }
 
 /// Sets a SOL_PACKET option to `value`.
@@ -573,6 +609,47 @@ mod tests {
         // Listening on 0.0.0.0: any address.
         let any = geneve_filter(Ipv4Addr::UNSPECIFIED, 6081, 1, 0);
         assert_eq!(run(&any, &frame([10, 77, 0, 2], 17, 0, 6081), host), 1);
+    }
+
+    /// A ring on loopback and one UDP datagram to it: its frame is readable only from when the
+    /// ring has seen it handed over until it is released.
+    #[test]
+    fn only_frames_the_ring_holds_can_be_read() {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = receiver.local_addr().unwrap().port();
+        let ring = match RxRing::open(1, Ipv4Addr::LOCALHOST, port, 0, None) {
+            Ok(ring) => ring,
+            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+                eprintln!("skipped: packet sockets need CAP_NET_RAW");
+                return;
+            }
+            Err(error) => panic!("{error}"),
+        };
+        let mut ring = ring;
+        let read = |ring: &RxRing, offset: usize, len: usize| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ring.bytes(offset, len).len()))
+                .is_ok()
+        };
+        assert!(ring.frame(0).is_none());
+        assert!(!read(&ring, 0, 1), "a frame the kernel owns");
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.send_to(b"geneve?", ("127.0.0.1", port)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let frame = loop {
+            if let Some(frame) = ring.frame(0) {
+                break frame;
+            }
+            assert!(std::time::Instant::now() < deadline, "no frame");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let bytes = ring.bytes(frame.offset, frame.len);
+        assert_eq!(&bytes[bytes.len() - 7..], b"geneve?");
+        assert!(read(&ring, 0, FRAME_SIZE));
+        assert!(!read(&ring, 0, FRAME_SIZE + 1), "into the next frame, still the kernel's");
+        assert!(!read(&ring, FRAME_SIZE, 1), "the next frame");
+        ring.release(1);
+        assert!(!read(&ring, frame.offset, 1), "released");
+        assert!(ring.frame(0).is_none());
     }
 
     #[test]

@@ -29,6 +29,26 @@ pub const SEND_BATCH: usize = 64;
 /// few addresses GWLB sends to); past that the oldest socket is closed.
 pub const MAX_SOURCE_ADDRESSES: usize = 8;
 
+/// The memory the items of a send point into, by offset: one buffer, or a receive ring's
+/// frames and the worker's own room after them (`ring::RingPayloads`), which are not one
+/// slice.
+pub trait Payloads {
+    /// The `len` bytes at `offset`; panics when they are not there.
+    fn bytes(&self, offset: usize, len: usize) -> &[u8];
+}
+
+impl Payloads for [u8] {
+    fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        &self[offset..offset + len]
+    }
+}
+
+impl Payloads for Vec<u8> {
+    fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        &self[offset..offset + len]
+    }
+}
+
 /// One packet to send: a UDP header, then `len` bytes at `offset` in the payload buffer, from
 /// `src` to `dst`. The kernel writes the IPv4 header in front.
 #[derive(Debug, Clone, Copy)]
@@ -138,7 +158,7 @@ impl RawSender {
     /// Sends every item, batching system calls (one `sendmmsg` per run of items with the same
     /// source address, up to [`SEND_BATCH`] each); a message the kernel refuses is counted as
     /// failed and skipped, the rest still go out.
-    pub fn send(&mut self, items: &[TxItem], payloads: &[u8]) -> SendReport {
+    pub fn send<P: Payloads + ?Sized>(&mut self, items: &[TxItem], payloads: &P) -> SendReport {
         let mut report = SendReport::default();
         let mut rest = items;
         while let Some(first) = rest.first() {
@@ -158,7 +178,12 @@ impl RawSender {
     }
 }
 
-fn send_chunk(fd: RawFd, chunk: &[TxItem], payloads: &[u8], report: &mut SendReport) {
+fn send_chunk<P: Payloads + ?Sized>(
+    fd: RawFd,
+    chunk: &[TxItem],
+    payloads: &P,
+    report: &mut SendReport,
+) {
     // SAFETY: all-zero is a valid value for these plain C structs.
     let mut iovecs: [[libc::iovec; 2]; SEND_BATCH] = unsafe { zeroed() };
     let mut addrs: [libc::sockaddr_in; SEND_BATCH] = unsafe { zeroed() };
@@ -166,7 +191,7 @@ fn send_chunk(fd: RawFd, chunk: &[TxItem], payloads: &[u8], report: &mut SendRep
     for (i, item) in chunk.iter().enumerate() {
         addrs[i].sin_family = libc::AF_INET as libc::sa_family_t;
         addrs[i].sin_addr.s_addr = u32::from_ne_bytes(item.dst.octets());
-        let payload = &payloads[item.offset..item.offset + item.len];
+        let payload = payloads.bytes(item.offset, item.len);
         fill_message(&mut messages[i], &mut addrs[i], &mut iovecs[i], &item.udp, payload);
     }
     // SAFETY: the messages point into `iovecs`, `addrs`, `chunk` and `payloads`, which
@@ -278,7 +303,12 @@ impl PacketSocket {
     }
 
     /// Sends every frame in `sendmmsg` batches of up to [`SEND_BATCH`].
-    pub fn send(&self, frames: &[Frame], payloads: &[u8], report: &mut SendReport) {
+    pub fn send<P: Payloads + ?Sized>(
+        &self,
+        frames: &[Frame],
+        payloads: &P,
+        report: &mut SendReport,
+    ) {
         for chunk in frames.chunks(SEND_BATCH) {
             // SAFETY: all-zero is a valid value for these plain C structs.
             let mut iovecs: [[libc::iovec; 2]; SEND_BATCH] = unsafe { zeroed() };
@@ -288,7 +318,7 @@ impl PacketSocket {
                 addrs[i].sll_family = libc::AF_PACKET as libc::sa_family_t;
                 addrs[i].sll_protocol = (libc::ETH_P_IP as u16).to_be();
                 addrs[i].sll_ifindex = frame.interface as i32;
-                let payload = &payloads[frame.offset..frame.offset + frame.len];
+                let payload = payloads.bytes(frame.offset, frame.len);
                 fill_message(
                     &mut messages[i],
                     &mut addrs[i],
