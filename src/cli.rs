@@ -89,7 +89,8 @@ pub enum Command {
     /// Install or remove the tc ingress rule of `dataplane.io: packet_ring` (and `auto`) on
     /// the listen interface: for a privileged step before and after an unprivileged
     /// appliance (the systemd unit's ExecStartPre=+ and ExecStopPost=+). Needs CAP_NET_ADMIN;
-    /// with `dataplane.io: sockets`, install removes a rule left behind instead.
+    /// with `dataplane.io: sockets`, install removes a rule left behind instead (from every
+    /// interface the listen address covers).
     IngressRule {
         #[arg(value_enum)]
         action: RuleAction,

@@ -548,3 +548,69 @@ fn a_full_ring_drops_are_counted_not_silent() {
     );
     assert!(link.stop().success());
 }
+
+/// A rule left behind (a crash, or a switch from `packet_ring`) would drop all GENEVE the UDP
+/// sockets should get: the unit's ExecStartPre takes it off with `dataplane.io: sockets`, an
+/// appliance on sockets removes it itself when it may, and otherwise refuses to start saying
+/// how to remove it.
+#[test]
+fn a_rule_left_behind_never_silently_drops_what_the_sockets_should_get() {
+    let _serial = serial();
+    let no_admin = ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin"];
+    let mut link = Link::new();
+    let config = link.dir.path().join("labelwall.yaml");
+    let ingress_rule = |link: &Link, action: &str| {
+        let output = run_checked(
+            link.app
+                .exec(env!("CARGO_BIN_EXE_labelwall"))
+                .args(["ingress-rule", action, "-c"])
+                .arg(&config),
+            netns::COMMAND_LIMIT,
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let leave_rule = |link: &Link| {
+        link.write_config(APP_IP, "  io: packet_ring\n");
+        ingress_rule(link, "install");
+        assert!(link.rule_present());
+    };
+
+    // Unprivileged on sockets: refuses to start, and says how to remove the rule.
+    leave_rule(&link);
+    link.spawn(APP_IP, "  io: sockets\n  workers: 1\n", &no_admin);
+    let status = wait_bounded(link.appliance.as_mut().unwrap(), Duration::from_secs(15))
+        .expect("labelwall exits");
+    link.appliance = None;
+    assert!(!status.success());
+    let log = link.log();
+    assert!(
+        log.contains(&format!("a tc ingress rule for port {GENEVE_PORT} is installed on eth0")),
+        "{log}"
+    );
+    assert!(log.contains("labelwall ingress-rule remove -c"), "{log}");
+    assert!(log.contains(&format!("tc filter del dev eth0 ingress pref {GENEVE_PORT}")), "{log}");
+    assert!(link.rule_present());
+
+    // With CAP_NET_ADMIN (root) on sockets, and with auto falling back to sockets (listening
+    // on 0.0.0.0, which the rings cannot): removes it, says so, and GENEVE is answered.
+    for (listen, io) in [(APP_IP, "sockets"), ("0.0.0.0", "auto")] {
+        leave_rule(&link);
+        link.spawn(listen, &format!("  io: {io}\n  workers: 1\n"), &[]);
+        link.wait_ready();
+        assert!(link.log().contains("removed a tc ingress rule left by dataplane.io packet_ring"));
+        assert!(!link.rule_present(), "{io}");
+        let (sent, received) = link.load(1, 5000, 8, 128);
+        assert!(received * 100 >= sent * 99, "{io}: {received} of {sent}\n{}", link.log());
+        assert!(link.stop().success());
+    }
+
+    // The unit's ExecStartPre with sockets, also when listening on 0.0.0.0: takes it off.
+    for listen in [APP_IP, "0.0.0.0"] {
+        leave_rule(&link);
+        link.write_config(listen, "  io: sockets\n");
+        let said = ingress_rule(&link, "install");
+        assert!(said.contains("removed the tc ingress rule for port 6081 from eth0"), "{said}");
+        assert!(!link.rule_present(), "{listen}");
+        assert!(!link.app_tc(&["qdisc", "show", "dev", "eth0"]).contains("clsact"));
+    }
+}

@@ -129,8 +129,14 @@ pub enum StartError {
          falls back to sockets)"
     )]
     Ring(String),
-    #[error("dataplane.io is auto, but the packet rings cannot be used: {0}")]
-    RuleLeft(String),
+    #[error(
+        "a tc ingress rule for port {port} is installed on {interface} (left by dataplane.io \
+         packet_ring) and drops all GENEVE before the UDP sockets see it; this process cannot \
+         remove it ({error}): run `labelwall ingress-rule remove -c CONFIG` (or `tc filter del \
+         dev {interface} ingress pref {port}`) as root (with dataplane.io: sockets the unit's \
+         ExecStartPre does)"
+    )]
+    StaleRule { interface: String, port: u16, error: String },
 }
 
 /// The running data plane.
@@ -255,16 +261,6 @@ fn open_receivers(
         IoMode::Auto => match open_rings(settings, workers) {
             Ok(rings) => Some(rings),
             Err(reason) => {
-                // A rule installed for us (ExecStartPre) would drop everything the sockets
-                // should get.
-                if let Some(interface) = rule_left_on(settings) {
-                    return Err(StartError::RuleLeft(format!(
-                        "{reason}, and the tc ingress rule that keeps GENEVE from UDP sockets \
-                         is installed on {interface}: remove it (`tc filter del dev \
-                         {interface} ingress pref {}`) or fix the cause",
-                        settings.listen.port()
-                    )));
-                }
                 tracing::info!(%reason, "dataplane.io auto: receiving on UDP sockets");
                 None
             }
@@ -279,6 +275,7 @@ fn open_receivers(
         );
         return Ok((rings.into_iter().map(worker::Receiver::Ring).collect(), Some(rule)));
     }
+    clear_stale_rules(settings)?;
     let sockets = (0..workers)
         .map(|worker| {
             bind_worker_socket(settings)
@@ -291,30 +288,66 @@ fn open_receivers(
 
 /// `labelwall ingress-rule install|remove`: puts the rings' tc rule on the listen interface
 /// (`install`, when `dataplane.io` may use rings there) or takes it off (`remove`, and
-/// `install` with `dataplane.io: sockets`); what was done, as a sentence.
+/// `install` with `dataplane.io: sockets`, from every interface the sockets listen on); what
+/// was done, as a sentence.
 pub fn ingress_rule(config: &Config, install: bool) -> Result<String, String> {
     let listen = config.dataplane.listen;
     let (ip, port) = (*listen.ip(), listen.port());
-    let interface = match ring::interface_of(ip) {
-        Ok(Some((_, name, false))) => name,
-        _ => return Ok(format!("{ip} is not on a link that packet rings can use: nothing to do")),
-    };
     if install && config.dataplane.io != IoMode::Sockets {
+        let interface = match ring::interface_of(ip) {
+            Ok(Some((_, name, false))) => name,
+            _ => {
+                return Ok(format!(
+                    "{ip} is not on a link that packet rings can use: nothing to do"
+                ));
+            }
+        };
         let rule = IngressRule::install(&interface, ip, port)?;
         // Left in place for the appliance; `remove` takes it off.
         return Ok(format!("the tc ingress rule for {listen} is on {}", rule.interface()));
     }
-    if !crate::net::ingress::present(&interface, port) {
-        return Ok(format!("no tc ingress rule for port {port} on {interface}"));
+    let rules = rules_on(listen);
+    if rules.is_empty() {
+        return Ok(format!("no tc ingress rule for port {port} on the interfaces of {ip}"));
     }
-    crate::net::ingress::remove(&interface, port)?;
-    Ok(format!("removed the tc ingress rule for port {port} from {interface}"))
+    for interface in &rules {
+        crate::net::ingress::remove(interface, port)?;
+    }
+    Ok(format!("removed the tc ingress rule for port {port} from {}", rules.join(", ")))
 }
 
-/// The listen interface, when a tc ingress rule for the listen port is on it.
-fn rule_left_on(settings: &DataplaneSettings) -> Option<String> {
-    let (_, name, _) = ring::interface_of(*settings.listen.ip()).ok().flatten()?;
-    crate::net::ingress::present(&name, settings.listen.port()).then_some(name)
+/// The interfaces a socket listening on `listen` receives from that have a tc ingress rule
+/// for its port (which drops GENEVE before the socket sees it).
+fn rules_on(listen: SocketAddrV4) -> Vec<String> {
+    let interfaces = ring::interfaces_with(*listen.ip()).unwrap_or_default();
+    interfaces
+        .into_iter()
+        .filter(|(_, name, loopback)| {
+            !loopback && crate::net::ingress::present(name, listen.port())
+        })
+        .map(|(_, name, _)| name)
+        .collect()
+}
+
+/// Before receiving on UDP sockets: a tc ingress rule for the listen port (left by a crash, or
+/// by a run with `dataplane.io: packet_ring`) would silently drop all GENEVE. Removes it when
+/// this process may (CAP_NET_ADMIN), else refuses to start, saying how to remove it.
+fn clear_stale_rules(settings: &DataplaneSettings) -> Result<(), StartError> {
+    let port = settings.listen.port();
+    for interface in rules_on(settings.listen) {
+        match crate::net::ingress::remove(&interface, port) {
+            Ok(()) => tracing::warn!(
+                %interface,
+                port,
+                "removed a tc ingress rule left by dataplane.io packet_ring: it would have \
+                 dropped all GENEVE before the UDP sockets"
+            ),
+            Err(error) => {
+                return Err(StartError::StaleRule { interface, port, error });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One ring per worker in one fanout group, then the tc rule (only once the rings take the

@@ -487,14 +487,20 @@ fn set<T>(socket: &Socket, name: libc::c_int, value: &T) -> io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
-/// The index of the interface that has `ip`, and whether it is a loopback interface.
+/// The index and name of the interface that has `ip`, and whether it is a loopback interface.
 pub fn interface_of(ip: Ipv4Addr) -> io::Result<Option<(u32, String, bool)>> {
+    Ok(interfaces_with(ip)?.into_iter().next())
+}
+
+/// Every interface that has `ip` (any IPv4 address when `ip` is unspecified), as
+/// [`interface_of`] tells them, each once.
+pub fn interfaces_with(ip: Ipv4Addr) -> io::Result<Vec<(u32, String, bool)>> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list`, freed below.
     if unsafe { libc::getifaddrs(&mut list) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut found = None;
+    let mut found: Vec<(u32, String, bool)> = Vec::new();
     let mut entry = list;
     while !entry.is_null() {
         // SAFETY: a node of the list getifaddrs made, alive until freeifaddrs.
@@ -510,7 +516,8 @@ pub fn interface_of(ip: Ipv4Addr) -> io::Result<Option<(u32, String, bool)>> {
         }
         // SAFETY: an AF_INET address is a sockaddr_in.
         let address = unsafe { &*node.ifa_addr.cast::<libc::sockaddr_in>() };
-        if Ipv4Addr::from(u32::from_be(address.sin_addr.s_addr)) != ip {
+        let address = Ipv4Addr::from(u32::from_be(address.sin_addr.s_addr));
+        if !ip.is_unspecified() && address != ip {
             continue;
         }
         // SAFETY: ifa_name is a NUL-terminated string of the node.
@@ -518,8 +525,9 @@ pub fn interface_of(ip: Ipv4Addr) -> io::Result<Option<(u32, String, bool)>> {
         // SAFETY: as above.
         let index = unsafe { libc::if_nametoindex(node.ifa_name) };
         let loopback = node.ifa_flags & libc::IFF_LOOPBACK as u32 != 0;
-        found = Some((index, name.to_string_lossy().into_owned(), loopback));
-        break;
+        if !found.iter().any(|(i, _, _)| *i == index) {
+            found.push((index, name.to_string_lossy().into_owned(), loopback));
+        }
     }
     // SAFETY: the list getifaddrs made, freed once.
     unsafe { libc::freeifaddrs(list) };
