@@ -614,3 +614,47 @@ fn a_rule_left_behind_never_silently_drops_what_the_sockets_should_get() {
         assert!(!link.app_tc(&["qdisc", "show", "dev", "eth0"]).contains("clsact"));
     }
 }
+
+/// How often the appliance's worker threads have gone to sleep so far (their voluntary
+/// context switches, from /proc).
+fn worker_sleeps(pid: u32) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !comm.starts_with("lw-worker") {
+            continue;
+        }
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        let line = status.lines().find(|l| l.starts_with("voluntary_ctxt_switches:")).unwrap();
+        total += line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap();
+    }
+    total
+}
+
+/// An idle worker with nothing to expire (reflect mode keeps no flows) sleeps until a packet
+/// comes, without a timeout, and still stops at once on SIGTERM.
+#[test]
+fn idle_workers_sleep_until_a_packet_comes_and_stop_at_once() {
+    let _serial = serial();
+    for io in ["sockets", "packet_ring"] {
+        let mut link = Link::new();
+        link.start(&format!("  io: {io}\n  workers: 2\n"));
+        let (sent, received) = link.load(1, 1000, 8, 128);
+        assert!(received * 100 >= sent * 99, "{io}: {received} of {sent}\n{}", link.log());
+        // A ring worker reads its drop count once a second after packets came, then sleeps.
+        std::thread::sleep(Duration::from_millis(1500));
+        let pid = link.appliance.as_ref().unwrap().id();
+        let before = worker_sleeps(pid);
+        std::thread::sleep(Duration::from_secs(2));
+        let woke = worker_sleeps(pid) - before;
+        // A 100 ms timeout would wake two workers 40 times.
+        assert!(woke <= 2, "{io}: idle workers woke {woke} times in 2 s");
+        // Still woken by packets.
+        let (sent, received) = link.load(1, 200, 4, 128);
+        assert!(received * 100 >= sent * 99, "{io}: {received} of {sent}\n{}", link.log());
+        let stopping = Instant::now();
+        assert!(link.stop().success(), "{}", link.log());
+        assert!(stopping.elapsed() < Duration::from_secs(2), "{io}: {:?}", stopping.elapsed());
+    }
+}

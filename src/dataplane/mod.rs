@@ -122,6 +122,8 @@ pub enum StartError {
          (it needs CAP_NET_RAW: run as root or grant the capability, see docs/operations.md)"
     )]
     RawSocket(io::Error),
+    #[error("cannot create the eventfd that stops idle data-plane workers: {0}")]
+    Wake(io::Error),
     #[error("cannot start data-plane worker {worker}: {source}")]
     Spawn { worker: usize, source: io::Error },
     #[error(
@@ -143,6 +145,8 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Dataplane {
     stop: Arc<AtomicBool>,
+    /// Wakes workers sleeping without a timeout once `stop` is set.
+    wake: Arc<sys::Wake>,
     status: Arc<[Arc<WorkerStatus>]>,
     /// The packet socket's next hops; `None` when it is off or could not be opened.
     next_hops: Option<Arc<NextHops>>,
@@ -159,12 +163,13 @@ impl Dataplane {
         links: &ControlLinks,
     ) -> Result<Dataplane, StartError> {
         let workers = settings.workers.max(1);
-        let (mut receivers, ingress) = open_receivers(settings, workers)?;
-        let mut sockets = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let raw = sys::RawSender::open(settings.send_buffer).map_err(StartError::RawSocket)?;
-            sockets.push((receivers.remove(0), raw));
-        }
+        let wake = Arc::new(sys::Wake::new().map_err(StartError::Wake)?);
+        let raw_senders = (0..workers)
+            .map(|_| sys::RawSender::open(settings.send_buffer).map_err(StartError::RawSocket))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Last: the tc rule it may install must be removed on any error after it.
+        let (receivers, ingress) = open_receivers(settings, workers)?;
+        let sockets: Vec<_> = receivers.into_iter().zip(raw_senders).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(workers + 1);
         // Rings hand over frames past the IP stack; their replies skip the qdisc layer too.
@@ -197,6 +202,7 @@ impl Dataplane {
                 links,
                 Arc::clone(&status[index]),
                 Arc::clone(&stop),
+                Arc::clone(&wake),
             );
             let thread = std::thread::Builder::new()
                 .name(format!("lw-worker-{index}"))
@@ -206,6 +212,7 @@ impl Dataplane {
                 Ok(handle) => threads.push(handle),
                 Err(error) => {
                     stop.store(true, Ordering::Release);
+                    wake.wake();
                     threads.into_iter().for_each(|t| drop(t.join()));
                     if let Some(rule) = ingress {
                         rule.remove();
@@ -214,7 +221,7 @@ impl Dataplane {
                 }
             }
         }
-        Ok(Dataplane { stop, status, next_hops, threads, ingress })
+        Ok(Dataplane { stop, wake, status, next_hops, threads, ingress })
     }
 
     /// The next hops the workers' packet sockets send to, for metrics.
@@ -231,6 +238,7 @@ impl Dataplane {
     /// final totals.
     pub fn shutdown(self) -> Counters {
         self.stop.store(true, Ordering::Release);
+        self.wake.wake();
         for thread in self.threads {
             let _ = thread.join();
         }

@@ -3,7 +3,7 @@
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -18,8 +18,8 @@ use crate::flowlog::FlowLogSender;
 use crate::net::nexthop::SingleSender;
 use crate::net::ring::{RingPayloads, RxFrame, RxRing};
 use crate::net::sys::{
-    GsoSocket, MAX_GSO_SEGMENTS, Payloads, SendReport, TxItem, skip_unused_control_messages,
-    wait_readable,
+    GsoSocket, MAX_GSO_SEGMENTS, Payloads, SendReport, TxItem, Wake, skip_unused_control_messages,
+    wait_readable_or_woken,
 };
 use crate::pipeline::{Outcome, Pipeline};
 use crate::policy::Action;
@@ -50,7 +50,9 @@ const TRAIN_BATCH: usize = 8;
 const SPILL_SIZE: usize = 64 * 1024 + 1024;
 /// How often a ring worker asks the kernel how many packets its full ring dropped.
 const RING_STATS_INTERVAL_MS: u64 = 1_000;
-/// How long an idle worker sleeps before it looks at the stop flag again.
+/// How long an idle worker sleeps at most while something waits for its clock (flows or
+/// fragments to expire, a ring's drop count to read); otherwise it sleeps until a packet
+/// arrives or the data plane stops (`Wake`).
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// At most one log line per this interval for repeated errors.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
@@ -90,6 +92,8 @@ pub(super) struct Worker {
     allowed_peers: Option<Box<[Ipv4Net]>>,
     status: Arc<WorkerStatus>,
     stop: Arc<AtomicBool>,
+    /// Woken after `stop` is set: ends an idle wait.
+    wake: Arc<Wake>,
 }
 
 impl Worker {
@@ -100,6 +104,7 @@ impl Worker {
         links: &ControlLinks,
         status: Arc<WorkerStatus>,
         stop: Arc<AtomicBool>,
+        wake: Arc<Wake>,
     ) -> Self {
         Worker {
             index,
@@ -121,6 +126,7 @@ impl Worker {
             allowed_peers: settings.allowed_peers.as_deref().map(Box::from),
             status,
             stop,
+            wake,
         }
     }
 
@@ -193,9 +199,7 @@ impl Worker {
             let count = match received {
                 Ok(count) => count,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(error) = wait_readable(fd, IDLE_WAIT) {
-                        errors.log(self.index, "poll", &error);
-                    }
+                    self.sleep(fd, false, errors);
                     self.idle(clock, counters);
                     continue;
                 }
@@ -252,6 +256,8 @@ impl Worker {
         let mut room = vec![0u8; SPILL_SIZE + INJECT_REGION];
         let clock = Instant::now();
         let mut stats_at_ms = 0;
+        // Packets came since the drop count was last read (a full ring drops only then).
+        let mut drops_unread = false;
         let mut frames = [None::<RxFrame>; BATCH_SIZE];
         tracing::debug!(worker = self.index, "worker started on a packet ring");
         self.status.running.store(true, Ordering::Release);
@@ -259,15 +265,19 @@ impl Worker {
             let now_ms = clock.elapsed().as_millis() as u64;
             if now_ms >= stats_at_ms + RING_STATS_INTERVAL_MS {
                 stats_at_ms = now_ms;
+                drops_unread = false;
                 match ring.take_drops() {
-                    Ok(dropped) => counters.drop_many(DropReason::RingFull, dropped),
+                    Ok(0) => {}
+                    Ok(dropped) => {
+                        counters.drop_many(DropReason::RingFull, dropped);
+                        // Seen now, not after the next packet: an idle worker may sleep on.
+                        self.status.counters.publish(counters);
+                    }
                     Err(error) => errors.log(self.index, "ring statistics", &error),
                 }
             }
             if ring.frame(0).is_none() && !self.spin(ring) {
-                if let Err(error) = wait_readable(ring.fd(), IDLE_WAIT) {
-                    errors.log(self.index, "poll", &error);
-                }
+                self.sleep(ring.fd(), drops_unread, errors);
                 if ring.frame(0).is_none() {
                     self.idle(clock, counters);
                     continue;
@@ -294,6 +304,7 @@ impl Worker {
                     break;
                 }
             }
+            drops_unread = true;
             counters.batch();
             tx.now_ms = now_ms;
             self.pipeline.begin_batch(now_ms);
@@ -349,6 +360,16 @@ impl Worker {
                 return false;
             }
             std::hint::spin_loop();
+        }
+    }
+
+    /// Waits for `fd` to be readable or the data plane to stop: with no timeout unless `timer`
+    /// or flows or fragments to expire want the clock ([`IDLE_WAIT`]).
+    fn sleep(&self, fd: RawFd, timer: bool, errors: &mut RateLimitedLog) {
+        let counts = self.pipeline.flow_counts();
+        let timer = timer || counts.active > 0 || counts.fragments > 0;
+        if let Err(error) = wait_readable_or_woken(fd, &self.wake, timer.then_some(IDLE_WAIT)) {
+            errors.log(self.index, "poll", &error);
         }
     }
 

@@ -1,7 +1,7 @@
 //! The only place with `unsafe`: the raw-socket and packet-socket `sendmmsg(2)` of the
 //! send-back path, the `sendmsg(2)` with a `UDP_SEGMENT` control message of the
-//! segmentation-offload path, socket options socket2 does not have, and a `poll(2)` wait
-//! (the TUN ioctls are in `tun.rs`).
+//! segmentation-offload path, socket options socket2 does not have, `poll(2)` waits and the
+//! eventfd that ends them (the TUN ioctls are in `tun.rs`).
 //! Must not depend on: anything of labelwall's but the outer header layout (`wire::outer`).
 //!
 //! Why unsafe: GWLB wants replies from its own source port to `reply_port`, which a UDP socket
@@ -534,16 +534,63 @@ pub fn raise_open_file_limit(to: u64) -> io::Result<()> {
 
 /// Waits until `fd` is readable or `timeout` passes; true when readable.
 pub fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
-    let mut pollfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    let millis = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: one valid pollfd.
-    let rc = unsafe { libc::poll(&mut pollfd, 1, millis) };
-    match rc {
-        rc if rc < 0 => {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(error) }
+    let mut fds = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }];
+    poll(&mut fds, Some(timeout))?;
+    Ok(fds[0].revents != 0)
+}
+
+/// Waits until `fd` is readable, `wake` was woken or `timeout` passes (`None`: no timeout);
+/// true when `fd` is readable.
+pub fn wait_readable_or_woken(
+    fd: RawFd,
+    wake: &Wake,
+    timeout: Option<Duration>,
+) -> io::Result<bool> {
+    let mut fds = [
+        libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: wake.0.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+    ];
+    poll(&mut fds, timeout)?;
+    Ok(fds[0].revents != 0)
+}
+
+/// `poll(2)` on `fds` for at most `timeout` (`None`: until one is ready); an interrupted
+/// wait counts as a timeout.
+fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
+    let millis = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
+    // SAFETY: `fds` is a valid array of pollfds of the length given.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
+    if rc < 0 {
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
         }
-        0 => Ok(false),
-        _ => Ok(true),
+        fds.iter_mut().for_each(|fd| fd.revents = 0);
+    }
+    Ok(())
+}
+
+/// An eventfd that, once [`Wake::wake`] was called, wakes every thread that waits on it in
+/// [`wait_readable_or_woken`], then and later (nothing reads it, so it stays readable): how
+/// the data plane stops workers that sleep without a timeout.
+#[derive(Debug)]
+pub struct Wake(std::os::fd::OwnedFd);
+
+impl Wake {
+    pub fn new() -> io::Result<Wake> {
+        // SAFETY: eventfd takes no pointers; a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and nothing else owns it.
+        Ok(Wake(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }))
+    }
+
+    pub fn wake(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: write reads the 8 bytes of `one`, which live for the call. It can only fail
+        // when the counter is near overflow, and then the eventfd is readable anyway.
+        unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
     }
 }
