@@ -22,12 +22,14 @@ use std::time::{Duration, Instant};
 
 use common::metric;
 use labelwall::wire::outer::{self, OuterAddressing};
-use netns::{Netns, run_bounded, run_checked, veth, wait_bounded};
+use netns::{Capture, Netns, run_bounded, run_checked, veth, wait_bounded};
 
 const APP_IP: &str = "10.76.0.1";
 const PEER_IP: &str = "10.76.0.2";
 const GENEVE_PORT: u16 = 6081;
 const ADMIN_PORT: u16 = 8080;
+/// Runs the appliance without CAP_NET_ADMIN (it keeps CAP_NET_RAW, as the unit gives it).
+const NO_ADMIN: [&str; 3] = ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin"];
 
 /// The tests count packets on their own links, but share the CPU: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -135,27 +137,39 @@ impl Link {
     /// `secs` seconds of GENEVE from the peer at `rate` over `flows` flows of `size`-byte
     /// inner packets; (sent, received).
     fn load(&self, secs: u32, rate: u32, flows: u32, size: u32) -> (u64, u64) {
-        let output = run_checked(
-            self.peer.exec(env!("CARGO_BIN_EXE_labelwall")).args([
-                "loadgen",
-                "--target",
-                &format!("{APP_IP}:{GENEVE_PORT}"),
-                "--listen",
-                &format!("{PEER_IP}:{GENEVE_PORT}"),
-                "--duration",
-                &secs.to_string(),
-                "--rate",
-                &rate.to_string(),
-                "--flows",
-                &flows.to_string(),
-                "--size",
-                &size.to_string(),
-                "--json",
-            ]),
-            Duration::from_secs(u64::from(secs) + 20),
-        );
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let (rate, flows, size) = (rate.to_string(), flows.to_string(), size.to_string());
+        let report = self.loadgen(secs, &["--rate", &rate, "--flows", &flows, "--size", &size]);
         (report["sent"].as_u64().unwrap(), report["received"].as_u64().unwrap())
+    }
+
+    /// `secs` seconds of loadgen from the peer with `args`: its report.
+    fn loadgen(&self, secs: u32, args: &[&str]) -> serde_json::Value {
+        let (target, listen) =
+            (format!("{APP_IP}:{GENEVE_PORT}"), format!("{PEER_IP}:{GENEVE_PORT}"));
+        netns::loadgen(&self.peer, &target, &listen, secs, args)
+    }
+
+    /// `labelwall ingress-rule ACTION -c labelwall.yaml` in the app namespace, as root (the
+    /// unit's ExecStartPre=+ and ExecStopPost=+): what it said.
+    fn ingress_rule(&self, action: &str) -> String {
+        let output = run_checked(
+            self.app
+                .exec(env!("CARGO_BIN_EXE_labelwall"))
+                .args(["ingress-rule", action, "-c"])
+                .arg(self.dir.path().join("labelwall.yaml")),
+            netns::COMMAND_LIMIT,
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Starts the appliance as [`Link::spawn`] does and expects it to refuse to start: its log.
+    fn refused(&mut self, listen: &str, extra: &str, wrapper: &[&str]) -> String {
+        self.spawn(listen, extra, wrapper);
+        let status = wait_bounded(self.appliance.as_mut().unwrap(), Duration::from_secs(15))
+            .expect("labelwall exits");
+        self.appliance = None;
+        assert!(!status.success(), "{}", self.log());
+        self.log()
     }
 
     /// Whether the appliance's tc ingress rule is on the app's eth0.
@@ -244,24 +258,15 @@ fn read_capture(path: &std::path::Path) -> Vec<([u8; 4], u16, u16, Vec<u8>)> {
 /// (sent, replies matched).
 fn byte_exact_round(link: &Link) -> (u64, u64) {
     let capture = link.dir.path().join("peer.pcap");
-    let mut tcpdump: Child = link
-        .peer
-        .exec("tcpdump")
-        .args(["-i", "eth0", "-n", "-U", "-B", "16384", "-s", "0", "-w"])
-        .arg(&capture)
-        .args(["udp", "port", &GENEVE_PORT.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let (sent, received) = link.load(1, 3000, 16, 300);
-    std::thread::sleep(Duration::from_millis(200));
-    run_bounded(
-        Command::new("kill").args(["-INT", &tcpdump.id().to_string()]),
-        netns::COMMAND_LIMIT,
+    let port = GENEVE_PORT.to_string();
+    let tcpdump = Capture::start(
+        &link.peer,
+        &["-i", "eth0", "-n", "-U", "-B", "16384", "-s", "0"],
+        &capture,
+        &["udp", "port", &port],
     );
-    wait_bounded(&mut tcpdump, Duration::from_secs(5)).expect("tcpdump stops on SIGINT");
+    let (sent, received) = link.load(1, 3000, 16, 300);
+    tcpdump.stop();
     assert!(received * 100 >= sent * 99, "{received} of {sent} came back\n{}", link.log());
 
     let packets = read_capture(&capture);
@@ -430,14 +435,8 @@ fn the_fanout_spreads_flows_over_the_workers() {
 fn packet_ring_refuses_to_start_where_it_cannot_work_and_auto_falls_back_to_sockets() {
     let _serial = serial();
     // Without CAP_NET_ADMIN the tc rule cannot be installed (and nobody installed it).
-    let no_admin = ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin"];
     let mut link = Link::new();
-    link.spawn(APP_IP, "  io: packet_ring\n  workers: 1\n", &no_admin);
-    let status = wait_bounded(link.appliance.as_mut().unwrap(), Duration::from_secs(15))
-        .expect("labelwall exits");
-    link.appliance = None;
-    assert!(!status.success());
-    let log = link.log();
+    let log = link.refused(APP_IP, "  io: packet_ring\n  workers: 1\n", &NO_ADMIN);
     assert!(
         log.contains("dataplane.io is packet_ring, but cannot install the tc ingress rule"),
         "{log}"
@@ -445,7 +444,7 @@ fn packet_ring_refuses_to_start_where_it_cannot_work_and_auto_falls_back_to_sock
     assert!(log.contains("CAP_NET_ADMIN"), "{log}");
     assert!(!link.rule_present());
 
-    link.spawn(APP_IP, "  io: auto\n  workers: 1\n", &no_admin);
+    link.spawn(APP_IP, "  io: auto\n  workers: 1\n", &NO_ADMIN);
     link.wait_ready();
     assert!(link.log().contains("dataplane.io auto: receiving on UDP sockets"), "{}", link.log());
     let (sent, received) = link.load(1, 5000, 8, 128);
@@ -453,37 +452,21 @@ fn packet_ring_refuses_to_start_where_it_cannot_work_and_auto_falls_back_to_sock
     assert!(link.stop().success());
 
     // A loopback address has no link to tap.
-    link.spawn("127.0.0.1", "  io: packet_ring\n  workers: 1\n", &[]);
-    let status = wait_bounded(link.appliance.as_mut().unwrap(), Duration::from_secs(15))
-        .expect("labelwall exits");
-    link.appliance = None;
-    assert!(!status.success());
-    assert!(link.log().contains("a loopback interface"), "{}", link.log());
+    let log = link.refused("127.0.0.1", "  io: packet_ring\n  workers: 1\n", &[]);
+    assert!(log.contains("a loopback interface"), "{log}");
 }
 
 #[test]
 fn an_unprivileged_appliance_uses_a_rule_installed_for_it_and_leaves_its_removal_to_the_installer()
 {
     let _serial = serial();
-    let no_admin = ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin"];
     let mut link = Link::new();
     link.write_config(APP_IP, "  io: packet_ring\n  workers: 1\n");
-    let config = link.dir.path().join("labelwall.yaml");
-    let ingress_rule = |link: &Link, action: &str| {
-        let output = run_checked(
-            link.app
-                .exec(env!("CARGO_BIN_EXE_labelwall"))
-                .args(["ingress-rule", action, "-c"])
-                .arg(&config),
-            netns::COMMAND_LIMIT,
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
     // What the systemd unit's ExecStartPre=+ does before the unprivileged appliance starts.
-    let said = ingress_rule(&link, "install");
+    let said = link.ingress_rule("install");
     assert!(said.contains("is on eth0"), "{said}");
     assert!(link.rule_present());
-    link.spawn_as_configured(&no_admin);
+    link.spawn_as_configured(&NO_ADMIN);
     link.wait_ready();
     assert!(link.log().contains("rule_installed_here=false"), "{}", link.log());
     let (sent, received) = link.load(1, 5000, 8, 128);
@@ -491,7 +474,7 @@ fn an_unprivileged_appliance_uses_a_rule_installed_for_it_and_leaves_its_removal
     assert!(link.stop().success());
     assert!(link.rule_present(), "not the appliance's to remove");
     // ExecStopPost=+.
-    let said = ingress_rule(&link, "remove");
+    let said = link.ingress_rule("remove");
     assert!(said.contains("removed"), "{said}");
     assert!(!link.rule_present());
     assert!(!link.app_tc(&["qdisc", "show", "dev", "eth0"]).contains("clsact"));
@@ -514,22 +497,7 @@ fn a_full_ring_drops_are_counted_not_silent() {
     // The smallest ring (64 frames) and loadgen as fast as it can: the ring overflows.
     link.start("  io: packet_ring\n  workers: 1\n  receive_buffer: 65536\n");
     let dropped_before = softnet_dropped();
-    let output = run_checked(
-        link.peer.exec(env!("CARGO_BIN_EXE_labelwall")).args([
-            "loadgen",
-            "--target",
-            &format!("{APP_IP}:{GENEVE_PORT}"),
-            "--listen",
-            &format!("{PEER_IP}:{GENEVE_PORT}"),
-            "--duration",
-            "1",
-            "--flows",
-            "64",
-            "--json",
-        ]),
-        Duration::from_secs(30),
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = link.loadgen(1, &["--flows", "64"]);
     let sent = report["sent"].as_u64().unwrap();
     // The ring's drop count is read once a second.
     std::thread::sleep(Duration::from_millis(1500));
@@ -556,33 +524,16 @@ fn a_full_ring_drops_are_counted_not_silent() {
 #[test]
 fn a_rule_left_behind_never_silently_drops_what_the_sockets_should_get() {
     let _serial = serial();
-    let no_admin = ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin"];
     let mut link = Link::new();
-    let config = link.dir.path().join("labelwall.yaml");
-    let ingress_rule = |link: &Link, action: &str| {
-        let output = run_checked(
-            link.app
-                .exec(env!("CARGO_BIN_EXE_labelwall"))
-                .args(["ingress-rule", action, "-c"])
-                .arg(&config),
-            netns::COMMAND_LIMIT,
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
     let leave_rule = |link: &Link| {
         link.write_config(APP_IP, "  io: packet_ring\n");
-        ingress_rule(link, "install");
+        link.ingress_rule("install");
         assert!(link.rule_present());
     };
 
     // Unprivileged on sockets: refuses to start, and says how to remove the rule.
     leave_rule(&link);
-    link.spawn(APP_IP, "  io: sockets\n  workers: 1\n", &no_admin);
-    let status = wait_bounded(link.appliance.as_mut().unwrap(), Duration::from_secs(15))
-        .expect("labelwall exits");
-    link.appliance = None;
-    assert!(!status.success());
-    let log = link.log();
+    let log = link.refused(APP_IP, "  io: sockets\n  workers: 1\n", &NO_ADMIN);
     assert!(
         log.contains(&format!("a tc ingress rule for port {GENEVE_PORT} is installed on eth0")),
         "{log}"
@@ -608,7 +559,7 @@ fn a_rule_left_behind_never_silently_drops_what_the_sockets_should_get() {
     for listen in [APP_IP, "0.0.0.0"] {
         leave_rule(&link);
         link.write_config(listen, "  io: sockets\n");
-        let said = ingress_rule(&link, "install");
+        let said = link.ingress_rule("install");
         assert!(said.contains("removed the tc ingress rule for port 6081 from eth0"), "{said}");
         assert!(!link.rule_present(), "{listen}");
         assert!(!link.app_tc(&["qdisc", "show", "dev", "eth0"]).contains("clsact"));

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::metric;
-use netns::{Netns, run_bounded, run_checked, veth, wait_bounded};
+use netns::{Capture, Netns, run_checked, veth};
 
 const APP_IP: &str = "10.77.0.1";
 const PEER_IP: &str = "10.77.0.2";
@@ -82,24 +82,13 @@ impl Link {
 
     /// Sends `secs` seconds of GENEVE at [`RATE`] from the peer; returns (sent, received).
     fn load(&self, secs: u32) -> (u64, u64) {
-        let output = run_checked(
-            self.peer.exec(env!("CARGO_BIN_EXE_labelwall")).args([
-                "loadgen",
-                "--target",
-                &format!("{APP_IP}:{GENEVE_PORT}"),
-                "--listen",
-                &format!("{PEER_IP}:{GENEVE_PORT}"),
-                "--duration",
-                &secs.to_string(),
-                "--rate",
-                RATE,
-                "--flows",
-                "16",
-                "--json",
-            ]),
-            Duration::from_secs(u64::from(secs) + 20),
+        let report = netns::loadgen(
+            &self.peer,
+            &format!("{APP_IP}:{GENEVE_PORT}"),
+            &format!("{PEER_IP}:{GENEVE_PORT}"),
+            secs,
+            &["--rate", RATE, "--flows", "16"],
         );
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         (report["sent"].as_u64().unwrap(), report["received"].as_u64().unwrap())
     }
 
@@ -164,26 +153,15 @@ fn replies_to_what_packet_rings_received_carry_the_same_headers() {
 /// outer headers the raw socket would have written.
 fn frames_carry_the_raw_sockets_headers(link: Link) {
     let capture = link.dir.path().join("peer.pcap");
-    let mut tcpdump: Child = link
-        .peer
-        .exec("tcpdump")
-        .args(["-i", "eth0", "-n", "-U", "-s", "128", "-w"])
-        .arg(&capture)
-        .args(["udp", "and", "src", "host", APP_IP])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-
+    let tcpdump = Capture::start(
+        &link.peer,
+        &["-i", "eth0", "-n", "-U", "-s", "128"],
+        &capture,
+        &["udp", "and", "src", "host", APP_IP],
+    );
     let (sent, received) = link.load(1);
     let (packet, raw) = link.paths();
-    std::thread::sleep(Duration::from_millis(200));
-    run_bounded(
-        Command::new("kill").args(["-INT", &tcpdump.id().to_string()]),
-        netns::COMMAND_LIMIT,
-    );
-    wait_bounded(&mut tcpdump, Duration::from_secs(5)).expect("tcpdump stops on SIGINT");
+    tcpdump.stop();
 
     assert!(received * 100 >= sent * 99, "{received} of {sent} came back\n{}", link.log());
     // The first replies went raw while the resolver asked the kernel; the rest as frames.

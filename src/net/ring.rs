@@ -150,8 +150,10 @@ pub struct RxFrame {
     pub segment: usize,
 }
 
-/// What the ring's socket counted since the last [`RxRing::take_drops`].
+/// What the ring's socket counted since the last [`RxRing::take_drops`] (`struct
+/// tpacket_stats`).
 #[derive(Debug, Default, Clone, Copy)]
+#[repr(C)]
 struct Stats {
     /// Packets the socket received (unused: the worker counts what it reads).
     _packets: u32,
@@ -245,22 +247,7 @@ impl RxRing {
 
     /// The fanout group this socket is in (for the next workers' sockets to join).
     pub fn fanout_group(&self) -> io::Result<u16> {
-        let mut value: u32 = 0;
-        let mut len = size_of::<u32>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `value`.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.socket.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_FANOUT,
-                (&mut value as *mut u32).cast(),
-                &mut len,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(value as u16)
+        Ok(get::<u32>(&self.socket, libc::PACKET_FANOUT)? as u16)
     }
 
     pub fn fd(&self) -> i32 {
@@ -314,8 +301,11 @@ impl RxRing {
     /// (returned by [`RxRing::frame`] and not released yet); panics otherwise.
     pub fn bytes(&self, offset: usize, len: usize) -> &[u8] {
         let index = offset / FRAME_SIZE;
+        // How far the frame is after the head, going round the ring.
+        let after_head =
+            if index >= self.head { index - self.head } else { index + self.frames - self.head };
         let held = index < self.frames
-            && (index + self.frames - self.head) % self.frames < self.held.get()
+            && after_head < self.held.get()
             && offset.checked_add(len).is_some_and(|end| end <= (index + 1) * FRAME_SIZE);
         assert!(held, "{len} bytes at {offset} are not in a frame the ring holds");
         // SAFETY: the bytes are inside the mapping, in one frame the kernel handed over (its
@@ -374,22 +364,8 @@ impl RxRing {
     /// Packets the kernel dropped since the last call because the ring (or, for packets too
     /// large for a frame, the socket's queue) was full. A system call: call it rarely.
     pub fn take_drops(&self) -> io::Result<u64> {
-        let mut stats = Stats::default();
-        let mut len = size_of::<Stats>() as libc::socklen_t;
-        // SAFETY: PACKET_STATISTICS writes a tpacket_stats (two u32, like `Stats`) and resets it.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.socket.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                (&mut stats as *mut Stats).cast(),
-                &mut len,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(u64::from(stats.drops))
+        // Reading PACKET_STATISTICS resets it.
+        Ok(u64::from(get::<Stats>(&self.socket, libc::PACKET_STATISTICS)?.drops))
     }
 
     /// Where the `n`th frame after the head starts.
@@ -470,6 +446,24 @@ fn map(socket: &Socket, ring_len: usize) -> io::Result<*mut u8> {
         return Err(io::Error::last_os_error());
     }
     Ok(ring.cast())
+}
+
+/// Reads a SOL_PACKET option: `T` must be the plain C struct or integer the kernel writes.
+fn get<T: Default>(socket: &Socket, name: libc::c_int) -> io::Result<T> {
+    let mut value = T::default();
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`; the callers' `T` (u32,
+    // `Stats`: two u32 like tpacket_stats) are valid for any bytes it writes.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_PACKET,
+            name,
+            (&mut value as *mut T).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 { Ok(value) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Sets a SOL_PACKET option to `value`.
