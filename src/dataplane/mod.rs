@@ -122,7 +122,7 @@ pub enum StartError {
          (it needs CAP_NET_RAW: run as root or grant the capability, see docs/operations.md)"
     )]
     RawSocket(io::Error),
-    #[error("cannot create the eventfd that stops idle data-plane workers: {0}")]
+    #[error("cannot create the eventfd or timerfds that wake idle data-plane workers: {0}")]
     Wake(io::Error),
     #[error("cannot start data-plane worker {worker}: {source}")]
     Spawn { worker: usize, source: io::Error },
@@ -164,6 +164,10 @@ impl Dataplane {
     ) -> Result<Dataplane, StartError> {
         let workers = settings.workers.max(1);
         let wake = Arc::new(sys::Wake::new().map_err(StartError::Wake)?);
+        let mut tickers = (0..workers)
+            .map(|_| sys::Ticker::new())
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(StartError::Wake)?;
         let raw_senders = (0..workers)
             .map(|_| sys::RawSender::open(settings.send_buffer).map_err(StartError::RawSocket))
             .collect::<Result<Vec<_>, _>>()?;
@@ -202,7 +206,7 @@ impl Dataplane {
                 links,
                 Arc::clone(&status[index]),
                 Arc::clone(&stop),
-                Arc::clone(&wake),
+                worker::Waits { wake: Arc::clone(&wake), ticker: tickers.remove(0) },
             );
             let thread = std::thread::Builder::new()
                 .name(format!("lw-worker-{index}"))

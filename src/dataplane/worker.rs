@@ -18,8 +18,8 @@ use crate::flowlog::FlowLogSender;
 use crate::net::nexthop::SingleSender;
 use crate::net::ring::{RingPayloads, RxFrame, RxRing};
 use crate::net::sys::{
-    GsoSocket, MAX_GSO_SEGMENTS, Payloads, SendReport, TxItem, Wake, skip_unused_control_messages,
-    wait_readable_or_woken,
+    GsoSocket, MAX_GSO_SEGMENTS, Payloads, SendReport, Ticker, TxItem, Wake,
+    skip_unused_control_messages, wait_readable_or_woken,
 };
 use crate::pipeline::{Outcome, Pipeline};
 use crate::policy::Action;
@@ -50,9 +50,9 @@ const TRAIN_BATCH: usize = 8;
 const SPILL_SIZE: usize = 64 * 1024 + 1024;
 /// How often a ring worker asks the kernel how many packets its full ring dropped.
 const RING_STATS_INTERVAL_MS: u64 = 1_000;
-/// How long an idle worker sleeps at most while something waits for its clock (flows or
+/// How often an idle worker's ticker wakes it while something waits for its clock (flows or
 /// fragments to expire, a ring's drop count to read); otherwise it sleeps until a packet
-/// arrives or the data plane stops (`Wake`).
+/// arrives or the data plane stops.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// At most one log line per this interval for repeated errors.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
@@ -92,8 +92,15 @@ pub(super) struct Worker {
     allowed_peers: Option<Box<[Ipv4Net]>>,
     status: Arc<WorkerStatus>,
     stop: Arc<AtomicBool>,
-    /// Woken after `stop` is set: ends an idle wait.
-    wake: Arc<Wake>,
+    /// What ends an idle wait besides a packet.
+    waits: Waits,
+}
+
+/// What ends a worker's idle wait besides a packet: the data plane's stop (`wake`, woken
+/// after `stop` is set) and the worker's own ticker, on while something waits for its clock.
+pub(super) struct Waits {
+    pub wake: Arc<Wake>,
+    pub ticker: Ticker,
 }
 
 impl Worker {
@@ -104,7 +111,7 @@ impl Worker {
         links: &ControlLinks,
         status: Arc<WorkerStatus>,
         stop: Arc<AtomicBool>,
-        wake: Arc<Wake>,
+        waits: Waits,
     ) -> Self {
         Worker {
             index,
@@ -126,7 +133,7 @@ impl Worker {
             allowed_peers: settings.allowed_peers.as_deref().map(Box::from),
             status,
             stop,
-            wake,
+            waits,
         }
     }
 
@@ -363,12 +370,16 @@ impl Worker {
         }
     }
 
-    /// Waits for `fd` to be readable or the data plane to stop: with no timeout unless `timer`
-    /// or flows or fragments to expire want the clock ([`IDLE_WAIT`]).
-    fn sleep(&self, fd: RawFd, timer: bool, errors: &mut RateLimitedLog) {
+    /// Waits for `fd` to be readable or the data plane to stop, with no timeout; the ticker
+    /// wakes it every [`IDLE_WAIT`] while `timer` or flows or fragments to expire want the
+    /// clock.
+    fn sleep(&mut self, fd: RawFd, timer: bool, errors: &mut RateLimitedLog) {
         let counts = self.pipeline.flow_counts();
         let timer = timer || counts.active > 0 || counts.fragments > 0;
-        if let Err(error) = wait_readable_or_woken(fd, &self.wake, timer.then_some(IDLE_WAIT)) {
+        if let Err(error) = self.waits.ticker.set(timer, IDLE_WAIT) {
+            errors.log(self.index, "timer", &error);
+        }
+        if let Err(error) = wait_readable_or_woken(fd, &self.waits.wake, &self.waits.ticker) {
             errors.log(self.index, "poll", &error);
         }
     }

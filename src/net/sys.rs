@@ -16,7 +16,7 @@
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
@@ -539,19 +539,29 @@ pub fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
     Ok(fds[0].revents != 0)
 }
 
-/// Waits until `fd` is readable, `wake` was woken or `timeout` passes (`None`: no timeout);
-/// true when `fd` is readable.
-pub fn wait_readable_or_woken(
-    fd: RawFd,
-    wake: &Wake,
-    timeout: Option<Duration>,
-) -> io::Result<bool> {
-    let mut fds = [
-        libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
-        libc::pollfd { fd: wake.0.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-    ];
-    poll(&mut fds, timeout)?;
-    Ok(fds[0].revents != 0)
+/// What ended a [`wait_readable_or_woken`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Woken {
+    /// The file descriptor waited for is readable.
+    pub readable: bool,
+    /// The ticker fired (and was cleared).
+    pub ticked: bool,
+}
+
+/// Waits, with no timeout (so the kernel arms no timer for it), until `fd` is readable,
+/// `wake` was woken or `ticker` fires.
+pub fn wait_readable_or_woken(fd: RawFd, wake: &Wake, ticker: &Ticker) -> io::Result<Woken> {
+    let mut fds = [fd, wake.0.as_raw_fd(), ticker.fd.as_raw_fd()].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    poll(&mut fds, None)?;
+    let ticked = fds[2].revents != 0;
+    if ticked {
+        ticker.clear();
+    }
+    Ok(Woken { readable: fds[0].revents != 0, ticked })
 }
 
 /// `poll(2)` on `fds` for at most `timeout` (`None`: until one is ready); an interrupted
@@ -574,17 +584,13 @@ fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
 /// [`wait_readable_or_woken`], then and later (nothing reads it, so it stays readable): how
 /// the data plane stops workers that sleep without a timeout.
 #[derive(Debug)]
-pub struct Wake(std::os::fd::OwnedFd);
+pub struct Wake(OwnedFd);
 
 impl Wake {
     pub fn new() -> io::Result<Wake> {
         // SAFETY: eventfd takes no pointers; a new descriptor or -1.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just opened and nothing else owns it.
-        Ok(Wake(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }))
+        Ok(Wake(owned(fd)?))
     }
 
     pub fn wake(&self) {
@@ -592,5 +598,102 @@ impl Wake {
         // SAFETY: write reads the 8 bytes of `one`, which live for the call. It can only fail
         // when the counter is near overflow, and then the eventfd is readable anyway.
         unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+}
+
+/// A periodic timer (timerfd) that wakes a [`wait_readable_or_woken`] while it is on: one
+/// kernel timer for as long as it runs, instead of one armed for every wait with a timeout.
+#[derive(Debug)]
+pub struct Ticker {
+    fd: OwnedFd,
+    on: bool,
+}
+
+impl Ticker {
+    /// A ticker, off.
+    pub fn new() -> io::Result<Ticker> {
+        let flags = libc::TFD_CLOEXEC | libc::TFD_NONBLOCK;
+        // SAFETY: timerfd_create takes no pointers; a new descriptor or -1.
+        let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, flags) };
+        Ok(Ticker { fd: owned(fd)?, on: false })
+    }
+
+    /// Fires every `period` from now while `on`, never while off; a system call only when
+    /// that changes.
+    pub fn set(&mut self, on: bool, period: Duration) -> io::Result<()> {
+        if on == self.on {
+            return Ok(());
+        }
+        let period = if on {
+            libc::timespec {
+                tv_sec: period.as_secs() as libc::time_t,
+                tv_nsec: period.subsec_nanos() as libc::c_long,
+            }
+        } else {
+            libc::timespec { tv_sec: 0, tv_nsec: 0 }
+        };
+        let spec = libc::itimerspec { it_interval: period, it_value: period };
+        // SAFETY: timerfd_settime reads one itimerspec and writes none (null old value).
+        let rc =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.on = on;
+        Ok(())
+    }
+
+    /// Takes the expirations so far: not readable again until the next.
+    fn clear(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: read writes at most 8 bytes into `count`. Nothing to read (EAGAIN) is fine.
+        unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+    }
+}
+
+/// Owns the new descriptor `fd`, or the error when it is -1.
+fn owned(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened by the caller and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    /// An idle wait ends on a tick only while the ticker is on, and on a wake at once, for
+    /// every waiter, every time after.
+    #[test]
+    fn idle_waits_end_on_ticks_while_on_and_on_the_wake() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let fd = socket.as_raw_fd();
+        let wake = Arc::new(Wake::new().unwrap());
+        let mut ticker = Ticker::new().unwrap();
+        ticker.set(true, Duration::from_millis(20)).unwrap();
+        for _ in 0..3 {
+            let woken = wait_readable_or_woken(fd, &wake, &ticker).unwrap();
+            assert_eq!(woken, Woken { readable: false, ticked: true });
+        }
+        ticker.set(false, Duration::from_millis(20)).unwrap();
+        let waker = {
+            let wake = Arc::clone(&wake);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                wake.wake();
+            })
+        };
+        let started = Instant::now();
+        let woken = wait_readable_or_woken(fd, &wake, &ticker).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(250), "a tick while off: {woken:?}");
+        assert_eq!(woken, Woken::default());
+        waker.join().unwrap();
+        assert_eq!(wait_readable_or_woken(fd, &wake, &ticker).unwrap(), Woken::default());
+        socket.send_to(b"x", socket.local_addr().unwrap()).unwrap();
+        assert!(wait_readable_or_woken(fd, &wake, &ticker).unwrap().readable);
     }
 }
