@@ -164,7 +164,7 @@ impl Dataplane {
     ) -> Result<Dataplane, StartError> {
         let workers = settings.workers.max(1);
         let wake = Arc::new(sys::Wake::new().map_err(StartError::Wake)?);
-        let mut tickers = (0..workers)
+        let tickers = (0..workers)
             .map(|_| sys::Ticker::new())
             .collect::<io::Result<Vec<_>>>()
             .map_err(StartError::Wake)?;
@@ -198,7 +198,7 @@ impl Dataplane {
             .collect();
         let status: Arc<[Arc<WorkerStatus>]> =
             (0..workers).map(|_| Arc::new(WorkerStatus::default())).collect();
-        for (index, sockets) in sockets.into_iter().enumerate() {
+        for ((index, sockets), ticker) in sockets.into_iter().enumerate().zip(tickers) {
             let worker = worker::Worker::new(
                 index,
                 sockets,
@@ -206,7 +206,7 @@ impl Dataplane {
                 links,
                 Arc::clone(&status[index]),
                 Arc::clone(&stop),
-                worker::Waits { wake: Arc::clone(&wake), ticker: tickers.remove(0) },
+                worker::Waits { wake: Arc::clone(&wake), ticker },
             );
             let thread = std::thread::Builder::new()
                 .name(format!("lw-worker-{index}"))

@@ -53,7 +53,7 @@ const RING_STATS_INTERVAL_MS: u64 = 1_000;
 /// How often an idle worker's ticker wakes it while something waits for its clock (flows or
 /// fragments to expire, a ring's drop count to read); otherwise it sleeps until a packet
 /// arrives or the data plane stops.
-const IDLE_WAIT: Duration = Duration::from_millis(100);
+const IDLE_TICK: Duration = Duration::from_millis(100);
 /// At most one log line per this interval for repeated errors.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -371,12 +371,12 @@ impl Worker {
     }
 
     /// Waits for `fd` to be readable or the data plane to stop, with no timeout; the ticker
-    /// wakes it every [`IDLE_WAIT`] while `timer` or flows or fragments to expire want the
+    /// wakes it every [`IDLE_TICK`] while `timer` or flows or fragments to expire want the
     /// clock.
     fn sleep(&mut self, fd: RawFd, timer: bool, errors: &mut RateLimitedLog) {
         let counts = self.pipeline.flow_counts();
         let timer = timer || counts.active > 0 || counts.fragments > 0;
-        if let Err(error) = self.waits.ticker.set(timer, IDLE_WAIT) {
+        if let Err(error) = self.waits.ticker.set(timer, IDLE_TICK) {
             errors.log(self.index, "timer", &error);
         }
         if let Err(error) = wait_readable_or_woken(fd, &self.waits.wake, &self.waits.ticker) {
