@@ -132,9 +132,9 @@ pub enum StartError {
     )]
     Ring(String),
     #[error(
-        "a tc ingress rule for port {port} is installed on {interface} (left by dataplane.io \
-         packet_ring) and drops all GENEVE before the UDP sockets see it; this process cannot \
-         remove it ({error}): run `labelwall ingress-rule remove -c CONFIG` (or `tc filter del \
+        "a tc ingress rule for port {port} is installed on {interface} (for packet rings, which \
+         this process does not use) and drops all GENEVE before the UDP sockets see it; this \
+         process cannot remove it ({error}): run `labelwall ingress-rule remove -c CONFIG` (or `tc filter del \
          dev {interface} ingress pref {port}`) as root (with dataplane.io: sockets the unit's \
          ExecStartPre does)"
     )]
