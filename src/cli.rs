@@ -90,6 +90,18 @@ pub enum Command {
     /// A GWLB simulator: inner packets from a TUN device, wrapped in GENEVE toward an
     /// appliance, checked and delivered back, so real TCP crosses the appliance.
     GwlbSim(crate::tools::gwlbsim::GwlbSimArgs),
+    /// Install or remove the tc ingress rule of `dataplane.io: packet_ring` (and `auto`) on
+    /// the listen interface: for a privileged step before and after an unprivileged
+    /// appliance (the systemd unit's ExecStartPre=+ and ExecStopPost=+). Needs CAP_NET_ADMIN;
+    /// with `dataplane.io: sockets`, install removes a rule left behind instead (from every
+    /// interface the listen address covers).
+    IngressRule {
+        #[arg(value_enum)]
+        action: RuleAction,
+        /// Path of labelwall.yaml.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Print an EKS bearer token as a Kubernetes ExecCredential, like `aws eks get-token`,
     /// without the AWS CLI: for a kubeconfig's exec plugin. Credentials from
     /// AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, else the instance role
@@ -103,6 +115,12 @@ pub enum Command {
         #[arg(long, value_name = "REGION")]
         region: Option<String>,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuleAction {
+    Install,
+    Remove,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -132,6 +150,13 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Explain { config, src, dst, proto, sport, dport, server_name, json } => {
             let question = FlowQuestion { src, dst, protocol: proto.number(), sport, dport };
             explain_command(&config, &question, server_name.as_deref(), json)
+        }
+        Command::IngressRule { action, config } => {
+            let config = Config::load(&config)?;
+            let done = crate::dataplane::ingress_rule(&config, action == RuleAction::Install)
+                .map_err(|error| anyhow::anyhow!(error))?;
+            println!("{done}");
+            Ok(())
         }
         Command::Loadgen(args) => crate::tools::loadgen::run(&args),
         Command::Replay(args) => crate::tools::replay::run(&args),

@@ -72,7 +72,42 @@ pub struct DataplaneConfig {
     /// TCP RSTs and ICMP errors one worker generates per second at most; the rest are
     /// withheld and counted (`labelwall_rejects_suppressed_total`).
     pub reject_limit: u32,
+    /// How GENEVE is received and sent: UDP sockets, AF_PACKET rings, or the rings when they
+    /// can be set up here.
+    pub io: IoMode,
+    /// Microseconds a worker keeps polling for packets before it sleeps (0 = off).
+    pub busy_poll: u32,
 }
+
+/// `dataplane.io`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IoMode {
+    /// `recvmmsg` on SO_REUSEPORT UDP sockets (with GRO), raw/packet/GSO sockets to send.
+    /// The default until `packet_ring` has been measured to be no worse on every row of
+    /// docs/performance.md's table.
+    #[default]
+    Sockets,
+    /// A TPACKET ring per worker on the listen interface, the kernel's IP/UDP receive skipped
+    /// by a tc ingress rule; refuses to start when that cannot be set up.
+    PacketRing,
+    /// `packet_ring` when it can be set up, else `sockets` (the log says which and why).
+    Auto,
+}
+
+impl IoMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoMode::Sockets => "sockets",
+            IoMode::PacketRing => "packet_ring",
+            IoMode::Auto => "auto",
+        }
+    }
+}
+
+/// Most `dataplane.busy_poll`: a worker that spins longer than this per wake-up only burns
+/// its core.
+pub const MAX_BUSY_POLL_US: u32 = 10_000;
 
 impl Default for DataplaneConfig {
     fn default() -> Self {
@@ -86,6 +121,8 @@ impl Default for DataplaneConfig {
             packet_socket: true,
             allowed_peers: None,
             reject_limit: DEFAULT_REJECT_LIMIT,
+            io: IoMode::default(),
+            busy_poll: 0,
         }
     }
 }
@@ -412,6 +449,16 @@ impl Config {
         if self.dataplane.send_sockets > MAX_SEND_SOCKETS {
             error("dataplane.send_sockets", format!("must be at most {MAX_SEND_SOCKETS}"));
         }
+        if self.dataplane.busy_poll > MAX_BUSY_POLL_US {
+            error(
+                "dataplane.busy_poll",
+                format!(
+                    "{} microseconds is more than {MAX_BUSY_POLL_US}; 50 is a typical value, 0 \
+                     turns busy polling off",
+                    self.dataplane.busy_poll
+                ),
+            );
+        }
         if self.policy.is_none() {
             error("policy", "is required: the path of policy.yaml".into());
         }
@@ -602,6 +649,30 @@ mod tests {
         assert_eq!(errors.0.len(), 1, "{errors}");
         assert_eq!(errors.0[0].field.as_deref(), Some("labels.kubernetes[1].cluster"));
         assert_eq!(errors.0[0].line, Some(5));
+    }
+
+    #[test]
+    fn io_and_busy_poll_default_to_sockets_and_off_and_are_checked_with_their_line() {
+        let config = parse("policy: p.yaml").unwrap();
+        assert_eq!((config.dataplane.io, config.dataplane.busy_poll), (IoMode::Sockets, 0));
+        for (text, io) in [
+            ("sockets", IoMode::Sockets),
+            ("packet_ring", IoMode::PacketRing),
+            ("auto", IoMode::Auto),
+        ] {
+            let config =
+                parse(&format!("policy: p.yaml\ndataplane:\n  io: {text}\n  busy_poll: 50\n"))
+                    .unwrap();
+            assert_eq!((config.dataplane.io, config.dataplane.busy_poll), (io, 50));
+            assert_eq!(io.as_str(), text);
+        }
+        let errors = parse("policy: p.yaml\ndataplane:\n  workers: 1\n  io: rings\n").unwrap_err();
+        let text = errors.to_string();
+        assert!(text.starts_with("/etc/labelwall/labelwall.yaml:4:"), "{text}");
+        assert!(text.contains("packet_ring"), "the choices are named: {text}");
+        let errors = parse("policy: p.yaml\ndataplane:\n  busy_poll: 20000\n").unwrap_err();
+        assert_eq!(errors.0[0].field.as_deref(), Some("dataplane.busy_poll"), "{errors}");
+        assert_eq!(errors.0[0].line, Some(3), "{errors}");
     }
 
     #[test]

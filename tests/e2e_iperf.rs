@@ -127,11 +127,11 @@ impl Bench {
     /// Builds the topology, starts the appliance with `policy` (and the demo's inventory) and
     /// the simulator, and routes pod <-> db traffic through them.
     fn start(policy: &str) -> Bench {
-        Bench::start_with(policy, true)
+        Bench::start_with(policy, "  packet_socket: true\n")
     }
 
-    /// As [`Bench::start`], with `dataplane.packet_socket` set to `packet_socket`.
-    fn start_with(policy: &str, packet_socket: bool) -> Bench {
+    /// As [`Bench::start`], with `dataplane` (lines of the `dataplane:` section) added.
+    fn start_with(policy: &str, dataplane: &str) -> Bench {
         netns::require_tools(&[("ip", "-V"), ("iperf3", "--version")]);
         let dir = tempfile::tempdir().unwrap();
         let (rat, oth, db) = (Netns::new("rat"), Netns::new("oth"), Netns::new("db"));
@@ -166,7 +166,7 @@ impl Bench {
             gw.ip(&["rule", "add", "iif", dev, "to", to, "lookup", TO_GWLB_TABLE]);
         }
 
-        let appliance = start_appliance(&app, &dir, policy, packet_socket);
+        let appliance = start_appliance(&app, &dir, policy, dataplane);
         let mut sim = Daemon::start(
             "labelwall gwlb-sim",
             {
@@ -277,18 +277,13 @@ impl Bench {
     }
 }
 
-fn start_appliance(
-    app: &Netns,
-    dir: &tempfile::TempDir,
-    policy: &str,
-    packet_socket: bool,
-) -> Daemon {
+fn start_appliance(app: &Netns, dir: &tempfile::TempDir, policy: &str, dataplane: &str) -> Daemon {
     let path = |name: &str| dir.path().join(name);
     std::fs::write(path("policy.yaml"), policy).unwrap();
     std::fs::write(path("inventory.yaml"), labelwall::tools::demo::INVENTORY).unwrap();
     let config = format!(
         "dataplane:\n  listen: {APPLIANCE_IP}:{GENEVE_PORT}\n  workers: 1\n  reply_port: \
-         {GENEVE_PORT}\n  packet_socket: {packet_socket}\nadmin:\n  listen: 127.0.0.1:{ADMIN_PORT}\npolicy: {}\nlabels:\n  \
+         {GENEVE_PORT}\n{dataplane}admin:\n  listen: 127.0.0.1:{ADMIN_PORT}\npolicy: {}\nlabels:\n  \
          inventory: [{}]\n",
         path("policy.yaml").display(),
         path("inventory.yaml").display()
@@ -352,8 +347,20 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 #[test]
 fn ratings_reaches_the_database_through_the_appliance_and_other_is_refused_at_once() {
     let _serial = serial();
-    let mut bench = Bench::start(labelwall::tools::demo::POLICY);
+    ratings_passes_and_other_is_refused(Bench::start(labelwall::tools::demo::POLICY));
+}
 
+#[test]
+fn ratings_reaches_the_database_and_other_is_refused_through_packet_rings() {
+    let _serial = serial();
+    let bench = Bench::start_with(labelwall::tools::demo::POLICY, "  io: packet_ring\n");
+    assert!(bench.logs().contains("receiving on packet rings"), "{}", bench.logs());
+    ratings_passes_and_other_is_refused(bench);
+}
+
+/// iperf3 from ratings gets through, other is refused at once by the appliance's RST, and
+/// gwlb-sim found every returned datagram as it sent it.
+fn ratings_passes_and_other_is_refused(mut bench: Bench) {
     let _server = bench.iperf_server();
     let ratings = bench.iperf_client(&bench.rat, 3);
     assert!(
@@ -409,7 +416,7 @@ fn with_a_deny_rule_other_times_out_while_ratings_still_passes() {
     assert_eq!(labelwall::tools::demo::POLICY.matches("action: reject").count(), 1);
     let policy = labelwall::tools::demo::POLICY.replace("action: reject", "action: deny");
     // Also the raw socket's turn to carry single packets across a real link.
-    let mut bench = Bench::start_with(&policy, false);
+    let mut bench = Bench::start_with(&policy, "  packet_socket: false\n");
 
     let _server = bench.iperf_server();
     let other = bench.iperf_client(&bench.oth, 1);

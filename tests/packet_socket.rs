@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::metric;
-use netns::{Netns, run_bounded, run_checked, veth, wait_bounded};
+use netns::{Capture, Netns, run_checked, veth};
 
 const APP_IP: &str = "10.77.0.1";
 const PEER_IP: &str = "10.77.0.2";
@@ -38,6 +38,11 @@ struct Link {
 
 impl Link {
     fn start() -> Link {
+        Link::start_with("")
+    }
+
+    /// As [`Link::start`], with `dataplane` (lines of the `dataplane:` section) added.
+    fn start_with(dataplane: &str) -> Link {
         netns::require_tools(&[("ip", "-V"), ("tcpdump", "--version"), ("tshark", "--version")]);
         let (app, peer) = (Netns::new("app"), Netns::new("peer"));
         veth(&app, "eth0", &peer, "eth0", 1500);
@@ -47,7 +52,7 @@ impl Link {
         std::fs::write(dir.path().join("policy.yaml"), "default_action: allow\n").unwrap();
         let config = format!(
             "dataplane:\n  listen: {APP_IP}:{GENEVE_PORT}\n  workers: 1\n  reply_port: \
-             {GENEVE_PORT}\nadmin:\n  listen: 127.0.0.1:{ADMIN_PORT}\npolicy: policy.yaml\n\
+             {GENEVE_PORT}\n{dataplane}admin:\n  listen: 127.0.0.1:{ADMIN_PORT}\npolicy: policy.yaml\n\
              log:\n  level: info\n"
         );
         std::fs::write(dir.path().join("labelwall.yaml"), config).unwrap();
@@ -77,24 +82,13 @@ impl Link {
 
     /// Sends `secs` seconds of GENEVE at [`RATE`] from the peer; returns (sent, received).
     fn load(&self, secs: u32) -> (u64, u64) {
-        let output = run_checked(
-            self.peer.exec(env!("CARGO_BIN_EXE_labelwall")).args([
-                "loadgen",
-                "--target",
-                &format!("{APP_IP}:{GENEVE_PORT}"),
-                "--listen",
-                &format!("{PEER_IP}:{GENEVE_PORT}"),
-                "--duration",
-                &secs.to_string(),
-                "--rate",
-                RATE,
-                "--flows",
-                "16",
-                "--json",
-            ]),
-            Duration::from_secs(u64::from(secs) + 20),
+        let report = netns::loadgen(
+            &self.peer,
+            &format!("{APP_IP}:{GENEVE_PORT}"),
+            &format!("{PEER_IP}:{GENEVE_PORT}"),
+            secs,
+            &["--rate", RATE, "--flows", "16"],
         );
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         (report["sent"].as_u64().unwrap(), report["received"].as_u64().unwrap())
     }
 
@@ -144,28 +138,30 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 #[test]
 fn replies_leave_as_frames_with_the_headers_the_raw_socket_would_write() {
     let _serial = serial();
-    let link = Link::start();
-    let capture = link.dir.path().join("peer.pcap");
-    let mut tcpdump: Child = link
-        .peer
-        .exec("tcpdump")
-        .args(["-i", "eth0", "-n", "-U", "-s", "128", "-w"])
-        .arg(&capture)
-        .args(["udp", "and", "src", "host", APP_IP])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    frames_carry_the_raw_sockets_headers(Link::start());
+}
 
+#[test]
+fn replies_to_what_packet_rings_received_carry_the_same_headers() {
+    let _serial = serial();
+    let link = Link::start_with("  io: packet_ring\n");
+    assert!(link.log().contains("receiving on packet rings"), "{}", link.log());
+    frames_carry_the_raw_sockets_headers(link);
+}
+
+/// Replies leave as frames once the next hop is known, and tshark on the peer finds the
+/// outer headers the raw socket would have written.
+fn frames_carry_the_raw_sockets_headers(link: Link) {
+    let capture = link.dir.path().join("peer.pcap");
+    let tcpdump = Capture::start(
+        &link.peer,
+        &["-i", "eth0", "-n", "-U", "-s", "128"],
+        &capture,
+        &["udp", "and", "src", "host", APP_IP],
+    );
     let (sent, received) = link.load(1);
     let (packet, raw) = link.paths();
-    std::thread::sleep(Duration::from_millis(200));
-    run_bounded(
-        Command::new("kill").args(["-INT", &tcpdump.id().to_string()]),
-        netns::COMMAND_LIMIT,
-    );
-    wait_bounded(&mut tcpdump, Duration::from_secs(5)).expect("tcpdump stops on SIGINT");
+    tcpdump.stop();
 
     assert!(received * 100 >= sent * 99, "{received} of {sent} came back\n{}", link.log());
     // The first replies went raw while the resolver asked the kernel; the rest as frames.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README: installs what the tests need if it is missing (tshark,
-# iperf3, tcpreplay, tcpdump, iproute2, kubectl, openssl, unshare, logrotate, promtool from
+# iperf3, tcpreplay, tcpdump, iproute2 (ip, tc), kubectl, openssl, unshare and setpriv, python3,
+# logrotate, promtool from
 # `prometheus`, python3-venv from Debian; botocore from PyPI into a virtualenv), then runs
 # every test target.
 # Needs root (network namespaces, raw sockets, packet capture). Extra arguments go to cargo test;
@@ -10,8 +11,8 @@ cd "$(dirname "$0")/.."
 
 missing=()
 for tool_package in tshark:tshark iperf3:iperf3 tcpreplay:tcpreplay tcpdump:tcpdump ip:iproute2 \
-  kubectl:kubernetes-client openssl:openssl unshare:util-linux logrotate:logrotate \
-  promtool:prometheus; do
+  kubectl:kubernetes-client openssl:openssl unshare:util-linux setpriv:util-linux \
+  logrotate:logrotate promtool:prometheus tc:iproute2 python3:python3; do
   command -v "${tool_package%%:*}" >/dev/null 2>&1 || missing+=("${tool_package#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

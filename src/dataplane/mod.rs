@@ -22,11 +22,13 @@ use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::net::ingress::IngressRule;
 use crate::net::nexthop::{self, NextHops, SingleSender};
+use crate::net::ring::{self, RxRing};
 use crate::net::sys;
 pub use stats::{Counters, Fallback, SendPath, SharedCounters, SocketEvent};
 
-use crate::config::Config;
+use crate::config::{Config, IoMode};
 use crate::flowlog::FlowLogSender;
 use crate::pipeline::{FlowSettings, Mode};
 use crate::snapshot::SnapshotCell;
@@ -49,6 +51,10 @@ pub struct DataplaneSettings {
     pub flows: FlowSettings,
     /// Networks GENEVE may come from; `None` = any.
     pub allowed_peers: Option<Vec<ipnet::Ipv4Net>>,
+    /// How GENEVE is received and sent (`dataplane.io`).
+    pub io: IoMode,
+    /// Microseconds of busy polling per receive (`dataplane.busy_poll`, 0 = off).
+    pub busy_poll: u32,
 }
 
 impl DataplaneSettings {
@@ -66,6 +72,8 @@ impl DataplaneSettings {
             packet_socket: dataplane.packet_socket,
             flows: config.pipeline_settings(workers),
             allowed_peers: dataplane.allowed_peers.clone(),
+            io: dataplane.io,
+            busy_poll: dataplane.busy_poll,
         }
     }
 }
@@ -114,18 +122,37 @@ pub enum StartError {
          (it needs CAP_NET_RAW: run as root or grant the capability, see docs/operations.md)"
     )]
     RawSocket(io::Error),
+    #[error("cannot create the eventfd or timerfds that wake idle data-plane workers: {0}")]
+    Wake(io::Error),
     #[error("cannot start data-plane worker {worker}: {source}")]
     Spawn { worker: usize, source: io::Error },
+    #[error(
+        "dataplane.io is packet_ring, but {0}; set dataplane.io to sockets (or auto, which \
+         falls back to sockets)"
+    )]
+    Ring(String),
+    #[error(
+        "a tc ingress rule for port {port} is installed on {interface} (for packet rings, which \
+         this process does not use) and drops all GENEVE before the UDP sockets see it; this \
+         process cannot remove it ({error}): run `labelwall ingress-rule remove -c CONFIG` (or `tc filter del \
+         dev {interface} ingress pref {port}`) as root (with dataplane.io: sockets the unit's \
+         ExecStartPre does)"
+    )]
+    StaleRule { interface: String, port: u16, error: String },
 }
 
 /// The running data plane.
 #[derive(Debug)]
 pub struct Dataplane {
     stop: Arc<AtomicBool>,
+    /// Wakes workers sleeping without a timeout once `stop` is set.
+    wake: Arc<sys::Wake>,
     status: Arc<[Arc<WorkerStatus>]>,
     /// The packet socket's next hops; `None` when it is off or could not be opened.
     next_hops: Option<Arc<NextHops>>,
     threads: Vec<JoinHandle<()>>,
+    /// The tc rule that keeps GENEVE from the kernel's UDP stack (`packet_ring` only).
+    ingress: Option<IngressRule>,
 }
 
 impl Dataplane {
@@ -136,21 +163,24 @@ impl Dataplane {
         links: &ControlLinks,
     ) -> Result<Dataplane, StartError> {
         let workers = settings.workers.max(1);
-        let mut sockets = Vec::with_capacity(workers);
-        for worker in 0..workers {
-            let receive = bind_worker_socket(settings).map_err(|source| StartError::Bind {
-                listen: settings.listen,
-                worker,
-                source,
-            })?;
-            let raw = sys::RawSender::open(settings.send_buffer).map_err(StartError::RawSocket)?;
-            sockets.push((receive, raw));
-        }
+        let wake = Arc::new(sys::Wake::new().map_err(StartError::Wake)?);
+        let tickers = (0..workers)
+            .map(|_| sys::Ticker::new())
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(StartError::Wake)?;
+        let raw_senders = (0..workers)
+            .map(|_| sys::RawSender::open(settings.send_buffer).map_err(StartError::RawSocket))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Last: the tc rule it may install must be removed on any error after it.
+        let (receivers, ingress) = open_receivers(settings, workers)?;
+        let sockets: Vec<_> = receivers.into_iter().zip(raw_senders).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(workers + 1);
+        // Rings hand over frames past the IP stack; their replies skip the qdisc layer too.
+        let bypass_qdisc = ingress.is_some();
         let opened = settings
             .packet_socket
-            .then(|| nexthop::open_links(workers, settings.send_buffer, &stop))
+            .then(|| nexthop::open_links(workers, settings.send_buffer, bypass_qdisc, &stop))
             .flatten();
         let (mut link_senders, next_hops) = match opened {
             Some((senders, resolver, hops)) => {
@@ -162,13 +192,13 @@ impl Dataplane {
         let sockets: Vec<worker::WorkerSockets> = sockets
             .into_iter()
             .map(|(receive, raw)| worker::WorkerSockets {
-                receive: receive.into(),
+                receive,
                 single: SingleSender::new(raw, link_senders.next(), worker::MAX_SINGLES_PER_FLUSH),
             })
             .collect();
         let status: Arc<[Arc<WorkerStatus>]> =
             (0..workers).map(|_| Arc::new(WorkerStatus::default())).collect();
-        for (index, sockets) in sockets.into_iter().enumerate() {
+        for ((index, sockets), ticker) in sockets.into_iter().enumerate().zip(tickers) {
             let worker = worker::Worker::new(
                 index,
                 sockets,
@@ -176,6 +206,7 @@ impl Dataplane {
                 links,
                 Arc::clone(&status[index]),
                 Arc::clone(&stop),
+                worker::Waits { wake: Arc::clone(&wake), ticker },
             );
             let thread = std::thread::Builder::new()
                 .name(format!("lw-worker-{index}"))
@@ -185,12 +216,16 @@ impl Dataplane {
                 Ok(handle) => threads.push(handle),
                 Err(error) => {
                     stop.store(true, Ordering::Release);
+                    wake.wake();
                     threads.into_iter().for_each(|t| drop(t.join()));
+                    if let Some(rule) = ingress {
+                        rule.remove();
+                    }
                     return Err(error);
                 }
             }
         }
-        Ok(Dataplane { stop, status, next_hops, threads })
+        Ok(Dataplane { stop, wake, status, next_hops, threads, ingress })
     }
 
     /// The next hops the workers' packet sockets send to, for metrics.
@@ -207,8 +242,12 @@ impl Dataplane {
     /// final totals.
     pub fn shutdown(self) -> Counters {
         self.stop.store(true, Ordering::Release);
+        self.wake.wake();
         for thread in self.threads {
             let _ = thread.join();
+        }
+        if let Some(rule) = self.ingress {
+            rule.remove();
         }
         total(&self.status)
     }
@@ -223,12 +262,153 @@ pub fn total(status: &[Arc<WorkerStatus>]) -> Counters {
     sum
 }
 
+/// Each worker's receiver, by `dataplane.io`, and the tc rule the rings need.
+fn open_receivers(
+    settings: &DataplaneSettings,
+    workers: usize,
+) -> Result<(Vec<worker::Receiver>, Option<IngressRule>), StartError> {
+    let rings = match settings.io {
+        IoMode::Sockets => None,
+        IoMode::PacketRing => Some(open_rings(settings, workers).map_err(StartError::Ring)?),
+        IoMode::Auto => match open_rings(settings, workers) {
+            Ok(rings) => Some(rings),
+            Err(reason) => {
+                tracing::info!(%reason, "dataplane.io auto: receiving on UDP sockets");
+                None
+            }
+        },
+    };
+    if let Some((rings, rule)) = rings {
+        tracing::info!(
+            interface = rule.interface(),
+            rule_installed_here = rule.owned(),
+            "dataplane.io {}: receiving on packet rings",
+            settings.io.as_str()
+        );
+        return Ok((rings.into_iter().map(worker::Receiver::Ring).collect(), Some(rule)));
+    }
+    clear_stale_rules(settings)?;
+    let sockets = (0..workers)
+        .map(|worker| {
+            bind_worker_socket(settings)
+                .map(|socket| worker::Receiver::Socket(socket.into()))
+                .map_err(|source| StartError::Bind { listen: settings.listen, worker, source })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((sockets, None))
+}
+
+/// `labelwall ingress-rule install|remove`: puts the rings' tc rule on the listen interface
+/// (`install`, when `dataplane.io` may use rings there) or takes it off (`remove`, and
+/// `install` with `dataplane.io: sockets`, from every interface the sockets listen on); what
+/// was done, as a sentence.
+pub fn ingress_rule(config: &Config, install: bool) -> Result<String, String> {
+    let listen = config.dataplane.listen;
+    let (ip, port) = (*listen.ip(), listen.port());
+    if install && config.dataplane.io != IoMode::Sockets {
+        let interface = match ring::interface_of(ip) {
+            Ok(Some((_, name, false))) => name,
+            _ => {
+                return Ok(format!(
+                    "{ip} is not on a link that packet rings can use: nothing to do"
+                ));
+            }
+        };
+        let rule = IngressRule::install(&interface, ip, port)?;
+        // Left in place for the appliance; `remove` takes it off.
+        return Ok(format!("the tc ingress rule for {listen} is on {}", rule.interface()));
+    }
+    let rules = rules_on(listen);
+    if rules.is_empty() {
+        return Ok(format!("no tc ingress rule for port {port} on the interfaces of {ip}"));
+    }
+    for interface in &rules {
+        crate::net::ingress::remove(interface, port)?;
+    }
+    Ok(format!("removed the tc ingress rule for port {port} from {}", rules.join(", ")))
+}
+
+/// The interfaces a socket listening on `listen` receives from that have a tc ingress rule
+/// for its port (which drops GENEVE before the socket sees it).
+fn rules_on(listen: SocketAddrV4) -> Vec<String> {
+    let interfaces = ring::interfaces_with(*listen.ip()).unwrap_or_default();
+    interfaces
+        .into_iter()
+        .filter(|(_, name, loopback)| {
+            !loopback && crate::net::ingress::present(name, listen.port())
+        })
+        .map(|(_, name, _)| name)
+        .collect()
+}
+
+/// Before receiving on UDP sockets: a tc ingress rule for the listen port (left by a crash, or
+/// by a run with `dataplane.io: packet_ring`) would silently drop all GENEVE. Removes it when
+/// this process may (CAP_NET_ADMIN), else refuses to start, saying how to remove it.
+fn clear_stale_rules(settings: &DataplaneSettings) -> Result<(), StartError> {
+    let port = settings.listen.port();
+    for interface in rules_on(settings.listen) {
+        match crate::net::ingress::remove(&interface, port) {
+            Ok(()) => tracing::warn!(
+                %interface,
+                port,
+                "removed a tc ingress rule left by dataplane.io packet_ring: it would have \
+                 dropped all GENEVE before the UDP sockets"
+            ),
+            Err(error) => {
+                return Err(StartError::StaleRule { interface, port, error });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One ring per worker in one fanout group, then the tc rule (only once the rings take the
+/// packets it drops); why not, as a sentence, when that cannot be done here.
+fn open_rings(
+    settings: &DataplaneSettings,
+    workers: usize,
+) -> Result<(Vec<RxRing>, IngressRule), String> {
+    let ip = *settings.listen.ip();
+    if ip.is_unspecified() {
+        return Err("dataplane.listen is 0.0.0.0: the rings filter GENEVE by the appliance's \
+                    address, so listen on it (the ENI's primary address)"
+            .into());
+    }
+    let (interface, name, loopback) = ring::interface_of(ip)
+        .map_err(|error| format!("cannot list the interfaces' addresses: {error}"))?
+        .ok_or_else(|| format!("no interface has the listen address {ip}"))?;
+    if loopback {
+        return Err(format!("{ip} is on {name}, a loopback interface (packet rings need a link)"));
+    }
+    let port = settings.listen.port();
+    let mut rings: Vec<RxRing> = Vec::with_capacity(workers);
+    for worker in 0..workers {
+        let group = rings.first().map(RxRing::fanout_group).transpose();
+        let ring = group
+            .and_then(|group| RxRing::open(interface, ip, port, settings.receive_buffer, group));
+        rings.push(ring.map_err(|error| {
+            format!("cannot open the packet ring of worker {worker} on {name}: {error}")
+        })?);
+    }
+    let rule = IngressRule::install(&name, ip, port)?;
+    Ok((rings, rule))
+}
+
 fn bind_worker_socket(settings: &DataplaneSettings) -> io::Result<Socket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;
     sys::set_buffer_size(&socket, libc::SO_RCVBUFFORCE, settings.receive_buffer, |s, n| {
         s.set_recv_buffer_size(n)
     });
+    if settings.busy_poll > 0 {
+        // The kernel polls the device queue for this long before the receive call sleeps
+        // (SO_PREFER_BUSY_POLL: and keeps the device's interrupts deferred meanwhile, with
+        // the host settings in appliance/sysctl). Refused without CAP_NET_ADMIN above
+        // net.core.busy_read: the socket then works without it.
+        if let Err(error) = sys::set_busy_poll(&socket, settings.busy_poll) {
+            tracing::warn!(%error, busy_poll = settings.busy_poll, "busy polling not available");
+        }
+    }
     socket.bind(&settings.listen.into())?;
     Ok(socket)
 }

@@ -142,7 +142,11 @@ impl Counters {
     }
 
     pub fn drop(&mut self, reason: DropReason) {
-        self.values[DROPS + reason.index()] += 1;
+        self.drop_many(reason, 1);
+    }
+
+    pub fn drop_many(&mut self, reason: DropReason, count: u64) {
+        self.values[DROPS + reason.index()] += count;
     }
 
     /// Packets the kernel accepted for sending back to GWLB.

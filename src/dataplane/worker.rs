@@ -3,7 +3,7 @@
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,14 +16,16 @@ use super::stats::{Counters, Fallback, SendPath};
 use super::{ControlLinks, DataplaneSettings, WorkerStatus};
 use crate::flowlog::FlowLogSender;
 use crate::net::nexthop::SingleSender;
+use crate::net::ring::{RingPayloads, RxFrame, RxRing};
 use crate::net::sys::{
-    GsoSocket, MAX_GSO_SEGMENTS, SendReport, TxItem, skip_unused_control_messages, wait_readable,
+    GsoSocket, MAX_GSO_SEGMENTS, Payloads, SendReport, Ticker, TxItem, Wake,
+    skip_unused_control_messages, wait_readable_or_woken,
 };
 use crate::pipeline::{Outcome, Pipeline};
 use crate::policy::Action;
 use crate::reject::MAX_REJECT_LEN;
 use crate::wire::DropReason;
-use crate::wire::outer::{OUTER_HEADER_LEN, OuterAddressing};
+use crate::wire::outer::{self, OUTER_HEADER_LEN, OuterAddressing};
 
 /// One receive slot holds a whole GRO train (the kernel caps those at 64 KiB).
 const SLOT_SIZE: usize = 64 * 1024;
@@ -43,14 +45,29 @@ pub(super) const MAX_SINGLES_PER_FLUSH: usize = BATCH_SIZE * MAX_SEGMENTS_PER_SL
 /// call keep what was received in the core's cache until it is sent; 32 slots of 64 KiB
 /// would be 2 MiB, and the segmented sends would read it back from memory.
 const TRAIN_BATCH: usize = 8;
-/// How long an idle worker sleeps before it looks at the stop flag again.
-const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Room in a ring worker's own buffer for one packet too large for a ring frame (a train
+/// handed over whole), read from the socket: its virtio header, Ethernet frame and some slack.
+const SPILL_SIZE: usize = 64 * 1024 + 1024;
+/// How often a ring worker asks the kernel how many packets its full ring dropped.
+const RING_STATS_INTERVAL_MS: u64 = 1_000;
+/// How often an idle worker's ticker wakes it while something waits for its clock (flows or
+/// fragments to expire, a ring's drop count to read); otherwise it sleeps until a packet
+/// arrives or the data plane stops.
+const IDLE_TICK: Duration = Duration::from_millis(100);
 /// At most one log line per this interval for repeated errors.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Where a worker receives GENEVE (`dataplane.io`).
+pub(super) enum Receiver {
+    /// A `SO_REUSEPORT` UDP socket, read with `recvmmsg` (GRO trains whole).
+    Socket(std::net::UdpSocket),
+    /// A TPACKET ring in the workers' fanout group.
+    Ring(RxRing),
+}
+
 /// The sockets a worker receives and sends through (opened before any worker starts).
 pub(super) struct WorkerSockets {
-    pub receive: std::net::UdpSocket,
+    pub receive: Receiver,
     /// Single packets: the raw socket, and the packet socket when `dataplane.packet_socket`
     /// is on.
     pub single: SingleSender,
@@ -58,7 +75,9 @@ pub(super) struct WorkerSockets {
 
 pub(super) struct Worker {
     index: usize,
-    socket: std::net::UdpSocket,
+    receiver: Option<Receiver>,
+    /// Microseconds a ring worker spins on its ring before it sleeps (`dataplane.busy_poll`).
+    busy_poll: u32,
     sender: SingleSender,
     /// Per-port UDP sockets for segmented sends of trains.
     sockets: SendSockets,
@@ -73,6 +92,15 @@ pub(super) struct Worker {
     allowed_peers: Option<Box<[Ipv4Net]>>,
     status: Arc<WorkerStatus>,
     stop: Arc<AtomicBool>,
+    /// What ends an idle wait besides a packet.
+    waits: Waits,
+}
+
+/// What ends a worker's idle wait besides a packet: the data plane's stop (`wake`, woken
+/// after `stop` is set) and the worker's own ticker, on while something waits for its clock.
+pub(super) struct Waits {
+    pub wake: Arc<Wake>,
+    pub ticker: Ticker,
 }
 
 impl Worker {
@@ -83,10 +111,12 @@ impl Worker {
         links: &ControlLinks,
         status: Arc<WorkerStatus>,
         stop: Arc<AtomicBool>,
+        waits: Waits,
     ) -> Self {
         Worker {
             index,
-            socket: sockets.receive,
+            receiver: Some(sockets.receive),
+            busy_poll: settings.busy_poll,
             sender: sockets.single,
             sockets: SendSockets::new(settings.send_sockets),
             gso: settings.send_sockets > 0 && GsoSocket::supported(),
@@ -103,27 +133,11 @@ impl Worker {
             allowed_peers: settings.allowed_peers.as_deref().map(Box::from),
             status,
             stop,
+            waits,
         }
     }
 
     pub(super) fn run(mut self) {
-        let state = match UdpSocketState::new(UdpSockRef::from(&self.socket)) {
-            Ok(state) => state,
-            Err(error) => {
-                tracing::error!(worker = self.index, %error, "cannot configure the data-plane socket");
-                return;
-            }
-        };
-        // The destination address of each datagram is needed only to answer from it when
-        // listening on 0.0.0.0.
-        if let Err(error) =
-            skip_unused_control_messages(&self.socket, self.listen_ip.is_unspecified())
-        {
-            tracing::warn!(worker = self.index, %error, "cannot turn off unused control messages");
-        }
-        tracing::debug!(worker = self.index, gro_segments = state.gro_segments(), "worker started");
-        let mut storage = vec![0u8; RX_REGION + INJECT_REGION];
-        let mut metas = [RecvMeta::default(); BATCH_SIZE];
         let mut tx = SendQueue {
             singles: Vec::with_capacity(MAX_SINGLES_PER_FLUSH),
             runs: Vec::with_capacity(BATCH_SIZE * MAX_SEGMENTS_PER_SLOT),
@@ -132,7 +146,51 @@ impl Worker {
         };
         let mut counters = Counters::default();
         let mut errors = RateLimitedLog::default();
-        let fd = self.socket.as_raw_fd();
+        match self.receiver.take() {
+            Some(Receiver::Socket(socket)) => {
+                self.receive_socket(&socket, &mut tx, &mut counters, &mut errors)
+            }
+            Some(Receiver::Ring(mut ring)) => {
+                self.receive_ring(&mut ring, &mut tx, &mut counters, &mut errors)
+            }
+            None => {}
+        }
+        let flow_log = &self.flow_log;
+        self.pipeline.finish(|record| {
+            if let Some(log) = flow_log {
+                log.send(record);
+            }
+        });
+        counters.set_flows(self.pipeline.flow_counts());
+        self.status.counters.publish(&counters);
+        self.status.running.store(false, Ordering::Release);
+        tracing::debug!(worker = self.index, "worker stopped");
+    }
+
+    /// The sockets path: `recvmmsg` (GRO trains whole) until stopped.
+    fn receive_socket(
+        &mut self,
+        socket: &std::net::UdpSocket,
+        tx: &mut SendQueue,
+        counters: &mut Counters,
+        errors: &mut RateLimitedLog,
+    ) {
+        let state = match UdpSocketState::new(UdpSockRef::from(socket)) {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::error!(worker = self.index, %error, "cannot configure the data-plane socket");
+                return;
+            }
+        };
+        // The destination address of each datagram is needed only to answer from it when
+        // listening on 0.0.0.0.
+        if let Err(error) = skip_unused_control_messages(socket, self.listen_ip.is_unspecified()) {
+            tracing::warn!(worker = self.index, %error, "cannot turn off unused control messages");
+        }
+        tracing::debug!(worker = self.index, gro_segments = state.gro_segments(), "worker started");
+        let mut storage = vec![0u8; RX_REGION + INJECT_REGION];
+        let mut metas = [RecvMeta::default(); BATCH_SIZE];
+        let fd = socket.as_raw_fd();
         let clock = Instant::now();
         let mut batch = BATCH_SIZE;
         self.status.running.store(true, Ordering::Release);
@@ -143,19 +201,13 @@ impl Worker {
                 let mut slots: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
                     IoSliceMut::new(chunks.next().map_or(&mut [][..], |c| &mut c[..SLOT_SIZE]))
                 });
-                state.recv(UdpSockRef::from(&self.socket), &mut slots[..batch], &mut metas[..batch])
+                state.recv(UdpSockRef::from(socket), &mut slots[..batch], &mut metas[..batch])
             };
             let count = match received {
                 Ok(count) => count,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(error) = wait_readable(fd, IDLE_WAIT) {
-                        errors.log(self.index, "poll", &error);
-                    }
-                    // Idle: still let flows expire and pick up new snapshots.
-                    self.pipeline.begin_batch(clock.elapsed().as_millis() as u64);
-                    self.hand_over_flow_records();
-                    counters.set_flows(self.pipeline.flow_counts());
-                    self.status.counters.publish(&counters);
+                    self.sleep(fd, false, errors);
+                    self.idle(clock, counters);
                     continue;
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
@@ -174,31 +226,180 @@ impl Worker {
             let mut injected = 0;
             for (slot, meta) in metas[..count].iter().enumerate() {
                 if INJECT_REGION - injected < MAX_SEGMENTS_PER_SLOT * MAX_REJECT_LEN {
-                    self.flush(&mut tx, &storage, &mut counters, &mut errors);
+                    self.flush(tx, &storage, counters, errors);
                     injected = 0;
                 }
+                let SocketAddr::V4(gwlb) = meta.addr else { continue };
+                let appliance_ip = match meta.dst_ip {
+                    Some(IpAddr::V4(ip)) => ip,
+                    _ => self.listen_ip,
+                };
+                let stride = if meta.stride == 0 { meta.len.max(1) } else { meta.stride };
+                let at = slot * SLOT_STRIDE;
                 let (rx, inject) = storage.split_at_mut(RX_REGION);
-                let mut slot_io = SlotIo { rx, inject, injected: &mut injected, tx: &mut tx };
-                self.handle_slot(slot * SLOT_STRIDE, meta, &mut slot_io, &mut counters);
+                let mut slot_io =
+                    SlotIo { inject, inject_base: RX_REGION, injected: &mut injected, tx };
+                let arrival = Arrival { at, stride, gwlb, appliance_ip };
+                self.handle_datagrams(arrival, &rx[at..at + meta.len], &mut slot_io, counters);
             }
-            self.flush(&mut tx, &storage, &mut counters, &mut errors);
-            #[cfg(feature = "test-hooks")]
-            test_hooks::panic_if_asked(&counters);
-            self.hand_over_flow_records();
-            counters.set_flows(self.pipeline.flow_counts());
-            counters.set_sockets_open(self.sockets.open());
-            self.status.counters.publish(&counters);
+            self.flush(tx, &storage, counters, errors);
+            self.end_batch(counters);
         }
-        let flow_log = &self.flow_log;
-        self.pipeline.finish(|record| {
-            if let Some(log) = flow_log {
-                log.send(record);
+    }
+
+    /// The `packet_ring` path: frames read in place from the ring, handed back after their
+    /// replies went out; `poll` only when the ring is empty (after `busy_poll` of spinning).
+    fn receive_ring(
+        &mut self,
+        ring: &mut RxRing,
+        tx: &mut SendQueue,
+        counters: &mut Counters,
+        errors: &mut RateLimitedLog,
+    ) {
+        // Offsets at and above the ring's length are in `room`: the spill buffer for a packet
+        // too large for a frame, then injected rejects.
+        let spill_at = ring.ring_len();
+        let inject_base = spill_at + SPILL_SIZE;
+        let mut room = vec![0u8; SPILL_SIZE + INJECT_REGION];
+        let clock = Instant::now();
+        let mut stats_at_ms = 0;
+        // Packets came since the drop count was last read (a full ring drops only then).
+        let mut drops_unread = false;
+        let mut frames = [None::<RxFrame>; BATCH_SIZE];
+        tracing::debug!(worker = self.index, "worker started on a packet ring");
+        self.status.running.store(true, Ordering::Release);
+        while !self.stop.load(Ordering::Acquire) {
+            let now_ms = clock.elapsed().as_millis() as u64;
+            if now_ms >= stats_at_ms + RING_STATS_INTERVAL_MS {
+                stats_at_ms = now_ms;
+                drops_unread = false;
+                match ring.take_drops() {
+                    Ok(0) => {}
+                    Ok(dropped) => {
+                        counters.drop_many(DropReason::RingFull, dropped);
+                        // Seen now, not after the next packet: an idle worker may sleep on.
+                        self.status.counters.publish(counters);
+                    }
+                    Err(error) => errors.log(self.index, "ring statistics", &error),
+                }
             }
-        });
+            if ring.frame(0).is_none() && !self.spin(ring) {
+                self.sleep(ring.fd(), drops_unread, errors);
+                if ring.frame(0).is_none() {
+                    self.idle(clock, counters);
+                    continue;
+                }
+            }
+            // The ready frames, up to a batch; one too large for its frame ends the batch
+            // (its copy is read into the one spill buffer).
+            let mut taken = 0;
+            while taken < BATCH_SIZE {
+                let Some(frame) = ring.frame(taken) else { break };
+                taken += 1;
+                frames[taken - 1] = Some(frame);
+                if frame.copied {
+                    let copy = ring.read_copy(&mut room[..SPILL_SIZE]).unwrap_or_else(|error| {
+                        errors.log(self.index, "receive", &error);
+                        None
+                    });
+                    frames[taken - 1] =
+                        copy.map(|copy| RxFrame { offset: spill_at + copy.offset, ..copy });
+                    if copy.is_none() {
+                        counters.received(frame.wire_len);
+                        counters.drop(DropReason::RingFull);
+                    }
+                    break;
+                }
+            }
+            drops_unread = true;
+            counters.batch();
+            tx.now_ms = now_ms;
+            self.pipeline.begin_batch(now_ms);
+            let mut injected = 0;
+            for frame in frames[..taken].iter().flatten() {
+                if INJECT_REGION - injected < MAX_SEGMENTS_PER_SLOT * MAX_REJECT_LEN {
+                    self.flush(tx, &RingPayloads { ring, room: &room }, counters, errors);
+                    injected = 0;
+                }
+                if frame.len < frame.wire_len {
+                    // Cut to the frame, and the kernel could not queue it whole.
+                    counters.received(frame.wire_len);
+                    counters.drop(DropReason::RingFull);
+                    continue;
+                }
+                let (spill, inject) = room.split_at_mut(SPILL_SIZE);
+                let bytes = RingPayloads { ring, room: spill }.get(frame.offset, frame.len);
+                let outer = match outer::parse_frame(bytes, frame.checksum_known) {
+                    Ok(outer) => outer,
+                    Err(reason) => {
+                        counters.received(frame.len);
+                        counters.drop(reason);
+                        continue;
+                    }
+                };
+                let data = &bytes[outer.payload_offset..outer.payload_offset + outer.payload_len];
+                let arrival = Arrival {
+                    at: frame.offset + outer.payload_offset,
+                    stride: if frame.segment == 0 { data.len().max(1) } else { frame.segment },
+                    gwlb: SocketAddrV4::new(outer.src, outer.src_port),
+                    appliance_ip: outer.dst,
+                };
+                let mut slot_io = SlotIo { inject, inject_base, injected: &mut injected, tx };
+                self.handle_datagrams(arrival, data, &mut slot_io, counters);
+            }
+            self.flush(tx, &RingPayloads { ring, room: &room }, counters, errors);
+            ring.release(taken);
+            self.end_batch(counters);
+        }
+    }
+
+    /// Spins on the ring for up to `busy_poll` microseconds; true when a frame arrived.
+    fn spin(&self, ring: &RxRing) -> bool {
+        if self.busy_poll == 0 {
+            return false;
+        }
+        let until = Instant::now() + Duration::from_micros(u64::from(self.busy_poll));
+        loop {
+            if ring.frame(0).is_some() {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Waits for `fd` to be readable or the data plane to stop, with no timeout; the ticker
+    /// wakes it every [`IDLE_TICK`] while `timer` or flows or fragments to expire want the
+    /// clock.
+    fn sleep(&mut self, fd: RawFd, timer: bool, errors: &mut RateLimitedLog) {
+        let counts = self.pipeline.flow_counts();
+        let timer = timer || counts.active > 0 || counts.fragments > 0;
+        if let Err(error) = self.waits.ticker.set(timer, IDLE_TICK) {
+            errors.log(self.index, "timer", &error);
+        }
+        if let Err(error) = wait_readable_or_woken(fd, &self.waits.wake, &self.waits.ticker) {
+            errors.log(self.index, "poll", &error);
+        }
+    }
+
+    /// Nothing arrived: still let flows expire and pick up new snapshots.
+    fn idle(&mut self, clock: Instant, counters: &mut Counters) {
+        self.pipeline.begin_batch(clock.elapsed().as_millis() as u64);
+        self.hand_over_flow_records();
         counters.set_flows(self.pipeline.flow_counts());
-        self.status.counters.publish(&counters);
-        self.status.running.store(false, Ordering::Release);
-        tracing::debug!(worker = self.index, "worker stopped");
+        self.status.counters.publish(counters);
+    }
+
+    /// After a batch went out: flow records, gauges, counters published.
+    fn end_batch(&mut self, counters: &mut Counters) {
+        #[cfg(feature = "test-hooks")]
+        test_hooks::panic_if_asked(counters);
+        self.hand_over_flow_records();
+        counters.set_flows(self.pipeline.flow_counts());
+        counters.set_sockets_open(self.sockets.open());
+        self.status.counters.publish(counters);
     }
 
     /// Gives the flow log what the pipeline recorded (after the batch's packets went out).
@@ -211,10 +412,10 @@ impl Worker {
     /// Sends what is queued, in order: single packets in `sendmmsg` batches, each run of a
     /// train as one segmented send (or as single packets, one by one, when that cannot be
     /// done).
-    fn flush(
+    fn flush<P: Payloads + ?Sized>(
         &mut self,
         tx: &mut SendQueue,
-        storage: &[u8],
+        storage: &P,
         counters: &mut Counters,
         errors: &mut RateLimitedLog,
     ) {
@@ -235,7 +436,7 @@ impl Worker {
             let reason = if !self.gso {
                 Fallback::GsoUnsupported
             } else if let Some(socket) = self.sockets.get(local, tx.now_ms, counters) {
-                let data = &storage[run.offset..run.offset + run.len];
+                let data = storage.bytes(run.offset, run.len);
                 match socket.send(SocketAddrV4::new(a.dst, a.dst_port), data, run.segment as u16) {
                     Ok(()) => {
                         let count = run.count as u64;
@@ -280,10 +481,10 @@ impl Worker {
 
     /// Sends single packets: as Ethernet frames where the next hop is known, else through
     /// the raw socket.
-    fn send_singles(
+    fn send_singles<P: Payloads + ?Sized>(
         &mut self,
         items: &[TxItem],
-        storage: &[u8],
+        storage: &P,
         counters: &mut Counters,
         errors: &mut RateLimitedLog,
     ) {
@@ -312,17 +513,16 @@ impl Worker {
         }
     }
 
-    /// Decides every datagram of one receive slot (several when GRO coalesced a train).
-    fn handle_slot(
+    /// Decides every datagram of one receive slot or ring frame (several when GRO or a GSO
+    /// sender made a train).
+    fn handle_datagrams(
         &mut self,
-        slot_offset: usize,
-        meta: &RecvMeta,
+        arrival: Arrival,
+        data: &[u8],
         io: &mut SlotIo<'_>,
         counters: &mut Counters,
     ) {
-        let SocketAddr::V4(gwlb) = meta.addr else { return };
-        let data = &io.rx[slot_offset..slot_offset + meta.len];
-        let stride = if meta.stride == 0 { meta.len.max(1) } else { meta.stride };
+        let Arrival { at: slot_offset, stride, gwlb, appliance_ip } = arrival;
         if let Some(peers) = &self.allowed_peers
             && !peers.iter().any(|net| net.contains(gwlb.ip()))
         {
@@ -333,10 +533,6 @@ impl Worker {
             }
             return;
         }
-        let appliance_ip = match meta.dst_ip {
-            Some(IpAddr::V4(ip)) => ip,
-            _ => self.listen_ip,
-        };
         let addressing = OuterAddressing {
             src: appliance_ip,
             dst: *gwlb.ip(),
@@ -369,7 +565,7 @@ impl Worker {
                 }
                 Outcome::Reject { len } => {
                     counters.verdict(Action::Reject, datagram.len());
-                    let at = RX_REGION + *io.injected;
+                    let at = io.inject_base + *io.injected;
                     *io.injected += len.next_multiple_of(8);
                     // The train's datagrams before the trigger go first.
                     if let Some(run) = runs.finish() {
@@ -441,10 +637,20 @@ impl SendQueue {
     }
 }
 
-/// The buffers one slot is handled with: received datagrams, room for rejects, the send queue.
+/// Where what arrived in one receive slot or ring frame is: at `at` in what sends are taken
+/// from, one datagram every `stride` bytes, from `gwlb` to `appliance_ip`.
+struct Arrival {
+    at: usize,
+    stride: usize,
+    gwlb: SocketAddrV4,
+    appliance_ip: Ipv4Addr,
+}
+
+/// The buffers one slot is handled with: room for rejects, the send queue.
 struct SlotIo<'a> {
-    rx: &'a [u8],
     inject: &'a mut [u8],
+    /// Where `inject` starts in the buffer sends are taken from.
+    inject_base: usize,
     injected: &'a mut usize,
     tx: &'a mut SendQueue,
 }

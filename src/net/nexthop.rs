@@ -26,8 +26,8 @@ use arc_swap::ArcSwap;
 
 use crate::net::netlink::{Netlink, NetlinkError};
 use crate::net::sys::{
-    ETHERNET_HEADER_LEN, FRAME_HEADER_LEN, Frame, PacketSocket, RawSender, SEND_BATCH, SendReport,
-    TxItem,
+    ETHERNET_HEADER_LEN, FRAME_HEADER_LEN, Frame, PacketSocket, Payloads, RawSender, SEND_BATCH,
+    SendReport, TxItem,
 };
 use crate::wire::outer::{self, IPV4_HEADER_LEN, OUTER_HEADER_LEN};
 
@@ -289,7 +289,7 @@ impl SingleSender {
         SingleSender { raw, link, rest: Vec::with_capacity(batch) }
     }
 
-    pub fn send(&mut self, items: &[TxItem], payloads: &[u8]) -> PathReports {
+    pub fn send<P: Payloads + ?Sized>(&mut self, items: &[TxItem], payloads: &P) -> PathReports {
         let mut reports = PathReports::default();
         let Some(link) = &mut self.link else {
             reports.raw = self.raw.send(items, payloads);
@@ -305,16 +305,24 @@ impl SingleSender {
 }
 
 /// Packet sockets for `count` senders, the resolver thread they share (ended by `stop`) and
-/// its table, or `None`, with a warning, when either cannot be opened (a sandbox without
+/// its table (`bypass_qdisc`: frames go straight to the device's queue, see
+/// [`PacketSocket::bypass_qdisc`]), or `None`, with a warning, when either cannot be opened (a sandbox without
 /// `AF_PACKET` or `AF_NETLINK`, no CAP_NET_RAW): single packets then all go raw.
 pub fn open_links(
     count: usize,
     send_buffer: usize,
+    bypass_qdisc: bool,
     stop: &Arc<AtomicBool>,
 ) -> Option<(Vec<LinkSender>, JoinHandle<()>, Arc<NextHops>)> {
     let hops = Arc::new(NextHops::default());
     let opened = (0..count)
-        .map(|_| PacketSocket::open(send_buffer).map(|s| LinkSender::new(s, Arc::clone(&hops))))
+        .map(|_| {
+            let socket = PacketSocket::open(send_buffer)?;
+            if bypass_qdisc {
+                socket.bypass_qdisc();
+            }
+            Ok(LinkSender::new(socket, Arc::clone(&hops)))
+        })
         .collect::<io::Result<Vec<_>>>()
         .and_then(|senders| {
             Ok((senders, Resolver::spawn(Arc::clone(&hops), Arc::clone(stop))?, hops))
@@ -339,7 +347,7 @@ pub fn standalone(
     send_buffer: usize,
     stop: &Arc<AtomicBool>,
 ) -> (SingleSender, Option<JoinHandle<()>>) {
-    match open_links(1, send_buffer, stop) {
+    match open_links(1, send_buffer, false, stop) {
         Some((mut senders, resolver, _)) => {
             (SingleSender::new(raw, senders.pop(), SEND_BATCH), Some(resolver))
         }
@@ -362,10 +370,10 @@ impl LinkSender {
 
     /// Sends the items whose next hop is known as frames, and leaves the others in `rest`
     /// (in order) for the raw socket, asking the resolver about pairs it has not seen.
-    fn send(
+    fn send<P: Payloads + ?Sized>(
         &mut self,
         items: &[TxItem],
-        payloads: &[u8],
+        payloads: &P,
         rest: &mut Vec<TxItem>,
         report: &mut SendReport,
     ) {
@@ -405,7 +413,7 @@ impl LinkSender {
         self.flush(payloads, report);
     }
 
-    fn flush(&mut self, payloads: &[u8], report: &mut SendReport) {
+    fn flush<P: Payloads + ?Sized>(&mut self, payloads: &P, report: &mut SendReport) {
         if !self.frames.is_empty() {
             self.socket.send(&self.frames, payloads, report);
             self.frames.clear();
@@ -495,7 +503,7 @@ mod tests {
             item(APPLIANCE, unknown, 100),
         ];
         let (mut rest, mut report) = (Vec::new(), SendReport::default());
-        link.send(&items, &[0u8; 2048], &mut rest, &mut report);
+        link.send(&items, &[0u8; 2048][..], &mut rest, &mut report);
         assert_eq!(report, SendReport::default(), "nothing went through the packet socket");
         let rest: Vec<_> = rest.iter().map(|i| (i.src, i.dst, i.len)).collect();
         let expected: Vec<_> = items.iter().map(|i| (i.src, i.dst, i.len)).collect();

@@ -1,7 +1,7 @@
 //! The only place with `unsafe`: the raw-socket and packet-socket `sendmmsg(2)` of the
 //! send-back path, the `sendmsg(2)` with a `UDP_SEGMENT` control message of the
-//! segmentation-offload path, socket options socket2 does not have, and a `poll(2)` wait
-//! (the TUN ioctls are in `tun.rs`).
+//! segmentation-offload path, socket options socket2 does not have, `poll(2)` waits and the
+//! eventfd that ends them (the TUN ioctls are in `tun.rs`).
 //! Must not depend on: anything of labelwall's but the outer header layout (`wire::outer`).
 //!
 //! Why unsafe: GWLB wants replies from its own source port to `reply_port`, which a UDP socket
@@ -16,7 +16,7 @@
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
@@ -28,6 +28,26 @@ pub const SEND_BATCH: usize = 64;
 /// Source addresses a [`RawSender`] keeps a socket for (an appliance answers from the one or
 /// few addresses GWLB sends to); past that the oldest socket is closed.
 pub const MAX_SOURCE_ADDRESSES: usize = 8;
+
+/// The memory the items of a send point into, by offset: one buffer, or a receive ring's
+/// frames and the worker's own room after them (`ring::RingPayloads`), which are not one
+/// slice.
+pub trait Payloads {
+    /// The `len` bytes at `offset`; panics when they are not there.
+    fn bytes(&self, offset: usize, len: usize) -> &[u8];
+}
+
+impl Payloads for [u8] {
+    fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        &self[offset..offset + len]
+    }
+}
+
+impl Payloads for Vec<u8> {
+    fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        &self[offset..offset + len]
+    }
+}
 
 /// One packet to send: a UDP header, then `len` bytes at `offset` in the payload buffer, from
 /// `src` to `dst`. The kernel writes the IPv4 header in front.
@@ -138,7 +158,7 @@ impl RawSender {
     /// Sends every item, batching system calls (one `sendmmsg` per run of items with the same
     /// source address, up to [`SEND_BATCH`] each); a message the kernel refuses is counted as
     /// failed and skipped, the rest still go out.
-    pub fn send(&mut self, items: &[TxItem], payloads: &[u8]) -> SendReport {
+    pub fn send<P: Payloads + ?Sized>(&mut self, items: &[TxItem], payloads: &P) -> SendReport {
         let mut report = SendReport::default();
         let mut rest = items;
         while let Some(first) = rest.first() {
@@ -158,7 +178,12 @@ impl RawSender {
     }
 }
 
-fn send_chunk(fd: RawFd, chunk: &[TxItem], payloads: &[u8], report: &mut SendReport) {
+fn send_chunk<P: Payloads + ?Sized>(
+    fd: RawFd,
+    chunk: &[TxItem],
+    payloads: &P,
+    report: &mut SendReport,
+) {
     // SAFETY: all-zero is a valid value for these plain C structs.
     let mut iovecs: [[libc::iovec; 2]; SEND_BATCH] = unsafe { zeroed() };
     let mut addrs: [libc::sockaddr_in; SEND_BATCH] = unsafe { zeroed() };
@@ -166,7 +191,7 @@ fn send_chunk(fd: RawFd, chunk: &[TxItem], payloads: &[u8], report: &mut SendRep
     for (i, item) in chunk.iter().enumerate() {
         addrs[i].sin_family = libc::AF_INET as libc::sa_family_t;
         addrs[i].sin_addr.s_addr = u32::from_ne_bytes(item.dst.octets());
-        let payload = &payloads[item.offset..item.offset + item.len];
+        let payload = payloads.bytes(item.offset, item.len);
         fill_message(&mut messages[i], &mut addrs[i], &mut iovecs[i], &item.udp, payload);
     }
     // SAFETY: the messages point into `iovecs`, `addrs`, `chunk` and `payloads`, which
@@ -270,8 +295,20 @@ impl PacketSocket {
         Ok(PacketSocket { socket })
     }
 
+    /// Frames skip the qdisc layer (`PACKET_QDISC_BYPASS`): no queueing discipline, no tc
+    /// egress rules, straight to the driver's transmit queue (which reports a full queue as a
+    /// send error instead of queueing). Best effort: without it frames take the qdisc path.
+    pub fn bypass_qdisc(&self) {
+        let _ = set_int_option(&self.socket, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1);
+    }
+
     /// Sends every frame in `sendmmsg` batches of up to [`SEND_BATCH`].
-    pub fn send(&self, frames: &[Frame], payloads: &[u8], report: &mut SendReport) {
+    pub fn send<P: Payloads + ?Sized>(
+        &self,
+        frames: &[Frame],
+        payloads: &P,
+        report: &mut SendReport,
+    ) {
         for chunk in frames.chunks(SEND_BATCH) {
             // SAFETY: all-zero is a valid value for these plain C structs.
             let mut iovecs: [[libc::iovec; 2]; SEND_BATCH] = unsafe { zeroed() };
@@ -281,7 +318,7 @@ impl PacketSocket {
                 addrs[i].sll_family = libc::AF_PACKET as libc::sa_family_t;
                 addrs[i].sll_protocol = (libc::ETH_P_IP as u16).to_be();
                 addrs[i].sll_ifindex = frame.interface as i32;
-                let payload = &payloads[frame.offset..frame.offset + frame.len];
+                let payload = payloads.bytes(frame.offset, frame.len);
                 fill_message(
                     &mut messages[i],
                     &mut addrs[i],
@@ -342,6 +379,21 @@ pub fn set_int_option(
     };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
+
+/// Busy polling on `socket`: `SO_BUSY_POLL` for `micros`, `SO_PREFER_BUSY_POLL` and a budget
+/// of [`SEND_BATCH`] packets per poll where the kernel has them (5.11+; an older kernel keeps
+/// plain `SO_BUSY_POLL`).
+pub fn set_busy_poll(socket: &Socket, micros: u32) -> io::Result<()> {
+    let micros = micros.min(i32::MAX as u32) as libc::c_int;
+    set_int_option(socket, libc::SOL_SOCKET, libc::SO_BUSY_POLL, micros)?;
+    let _ = set_int_option(socket, libc::SOL_SOCKET, SO_PREFER_BUSY_POLL, 1);
+    let _ = set_int_option(socket, libc::SOL_SOCKET, SO_BUSY_POLL_BUDGET, SEND_BATCH as _);
+    Ok(())
+}
+
+/// asm-generic/socket.h (5.11+).
+const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
 
 /// `UDP_SEGMENT` (linux/udp.h; not in the libc crate for glibc targets).
 const UDP_SEGMENT: libc::c_int = 103;
@@ -482,16 +534,166 @@ pub fn raise_open_file_limit(to: u64) -> io::Result<()> {
 
 /// Waits until `fd` is readable or `timeout` passes; true when readable.
 pub fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
-    let mut pollfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    let millis = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: one valid pollfd.
-    let rc = unsafe { libc::poll(&mut pollfd, 1, millis) };
-    match rc {
-        rc if rc < 0 => {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(error) }
+    let mut fds = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }];
+    poll(&mut fds, Some(timeout))?;
+    Ok(fds[0].revents != 0)
+}
+
+/// What ended a [`wait_readable_or_woken`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Woken {
+    /// The file descriptor waited for is readable.
+    pub readable: bool,
+    /// The ticker fired (and was cleared).
+    pub ticked: bool,
+}
+
+/// Waits, with no timeout (so the kernel arms no timer for it), until `fd` is readable,
+/// `wake` was woken or `ticker` fires.
+pub fn wait_readable_or_woken(fd: RawFd, wake: &Wake, ticker: &Ticker) -> io::Result<Woken> {
+    let mut fds = [fd, wake.0.as_raw_fd(), ticker.fd.as_raw_fd()].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    poll(&mut fds, None)?;
+    let ticked = fds[2].revents != 0;
+    if ticked {
+        ticker.clear();
+    }
+    Ok(Woken { readable: fds[0].revents != 0, ticked })
+}
+
+/// `poll(2)` on `fds` for at most `timeout` (`None`: until one is ready); an interrupted
+/// wait counts as a timeout.
+fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
+    let millis = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
+    // SAFETY: `fds` is a valid array of pollfds of the length given.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
+    if rc < 0 {
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
         }
-        0 => Ok(false),
-        _ => Ok(true),
+        fds.iter_mut().for_each(|fd| fd.revents = 0);
+    }
+    Ok(())
+}
+
+/// An eventfd that, once [`Wake::wake`] was called, wakes every thread that waits on it in
+/// [`wait_readable_or_woken`], then and later (nothing reads it, so it stays readable): how
+/// the data plane stops workers that sleep without a timeout.
+#[derive(Debug)]
+pub struct Wake(OwnedFd);
+
+impl Wake {
+    pub fn new() -> io::Result<Wake> {
+        // SAFETY: eventfd takes no pointers; a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        Ok(Wake(owned(fd)?))
+    }
+
+    pub fn wake(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: write reads the 8 bytes of `one`, which live for the call. It can only fail
+        // when the counter is near overflow, and then the eventfd is readable anyway.
+        unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+}
+
+/// A periodic timer (timerfd) that wakes a [`wait_readable_or_woken`] while it is on: one
+/// kernel timer for as long as it runs, instead of one armed for every wait with a timeout.
+#[derive(Debug)]
+pub struct Ticker {
+    fd: OwnedFd,
+    on: bool,
+}
+
+impl Ticker {
+    /// A ticker, off.
+    pub fn new() -> io::Result<Ticker> {
+        let flags = libc::TFD_CLOEXEC | libc::TFD_NONBLOCK;
+        // SAFETY: timerfd_create takes no pointers; a new descriptor or -1.
+        let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, flags) };
+        Ok(Ticker { fd: owned(fd)?, on: false })
+    }
+
+    /// Fires every `period` from now while `on`, never while off; a system call only when
+    /// that changes.
+    pub fn set(&mut self, on: bool, period: Duration) -> io::Result<()> {
+        if on == self.on {
+            return Ok(());
+        }
+        let period = if on {
+            libc::timespec {
+                tv_sec: period.as_secs() as libc::time_t,
+                tv_nsec: period.subsec_nanos() as libc::c_long,
+            }
+        } else {
+            libc::timespec { tv_sec: 0, tv_nsec: 0 }
+        };
+        let spec = libc::itimerspec { it_interval: period, it_value: period };
+        // SAFETY: timerfd_settime reads one itimerspec and writes none (null old value).
+        let rc =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.on = on;
+        Ok(())
+    }
+
+    /// Takes the expirations so far: not readable again until the next.
+    fn clear(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: read writes at most 8 bytes into `count`. Nothing to read (EAGAIN) is fine.
+        unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+    }
+}
+
+/// Owns the new descriptor `fd`, or the error when it is -1.
+fn owned(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened by the caller and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    /// An idle wait ends on a tick only while the ticker is on, and on a wake at once, for
+    /// every waiter, every time after.
+    #[test]
+    fn idle_waits_end_on_ticks_while_on_and_on_the_wake() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let fd = socket.as_raw_fd();
+        let wake = Arc::new(Wake::new().unwrap());
+        let mut ticker = Ticker::new().unwrap();
+        ticker.set(true, Duration::from_millis(20)).unwrap();
+        for _ in 0..3 {
+            let woken = wait_readable_or_woken(fd, &wake, &ticker).unwrap();
+            assert_eq!(woken, Woken { readable: false, ticked: true });
+        }
+        ticker.set(false, Duration::from_millis(20)).unwrap();
+        let waker = {
+            let wake = Arc::clone(&wake);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                wake.wake();
+            })
+        };
+        let started = Instant::now();
+        let woken = wait_readable_or_woken(fd, &wake, &ticker).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(250), "a tick while off: {woken:?}");
+        assert_eq!(woken, Woken::default());
+        waker.join().unwrap();
+        assert_eq!(wait_readable_or_woken(fd, &wake, &ticker).unwrap(), Woken::default());
+        socket.send_to(b"x", socket.local_addr().unwrap()).unwrap();
+        assert!(wait_readable_or_woken(fd, &wake, &ticker).unwrap().readable);
     }
 }

@@ -53,11 +53,23 @@ pub enum DropReason {
     PeerNotAllowed,
     /// The kernel refused to send the reply (counted after the fact, by the sender).
     SendFailed,
+    /// `packet_ring` only (the kernel checks these on the sockets path): the outer Ethernet,
+    /// IPv4 or UDP header is broken (version, header or UDP length, not UDP).
+    OuterMalformed,
+    /// `packet_ring` only: the outer IPv4 header checksum, or a UDP checksum the kernel did
+    /// not vouch for, is wrong.
+    OuterChecksum,
+    /// `packet_ring` only: a fragmented outer packet (GWLB never fragments; the ring gets no
+    /// reassembly).
+    OuterFragment,
+    /// `packet_ring` only: the kernel dropped packets because the worker's ring was full
+    /// (PACKET_STATISTICS), or a packet larger than a ring frame could not be read whole.
+    RingFull,
 }
 
 impl DropReason {
     /// Every reason, in a stable order (metrics index arrays by [`DropReason::index`]).
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::Oversize,
         DropReason::GeneveTruncated,
         DropReason::GeneveVersion,
@@ -74,6 +86,10 @@ impl DropReason {
         DropReason::TinyFragment,
         DropReason::PeerNotAllowed,
         DropReason::SendFailed,
+        DropReason::OuterMalformed,
+        DropReason::OuterChecksum,
+        DropReason::OuterFragment,
+        DropReason::RingFull,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -101,11 +117,16 @@ impl DropReason {
             DropReason::TinyFragment => "tiny_fragment",
             DropReason::PeerNotAllowed => "peer_not_allowed",
             DropReason::SendFailed => "send_failed",
+            DropReason::OuterMalformed => "outer_malformed",
+            DropReason::OuterChecksum => "outer_checksum",
+            DropReason::OuterFragment => "outer_fragment",
+            DropReason::RingFull => "ring_full",
         }
     }
 
     /// The `class` label: which layer was at fault (`malformed_geneve`, `malformed_inner`,
-    /// `oversize`, `refused`: well-formed but not let in, `send`), for dashboards that only
+    /// `oversize`, `refused`: well-formed but not let in, `send`, and on the ring path
+    /// `malformed_outer` and `overload`), for dashboards that only
     /// want the big picture.
     pub const fn class(self) -> &'static str {
         match self {
@@ -124,6 +145,10 @@ impl DropReason {
             | DropReason::InnerHeaderInvalid => "malformed_inner",
             DropReason::TinyFragment | DropReason::PeerNotAllowed => "refused",
             DropReason::SendFailed => "send",
+            DropReason::OuterMalformed | DropReason::OuterChecksum | DropReason::OuterFragment => {
+                "malformed_outer"
+            }
+            DropReason::RingFull => "overload",
         }
     }
 }

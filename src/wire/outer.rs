@@ -11,6 +11,8 @@
 
 use std::net::Ipv4Addr;
 
+use super::DropReason;
+
 /// IPv4 header (no options) + UDP header.
 pub const OUTER_HEADER_LEN: usize = 28;
 pub const IPV4_HEADER_LEN: usize = 20;
@@ -93,6 +95,104 @@ pub fn emit_udp(
     Some(())
 }
 
+pub const ETHERNET_HEADER_LEN: usize = 14;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+
+/// The outer headers of a GENEVE packet read from an Ethernet frame (the `packet_ring` path,
+/// where the kernel's IP and UDP layers never see it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceivedOuter {
+    /// GWLB's address and source port, the appliance's address and port.
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Where the UDP payload (the GENEVE datagram, or a train of them) starts in the frame,
+    /// and its length.
+    pub payload_offset: usize,
+    pub payload_len: usize,
+}
+
+/// Reads Ethernet, IPv4 and UDP as the kernel's `ip_rcv` and `udp_rcv` would: version, header
+/// length, total length within the frame (Ethernet padding after it ignored), header
+/// checksum, no fragment, UDP, UDP length within the IPv4 payload (bytes after it ignored),
+/// and the UDP checksum unless it is 0 or `udp_checksum_known` (the kernel or the NIC
+/// verified it, or the sender is local and left it to offload).
+pub fn parse_frame(frame: &[u8], udp_checksum_known: bool) -> Result<ReceivedOuter, DropReason> {
+    use DropReason::{OuterChecksum, OuterFragment, OuterMalformed};
+    let be16 = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
+    if frame.len() < ETHERNET_HEADER_LEN + OUTER_HEADER_LEN || be16(12) != ETHERTYPE_IPV4 {
+        return Err(OuterMalformed);
+    }
+    let ip_at = ETHERNET_HEADER_LEN;
+    let ihl = usize::from(frame[ip_at] & 0x0f) * 4;
+    let total = usize::from(be16(ip_at + 2));
+    if frame[ip_at] >> 4 != 4
+        || ihl < IPV4_HEADER_LEN
+        || total < ihl + UDP_HEADER_LEN
+        || ip_at + total > frame.len()
+    {
+        return Err(OuterMalformed);
+    }
+    if ones_complement_sum(&frame[ip_at..ip_at + ihl], 0) != 0xffff {
+        return Err(OuterChecksum);
+    }
+    if be16(ip_at + 6) & 0x3fff != 0 {
+        return Err(OuterFragment); // MF set or a fragment offset
+    }
+    if frame[ip_at + 9] != PROTOCOL_UDP {
+        return Err(OuterMalformed);
+    }
+    let udp_at = ip_at + ihl;
+    let udp_len = usize::from(be16(udp_at + 4));
+    if udp_len < UDP_HEADER_LEN || udp_len > total - ihl {
+        return Err(OuterMalformed);
+    }
+    let src =
+        Ipv4Addr::new(frame[ip_at + 12], frame[ip_at + 13], frame[ip_at + 14], frame[ip_at + 15]);
+    let dst =
+        Ipv4Addr::new(frame[ip_at + 16], frame[ip_at + 17], frame[ip_at + 18], frame[ip_at + 19]);
+    if !udp_checksum_known && be16(udp_at + 6) != 0 {
+        // Pseudo header: addresses, protocol, UDP length.
+        let mut pseudo = [0u8; 12];
+        pseudo[..4].copy_from_slice(&src.octets());
+        pseudo[4..8].copy_from_slice(&dst.octets());
+        pseudo[9] = PROTOCOL_UDP;
+        pseudo[10..].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        let sum =
+            ones_complement_sum(&frame[udp_at..udp_at + udp_len], ones_complement_sum(&pseudo, 0));
+        if sum != 0xffff {
+            return Err(OuterChecksum);
+        }
+    }
+    Ok(ReceivedOuter {
+        src,
+        dst,
+        src_port: be16(udp_at),
+        dst_port: be16(udp_at + 2),
+        payload_offset: udp_at + UDP_HEADER_LEN,
+        payload_len: udp_len - UDP_HEADER_LEN,
+    })
+}
+
+/// The folded RFC 1071 sum of `bytes` (odd length padded with a zero byte) added to
+/// `initial`; 0xffff over data that includes its correct checksum.
+fn ones_complement_sum(bytes: &[u8], initial: u16) -> u16 {
+    let mut sum = u64::from(initial);
+    let mut words = bytes.chunks_exact(4);
+    for word in &mut words {
+        sum += u64::from(u32::from_be_bytes([word[0], word[1], word[2], word[3]]));
+    }
+    let rest = words.remainder();
+    let mut tail = [0u8; 4];
+    tail[..rest.len()].copy_from_slice(rest);
+    sum += u64::from(u32::from_be_bytes(tail));
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
 /// RFC 1071 checksum over a header whose checksum field is zero.
 fn ipv4_header_checksum(header: &[u8]) -> u16 {
     let mut sum: u32 =
@@ -161,6 +261,90 @@ mod tests {
         emit_udp(&mut udp, &addressing, 100).unwrap();
         assert_eq!(udp, full[IPV4_HEADER_LEN..]);
         assert!(emit_udp(&mut udp, &addressing, MAX_UDP_PAYLOAD + 1).is_none());
+    }
+
+    /// An Ethernet frame around `payload` with the headers `emit` writes, and a UDP checksum.
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let addressing = OuterAddressing {
+            src: Ipv4Addr::new(10, 0, 0, 9),
+            dst: Ipv4Addr::new(10, 0, 1, 5),
+            src_port: 40000,
+            dst_port: 6081,
+        };
+        let mut header = [0u8; OUTER_HEADER_LEN];
+        emit(&mut header, &addressing, payload.len()).unwrap();
+        let mut frame = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+        frame.extend_from_slice(&header);
+        frame.extend_from_slice(payload);
+        let udp = etherparse::UdpHeader::with_ipv4_checksum(
+            40000,
+            6081,
+            &etherparse::Ipv4Header::from_slice(&frame[14..]).unwrap().0,
+            payload,
+        )
+        .unwrap();
+        frame[14 + 26..14 + 28].copy_from_slice(&udp.checksum.to_be_bytes());
+        frame
+    }
+
+    #[test]
+    fn a_frame_parses_to_its_addresses_and_payload() {
+        let payload: Vec<u8> = (0..101u8).collect();
+        let mut bytes = frame(&payload);
+        bytes.extend_from_slice(&[0; 7]); // Ethernet padding is not payload
+        let outer = parse_frame(&bytes, false).unwrap();
+        assert_eq!(
+            (outer.src, outer.dst),
+            (Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::new(10, 0, 1, 5))
+        );
+        assert_eq!((outer.src_port, outer.dst_port), (40000, 6081));
+        assert_eq!(&bytes[outer.payload_offset..][..outer.payload_len], &payload[..]);
+    }
+
+    #[test]
+    fn broken_outer_headers_are_dropped_with_their_reason() {
+        let good = frame(&[7u8; 64]);
+        let broken = |at: usize, value: u8| {
+            let mut bytes = good.clone();
+            bytes[at] = value;
+            bytes
+        };
+        use DropReason::*;
+        let cases: [(Vec<u8>, DropReason); 9] = [
+            (good[..40].to_vec(), OuterMalformed), // shorter than the headers
+            (broken(12, 0x86), OuterMalformed),    // not IPv4
+            (broken(14, 0x65), OuterMalformed),    // IP version 6 in an IPv4 frame
+            (broken(14, 0x44), OuterMalformed),    // header length 16
+            (broken(17, 0xff), OuterMalformed),    // total length past the frame
+            (broken(22, 0x41), OuterChecksum),     // TTL changed, checksum not
+            (broken(14 + 26, good[40] ^ 1), OuterChecksum), // UDP checksum wrong
+            (broken(14 + 25, 4), OuterMalformed),  // UDP length below its header
+            (good[..good.len() - 1].to_vec(), OuterMalformed), // cut short
+        ];
+        for (i, (bytes, reason)) in cases.iter().enumerate() {
+            assert_eq!(parse_frame(bytes, false), Err(*reason), "case {i}");
+        }
+        // A UDP checksum the kernel vouched for is not computed again; 0 means none.
+        assert!(parse_frame(&broken(14 + 26, good[40] ^ 1), true).is_ok());
+        let mut zero = good.clone();
+        zero[14 + 26..14 + 28].copy_from_slice(&[0, 0]);
+        assert!(parse_frame(&zero, false).is_ok());
+        // A fragment (MF set; the header checksum fixed up).
+        let mut fragment = good.clone();
+        fragment[20] |= 0x20;
+        fragment[24..26].copy_from_slice(&[0, 0]);
+        let sum = !ones_complement_sum(&fragment[14..34], 0);
+        fragment[24..26].copy_from_slice(&sum.to_be_bytes());
+        assert_eq!(parse_frame(&fragment, false), Err(OuterFragment));
+        // No slice, however short or mangled, panics.
+        for len in 0..good.len() {
+            let _ = parse_frame(&good[..len], false);
+            for byte in 0..good.len().min(50) {
+                let mut bytes = good.clone();
+                bytes[byte] = bytes[byte].wrapping_add(len as u8);
+                let _ = parse_frame(&bytes[..len.max(byte + 1)], false);
+            }
+        }
     }
 
     #[test]

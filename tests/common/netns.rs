@@ -183,3 +183,52 @@ pub fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str, mtu: u32) {
     a.ip(&["link", "set", a_dev, "up"]);
     b.ip(&["link", "set", b_dev, "up"]);
 }
+
+/// Runs `labelwall loadgen --json` in `netns`, sending GENEVE to `target` and listening on
+/// `listen` for `secs` seconds, with `args` (rate, flows, size); its report.
+pub fn loadgen(
+    netns: &Netns,
+    target: &str,
+    listen: &str,
+    secs: u32,
+    args: &[&str],
+) -> serde_json::Value {
+    let secs_text = secs.to_string();
+    let output = run_checked(
+        netns
+            .exec(env!("CARGO_BIN_EXE_labelwall"))
+            .args(["loadgen", "--target", target, "--listen", listen, "--duration", &secs_text])
+            .args(args)
+            .arg("--json"),
+        Duration::from_secs(u64::from(secs) + 20),
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// A tcpdump capture in a namespace to a pcap file: `tcpdump ARGS -w PATH FILTER`.
+pub struct Capture(Child);
+
+impl Capture {
+    /// Starts it and gives it time to start listening.
+    pub fn start(netns: &Netns, args: &[&str], path: &Path, filter: &[&str]) -> Capture {
+        let child = netns
+            .exec("tcpdump")
+            .args(args)
+            .arg("-w")
+            .arg(path)
+            .args(filter)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        Capture(child)
+    }
+
+    /// Lets the last packets in, then stops it (SIGINT: the file is complete).
+    pub fn stop(mut self) {
+        std::thread::sleep(Duration::from_millis(200));
+        run_bounded(Command::new("kill").args(["-INT", &self.0.id().to_string()]), COMMAND_LIMIT);
+        wait_bounded(&mut self.0, Duration::from_secs(5)).expect("tcpdump stops on SIGINT");
+    }
+}

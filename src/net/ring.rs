@@ -1,0 +1,664 @@
+//! The `packet_ring` receive path: a TPACKET_V2 receive ring per worker on an `AF_PACKET`
+//! socket, joined into a hash fanout group, with a classic BPF filter that lets only GENEVE to
+//! the listen address and port in; the same program, as a tc ingress classifier, drops those
+//! packets after the tap (`net/ingress.rs`).
+//! Must not depend on: the pipeline, policy, labels, the data plane, tokio.
+//!
+//! Why a ring: on the sockets path each packet costs the kernel the IP and UDP receive code,
+//! a socket queue and a `recvmmsg` copy. A packet tap sees the frame before all that; with a
+//! mapped ring the kernel copies it once into memory the worker reads in place, and a busy
+//! worker makes no system call to receive at all (it walks the ring while frames are ready).
+//!
+//! Why V2 and not V3: V3 packs packets into blocks and hands a block over when it is full or
+//! its timer fires (at least 1 ms): at low load every packet would wait for the timer. V2
+//! hands over each frame as soon as it is written, and while frames are ready reading them
+//! costs no system call either, so V3 saves nothing at high load. V2's price is fixed-size
+//! frames: [`FRAME_SIZE`] holds a 9,001-byte outer packet; a larger one (a GSO train handed
+//! over whole by a local sender on veth, or a NIC's UDP GRO) is marked `TP_STATUS_COPY`, and
+//! the kernel queues it whole to the socket (`PACKET_COPY_THRESH`), where [`RxRing::read_copy`]
+//! reads it. `PACKET_VNET_HDR` puts a virtio header before each frame: the segment size of
+//! such trains and whether the kernel left the UDP checksum to offload.
+//!
+//! The mapping is shared with the kernel, which writes the frames it owns at any time: it is
+//! reached through a raw pointer, each frame's status atomically (acquire to take a frame,
+//! release to give it back), and a Rust slice exists only over a frame user space holds.
+//! A worker sends replies from the frames it holds and from its own buffer (copied packets,
+//! injected rejects): [`RingPayloads`] finds both by offset, as one buffer does on the
+//! sockets path.
+
+#![allow(unsafe_code)]
+
+use std::cell::Cell;
+use std::io;
+use std::mem::size_of;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use socket2::{Domain, Protocol, SockFilter, Socket, Type};
+
+use super::sys::Payloads;
+
+/// Bytes per frame: a 9,001-byte outer packet, its Ethernet header, the virtio header and
+/// the frame header fit.
+pub const FRAME_SIZE: usize = 16 * 1024;
+/// Frames per ring block (a block is allocated contiguously by the kernel; 64 KiB finds
+/// contiguous pages easily).
+const FRAMES_PER_BLOCK: usize = 4;
+/// Fewest frames per ring.
+const MIN_FRAMES: usize = 64;
+/// `struct virtio_net_hdr` (without `num_buffers`).
+const VNET_HEADER_LEN: usize = 10;
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+const VIRTIO_NET_HDR_F_DATA_VALID: u8 = 2;
+const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
+const TPACKET_V2: libc::c_int = 1;
+const PACKET_FANOUT_HASH: u32 = 0;
+const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
+/// A classic BPF program's "accept the whole packet".
+const ACCEPT: u32 = 0x0004_0000;
+/// tc's verdicts for a direct-action classifier: drop, or go on with the next filter.
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_UNSPEC: u32 = u32::MAX;
+
+/// The classic BPF program that matches GENEVE for this appliance: a frame to this host,
+/// IPv4, UDP, to `ip` (any when unspecified), not a later fragment, to `port`. Returns
+/// `matched` for it and `other` for everything else. Offsets are from the Ethernet header,
+/// which both a packet socket filter and tc's `bpf` classifier at ingress see first.
+pub fn geneve_filter(ip: Ipv4Addr, port: u16, matched: u32, other: u32) -> Vec<Instruction> {
+    const LD_ABS_W: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const LD_ABS_H: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16;
+    const LD_ABS_B: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
+    const LD_IND_H: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_IND) as u16;
+    const LDX_MSH: u16 = (libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JSET: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let pkttype = (libc::SKF_AD_OFF + libc::SKF_AD_PKTTYPE) as u32;
+    // Each check jumps to the last instruction (`other`) on a miss; `jf` counts the
+    // instructions between the jump and it.
+    let mut program = vec![
+        (LD_ABS_W, pkttype),
+        (JEQ, libc::PACKET_HOST as u32),
+        (LD_ABS_H, 12),
+        (JEQ, 0x0800),
+        (LD_ABS_B, 14 + 9),
+        (JEQ, 17),
+    ];
+    if !ip.is_unspecified() {
+        program.extend([(LD_ABS_W, 14 + 16), (JEQ, u32::from(ip))]);
+    }
+    program.extend([
+        (LD_ABS_H, 14 + 6),
+        (JSET, 0x1fff), // a fragment offset: no UDP header here
+        (LDX_MSH, 14),  // X = the IPv4 header's length
+        (LD_IND_H, 14 + 2),
+        (JEQ, u32::from(port)),
+        (RET, matched),
+        (RET, other),
+    ]);
+    let last = program.len() - 1;
+    program
+        .iter()
+        .enumerate()
+        .map(|(i, &(code, k))| {
+            // Only jumps use it; they all come before the last two instructions.
+            let to_other = last.saturating_sub(i + 1) as u8;
+            match code {
+                JEQ => Instruction { code, jt: 0, jf: to_other, k },
+                JSET => Instruction { code, jt: to_other, jf: 0, k },
+                _ => Instruction { code, jt: 0, jf: 0, k },
+            }
+        })
+        .collect()
+}
+
+/// One classic BPF instruction (`struct sock_filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instruction {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
+}
+
+/// The program as `tc filter ... bpf bytecode` reads it: `count,code jt jf k,...`.
+pub fn bytecode_text(program: &[Instruction]) -> String {
+    let mut text = program.len().to_string();
+    for i in program {
+        text += &format!(",{} {} {} {}", i.code, i.jt, i.jf, i.k);
+    }
+    text
+}
+
+/// One ready frame of the ring, or a packet read from the socket into the caller's buffer
+/// ([`RxRing::read_copy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxFrame {
+    /// Where the Ethernet frame starts (in the ring: [`RxRing::bytes`] reads it while it is
+    /// held; from [`RxRing::read_copy`]: in the buffer given), and its length there.
+    pub offset: usize,
+    pub len: usize,
+    /// The packet did not fit the frame: it waits whole in the socket ([`RxRing::read_copy`]);
+    /// `len` is only what the frame holds.
+    pub copied: bool,
+    /// The packet's length on the wire (more than `len` when it was cut).
+    pub wire_len: usize,
+    /// The kernel or the NIC verified the UDP checksum, or a local sender left it to offload.
+    pub checksum_known: bool,
+    /// A train's datagram size (a GSO packet from a local sender, or UDP GRO), else 0.
+    pub segment: usize,
+}
+
+/// What the ring's socket counted since the last [`RxRing::take_drops`] (`struct
+/// tpacket_stats`).
+#[derive(Debug, Default, Clone, Copy)]
+#[repr(C)]
+struct Stats {
+    /// Packets the socket received (unused: the worker counts what it reads).
+    _packets: u32,
+    drops: u32,
+}
+
+/// A TPACKET_V2 receive ring on one interface.
+///
+/// The mapping is shared with the kernel, which writes any frame whose status is
+/// `TP_STATUS_KERNEL` at any time, so it is never behind a Rust reference as a whole: frame
+/// statuses are read and written atomically through raw pointers, and a slice is made only
+/// over a frame the kernel has handed over ([`RxRing::frame`]) until it goes back
+/// ([`RxRing::release`], which needs `&mut self`, so no slice outlives the hand-back).
+#[derive(Debug)]
+pub struct RxRing {
+    socket: Socket,
+    ring: *mut u8,
+    ring_len: usize,
+    frames: usize,
+    /// The next frame to look at.
+    head: usize,
+    /// Frames from the head the kernel has handed over (status seen `TP_STATUS_USER` with
+    /// acquire ordering) and not yet released: the only ones [`RxRing::bytes`] reads.
+    held: Cell<usize>,
+}
+
+// SAFETY: the mapping is owned by this value alone (the kernel writes only frames it owns);
+// it moves to its worker thread once. (`Cell` keeps it from being shared between threads.)
+unsafe impl Send for RxRing {}
+
+impl RxRing {
+    /// Opens the socket on `interface` with about `ring_bytes` of frames, filtered to GENEVE
+    /// to `ip`:`port`, and joins fanout group `fanout` (`None`: makes a new group;
+    /// [`RxRing::fanout_group`] tells its id to the next ones).
+    pub fn open(
+        interface: u32,
+        ip: Ipv4Addr,
+        port: u16,
+        ring_bytes: usize,
+        fanout: Option<u16>,
+    ) -> io::Result<RxRing> {
+        // Protocol 0: nothing reaches the socket before the filter and the ring are in place.
+        let socket = Socket::new(Domain::PACKET, Type::RAW.cloexec(), Some(Protocol::from(0)))?;
+        set(&socket, libc::PACKET_VNET_HDR, &1i32)?;
+        set(&socket, libc::PACKET_VERSION, &TPACKET_V2)?;
+        // Outgoing packets (our replies) are not for this tap.
+        set(&socket, libc::PACKET_IGNORE_OUTGOING, &1i32)?;
+        // Packets larger than a frame are queued whole to the socket as well.
+        set(&socket, libc::PACKET_COPY_THRESH, &1i32)?;
+        socket.set_recv_buffer_size(1 << 20)?;
+        let filter: Vec<SockFilter> = geneve_filter(ip, port, ACCEPT, 0)
+            .iter()
+            .map(|i| SockFilter::new(i.code, i.jt, i.jf, i.k))
+            .collect();
+        socket.attach_filter(&filter)?;
+        let blocks = (ring_bytes / FRAME_SIZE).max(MIN_FRAMES).div_ceil(FRAMES_PER_BLOCK);
+        let frames = blocks * FRAMES_PER_BLOCK;
+        let request = libc::tpacket_req {
+            tp_block_size: (FRAME_SIZE * FRAMES_PER_BLOCK) as u32,
+            tp_block_nr: blocks as u32,
+            tp_frame_size: FRAME_SIZE as u32,
+            tp_frame_nr: frames as u32,
+        };
+        set(&socket, libc::PACKET_RX_RING, &request)?;
+        let ring_len = frames * FRAME_SIZE;
+        let ring = map(&socket, ring_len)?;
+        let ring = RxRing { socket, ring, ring_len, frames, head: 0, held: Cell::new(0) };
+        // SAFETY: all-zero is a valid sockaddr_ll.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        address.sll_ifindex = interface as i32;
+        // SAFETY: bind reads one sockaddr_ll of the given length.
+        let rc = unsafe {
+            libc::bind(
+                ring.socket.as_raw_fd(),
+                (&address as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let group = match fanout {
+            None => PACKET_FANOUT_FLAG_UNIQUEID << 16,
+            Some(id) => u32::from(id),
+        };
+        set(&ring.socket, libc::PACKET_FANOUT, &(group | (PACKET_FANOUT_HASH << 16)))?;
+        Ok(ring)
+    }
+
+    /// The fanout group this socket is in (for the next workers' sockets to join).
+    pub fn fanout_group(&self) -> io::Result<u16> {
+        Ok(get::<u32>(&self.socket, libc::PACKET_FANOUT)? as u16)
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.socket.as_raw_fd()
+    }
+
+    /// Bytes of the ring: offsets of frames in it are below this.
+    pub fn ring_len(&self) -> usize {
+        self.ring_len
+    }
+
+    /// The `n`th frame after the head if the kernel has handed it over, and every frame
+    /// before it too (they are handed over in order); from then on it is held until released.
+    pub fn frame(&self, n: usize) -> Option<RxFrame> {
+        if n >= self.frames {
+            return None;
+        }
+        for k in self.held.get()..=n {
+            let status = self.status(self.frame_at(k)).load(Ordering::Acquire);
+            if status & libc::TP_STATUS_USER == 0 {
+                return None;
+            }
+            self.held.set(k + 1);
+        }
+        let at = self.frame_at(n);
+        let frame = self.bytes(at, FRAME_SIZE);
+        // A held frame's header is ours to read like the rest of it.
+        let word = |at: usize| {
+            u32::from_ne_bytes([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]])
+        };
+        let (status, wire_len, snap_len) = (word(0), word(TP_LEN), word(TP_SNAPLEN));
+        let mac = u16::from_ne_bytes([frame[TP_MAC], frame[TP_MAC + 1]]);
+        // The kernel puts the Ethernet header after its own headers and the virtio header;
+        // clamped so that a bad offset can only make a bad frame, never a read outside it.
+        let mac = (mac as usize).clamp(VNET_HEADER_LEN, FRAME_SIZE);
+        let len = (snap_len as usize).min(FRAME_SIZE - mac);
+        // The virtio header sits just before the Ethernet header.
+        let (checksum_known, segment) = read_vnet(&frame[mac - VNET_HEADER_LEN..mac]);
+        Some(RxFrame {
+            offset: at + mac,
+            len,
+            copied: status & libc::TP_STATUS_COPY != 0,
+            wire_len: wire_len as usize,
+            checksum_known: checksum_known
+                || status & (libc::TP_STATUS_CSUM_VALID | libc::TP_STATUS_CSUMNOTREADY) != 0,
+            segment,
+        })
+    }
+
+    /// The `len` bytes at `offset` in the ring, which must lie in one frame this ring holds
+    /// (returned by [`RxRing::frame`] and not released yet); panics otherwise.
+    pub fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        let index = offset / FRAME_SIZE;
+        // How far the frame is after the head, going round the ring.
+        let after_head =
+            if index >= self.head { index - self.head } else { index + self.frames - self.head };
+        let held = index < self.frames
+            && after_head < self.held.get()
+            && offset.checked_add(len).is_some_and(|end| end <= (index + 1) * FRAME_SIZE);
+        assert!(held, "{len} bytes at {offset} are not in a frame the ring holds");
+        // SAFETY: the bytes are inside the mapping, in one frame the kernel handed over (its
+        // status was read as TP_STATUS_USER with acquire ordering, so its writes to the frame
+        // happened before) and will not write again until `release` gives it back; `release`
+        // takes `&mut self`, so this shared borrow ends first.
+        unsafe { std::slice::from_raw_parts(self.ring.add(offset), len) }
+    }
+
+    /// Hands the first `count` frames after the head back to the kernel and moves the head.
+    pub fn release(&mut self, count: usize) {
+        assert!(count <= self.held.get(), "releasing frames the ring does not hold");
+        for n in 0..count {
+            self.status(self.frame_at(n)).store(libc::TP_STATUS_KERNEL, Ordering::Release);
+        }
+        self.head = (self.head + count) % self.frames;
+        self.held.set(self.held.get() - count);
+    }
+
+    /// Reads the next packet queued whole to the socket (a [`RxFrame::copied`] one) into
+    /// `buffer` (virtio header first): the frame as an [`RxFrame`] at its offset in `buffer`,
+    /// or `None` when nothing is queued.
+    pub fn read_copy(&self, buffer: &mut [u8]) -> io::Result<Option<RxFrame>> {
+        // SAFETY: recv writes at most `buffer.len()` bytes into `buffer`.
+        let rc = unsafe {
+            libc::recv(
+                self.socket.as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if rc < 0 {
+            let error = io::Error::last_os_error();
+            return match error.kind() {
+                io::ErrorKind::WouldBlock => Ok(None),
+                _ => Err(error),
+            };
+        }
+        let got = rc as usize;
+        if got < VNET_HEADER_LEN {
+            return Ok(None);
+        }
+        let (checksum_known, segment) = read_vnet(&buffer[..VNET_HEADER_LEN]);
+        let len = got - VNET_HEADER_LEN;
+        Ok(Some(RxFrame {
+            offset: VNET_HEADER_LEN,
+            len,
+            copied: false,
+            wire_len: len,
+            checksum_known,
+            segment,
+        }))
+    }
+
+    /// Packets the kernel dropped since the last call because the ring (or, for packets too
+    /// large for a frame, the socket's queue) was full. A system call: call it rarely.
+    pub fn take_drops(&self) -> io::Result<u64> {
+        // Reading PACKET_STATISTICS resets it.
+        Ok(u64::from(get::<Stats>(&self.socket, libc::PACKET_STATISTICS)?.drops))
+    }
+
+    /// Where the `n`th frame after the head starts.
+    fn frame_at(&self, n: usize) -> usize {
+        ((self.head + n) % self.frames) * FRAME_SIZE
+    }
+
+    fn status(&self, frame_at: usize) -> &AtomicU32 {
+        // SAFETY: tp_status is the first u32 of every frame header, inside the mapping and
+        // 4-aligned (frames are FRAME_SIZE apart in a page-aligned mapping); the kernel and we
+        // share it only through atomic accesses, and no slice covers a frame the kernel owns.
+        unsafe { AtomicU32::from_ptr(self.ring.add(frame_at).cast::<u32>()) }
+    }
+}
+
+impl Drop for RxRing {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the ring `map` made; nothing refers to it any more.
+        unsafe { libc::munmap(self.ring.cast(), self.ring_len) };
+    }
+}
+
+/// What a ring worker sends from, by offset: the frames its ring holds below
+/// [`RxRing::ring_len`], its own buffer (`room`: copied packets, injected rejects) after.
+#[derive(Debug, Clone, Copy)]
+pub struct RingPayloads<'a> {
+    pub ring: &'a RxRing,
+    pub room: &'a [u8],
+}
+
+impl<'a> RingPayloads<'a> {
+    /// The `len` bytes at `offset`; panics when they are not in a held frame or the room.
+    pub fn get(&self, offset: usize, len: usize) -> &'a [u8] {
+        match offset.checked_sub(self.ring.ring_len) {
+            None => self.ring.bytes(offset, len),
+            Some(at) => &self.room[at..at + len],
+        }
+    }
+}
+
+impl Payloads for RingPayloads<'_> {
+    fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        self.get(offset, len)
+    }
+}
+
+/// Offsets of `struct tpacket2_hdr`'s fields after `tp_status` (host byte order).
+const TP_LEN: usize = 4;
+const TP_SNAPLEN: usize = 8;
+const TP_MAC: usize = 12;
+
+/// (checksum known, segment size) from a virtio header.
+fn read_vnet(vnet: &[u8]) -> (bool, usize) {
+    let flags = vnet[0];
+    let known = flags & (VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID) != 0;
+    let segment = if vnet[1] & 0x7f == VIRTIO_NET_HDR_GSO_UDP_L4 {
+        usize::from(u16::from_le_bytes([vnet[4], vnet[5]]))
+    } else {
+        0
+    };
+    (known, segment)
+}
+
+/// Maps the socket's ring.
+fn map(socket: &Socket, ring_len: usize) -> io::Result<*mut u8> {
+    // SAFETY: a new shared mapping of the socket's ring; no existing memory is touched.
+    let ring = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            ring_len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            socket.as_raw_fd(),
+            0,
+        )
+    };
+    if ring == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ring.cast())
+}
+
+/// Reads a SOL_PACKET option: `T` must be the plain C struct or integer the kernel writes.
+fn get<T: Default>(socket: &Socket, name: libc::c_int) -> io::Result<T> {
+    let mut value = T::default();
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`; the callers' `T` (u32,
+    // `Stats`: two u32 like tpacket_stats) are valid for any bytes it writes.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_PACKET,
+            name,
+            (&mut value as *mut T).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 { Ok(value) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Sets a SOL_PACKET option to `value`.
+fn set<T>(socket: &Socket, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: setsockopt reads size_of::<T>() bytes from `value`.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_PACKET,
+            name,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// The index and name of the interface that has `ip`, and whether it is a loopback interface.
+pub fn interface_of(ip: Ipv4Addr) -> io::Result<Option<(u32, String, bool)>> {
+    Ok(interfaces_with(ip)?.into_iter().next())
+}
+
+/// Every interface that has `ip` (any IPv4 address when `ip` is unspecified), as
+/// [`interface_of`] tells them, each once.
+pub fn interfaces_with(ip: Ipv4Addr) -> io::Result<Vec<(u32, String, bool)>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, freed below.
+    if unsafe { libc::getifaddrs(&mut list) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut found: Vec<(u32, String, bool)> = Vec::new();
+    let mut entry = list;
+    while !entry.is_null() {
+        // SAFETY: a node of the list getifaddrs made, alive until freeifaddrs.
+        let node = unsafe { &*entry };
+        entry = node.ifa_next;
+        if node.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr points at a sockaddr whose family says its type.
+        let family = unsafe { (*node.ifa_addr).sa_family };
+        if i32::from(family) != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: an AF_INET address is a sockaddr_in.
+        let address = unsafe { &*node.ifa_addr.cast::<libc::sockaddr_in>() };
+        let address = Ipv4Addr::from(u32::from_be(address.sin_addr.s_addr));
+        if !ip.is_unspecified() && address != ip {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string of the node.
+        let name = unsafe { std::ffi::CStr::from_ptr(node.ifa_name) };
+        // SAFETY: as above.
+        let index = unsafe { libc::if_nametoindex(node.ifa_name) };
+        let loopback = node.ifa_flags & libc::IFF_LOOPBACK as u32 != 0;
+        if !found.iter().any(|(i, _, _)| *i == index) {
+            found.push((index, name.to_string_lossy().into_owned(), loopback));
+        }
+    }
+    // SAFETY: the list getifaddrs made, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a classic BPF program over `packet` the way the kernel does for these opcodes,
+    /// with `pkttype` as the packet's type.
+    fn run(program: &[Instruction], packet: &[u8], pkttype: u32) -> u32 {
+        let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+        let be = |at: usize, n: usize| {
+            packet[at..at + n].iter().fold(0u32, |v, b| v << 8 | u32::from(*b))
+        };
+        loop {
+            let i = program[pc];
+            pc += 1;
+            let class = u32::from(i.code) & 0x07;
+            match class {
+                0x06 => return i.k, // ret
+                0x00 if i.k == (libc::SKF_AD_OFF + libc::SKF_AD_PKTTYPE) as u32 => a = pkttype,
+                0x00 => {
+                    let size = match u32::from(i.code) & 0x18 {
+                        0x00 => 4,
+                        0x08 => 2,
+                        _ => 1,
+                    };
+                    let at = if u32::from(i.code) & 0xe0 == 0x40 { x + i.k } else { i.k };
+                    a = be(at as usize, size);
+                }
+                0x01 => x = 4 * (u32::from(packet[i.k as usize]) & 0xf),
+                0x05 => {
+                    let taken = match u32::from(i.code) & 0xf0 {
+                        0x10 => a == i.k,
+                        0x40 => a & i.k != 0,
+                        other => panic!("jump {other:#x}"),
+                    };
+                    pc += usize::from(if taken { i.jt } else { i.jf });
+                }
+                other => panic!("class {other}"),
+            }
+        }
+    }
+
+    fn frame(dst: [u8; 4], proto: u8, flags_offset: u16, dport: u16) -> Vec<u8> {
+        let mut frame = vec![0u8; 14 + 20 + 8];
+        frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        frame[14] = 0x45;
+        frame[14 + 6..14 + 8].copy_from_slice(&flags_offset.to_be_bytes());
+        frame[14 + 9] = proto;
+        frame[14 + 16..14 + 20].copy_from_slice(&dst);
+        frame[14 + 22..14 + 24].copy_from_slice(&dport.to_be_bytes());
+        frame
+    }
+
+    #[test]
+    fn the_filter_matches_geneve_to_the_listen_address_only() {
+        let ip = Ipv4Addr::new(10, 77, 0, 1);
+        let program = geneve_filter(ip, 6081, 1, 0);
+        let host = libc::PACKET_HOST as u32;
+        assert_eq!(run(&program, &frame([10, 77, 0, 1], 17, 0x4000, 6081), host), 1);
+        assert_eq!(
+            run(&program, &frame([10, 77, 0, 1], 17, 0x2000, 6081), host),
+            1,
+            "first fragment: counted in user space"
+        );
+        for (packet, why) in [
+            (frame([10, 77, 0, 2], 17, 0, 6081), "another address"),
+            (frame([10, 77, 0, 1], 6, 0, 6081), "TCP"),
+            (frame([10, 77, 0, 1], 17, 0, 6082), "another port"),
+            (frame([10, 77, 0, 1], 17, 0x0010, 6081), "a later fragment"),
+        ] {
+            assert_eq!(run(&program, &packet, host), 0, "{why}");
+        }
+        assert_eq!(run(&program, &frame([10, 77, 0, 1], 17, 0, 6081), 3), 0, "not for this host");
+        let mut ipv6 = frame([10, 77, 0, 1], 17, 0, 6081);
+        ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        assert_eq!(run(&program, &ipv6, host), 0);
+        // IPv4 options move the UDP header.
+        let mut options = frame([10, 77, 0, 1], 17, 0, 6081);
+        options[14] = 0x46;
+        options.splice(34..34, [1, 1, 1, 0]);
+        assert_eq!(run(&program, &options, host), 1);
+        // Listening on 0.0.0.0: any address.
+        let any = geneve_filter(Ipv4Addr::UNSPECIFIED, 6081, 1, 0);
+        assert_eq!(run(&any, &frame([10, 77, 0, 2], 17, 0, 6081), host), 1);
+    }
+
+    /// A ring on loopback and one UDP datagram to it: its frame is readable only from when the
+    /// ring has seen it handed over until it is released.
+    #[test]
+    fn only_frames_the_ring_holds_can_be_read() {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = receiver.local_addr().unwrap().port();
+        let ring = match RxRing::open(1, Ipv4Addr::LOCALHOST, port, 0, None) {
+            Ok(ring) => ring,
+            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+                eprintln!("skipped: packet sockets need CAP_NET_RAW");
+                return;
+            }
+            Err(error) => panic!("{error}"),
+        };
+        let mut ring = ring;
+        let read = |ring: &RxRing, offset: usize, len: usize| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ring.bytes(offset, len).len()))
+                .is_ok()
+        };
+        assert!(ring.frame(0).is_none());
+        assert!(!read(&ring, 0, 1), "a frame the kernel owns");
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.send_to(b"geneve?", ("127.0.0.1", port)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let frame = loop {
+            if let Some(frame) = ring.frame(0) {
+                break frame;
+            }
+            assert!(std::time::Instant::now() < deadline, "no frame");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let bytes = ring.bytes(frame.offset, frame.len);
+        assert_eq!(&bytes[bytes.len() - 7..], b"geneve?");
+        assert!(read(&ring, 0, FRAME_SIZE));
+        assert!(!read(&ring, 0, FRAME_SIZE + 1), "into the next frame, still the kernel's");
+        assert!(!read(&ring, FRAME_SIZE, 1), "the next frame");
+        ring.release(1);
+        assert!(!read(&ring, frame.offset, 1), "released");
+        assert!(ring.frame(0).is_none());
+    }
+
+    #[test]
+    fn bytecode_text_is_what_tc_reads() {
+        let program = geneve_filter(Ipv4Addr::new(10, 0, 0, 1), 6081, TC_ACT_SHOT, TC_ACT_UNSPEC);
+        let text = bytecode_text(&program);
+        assert!(text.starts_with(&format!("{},32 0 0 4294963204,21 0 ", program.len())), "{text}");
+        assert!(text.ends_with(",6 0 0 2,6 0 0 4294967295"), "{text}");
+    }
+}
