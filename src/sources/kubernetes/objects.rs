@@ -1,14 +1,16 @@
 //! What is read of each object the source watches: the three kinds, and for each a view
 //! deserialized straight from the API server's JSON into the few facts labelwall uses (names,
 //! UID, resource version, creation time, whether a pod is terminating, labels, phase,
-//! addresses), so that specs,
-//! annotations and managed fields are never held. Must not depend on the rest of the source
-//! (store, claims, watch loop): they are built on these views.
+//! addresses), so that specs, annotations and managed fields are never held. Each fact is
+//! read in place from the strings the JSON reader lends (labels and namespace names straight
+//! into their shared copies, see `intern`): per pod, only its name and resource version are
+//! allocated. Must not depend on the rest of the source (store, claims, watch loop): they
+//! are built on these views.
 //!
 //! Creation times are read with jiff, as RFC 3339 only. The views implement
 //! `k8s_openapi::Resource` and `Metadata` (`core_v1_resource!`) so that
 //! `kube`'s watcher lists and watches them as it would the full objects; the `ObjectMeta`
-//! they carry holds only what the watcher reads (name, namespace, UID, resource version).
+//! they carry holds only what the watcher reads (the resource version).
 
 use std::fmt;
 use std::net::IpAddr;
