@@ -404,6 +404,8 @@ mod tests {
             cookie: 7,
             endpoint_id: None,
             attachment_id: None,
+            server_name: None,
+            pending: None,
         };
         FlowRecord {
             event: FlowEvent::Start,

@@ -342,6 +342,8 @@ impl Replayer {
                 counts.drops[reason.index()] += 1;
                 None
             }
+            // Held until its flow's server name is read: written when a verdict releases it.
+            Outcome::Held => None,
         };
         if let Some(log) = &self.flow_log {
             log.take_from(&mut self.pipeline);

@@ -1,0 +1,441 @@
+//! Pending flows: flows whose verdict waits for their server name, and the per-worker pool
+//! that holds their client datagrams until it is known.
+//!
+//! What it owns: the [`HoldPool`] (one slot per pending flow: the client's stream bytes being
+//! reassembled for the name readers, copies of the client datagrams held back, and what a
+//! reject of the flow needs), the queue of datagrams to send once a verdict lets them go
+//! ([`HoldPool::pop_release`]), and the `names` limits (`max_bytes`, `timeout`,
+//! `max_pending`). Which flows are pending, and what their verdict is, is the judge's
+//! (`judge.rs`); this module only holds, reads and releases.
+//!
+//! Memory: allocated once at start, `max_pending` slots of [`HoldPool::slot_bytes`] each
+//! (the stream buffer, `max_bytes`, plus room for held datagrams, `max_bytes` + one
+//! largest GENEVE datagram + [`HELD_OVERHEAD`] per held datagram). With the defaults
+//! (16 KiB, 16,384 flows) that is ~840 MiB of address space per worker, zero-filled on
+//! demand by the kernel: only slots in use become resident (a ClientHello of 2 KB touches
+//! one or two pages of each part). Nothing here allocates per packet.
+//!
+//! Must not depend on: sockets, logging, the flow log.
+
+use std::collections::VecDeque;
+
+use super::decode::MAX_GENEVE_DATAGRAM;
+use crate::conntrack::FlowKey;
+use crate::names::{Insert, QuicInitials, Reading, TcpReassembly, read_stream};
+
+/// Held datagrams per pending flow at most: a ClientHello takes one to three segments, a
+/// QUIC client's first flight a few Initials; a flow with more is past `max_bytes` or stuck.
+pub const MAX_HELD: usize = 16;
+
+/// Room per held datagram for what is not client payload (GENEVE, IP and TCP headers).
+pub const HELD_OVERHEAD: usize = 320;
+
+/// The `names` limits of one pipeline (SPEC.md: `names.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameLimits {
+    /// Client bytes read and held per flow.
+    pub max_bytes: usize,
+    /// Longest a flow waits for its name.
+    pub timeout_ms: u64,
+    /// Flows waiting for their name at once.
+    pub max_pending: usize,
+}
+
+impl Default for NameLimits {
+    fn default() -> Self {
+        NameLimits { max_bytes: 16 * 1024, timeout_ms: 5_000, max_pending: 16 * 1024 }
+    }
+}
+
+/// How a flow's name reading ended (`labelwall_server_names_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameResult {
+    Found,
+    /// The bytes can never show a name (not TLS/HTTP/QUIC, no SNI, malformed).
+    None,
+    /// The message would not fit `names.max_bytes` (or the held datagrams their room).
+    TooLong,
+    /// `names.timeout` passed without a name.
+    Timeout,
+    /// A TCP flow first seen after its SYN: its first bytes are gone.
+    PickedUpMidFlow,
+    /// `names.max_pending` flows were already waiting.
+    PendingFull,
+}
+
+/// Name readings by result, indexed like [`NameResult::ALL`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NameCounts(pub [u64; NameResult::ALL.len()]);
+
+impl NameCounts {
+    pub(super) fn add(&mut self, result: NameResult) {
+        self.0[result as usize] += 1;
+    }
+
+    pub fn get(&self, result: NameResult) -> u64 {
+        self.0[result as usize]
+    }
+}
+
+impl NameResult {
+    pub const ALL: [NameResult; 6] = [
+        NameResult::Found,
+        NameResult::None,
+        NameResult::TooLong,
+        NameResult::Timeout,
+        NameResult::PickedUpMidFlow,
+        NameResult::PendingFull,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            NameResult::Found => "found",
+            NameResult::None => "none",
+            NameResult::TooLong => "too_long",
+            NameResult::Timeout => "timeout",
+            NameResult::PickedUpMidFlow => "picked_up_mid_flow",
+            NameResult::PendingFull => "pending_full",
+        }
+    }
+}
+
+/// The name reader of one flow.
+#[derive(Debug)]
+enum Reader {
+    Tcp(TcpReassembly),
+    Quic(QuicInitials),
+}
+
+/// One pending flow's state (its bytes are in the pool's storage).
+#[derive(Debug)]
+struct Slot {
+    key: FlowKey,
+    started_ms: u64,
+    reader: Reader,
+    /// Held datagrams: (offset in the slot's hold room, length), in arrival order.
+    held: [(u32, u32); MAX_HELD],
+    count: u8,
+    /// Bytes of the hold room in use.
+    used: usize,
+    /// Queued for release: the slot is freed once its datagrams were taken.
+    releasing: bool,
+    /// For a reject: the client's first sequence number after the SYN (what the server
+    /// expects next, since nothing of the client's reached it), and the last
+    /// acknowledgement the client sent (what the client expects from the server).
+    client_next_seq: Option<u32>,
+    client_ack: Option<u32>,
+    /// The GENEVE header of the client's latest datagram (its cookie is the current one),
+    /// to wrap a reject in.
+    header: [u8; MAX_HEADER],
+    header_len: u8,
+    /// Where the client's latest datagram came from, as the caller described it
+    /// ([`super::Pipeline::set_origin`]): where released datagrams go.
+    origin: u128,
+}
+
+/// GENEVE headers longer than this (GWLB's are 40 bytes) are not kept: such a flow's reject
+/// sends no RSTs.
+const MAX_HEADER: usize = 64;
+
+/// What feeding a held datagram did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fed {
+    /// Held; the name is not known yet.
+    Held,
+    /// Held, and the reading is final.
+    HeldAndRead(Reading),
+    /// Copies of bytes already held (a retransmission): not held again.
+    Duplicate,
+    /// No room to hold it: the flow must be judged now (without a name), and this datagram
+    /// goes after the held ones.
+    NoRoom,
+}
+
+/// The per-worker pool of pending flows.
+#[derive(Debug)]
+pub(super) struct HoldPool {
+    limits: NameLimits,
+    /// Grows up to `max_pending` (reserved up front), never shrinks.
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    /// `max_pending` slots of `slot_bytes`: the stream buffer, then the hold room.
+    storage: Vec<u8>,
+    slot_bytes: usize,
+    /// Decryption room for one QUIC packet.
+    scratch: Box<[u8]>,
+    /// Slots whose held datagrams are to be sent, oldest first, and how many of the first
+    /// one were taken.
+    releases: VecDeque<u32>,
+    released_of_first: usize,
+    /// Clock hand of the timeout sweep.
+    hand: usize,
+    pending: usize,
+}
+
+/// Slots the timeout sweep checks per batch.
+const SWEEP_BUDGET: usize = 64;
+
+impl HoldPool {
+    pub(super) fn new(limits: NameLimits) -> HoldPool {
+        let slot_bytes = Self::slot_bytes(limits.max_bytes);
+        let max_pending = limits.max_pending.max(1);
+        HoldPool {
+            limits,
+            slots: Vec::with_capacity(max_pending),
+            free: Vec::with_capacity(max_pending),
+            // Zero-filled: the allocator maps it lazily, untouched pages cost nothing.
+            storage: vec![0u8; max_pending * slot_bytes],
+            slot_bytes,
+            scratch: vec![0u8; MAX_GENEVE_DATAGRAM].into_boxed_slice(),
+            releases: VecDeque::with_capacity(max_pending),
+            released_of_first: 0,
+            hand: 0,
+            pending: 0,
+        }
+    }
+
+    /// Bytes of one slot for `max_bytes`: the stream buffer and the hold room.
+    pub fn slot_bytes(max_bytes: usize) -> usize {
+        max_bytes + Self::hold_room(max_bytes)
+    }
+
+    fn hold_room(max_bytes: usize) -> usize {
+        max_bytes + MAX_GENEVE_DATAGRAM + MAX_HELD * HELD_OVERHEAD
+    }
+
+    /// Flows waiting for their name now.
+    pub(super) fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// A slot for a new pending flow of `key`, or `None` when `max_pending` are waiting.
+    pub(super) fn open(&mut self, key: FlowKey, tcp: bool, now_ms: u64) -> Option<u32> {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None if self.slots.len() < self.limits.max_pending.max(1) => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+            None => return None,
+        };
+        let reader =
+            if tcp { Reader::Tcp(TcpReassembly::new()) } else { Reader::Quic(QuicInitials::new()) };
+        self.slots[slot as usize] = Some(Slot {
+            key,
+            started_ms: now_ms,
+            reader,
+            held: [(0, 0); MAX_HELD],
+            count: 0,
+            used: 0,
+            releasing: false,
+            client_next_seq: None,
+            client_ack: None,
+            header: [0; MAX_HEADER],
+            header_len: 0,
+            origin: 0,
+        });
+        self.pending += 1;
+        Some(slot)
+    }
+
+    /// The stream buffer and hold room of `slot`.
+    fn parts(&mut self, slot: u32) -> (&mut [u8], &mut [u8]) {
+        let at = slot as usize * self.slot_bytes;
+        self.storage[at..at + self.slot_bytes].split_at_mut(self.limits.max_bytes)
+    }
+
+    fn slot_mut(&mut self, slot: u32) -> &mut Slot {
+        self.slots[slot as usize].as_mut().expect("a pending flow's slot is in use")
+    }
+
+    /// A TCP segment of the client that carries no payload (the SYN, the bare ACK): what a
+    /// reject needs is noted, the SYN fixes where the stream starts.
+    pub(super) fn client_control(&mut self, slot: u32, seq: u32, ack: Option<u32>, syn: bool) {
+        let (stream, state) = self.stream_and_state(slot);
+        if ack.is_some() {
+            state.client_ack = ack;
+        }
+        if let Reader::Tcp(tcp) = &mut state.reader
+            && syn
+        {
+            tcp.segment(stream, seq, true, &[]);
+            state.client_next_seq = Some(seq.wrapping_add(1));
+        }
+    }
+
+    /// The stream buffer of `slot` and its state (disjoint: storage and slots).
+    fn stream_and_state(&mut self, slot: u32) -> (&mut [u8], &mut Slot) {
+        let at = slot as usize * self.slot_bytes;
+        let stream = &mut self.storage[at..at + self.limits.max_bytes];
+        let state = self.slots[slot as usize].as_mut().expect("a pending flow's slot is in use");
+        (stream, state)
+    }
+
+    /// Holds a copy of `datagram` (a client datagram whose payload is `payload`: TCP with
+    /// sequence number `seq`, or a UDP datagram's payload) and feeds the payload to the
+    /// flow's reader.
+    pub(super) fn feed(
+        &mut self,
+        slot: u32,
+        datagram: &[u8],
+        payload: &[u8],
+        tcp: Option<(u32, Option<u32>, bool)>,
+    ) -> Fed {
+        let max_bytes = self.limits.max_bytes;
+        let at = slot as usize * self.slot_bytes;
+        let (storage, slots, scratch) = (&mut self.storage, &mut self.slots, &mut self.scratch);
+        let (stream, room) = storage[at..at + self.slot_bytes].split_at_mut(max_bytes);
+        let state = slots[slot as usize].as_mut().expect("a pending flow's slot is in use");
+        let reading = match (&mut state.reader, tcp) {
+            (Reader::Tcp(reassembly), Some((seq, ack, syn))) => {
+                if ack.is_some() {
+                    state.client_ack = ack;
+                }
+                if syn {
+                    state.client_next_seq = Some(seq.wrapping_add(1));
+                }
+                match reassembly.segment(stream, seq, syn, payload) {
+                    // Every byte was held before: the copy already waits.
+                    Insert::Nothing if !reassembly.stream().beyond_capacity() => {
+                        return Fed::Duplicate;
+                    }
+                    Insert::Advanced => read_stream(reassembly.bytes(stream), max_bytes),
+                    _ if reassembly.stream().beyond_capacity() => Reading::TooLong,
+                    _ => Reading::NeedMore,
+                }
+            }
+            (Reader::Quic(initials), None) => initials.datagram(stream, scratch, payload),
+            _ => Reading::NoName,
+        };
+        if usize::from(state.count) == MAX_HELD || state.used + datagram.len() > room.len() {
+            return Fed::NoRoom;
+        }
+        room[state.used..state.used + datagram.len()].copy_from_slice(datagram);
+        state.held[usize::from(state.count)] = (state.used as u32, datagram.len() as u32);
+        state.count += 1;
+        state.used += datagram.len();
+        match reading {
+            Reading::NeedMore => Fed::Held,
+            final_reading => Fed::HeldAndRead(final_reading),
+        }
+    }
+
+    /// What a reject of the flow in `slot` needs: (the server's next expected sequence number
+    /// from the client, the client's last acknowledgement), where known.
+    pub(super) fn reject_sequence(&self, slot: u32) -> (Option<u32>, Option<u32>) {
+        self.slots[slot as usize]
+            .as_ref()
+            .map_or((None, None), |s| (s.client_next_seq, s.client_ack))
+    }
+
+    /// Keeps the GENEVE header and origin of a client datagram of `slot`'s flow.
+    pub(super) fn client_seen(&mut self, slot: u32, header: &[u8], origin: u128) {
+        let state = self.slot_mut(slot);
+        state.origin = origin;
+        if let Some(room) = state.header.get_mut(..header.len()) {
+            room.copy_from_slice(header);
+            state.header_len = header.len() as u8;
+        }
+    }
+
+    /// The GENEVE header of the client's latest datagram, if kept.
+    pub(super) fn header(&self, slot: u32) -> Option<&[u8]> {
+        let state = self.slots[slot as usize].as_ref()?;
+        Some(&state.header[..usize::from(state.header_len)]).filter(|h| !h.is_empty())
+    }
+
+    /// The first held datagram (a UDP flow's reject answers it).
+    pub(super) fn first_held(&self, slot: u32) -> Option<&[u8]> {
+        let state = self.slots[slot as usize].as_ref()?;
+        let (offset, len) = *state.held[..usize::from(state.count)].first()?;
+        let at = slot as usize * self.slot_bytes + self.limits.max_bytes + offset as usize;
+        Some(&self.storage[at..at + len as usize])
+    }
+
+    /// Replaces what `slot` holds by `packets` (the two RSTs of a reject).
+    pub(super) fn replace_held(&mut self, slot: u32, packets: &[&[u8]]) {
+        let (_, room) = self.parts(slot);
+        let mut used = 0;
+        let mut held = [(0u32, 0u32); MAX_HELD];
+        for (n, packet) in packets.iter().enumerate().take(MAX_HELD) {
+            room[used..used + packet.len()].copy_from_slice(packet);
+            held[n] = (used as u32, packet.len() as u32);
+            used += packet.len();
+        }
+        let state = self.slot_mut(slot);
+        state.held = held;
+        state.count = packets.len().min(MAX_HELD) as u8;
+        state.used = used;
+    }
+
+    /// The verdict lets the held datagrams go: queued for [`HoldPool::pop_release`], the slot
+    /// freed once they were taken.
+    pub(super) fn release(&mut self, slot: u32) {
+        let state = self.slot_mut(slot);
+        if state.count == 0 {
+            self.close(slot);
+            return;
+        }
+        state.releasing = true;
+        self.pending -= 1;
+        self.releases.push_back(slot);
+    }
+
+    /// The verdict drops what is held: the slot is free again.
+    pub(super) fn close(&mut self, slot: u32) {
+        if let Some(state) = self.slots[slot as usize].take() {
+            if !state.releasing {
+                self.pending -= 1;
+            }
+            self.free.push(slot);
+        }
+    }
+
+    /// Copies the next datagram to send into `out`; its length and origin, or `None` when
+    /// none waits.
+    pub fn pop_release(&mut self, out: &mut [u8]) -> Option<(usize, u128)> {
+        loop {
+            let slot = *self.releases.front()?;
+            let state = self.slots[slot as usize].as_ref()?;
+            if self.released_of_first == usize::from(state.count) {
+                self.releases.pop_front();
+                self.released_of_first = 0;
+                self.close(slot);
+                continue;
+            }
+            let (offset, len) = state.held[self.released_of_first];
+            let at = slot as usize * self.slot_bytes + self.limits.max_bytes + offset as usize;
+            let len = len as usize;
+            // Too small a buffer takes nothing: the datagram waits for a larger one.
+            let out = out.get_mut(..len)?;
+            self.released_of_first += 1;
+            out.copy_from_slice(&self.storage[at..at + len]);
+            return Some((len, state.origin));
+        }
+    }
+
+    /// Pending slots older than `names.timeout` at `now_ms` (up to [`SWEEP_BUDGET`] slots
+    /// checked per call): each is handed to `expired` with its flow's key.
+    pub(super) fn sweep(&mut self, now_ms: u64, expired: &mut impl FnMut(u32, FlowKey)) {
+        if self.slots.is_empty() {
+            return;
+        }
+        for _ in 0..SWEEP_BUDGET.min(self.slots.len()) {
+            self.hand = (self.hand + 1) % self.slots.len();
+            let due = self.slots[self.hand].as_ref().filter(|s| {
+                !s.releasing && now_ms.saturating_sub(s.started_ms) >= self.limits.timeout_ms
+            });
+            if let Some(state) = due {
+                expired(self.hand as u32, state.key);
+            }
+        }
+    }
+
+    /// Whether the flow in `slot` waited longer than `names.timeout`.
+    pub(super) fn timed_out(&self, slot: u32, now_ms: u64) -> bool {
+        self.slots[slot as usize]
+            .as_ref()
+            .is_some_and(|s| now_ms.saturating_sub(s.started_ms) >= self.limits.timeout_ms)
+    }
+}
