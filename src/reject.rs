@@ -57,7 +57,8 @@ pub fn build(
                 + u32::from(flags & tcp_flags::FIN != 0);
             let (reply_seq, reply_ack) =
                 if has_ack { (ack, None) } else { (0, Some(seq.wrapping_add(consumed))) };
-            let rst = Rst { from: inner.dst, to: inner.src, src_port: dst_port, dst_port: src_port };
+            let rst =
+                Rst { from: inner.dst, to: inner.src, src_port: dst_port, dst_port: src_port };
             write_rst(&mut writer, rst, reply_seq, reply_ack)?;
         }
         Transport::Icmp { .. } if inner.is_icmp_error() => return None,

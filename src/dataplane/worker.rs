@@ -638,7 +638,9 @@ fn take_releases(
     counters: &mut Counters,
 ) {
     let mut runs = runs;
-    while io.inject.len() - *io.injected >= MAX_GENEVE_DATAGRAM + MAX_SEGMENTS_PER_SLOT * MAX_REJECT_LEN {
+    while io.inject.len() - *io.injected
+        >= MAX_GENEVE_DATAGRAM + MAX_SEGMENTS_PER_SLOT * MAX_REJECT_LEN
+    {
         let Some((len, origin)) = pipeline.pop_release(&mut io.inject[*io.injected..]) else {
             return;
         };

@@ -156,7 +156,12 @@ impl Pipeline {
         } else {
             if snapshot.policy.uses_names()
                 && snapshot.judge(inner.src, inner.dst, inner.protocol, port, NameState::Unknown)
-                    != Judgement::Decided(snapshot.decide(inner.src, inner.dst, inner.protocol, port))
+                    != Judgement::Decided(snapshot.decide(
+                        inner.src,
+                        inner.dst,
+                        inner.protocol,
+                        port,
+                    ))
             {
                 self.server_names.add(NameResult::PickedUpMidFlow);
             }
@@ -192,7 +197,9 @@ impl Pipeline {
         let decision = match (pending, pending_rule) {
             // Waiting: what passes meanwhile (the handshake, the server's packets) passes as
             // the flow's; nothing is logged or counted under a rule until the verdict.
-            (Some(_), Some(rule)) => Decision { action: Action::Allow, rule: Some(rule), log: false },
+            (Some(_), Some(rule)) => {
+                Decision { action: Action::Allow, rule: Some(rule), log: false }
+            }
             _ => decision,
         };
         let flow = Flow {
@@ -428,7 +435,12 @@ impl PendingParts<'_> {
         if flow.key.protocol != ip_proto::TCP {
             let len = self.pool.first_held(slot).and_then(|held| {
                 let decoded = super::decode(held).ok()?;
-                crate::reject::build(held, decoded.geneve_header_len, &decoded.inner, &mut to_client)
+                crate::reject::build(
+                    held,
+                    decoded.geneve_header_len,
+                    &decoded.inner,
+                    &mut to_client,
+                )
             });
             match len {
                 Some(len) => self.pool.replace_held(slot, &[&to_client[..len]]),
@@ -443,9 +455,12 @@ impl PendingParts<'_> {
         };
         // To the client, as the server: in sequence with what the client acknowledged, or
         // (before its ACK) acknowledging its SYN (RFC 9293 3.10.7.1).
-        let client_rst = Rst { from: server, to: client, src_port: server_port, dst_port: client_port };
+        let client_rst =
+            Rst { from: server, to: client, src_port: server_port, dst_port: client_port };
         let client_len = match (client_ack, next_seq) {
-            (Some(ack), _) => crate::reject::build_rst(header, client_rst, ack, None, &mut to_client),
+            (Some(ack), _) => {
+                crate::reject::build_rst(header, client_rst, ack, None, &mut to_client)
+            }
             (None, Some(next)) => {
                 crate::reject::build_rst(header, client_rst, 0, Some(next), &mut to_client)
             }
@@ -453,9 +468,11 @@ impl PendingParts<'_> {
         };
         // To the server, as the client: at the first byte it expects, since none of the
         // client's bytes reached it.
-        let server_rst = Rst { from: client, to: server, src_port: client_port, dst_port: server_port };
-        let server_len = next_seq
-            .and_then(|next| crate::reject::build_rst(header, server_rst, next, None, &mut to_server));
+        let server_rst =
+            Rst { from: client, to: server, src_port: client_port, dst_port: server_port };
+        let server_len = next_seq.and_then(|next| {
+            crate::reject::build_rst(header, server_rst, next, None, &mut to_server)
+        });
         let packets = [client_len.map(|l| &to_client[..l]), server_len.map(|l| &to_server[..l])];
         let mut kept: [&[u8]; 2] = [&[], &[]];
         let mut n = 0;

@@ -102,6 +102,10 @@ impl NameResult {
 
 /// The name reader of one flow.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "slots live in a pool allocated once: boxing the QUIC state would allocate per flow"
+)]
 enum Reader {
     Tcp(TcpReassembly),
     Quic(QuicInitials),
@@ -140,6 +144,7 @@ const MAX_HEADER: usize = 64;
 
 /// What feeding a held datagram did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant, reason = "the name is inline on purpose: boxing allocates")]
 pub(super) enum Fed {
     /// Held; the name is not known yet.
     Held,
@@ -437,5 +442,306 @@ impl HoldPool {
         self.slots[slot as usize]
             .as_ref()
             .is_some_and(|s| now_ms.saturating_sub(s.started_ms) >= self.limits.timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::super::{FlowSettings, Mode, Outcome, Pipeline};
+    use super::*;
+    use crate::names::fuzzing::client_capture;
+    use crate::packet::{Transport, tcp_flags};
+    use crate::pipeline::decode;
+    use crate::policy::Action;
+    use etherparse::PacketBuilder;
+    use std::sync::Arc;
+
+    /// Clients may reach www.example.com (TLS, and QUIC's quic.example.com), not
+    /// *.example.org; any other name on tcp/443 is rejected.
+    const NAMED: &str = "default_action: deny\ngroups:\n  clients: {cidrs: [10.0.1.0/24]}\n\
+        \x20 allowed: {domains: [www.example.com, quic.example.com]}\n\
+        \x20 blocked: {domains: [\"*.example.org\"]}\nrules:\n\
+        \x20 - {name: allowed-api, from: [clients], to: [allowed], ports: [tcp/443, udp/443], action: allow}\n\
+        \x20 - {name: blocked, from: [clients], to: [blocked], ports: [tcp/443], action: deny}\n\
+        \x20 - {name: others, from: [clients], to: [any], ports: [tcp/443], action: reject}\n";
+
+    const SERVER: [u8; 4] = [203, 0, 113, 7];
+    const ISN: u32 = 1_000;
+    const SERVER_ISN: u32 = 50_000;
+
+    fn named(limits: NameLimits) -> (Pipeline, Arc<crate::snapshot::SnapshotCell>) {
+        let cell = Arc::new(arc_swap::ArcSwap::new(snapshot(1, NAMED)));
+        let settings = FlowSettings { names: limits, ..FlowSettings::default() };
+        let mut p = Pipeline::new(Mode::Inspect, 0, Some(Arc::clone(&cell)), settings, false);
+        p.begin_batch(1);
+        (p, cell)
+    }
+
+    fn small() -> NameLimits {
+        NameLimits { max_bytes: 4096, timeout_ms: 5_000, max_pending: 8 }
+    }
+
+    /// A TCP segment in GENEVE: `from:sport -> to:dport` with `seq`, `ack` (when set) and
+    /// `payload`.
+    fn segment(
+        (from, sport): ([u8; 4], u16),
+        (to, dport): ([u8; 4], u16),
+        flags: u8,
+        seq: u32,
+        ack: u32,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut step = PacketBuilder::ipv4(from, to, 64).tcp(sport, dport, seq, 1000);
+        if flags & tcp_flags::SYN != 0 {
+            step = step.syn();
+        }
+        if flags & tcp_flags::ACK != 0 {
+            step = step.ack(ack);
+        }
+        if !payload.is_empty() {
+            step = step.psh();
+        }
+        let mut out = Vec::new();
+        step.write(&mut out, payload).unwrap();
+        geneve(out)
+    }
+
+    /// The client's data at `offset` of its stream (after the handshake).
+    fn data(port: u16, offset: u32, payload: &[u8]) -> Vec<u8> {
+        let seq = ISN + 1 + offset;
+        segment((CLIENT, port), (SERVER, 443), ACK, seq, SERVER_ISN + 1, payload)
+    }
+
+    /// SYN, SYN-ACK and the client's ACK of a connection from `port`: all pass.
+    fn handshake(p: &mut Pipeline, port: u16) {
+        let c = (CLIENT, port);
+        let s = (SERVER, 443);
+        let pass = Outcome::SendBack(Action::Allow);
+        assert_eq!(run(p, &segment(c, s, SYN, ISN, 0, &[])), pass, "SYN");
+        assert_eq!(run(p, &segment(s, c, SYN_ACK, SERVER_ISN, ISN + 1, &[])), pass, "SYN-ACK");
+        assert_eq!(run(p, &segment(c, s, ACK, ISN + 1, SERVER_ISN + 1, &[])), pass, "ACK");
+        assert_eq!(p.flow_counts().pending, 1);
+    }
+
+    fn releases(p: &mut Pipeline) -> Vec<Vec<u8>> {
+        let mut out = vec![0u8; MAX_GENEVE_DATAGRAM];
+        std::iter::from_fn(|| p.pop_release(&mut out).map(|(len, _)| out[..len].to_vec()))
+            .take(100)
+            .collect()
+    }
+
+    /// The ClientHello of a real `openssl s_client -servername <name>`.
+    fn client_hello(capture: &str) -> Vec<u8> {
+        client_capture(capture).segments.iter().flat_map(|s| s.payload.clone()).collect()
+    }
+
+    fn names(p: &Pipeline, result: NameResult) -> u64 {
+        p.flow_counts().server_names.get(result)
+    }
+
+    fn server_name(p: &mut Pipeline) -> Option<String> {
+        p.flows().find_map(|f| f.server_name.map(|n| n.to_string()))
+    }
+
+    #[test]
+    fn an_allowed_name_releases_the_held_segments_in_order_then_the_flow_passes() {
+        let (mut p, _) = named(small());
+        handshake(&mut p, 40_000);
+        let hello = client_hello("openssl_tls13_sni");
+        let cut = hello.len() / 2;
+        let (first, second) =
+            (data(40_000, 0, &hello[..cut]), data(40_000, cut as u32, &hello[cut..]));
+        assert_eq!(run(&mut p, &first), Outcome::Held);
+        assert!(releases(&mut p).is_empty(), "nothing reaches the server before the verdict");
+        assert_eq!(run(&mut p, &second), Outcome::Held);
+        assert_eq!(releases(&mut p), [first, second], "both, byte for byte, in order");
+        assert_eq!(server_name(&mut p).as_deref(), Some("www.example.com"));
+        assert_eq!((names(&p, NameResult::Found), p.flow_counts().pending), (1, 0));
+        let more = data(40_000, hello.len() as u32, b"application data");
+        assert_eq!(run(&mut p, &more), Outcome::SendBack(Action::Allow));
+        assert!(releases(&mut p).is_empty());
+    }
+
+    #[test]
+    fn a_denied_name_drops_what_was_held_and_the_rest_of_the_flow() {
+        let (mut p, _) = named(small());
+        handshake(&mut p, 40_001);
+        let hello = client_hello("openssl_tls12_sni"); // Mixed.Example.ORG
+        assert_eq!(run(&mut p, &data(40_001, 0, &hello)), Outcome::Held);
+        assert!(releases(&mut p).is_empty());
+        assert_eq!(server_name(&mut p).as_deref(), Some("mixed.example.org"));
+        let more = data(40_001, hello.len() as u32, b"more");
+        assert_eq!(run(&mut p, &more), Outcome::Withhold(Action::Deny));
+    }
+
+    #[test]
+    fn a_rejected_name_resets_the_client_and_the_server_in_sequence() {
+        let (mut p, _) = named(small());
+        handshake(&mut p, 40_002);
+        let hello = client_hello("openssl_records"); // records.example.net: no rule names it
+        // Its records make several segments in the capture: feed them as they came.
+        let mut offset = 0;
+        for piece in client_capture("openssl_records").segments.iter().filter(|s| !s.syn) {
+            if piece.payload.is_empty() {
+                continue;
+            }
+            let outcome = run(&mut p, &data(40_002, offset, &piece.payload));
+            assert_eq!(outcome, Outcome::Held);
+            offset += piece.payload.len() as u32;
+        }
+        assert_eq!(offset as usize, hello.len());
+        let rsts = releases(&mut p);
+        assert_eq!(rsts.len(), 2, "one RST to each end, nothing of the client's");
+        let to_client = decode(&rsts[0]).unwrap().inner;
+        let to_server = decode(&rsts[1]).unwrap().inner;
+        assert_eq!((to_client.src, to_client.dst), (SERVER.into(), CLIENT.into()));
+        assert_eq!((to_server.src, to_server.dst), (CLIENT.into(), SERVER.into()));
+        match (to_client.transport, to_server.transport) {
+            (
+                Transport::Tcp { src_port: 443, dst_port: 40_002, flags: f1, seq: s1, .. },
+                Transport::Tcp { src_port: 40_002, dst_port: 443, flags: f2, seq: s2, .. },
+            ) => {
+                assert_eq!((f1, f2), (tcp_flags::RST, tcp_flags::RST));
+                // What the client acknowledged; what the server expects next.
+                assert_eq!((s1, s2), (SERVER_ISN + 1, ISN + 1));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(&rsts[0][..40], &data(40_002, 0, b"x")[..40], "in the flow's GENEVE header");
+        assert_eq!(names(&p, NameResult::Found), 1);
+    }
+
+    #[test]
+    fn a_client_hello_split_and_reordered_is_read_once_whole() {
+        let (mut p, _) = named(small());
+        handshake(&mut p, 40_003);
+        let hello = client_hello("openssl_tls13_sni");
+        let cut = 100;
+        let (first, second) =
+            (data(40_003, 0, &hello[..cut]), data(40_003, cut as u32, &hello[cut..]));
+        assert_eq!(run(&mut p, &second), Outcome::Held);
+        assert!(releases(&mut p).is_empty());
+        assert_eq!(run(&mut p, &first), Outcome::Held);
+        assert_eq!(releases(&mut p), [second, first], "as they arrived: TCP puts them in order");
+        assert_eq!(server_name(&mut p).as_deref(), Some("www.example.com"));
+    }
+
+    #[test]
+    fn a_retransmission_of_held_bytes_is_not_held_twice() {
+        let (mut p, _) = named(small());
+        handshake(&mut p, 40_004);
+        let hello = client_hello("openssl_tls13_sni");
+        let cut = 100;
+        let (first, second) =
+            (data(40_004, 0, &hello[..cut]), data(40_004, cut as u32, &hello[cut..]));
+        assert_eq!(run(&mut p, &first), Outcome::Held);
+        assert_eq!(run(&mut p, &first), Outcome::Held, "the retransmission waits too");
+        assert_eq!(run(&mut p, &second), Outcome::Held);
+        assert_eq!(releases(&mut p), [first, second], "the first copy once");
+    }
+
+    #[test]
+    fn past_max_bytes_the_flow_is_judged_with_no_name_and_counted() {
+        let limits = NameLimits { max_bytes: 1024, ..small() };
+        let (mut p, _) = named(limits);
+        handshake(&mut p, 40_005);
+        // An HTTP request head that never ends within the budget.
+        let head = [&b"GET / HTTP/1.1\r\nX-Padding: "[..], &[b'a'; 1100]].concat();
+        assert_eq!(run(&mut p, &data(40_005, 0, &head[..600])), Outcome::Held);
+        assert_eq!(run(&mut p, &data(40_005, 600, &head[600..])), Outcome::Held);
+        // No name: the reject rule decides, and the RSTs replace what was held.
+        assert_eq!(releases(&mut p).len(), 2);
+        assert_eq!(names(&p, NameResult::TooLong), 1);
+        assert_eq!(p.flow_counts().pending, 0);
+    }
+
+    #[test]
+    fn past_max_pending_a_new_flow_is_judged_with_no_name_and_counted() {
+        let limits = NameLimits { max_pending: 1, ..small() };
+        let (mut p, _) = named(limits);
+        handshake(&mut p, 40_006);
+        let syn = segment((CLIENT, 40_007), (SERVER, 443), SYN, ISN, 0, &[]);
+        assert!(matches!(run(&mut p, &syn), Outcome::Reject { .. }), "the reject rule, at once");
+        assert_eq!(names(&p, NameResult::PendingFull), 1);
+        assert_eq!(p.flow_counts().pending, 1);
+    }
+
+    #[test]
+    fn past_the_timeout_the_flow_is_judged_with_no_name_and_counted() {
+        let (mut p, _) = named(small());
+        handshake(&mut p, 40_008);
+        p.begin_batch(1 + 4_999);
+        assert_eq!(p.flow_counts().pending, 1, "not yet");
+        p.begin_batch(1 + 5_000);
+        assert_eq!(p.flow_counts().pending, 0);
+        assert_eq!(names(&p, NameResult::Timeout), 1);
+        // Rejected with no name: the client (its ACK seen) and the server get their RSTs.
+        assert_eq!(releases(&mut p).len(), 2);
+        let late = data(40_008, 0, b"GET / HTTP/1.1\r\n");
+        assert!(matches!(run(&mut p, &late), Outcome::Reject { .. }));
+    }
+
+    #[test]
+    fn a_flow_picked_up_mid_flow_is_judged_with_no_name_and_counted() {
+        let (mut p, _) = named(small());
+        assert!(matches!(run(&mut p, &data(40_009, 5, b"mid-stream")), Outcome::Reject { .. }));
+        assert_eq!(names(&p, NameResult::PickedUpMidFlow), 1);
+        assert_eq!(p.flow_counts().pending, 0);
+    }
+
+    #[test]
+    fn a_policy_change_rejudges_a_flow_with_its_name() {
+        let (mut p, cell) = named(small());
+        handshake(&mut p, 40_010);
+        let hello = client_hello("openssl_tls13_sni");
+        run(&mut p, &data(40_010, 0, &hello));
+        releases(&mut p);
+        let next = |n: u32| data(40_010, hello.len() as u32 + n, b"x");
+        // Another rule order: still allowed by name (without it the reject rule would match).
+        cell.store(snapshot(2, &NAMED.replace("action: deny}", "action: audit}")));
+        p.begin_batch(2);
+        assert_eq!(run(&mut p, &next(0)), Outcome::SendBack(Action::Allow));
+        // The name's rule now denies.
+        cell.store(snapshot(
+            3,
+            &NAMED.replace("udp/443], action: allow", "udp/443], action: deny"),
+        ));
+        p.begin_batch(3);
+        assert_eq!(run(&mut p, &next(1)), Outcome::Withhold(Action::Deny));
+    }
+
+    #[test]
+    fn a_policy_without_domains_groups_never_holds() {
+        let (mut p, _) = pipeline();
+        let c = (CLIENT, 40_011);
+        let db = (DB, 3306);
+        let pass = Outcome::SendBack(Action::Allow);
+        assert_eq!(run(&mut p, &segment(c, db, SYN, ISN, 0, &[])), pass);
+        assert_eq!(run(&mut p, &segment(c, db, ACK, ISN + 1, 1, b"\x16\x03\x01")), pass);
+        assert_eq!(p.flow_counts().pending, 0);
+        assert_eq!(p.flow_counts().server_names, NameCounts::default());
+    }
+
+    #[test]
+    fn quic_initials_are_held_until_their_name_is_read() {
+        let (mut p, _) = named(small());
+        let capture = client_capture("aioquic_v1");
+        let mut sent = Vec::new();
+        for payload in &capture.datagrams {
+            let mut inner = Vec::new();
+            PacketBuilder::ipv4(CLIENT, SERVER, 64)
+                .udp(50_000, 443)
+                .write(&mut inner, payload)
+                .unwrap();
+            let datagram = geneve(inner);
+            assert_eq!(run(&mut p, &datagram), Outcome::Held);
+            sent.push(datagram);
+            if p.flow_counts().pending == 0 {
+                break;
+            }
+        }
+        assert_eq!(releases(&mut p), sent);
+        assert_eq!(server_name(&mut p).as_deref(), Some("quic.example.com"));
     }
 }
