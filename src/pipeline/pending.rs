@@ -724,6 +724,24 @@ mod tests {
     }
 
     #[test]
+    fn a_logged_flow_starts_in_the_flow_log_at_its_verdict_with_its_name() {
+        let policy = NAMED.replace("udp/443], action: allow", "udp/443], action: allow, log: true");
+        let cell = Arc::new(arc_swap::ArcSwap::new(snapshot(1, &policy)));
+        let settings = FlowSettings { names: small(), ..FlowSettings::default() };
+        let mut p = Pipeline::new(Mode::Inspect, 0, Some(cell), settings, true);
+        p.begin_batch(1);
+        handshake(&mut p, 40_012);
+        assert!(p.poll_flow_record().is_none(), "no verdict, no start yet");
+        run(&mut p, &data(40_012, 0, &client_hello("openssl_tls13_sni")));
+        let start = p.poll_flow_record().expect("the start, at the verdict");
+        assert_eq!(start.rule.as_deref(), Some("allowed-api"));
+        assert_eq!(
+            start.flow.server_name.map(|n| n.to_string()).as_deref(),
+            Some("www.example.com")
+        );
+    }
+
+    #[test]
     fn quic_initials_are_held_until_their_name_is_read() {
         let (mut p, _) = named(small());
         let capture = client_capture("aioquic_v1");
