@@ -470,3 +470,129 @@ fn a_reused_5_tuple_gets_a_new_cookie_and_still_passes() {
     assert_eq!(counters.get("mismatches"), 0, "{}", counters.line);
     assert!(counters.get("flows_renewed") >= 1, "{}", counters.line);
 }
+
+/// The demo's policy with named egress first: ratings may reach the database's TLS and HTTP
+/// ports only under the name api.allowed.example; any other name there is rejected.
+fn names_policy() -> String {
+    labelwall::tools::demo::POLICY
+        .replace(
+            "  internet:\n",
+            "  allowed-api:\n    domains: [api.allowed.example]\n  internet:\n",
+        )
+        .replace(
+            "rules:\n",
+            "rules:\n  - name: ratings-to-allowed-api\n    from: [ratings]\n    to: [allowed-api]\n    \
+             ports: [tcp/443, tcp/80]\n    action: allow\n  - name: ratings-other-names\n    \
+             from: [ratings]\n    to: [rating-database]\n    ports: [tcp/443, tcp/80]\n    \
+             action: reject\n",
+        )
+}
+
+/// Real clients name the server they ask for: openssl s_client's SNI and curl's Host decide,
+/// through the appliance, whether the connection to the same address and port goes through.
+#[test]
+fn server_names_of_real_clients_decide_tls_and_http_connections() {
+    let _serial = serial();
+    netns::require_tools(&[("openssl", "version"), ("curl", "--version"), ("python3", "-V")]);
+    let policy = names_policy();
+    let bench = Bench::start(&policy);
+    let dir = bench.dir.path();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    netns::run_checked(
+        std::process::Command::new("openssl").args(["req", "-x509", "-newkey", "ec"]).args([
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=api.allowed.example",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ]),
+        netns::COMMAND_LIMIT,
+    );
+    let mut tls_server = Daemon::start(
+        "openssl s_server",
+        {
+            let mut command = bench.db.exec("openssl");
+            command.args(["s_server", "-accept", "443", "-www", "-cert"]);
+            command.args([cert.to_str().unwrap(), "-key", key.to_str().unwrap()]);
+            command
+        },
+        dir.join("s_server.log"),
+    );
+    let mut http_server = Daemon::start(
+        "python3 http.server",
+        {
+            let mut command = bench.db.exec("python3");
+            command.args(["-m", "http.server", "80", "--bind", DB_IP, "--directory"]);
+            command.arg(dir);
+            command
+        },
+        dir.join("http.log"),
+    );
+    let db = &bench.db;
+    for (server, port) in [(&mut tls_server, "443"), (&mut http_server, "80")] {
+        let filter = format!("sport = :{port}");
+        server.wait_until(Duration::from_secs(10), |_| {
+            let output = run_bounded(db.exec("ss").args(["-Hltn", &filter]), netns::COMMAND_LIMIT);
+            !output.stdout.is_empty()
+        });
+    }
+
+    let s_client = |name: &str| {
+        let started = Instant::now();
+        let script = format!(
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | openssl s_client -connect {DB_IP}:443 \
+             -servername {name} -quiet 2>&1"
+        );
+        let output =
+            run_bounded(bench.rat.exec("sh").args(["-c", &script]), Duration::from_secs(15));
+        (String::from_utf8_lossy(&output.stdout).into_owned(), started.elapsed())
+    };
+    let (allowed, _) = s_client("api.allowed.example");
+    assert!(
+        allowed.contains("200 ok"),
+        "the allowed name's handshake and request:\n{allowed}\n{}",
+        bench.logs()
+    );
+    let (other, elapsed) = s_client("other.example");
+    assert!(!other.contains("200 ok"), "another name got through:\n{other}");
+    assert!(
+        other.to_lowercase().contains("reset") || other.contains("errno=104"),
+        "the client should see a reset: {other}"
+    );
+    assert!(elapsed < Duration::from_secs(5), "the reset took {elapsed:?}");
+
+    let curl = |host: &str| {
+        let output = run_bounded(
+            bench.rat.exec("curl").args([
+                "-s",
+                "-m",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                &format!("Host: {host}"),
+                &format!("http://{DB_IP}/"),
+            ]),
+            Duration::from_secs(15),
+        );
+        (String::from_utf8_lossy(&output.stdout).into_owned(), output.status.code())
+    };
+    assert_eq!(curl("api.allowed.example").0, "200", "{}", bench.logs());
+    let (code, status) = curl("other.example");
+    assert_eq!(code, "000", "another Host got an answer");
+    assert_eq!(status, Some(56), "curl: connection reset (exit 56)");
+
+    let metrics = bench.admin_get("/metrics");
+    assert!(metric(&metrics, "labelwall_server_names_total{result=\"found\"}") >= 4, "{metrics}");
+    assert_eq!(metric(&metrics, "labelwall_flows_pending"), 0, "{metrics}");
+    let http_log = http_server.log();
+    assert_eq!(http_log.matches("\"GET / ").count(), 1, "only the allowed request: {http_log}");
+}

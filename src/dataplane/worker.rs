@@ -407,7 +407,7 @@ impl Worker {
         self.pipeline.begin_batch(clock.elapsed().as_millis() as u64);
         // Bounded: the pipeline's queue holds at most `names.max_pending` flows' datagrams.
         while let Some((len, origin)) = self.pipeline.pop_release(&mut self.release) {
-            let addressing = addressing_of(origin);
+            let addressing = OuterAddressing::from_origin(origin);
             match TxItem::new(&addressing, 0, len).filter(|_| !addressing.src.is_unspecified()) {
                 Some(item) => {
                     let reports = self.sender.send(&[item], &self.release[..]);
@@ -569,7 +569,7 @@ impl Worker {
             dst_port: self.reply_port,
         };
         let usable = !appliance_ip.is_unspecified();
-        self.pipeline.set_origin(origin_of(&addressing));
+        self.pipeline.set_origin(addressing.to_origin());
         let mut runs = RunBuilder::default();
         let mut offset = slot_offset;
         // The datagram before in this train: the next one is decoded by comparison with it.
@@ -644,7 +644,7 @@ fn take_releases(
         let Some((len, origin)) = pipeline.pop_release(&mut io.inject[*io.injected..]) else {
             return;
         };
-        let addressing = addressing_of(origin);
+        let addressing = OuterAddressing::from_origin(origin);
         if let Some(run) = runs.as_deref_mut().and_then(RunBuilder::finish) {
             io.tx.push_run(run, &addressing, counters);
         }
@@ -652,23 +652,6 @@ fn take_releases(
         *io.injected += len.next_multiple_of(8);
         let usable = !addressing.src.is_unspecified();
         io.tx.push_single(&addressing, usable, at, len, counters);
-    }
-}
-
-/// The outer addressing of a reply packed as the pipeline's opaque origin of a datagram.
-fn origin_of(a: &OuterAddressing) -> u128 {
-    (u128::from(u32::from(a.src)) << 64)
-        | (u128::from(u32::from(a.dst)) << 32)
-        | (u128::from(a.src_port) << 16)
-        | u128::from(a.dst_port)
-}
-
-fn addressing_of(origin: u128) -> OuterAddressing {
-    OuterAddressing {
-        src: Ipv4Addr::from((origin >> 64) as u32),
-        dst: Ipv4Addr::from((origin >> 32) as u32),
-        src_port: (origin >> 16) as u16,
-        dst_port: origin as u16,
     }
 }
 
