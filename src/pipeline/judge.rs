@@ -99,7 +99,10 @@ impl Pipeline {
                 flow.cookie = packet.gwlb.flow_cookie;
                 return (flow.decision, repeatable(flow, sender, flags, pure_syn));
             }
-            if let Some(slot) = flow.pending {
+            // A SYN from the responder is a connection of its own, judged below as always.
+            if let Some(slot) = flow.pending
+                && !(pure_syn && from_responder)
+            {
                 flow.last_seen_ms = now;
                 flow.packets += 1;
                 flow.bytes += len as u64;
@@ -376,15 +379,20 @@ impl PendingParts<'_> {
                 let (name, result) = match reading {
                     Reading::Found(name) => (Some(name), NameResult::Found),
                     Reading::TooLong => (None, NameResult::TooLong),
-                    _ => (None, NameResult::None),
+                    Reading::NoName | Reading::NeedMore => (None, NameResult::None),
                 };
                 self.settle(snapshot, flow, slot, name, result);
                 Outcome::Held
             }
-            Fed::NoRoom => {
-                // Judged now; this datagram goes after the held ones (the caller takes
-                // releases before it acts on the outcome).
-                let decision = self.settle(snapshot, flow, slot, None, NameResult::TooLong);
+            Fed::NoRoom(reading) => {
+                // Judged now, with what was read; this datagram goes after the held ones (the
+                // caller takes releases before it acts on the outcome).
+                let (name, result) = match reading {
+                    Reading::Found(name) => (Some(name), NameResult::Found),
+                    Reading::NoName => (None, NameResult::None),
+                    Reading::NeedMore | Reading::TooLong => (None, NameResult::TooLong),
+                };
+                let decision = self.settle(snapshot, flow, slot, name, result);
                 after_verdict(decision)
             }
         }

@@ -152,9 +152,9 @@ pub(super) enum Fed {
     HeldAndRead(Reading),
     /// Copies of bytes already held (a retransmission): not held again.
     Duplicate,
-    /// No room to hold it: the flow must be judged now (without a name), and this datagram
-    /// goes after the held ones.
-    NoRoom,
+    /// No room to hold it: the flow must be judged now, with the reading so far (a final
+    /// one, or none past the room), and this datagram goes after the held ones.
+    NoRoom(Reading),
 }
 
 /// The per-worker pool of pending flows.
@@ -314,7 +314,7 @@ impl HoldPool {
             _ => Reading::NoName,
         };
         if usize::from(state.count) == MAX_HELD || state.used + datagram.len() > room.len() {
-            return Fed::NoRoom;
+            return Fed::NoRoom(reading);
         }
         room[state.used..state.used + datagram.len()].copy_from_slice(datagram);
         state.held[usize::from(state.count)] = (state.used as u32, datagram.len() as u32);
@@ -739,6 +739,32 @@ mod tests {
             start.flow.server_name.map(|n| n.to_string()).as_deref(),
             Some("www.example.com")
         );
+    }
+
+    #[test]
+    fn a_syn_from_the_server_of_a_pending_flow_is_a_connection_of_its_own() {
+        let (mut p, _) = named(small());
+        handshake(&mut p, 40_013);
+        let syn = segment((SERVER, 443), (CLIENT, 40_013), SYN, 7, 0, &[]);
+        assert_eq!(run(&mut p, &syn), Outcome::Withhold(Action::Deny), "the default denies");
+        assert_eq!(p.flow_counts().pending, 1, "the pending flow is untouched");
+    }
+
+    #[test]
+    fn past_the_held_datagrams_room_the_flow_is_judged_and_the_last_goes_after_the_held() {
+        let (mut p, _) = named(small());
+        handshake(&mut p, 40_014);
+        let head = b"GET / HTTP/1.1\r\nHost: www.example.com\r\nX: 0123456789\r\n";
+        let mut sent = 0;
+        for byte in &head[..MAX_HELD] {
+            assert_eq!(run(&mut p, &data(40_014, sent, &[*byte])), Outcome::Held);
+            sent += 1;
+        }
+        // One more than the pool holds per flow: judged with no name (the reject rule).
+        let last = data(40_014, sent, &head[MAX_HELD..]);
+        assert_eq!(run(&mut p, &last), Outcome::Withhold(Action::Reject));
+        assert_eq!(releases(&mut p).len(), 2, "the RSTs, not the held bytes");
+        assert_eq!(names(&p, NameResult::TooLong), 1);
     }
 
     #[test]
