@@ -567,6 +567,29 @@ fn server_names_of_real_clients_decide_tls_and_http_connections() {
     );
     assert!(elapsed < Duration::from_secs(5), "the reset took {elapsed:?}");
 
+    // curl over TLS: its SNI from the URL's host, resolved to the database.
+    let curl_tls = |name: &str| {
+        let output = run_bounded(
+            bench.rat.exec("curl").args([
+                "-sk",
+                "-m",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--resolve",
+                &format!("{name}:443:{DB_IP}"),
+                &format!("https://{name}/"),
+            ]),
+            Duration::from_secs(15),
+        );
+        (String::from_utf8_lossy(&output.stdout).into_owned(), output.status.code())
+    };
+    assert_eq!(curl_tls("api.allowed.example").0, "200", "{}", bench.logs());
+    let (code, status) = curl_tls("other.example");
+    assert_eq!((code.as_str(), status), ("000", Some(35)), "curl: reset in the TLS handshake");
+
     let curl = |host: &str| {
         let output = run_bounded(
             bench.rat.exec("curl").args([
@@ -591,7 +614,7 @@ fn server_names_of_real_clients_decide_tls_and_http_connections() {
     assert_eq!(status, Some(56), "curl: connection reset (exit 56)");
 
     let metrics = bench.admin_get("/metrics");
-    assert!(metric(&metrics, "labelwall_server_names_total{result=\"found\"}") >= 4, "{metrics}");
+    assert!(metric(&metrics, "labelwall_server_names_total{result=\"found\"}") >= 6, "{metrics}");
     assert_eq!(metric(&metrics, "labelwall_flows_pending"), 0, "{metrics}");
     let http_log = http_server.log();
     assert_eq!(http_log.matches("\"GET / ").count(), 1, "only the allowed request: {http_log}");
