@@ -619,3 +619,104 @@ fn server_names_of_real_clients_decide_tls_and_http_connections() {
     let http_log = http_server.log();
     assert_eq!(http_log.matches("\"GET / ").count(), 1, "only the allowed request: {http_log}");
 }
+
+/// The Python with aioquic that tests/run.sh installs (LABELWALL_AIOQUIC_PYTHON, else its
+/// cache path).
+fn aioquic_python() -> String {
+    std::env::var("LABELWALL_AIOQUIC_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        let cache = std::env::var("LABELWALL_CI_CACHE")
+            .unwrap_or_else(|_| format!("{home}/.cache/labelwall-ci"));
+        format!("{cache}/aioquic-1.7.2/bin/python")
+    })
+}
+
+const QUIC_SERVER: &str = r#"
+import asyncio, sys
+from aioquic.asyncio import serve
+from aioquic.quic.configuration import QuicConfiguration
+cert, key, host = sys.argv[1:4]
+config = QuicConfiguration(is_client=False, alpn_protocols=["hq-interop"])
+config.load_cert_chain(cert, key)
+async def main():
+    await serve(host, 443, configuration=config)
+    print("listening", flush=True)
+    await asyncio.sleep(120)
+asyncio.run(main())
+"#;
+
+/// Connects with `name` (and a ClientHello over two Initials when `big`); prints `connected`
+/// once the handshake completed and a PING was answered, else `failed`.
+const QUIC_CLIENT: &str = r#"
+import asyncio, ssl, sys
+from aioquic.asyncio import connect
+from aioquic.quic.configuration import QuicConfiguration
+host, name, big = sys.argv[1], sys.argv[2], sys.argv[3] == "big"
+config = QuicConfiguration(is_client=True, server_name=name, alpn_protocols=["hq-interop"],
+                           verify_mode=ssl.CERT_NONE, quantum_readiness_test=big)
+async def main():
+    async with connect(host, 443, configuration=config) as client:
+        await client.ping()
+        print("connected", flush=True)
+try:
+    asyncio.run(asyncio.wait_for(main(), 4))
+except BaseException as error:
+    print("failed", type(error).__name__, flush=True)
+"#;
+
+/// A real QUIC client's Initials name the server: the allowed name's handshake completes
+/// (also with a ClientHello over two Initials), another name's never reaches the server.
+#[test]
+fn quic_clients_are_judged_by_the_name_in_their_initials() {
+    let _serial = serial();
+    let python = aioquic_python();
+    if !std::path::Path::new(&python).exists() {
+        panic!("{python} is missing: tests/run.sh installs aioquic");
+    }
+    let policy =
+        names_policy().replace("ports: [tcp/443, tcp/80]", "ports: [tcp/443, tcp/80, udp/443]");
+    let bench = Bench::start(&policy);
+    let dir = bench.dir.path();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    netns::run_checked(
+        std::process::Command::new("openssl").args(["req", "-x509", "-newkey", "ec"]).args([
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=api.allowed.example",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ]),
+        netns::COMMAND_LIMIT,
+    );
+    let mut server = Daemon::start(
+        "aioquic server",
+        {
+            let mut command = bench.db.exec(&python);
+            command.args(["-c", QUIC_SERVER]).arg(&cert).arg(&key).arg(DB_IP);
+            command
+        },
+        dir.join("quic-server.log"),
+    );
+    server.wait_until(Duration::from_secs(10), |d| d.log().contains("listening"));
+    let client = |name: &str, big: bool| {
+        let mut command = bench.rat.exec(&python);
+        command.args(["-c", QUIC_CLIENT, DB_IP, name, if big { "big" } else { "small" }]);
+        let output = run_bounded(&mut command, Duration::from_secs(15));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr)
+    };
+    let allowed = client("api.allowed.example", false);
+    assert!(allowed.contains("connected"), "allowed name: {allowed}\n{}", bench.logs());
+    let two_initials = client("api.allowed.example", true);
+    assert!(two_initials.contains("connected"), "two Initials: {two_initials}\n{}", bench.logs());
+    let other = client("other.example", false);
+    assert!(other.contains("failed"), "another name: {other}");
+    let metrics = bench.admin_get("/metrics");
+    assert!(metric(&metrics, "labelwall_server_names_total{result=\"found\"}") >= 3, "{metrics}");
+}
