@@ -558,6 +558,8 @@ mod tests {
         assert_eq!(releases(&mut p), [first, second], "both, byte for byte, in order");
         assert_eq!(server_name(&mut p).as_deref(), Some("www.example.com"));
         assert_eq!((names(&p, NameResult::Found), p.flow_counts().pending), (1, 0));
+        let packets = p.flows().map(|f| f.packets).sum::<u64>();
+        assert_eq!(packets, 5, "the handshake and the two held segments, each once");
         let more = data(40_000, hello.len() as u32, b"application data");
         assert_eq!(run(&mut p, &more), Outcome::SendBack(Action::Allow));
         assert!(releases(&mut p).is_empty());
