@@ -40,9 +40,7 @@ impl Pipeline {
             // judged as it was: the rest of a SYN that the responder of a known flow sends is
             // its own connection, refused as its first fragment was, never part of the flow.
             return match self.fragments.first_of(inner, now) {
-                Some(first) => {
-                    self.judge_flow(snapshot, packet, datagram, first.ports, first.flags).0
-                }
+                Some(first) => self.judge_flow(snapshot, packet, len, first.ports, first.flags).0,
                 None => judge_unmatched_fragment(snapshot, inner),
             };
         }
@@ -51,7 +49,7 @@ impl Pipeline {
         }
         let ports = inner.transport.flow_ports();
         let (decision, repeatable) =
-            self.judge_flow(snapshot, packet, datagram, ports, inner.transport.tcp_flags());
+            self.judge_flow(snapshot, packet, len, ports, inner.transport.tcp_flags());
         // A copy of a datagram that is no fragment changes nothing but the counters when its
         // flags leave the flow's TCP state as it is and it would not be judged afresh (a SYN
         // on a closed flow, or from the responder side, starts a flow of its own).
@@ -70,13 +68,12 @@ impl Pipeline {
         &mut self,
         snapshot: &Arc<Snapshot>,
         packet: &DecodedPacket,
-        datagram: &[u8],
+        len: usize,
         (sport, dport): (u16, u16),
         flags: u8,
     ) -> (Decision, bool) {
         let inner = &packet.inner;
         let now = self.now_ms;
-        let len = datagram.len();
         let (key, sender) = FlowKey::of_packet(inner.src, sport, inner.dst, dport, inner.protocol);
         let is_tcp = inner.protocol == ip_proto::TCP;
         let pure_syn = is_pure_syn(inner.protocol, flags);
@@ -100,22 +97,12 @@ impl Pipeline {
                 return (flow.decision, repeatable(flow, sender, flags, pure_syn));
             }
             // A SYN from the responder is a connection of its own, judged below as always.
+            // Handled by the caller, which has the datagram ([`Pipeline::pending_packet`]).
             if let Some(slot) = flow.pending
                 && !(pure_syn && from_responder)
             {
-                let mut parts = PendingParts {
-                    pool: &mut self.pool,
-                    rejects: &mut self.rejects,
-                    names: &mut self.server_names,
-                    records,
-                    now_ms: now,
-                    origin: self.origin,
-                };
-                let outcome =
-                    parts.known_packet(snapshot, flow, slot, packet, datagram, (sender, flags));
-                let decision = flow.decision;
-                self.pending_outcome = Some(outcome);
-                return (decision, false);
+                self.pending_hit = Some(PendingHit { slot, sender, flags, counted: false });
+                return (flow.decision, false);
             }
             if pure_syn && from_responder && !refused && flow.tcp != TcpState::Closed {
                 // The responder's own connection: unless policy lets it open one, it is
@@ -221,16 +208,7 @@ impl Pipeline {
         self.created += 1;
         let flow = flows.insert(flow, &mut ended);
         if let Some(slot) = pending {
-            let mut parts = PendingParts {
-                pool: &mut self.pool,
-                rejects: &mut self.rejects,
-                names: &mut self.server_names,
-                records,
-                now_ms: now,
-                origin: self.origin,
-            };
-            self.pending_outcome =
-                Some(parts.packet(snapshot, flow, slot, packet, datagram, sender));
+            self.pending_hit = Some(PendingHit { slot, sender, flags, counted: true });
             return (flow.decision, false);
         }
         let repeatable = repeatable(flow, sender, flags, pure_syn);
@@ -269,6 +247,40 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    /// The outcome of a packet of a pending flow that judging just found (or created) and
+    /// left in `pending_hit`. Out of line and cold, with the datagram passed only here: as
+    /// part of judging, it cost every established packet ~15 instructions.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn pending_packet(
+        &mut self,
+        hit: PendingHit,
+        snapshot: &Arc<Snapshot>,
+        packet: &DecodedPacket,
+        datagram: &[u8],
+    ) -> Outcome {
+        // Judging found or inserted it last.
+        let Some(flow) = self.flows.recent_mut().filter(|f| f.pending == Some(hit.slot)) else {
+            return Outcome::Withhold(Action::Deny);
+        };
+        if !hit.counted {
+            flow.last_seen_ms = self.now_ms;
+            flow.packets += 1;
+            flow.bytes += datagram.len() as u64;
+            flow.tcp = flow.tcp.advance(hit.flags);
+            flow.cookie = packet.gwlb.flow_cookie;
+        }
+        let mut parts = PendingParts {
+            pool: &mut self.pool,
+            rejects: &mut self.rejects,
+            names: &mut self.server_names,
+            records: &mut self.records,
+            now_ms: self.now_ms,
+            origin: self.origin,
+        };
+        parts.packet(snapshot, flow, hit.slot, packet, datagram, hit.sender)
+    }
+
     /// Judges the pending flows that waited longer than `names.timeout` (a few slots per
     /// batch, like the flow table's sweep) with no name; frees the slots of flows that left
     /// the table meanwhile.
@@ -308,6 +320,16 @@ impl Pipeline {
     }
 }
 
+/// A packet of a pending flow, found by judging: its slot, sender and TCP flags, and whether
+/// it was counted already (a new flow's first packet is).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PendingHit {
+    slot: u32,
+    sender: Side,
+    flags: u8,
+    counted: bool,
+}
+
 /// What judging a pending flow's packet works with: disjoint parts of the pipeline, so that
 /// the flow (borrowed from the table) can be changed at the same time.
 struct PendingParts<'p> {
@@ -320,32 +342,9 @@ struct PendingParts<'p> {
 }
 
 impl PendingParts<'_> {
-    /// A packet of the pending flow `flow` (slot `slot`) from `sender`, counted with it: the
-    /// server's pass (handshake replies; a server that speaks first cannot be named, and its
-    /// flow is judged at the timeout), the client's handshake passes, the client's bytes are
-    /// held and read. Out of line and cold: the established path of every other flow keeps
-    /// its registers (inlined, it cost each established packet ~15 instructions).
-    #[cold]
-    #[inline(never)]
-    fn known_packet(
-        &mut self,
-        snapshot: &Arc<Snapshot>,
-        flow: &mut Flow,
-        slot: u32,
-        packet: &DecodedPacket,
-        datagram: &[u8],
-        (sender, flags): (Side, u8),
-    ) -> Outcome {
-        flow.last_seen_ms = self.now_ms;
-        flow.packets += 1;
-        flow.bytes += datagram.len() as u64;
-        flow.tcp = flow.tcp.advance(flags);
-        flow.cookie = packet.gwlb.flow_cookie;
-        self.packet(snapshot, flow, slot, packet, datagram, sender)
-    }
-
-    /// As [`PendingParts::known_packet`], for a packet already counted (the flow's first).
-    #[inline(never)]
+    /// A packet of the pending flow `flow` (slot `slot`) from `sender`: the server's pass
+    /// (handshake replies; a server that speaks first cannot be named, and its flow is judged
+    /// at the timeout), the client's handshake passes, the client's bytes are held and read.
     fn packet(
         &mut self,
         snapshot: &Arc<Snapshot>,

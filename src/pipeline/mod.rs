@@ -165,8 +165,8 @@ pub struct Pipeline {
     /// Flows waiting for their server name, and their held datagrams.
     pool: HoldPool,
     server_names: NameCounts,
-    /// Set by judging a packet of a pending flow: its outcome, instead of the decision's.
-    pending_outcome: Option<Outcome>,
+    /// Set by judging a packet of a pending flow: what [`Pipeline::pending_packet`] needs.
+    pending_hit: Option<judge::PendingHit>,
     /// Where the datagrams being processed came from ([`Pipeline::set_origin`]).
     origin: u128,
 }
@@ -204,7 +204,7 @@ impl Pipeline {
             repeatable: false,
             pool: HoldPool::new(names),
             server_names: NameCounts::default(),
-            pending_outcome: None,
+            pending_hit: None,
             origin: 0,
         }
     }
@@ -356,8 +356,9 @@ impl Pipeline {
             return Outcome::Withhold(Action::Deny);
         };
         let decision = self.judge(&snapshot, &packet, datagram);
-        if let Some(outcome) = self.pending_outcome.take() {
+        if let Some(hit) = self.pending_hit.take() {
             // A pending flow's packet: no rule decided it (yet).
+            let outcome = self.pending_packet(hit, &snapshot, &packet, datagram);
             self.snapshot = Some(snapshot);
             return outcome;
         }
