@@ -358,6 +358,23 @@ impl PendingParts<'_> {
             let decision = self.settle(snapshot, flow, slot, None, NameResult::Timeout);
             return after_verdict(decision);
         }
+        if flow.generation != snapshot.generation {
+            // Policy or labels changed while it waited: judged again as it started; a policy
+            // that no longer needs the name decides now (no name was read: not counted).
+            flow.generation = snapshot.generation;
+            let key = flow.key;
+            let (from, _) = key.endpoint(flow.initiator);
+            let (to, to_port) = key.endpoint(flow.initiator.other());
+            let port = service_port(key.protocol, to_port);
+            match snapshot.judge(from, to, key.protocol, port, NameState::Unknown) {
+                Judgement::Decided(decision) => {
+                    self.conclude(snapshot, flow, slot, decision);
+                    // This packet goes after what was held (the caller takes releases first).
+                    return after_verdict(decision);
+                }
+                Judgement::NeedsName { rule } => flow.decision.rule = Some(rule),
+            }
+        }
         if sender != flow.initiator {
             return Outcome::SendBack(Action::Allow);
         }
@@ -429,8 +446,19 @@ impl PendingParts<'_> {
     ) -> Decision {
         self.names.add(result);
         flow.server_name = name;
-        flow.pending = None;
         let decision = decide_with_name(snapshot, flow);
+        self.conclude(snapshot, flow, slot, decision)
+    }
+
+    /// Carries out `decision` on the pending flow `flow`: it stops waiting.
+    fn conclude(
+        &mut self,
+        snapshot: &Arc<Snapshot>,
+        flow: &mut Flow,
+        slot: u32,
+        decision: Decision,
+    ) -> Decision {
+        flow.pending = None;
         flow.decision = decision;
         flow.generation = snapshot.generation;
         flow.rule_name = logged_rule_name(snapshot, &decision);

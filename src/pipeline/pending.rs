@@ -714,6 +714,24 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_change_that_no_longer_needs_the_name_decides_a_waiting_flow() {
+        let (mut p, cell) = named(small());
+        handshake(&mut p, 40_015);
+        let first = data(40_015, 0, b"GET / HT");
+        assert_eq!(run(&mut p, &first), Outcome::Held);
+        // The names rules are gone: clients to tcp/443 are allowed by address.
+        let by_address = "default_action: deny\ngroups:\n  clients: {cidrs: [10.0.1.0/24]}\n\
+            rules:\n  - {name: web, from: [clients], to: [any], ports: [tcp/443], action: allow}\n";
+        cell.store(snapshot(2, by_address));
+        p.begin_batch(2);
+        let second = data(40_015, 8, b"TP/1.1\r\n");
+        assert_eq!(run(&mut p, &second), Outcome::SendBack(Action::Allow), "after the held one");
+        assert_eq!(releases(&mut p), [first]);
+        assert_eq!(p.flow_counts().pending, 0);
+        assert_eq!(p.flow_counts().server_names, NameCounts::default(), "no name was read");
+    }
+
+    #[test]
     fn a_policy_without_domains_groups_never_holds() {
         let (mut p, _) = pipeline();
         let c = (CLIENT, 40_011);
