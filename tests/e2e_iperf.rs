@@ -493,9 +493,20 @@ fn names_policy() -> String {
 #[test]
 fn server_names_of_real_clients_decide_tls_and_http_connections() {
     let _serial = serial();
+    server_names_decide(Bench::start(&names_policy()));
+}
+
+/// The same through packet rings: released datagrams go out of the ring worker's own buffer.
+#[test]
+fn server_names_of_real_clients_decide_connections_through_packet_rings() {
+    let _serial = serial();
+    let bench = Bench::start_with(&names_policy(), "  io: packet_ring\n");
+    assert!(bench.logs().contains("receiving on packet rings"), "{}", bench.logs());
+    server_names_decide(bench);
+}
+
+fn server_names_decide(bench: Bench) {
     netns::require_tools(&[("openssl", "version"), ("curl", "--version"), ("python3", "-V")]);
-    let policy = names_policy();
-    let bench = Bench::start(&policy);
     let dir = bench.dir.path();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     netns::run_checked(
