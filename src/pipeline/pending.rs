@@ -9,11 +9,11 @@
 //! (`judge.rs`); this module only holds, reads and releases.
 //!
 //! Memory: allocated once at start, `max_pending` slots of [`HoldPool::slot_bytes`] each
-//! (the stream buffer, `max_bytes`, plus room for held datagrams, `max_bytes` + one
-//! largest GENEVE datagram + [`HELD_OVERHEAD`] per held datagram). With the defaults
-//! (16 KiB, 16,384 flows) that is ~840 MiB of address space per worker, zero-filled on
-//! demand by the kernel: only slots in use become resident (a ClientHello of 2 KB touches
-//! one or two pages of each part). Nothing here allocates per packet.
+//! (the stream buffer, `max_bytes`, plus room for held datagrams: `max_bytes` + one largest
+//! GENEVE datagram + [`MAX_HELD`] x [`HELD_OVERHEAD`]). With the defaults (16 KiB, 16,384
+//! flows) that is ~733 MiB of address space per worker, zero-filled on demand by the
+//! kernel: only what slots touch becomes resident (a ClientHello of 2 KB touches one or two
+//! pages of each part). Nothing here allocates per packet (docs/architecture.md, step 4b).
 //!
 //! Must not depend on: sockets, logging, the flow log.
 
