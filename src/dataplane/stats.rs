@@ -145,6 +145,15 @@ impl Counters {
         self.values[VERDICT_BYTES + verdict.index()] += bytes as u64;
     }
 
+    /// Pending flows' held datagrams, counted under the verdict that settled them.
+    pub fn held_verdicts(&mut self, held: crate::pipeline::HeldVerdicts) {
+        for verdict in Action::ALL {
+            let (packets, bytes) = held.0[verdict.index()];
+            self.values[VERDICT_PACKETS + verdict.index()] += packets;
+            self.values[VERDICT_BYTES + verdict.index()] += bytes;
+        }
+    }
+
     pub fn drop(&mut self, reason: DropReason) {
         self.drop_many(reason, 1);
     }

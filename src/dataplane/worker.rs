@@ -405,6 +405,7 @@ impl Worker {
     /// verdicts of pending flows that timed out let go.
     fn idle(&mut self, clock: Instant, counters: &mut Counters) {
         self.pipeline.begin_batch(clock.elapsed().as_millis() as u64);
+        counters.held_verdicts(self.pipeline.take_held_verdicts());
         // Bounded: the pipeline's queue holds at most `names.max_pending` flows' datagrams.
         while let Some((len, origin)) = self.pipeline.pop_release(&mut self.release) {
             let addressing = OuterAddressing::from_origin(origin);
@@ -426,6 +427,7 @@ impl Worker {
         #[cfg(feature = "test-hooks")]
         test_hooks::panic_if_asked(counters);
         self.hand_over_flow_records();
+        counters.held_verdicts(self.pipeline.take_held_verdicts());
         counters.set_flows(self.pipeline.flow_counts());
         counters.set_sockets_open(self.sockets.open());
         self.status.counters.publish(counters);

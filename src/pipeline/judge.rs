@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::decode::DecodedPacket;
 use super::pending::{Fed, HoldPool, NameCounts, NameResult};
 use super::records::FlowRecords;
-use super::{FlowEvent, Outcome, Pipeline, RejectBudget};
+use super::{FlowEvent, HeldVerdicts, Outcome, Pipeline, RejectBudget};
 use crate::conntrack::{Flow, FlowEnd, FlowKey, Side, TcpState, has_ports};
 use crate::names::{Reading, ServerName};
 use crate::packet::{InnerPacket, Transport, ip_proto, is_pure_syn, tcp_flags};
@@ -275,6 +275,7 @@ impl Pipeline {
             rejects: &mut self.rejects,
             names: &mut self.server_names,
             records: &mut self.records,
+            held_verdicts: &mut self.held_verdicts,
             now_ms: self.now_ms,
             origin: self.origin,
         };
@@ -308,12 +309,17 @@ impl Pipeline {
                         rejects: &mut self.rejects,
                         names: &mut self.server_names,
                         records,
+                        held_verdicts: &mut self.held_verdicts,
                         now_ms: now,
                         origin: self.origin,
                     };
                     parts.settle(&snapshot, flow, *slot, None, NameResult::Timeout);
                 }
-                _ => self.pool.close(*slot),
+                _ => {
+                    // Its flow left the table: what it held is dropped.
+                    self.held_verdicts.add(Action::Deny, self.pool.take_counts(*slot));
+                    self.pool.close(*slot);
+                }
             }
         }
         self.snapshot = Some(snapshot);
@@ -337,6 +343,7 @@ struct PendingParts<'p> {
     rejects: &'p mut RejectBudget,
     names: &'p mut NameCounts,
     records: &'p mut FlowRecords,
+    held_verdicts: &'p mut HeldVerdicts,
     now_ms: u64,
     origin: u128,
 }
@@ -386,6 +393,7 @@ impl PendingParts<'_> {
                 let syn = flags & tcp_flags::SYN != 0;
                 if flags & tcp_flags::RST != 0 {
                     // The client gave up: what it sent never reaches the server.
+                    self.held_verdicts.add(Action::Deny, self.pool.take_counts(slot));
                     self.pool.close(slot);
                     flow.pending = None;
                     self.names.add(NameResult::None);
@@ -460,6 +468,8 @@ impl PendingParts<'_> {
     ) -> Decision {
         flow.pending = None;
         flow.decision = decision;
+        // What it held is counted as judged now (sent on, dropped, or answered).
+        self.held_verdicts.add(decision.action, self.pool.take_counts(slot));
         flow.generation = snapshot.generation;
         flow.rule_name = logged_rule_name(snapshot, &decision);
         match decision.action {

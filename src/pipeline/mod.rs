@@ -109,6 +109,19 @@ pub struct FlowCounts {
     pub server_names: NameCounts,
 }
 
+/// Packets and bytes of pending flows' held datagrams by the verdict that settled them, for
+/// the caller's per-verdict counters (it counts `Outcome::Held` under none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeldVerdicts(pub [(u64, u64); Action::COUNT]);
+
+impl HeldVerdicts {
+    fn add(&mut self, action: Action, (packets, bytes): (u64, u64)) {
+        let entry = &mut self.0[action.index()];
+        entry.0 += packets;
+        entry.1 += bytes;
+    }
+}
+
 /// A token bucket of rejects: `limit` a second, at most a second's worth at once.
 #[derive(Debug)]
 struct RejectBudget {
@@ -169,6 +182,7 @@ pub struct Pipeline {
     pending_hit: Option<judge::PendingHit>,
     /// Where the datagrams being processed came from ([`Pipeline::set_origin`]).
     origin: u128,
+    held_verdicts: HeldVerdicts,
 }
 
 impl Pipeline {
@@ -206,6 +220,7 @@ impl Pipeline {
             server_names: NameCounts::default(),
             pending_hit: None,
             origin: 0,
+            held_verdicts: HeldVerdicts::default(),
         }
     }
 
@@ -237,6 +252,12 @@ impl Pipeline {
     /// outcome says, so that they go out first.
     pub fn pop_release(&mut self, out: &mut [u8]) -> Option<(usize, u128)> {
         self.pool.pop_release(out)
+    }
+
+    /// Held datagrams judged since the last call, by verdict (packets, bytes): the caller adds
+    /// them to its per-verdict counters, as it does for every other outcome.
+    pub fn take_held_verdicts(&mut self) -> HeldVerdicts {
+        std::mem::take(&mut self.held_verdicts)
     }
 
     /// Tells where the next datagrams come from, in the caller's terms (the worker packs

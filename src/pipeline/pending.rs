@@ -122,6 +122,9 @@ struct Slot {
     count: u8,
     /// Bytes of the hold room in use.
     used: usize,
+    /// Client datagrams this slot took (held, or retransmissions of held bytes) and their
+    /// bytes: counted under the flow's verdict when it comes.
+    taken: (u64, u64),
     /// Queued for release: the slot is freed once its datagrams were taken.
     releasing: bool,
     /// For a reject: the client's first sequence number after the SYN (what the server
@@ -233,6 +236,7 @@ impl HoldPool {
             held: [(0, 0); MAX_HELD],
             count: 0,
             used: 0,
+            taken: (0, 0),
             releasing: false,
             client_next_seq: None,
             client_ack: None,
@@ -303,6 +307,8 @@ impl HoldPool {
                 match reassembly.segment(stream, seq, syn, payload) {
                     // Every byte was held before: the copy already waits.
                     Insert::Nothing if !reassembly.stream().beyond_capacity() => {
+                        state.taken.0 += 1;
+                        state.taken.1 += datagram.len() as u64;
                         return Fed::Duplicate;
                     }
                     Insert::Advanced => read_stream(reassembly.bytes(stream), max_bytes),
@@ -320,6 +326,8 @@ impl HoldPool {
         state.held[usize::from(state.count)] = (state.used as u32, datagram.len() as u32);
         state.count += 1;
         state.used += datagram.len();
+        state.taken.0 += 1;
+        state.taken.1 += datagram.len() as u64;
         match reading {
             Reading::NeedMore => Fed::Held,
             final_reading => Fed::HeldAndRead(final_reading),
@@ -332,6 +340,11 @@ impl HoldPool {
         self.slots[slot as usize]
             .as_ref()
             .map_or((None, None), |s| (s.client_next_seq, s.client_ack))
+    }
+
+    /// The client datagrams `slot` took and their bytes, once (for the verdict's counters).
+    pub(super) fn take_counts(&mut self, slot: u32) -> (u64, u64) {
+        self.slots[slot as usize].as_mut().map_or((0, 0), |s| std::mem::take(&mut s.taken))
     }
 
     /// Keeps the GENEVE header and origin of a client datagram of `slot`'s flow.
@@ -448,7 +461,7 @@ impl HoldPool {
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
-    use super::super::{FlowSettings, Mode, Outcome, Pipeline};
+    use super::super::{FlowSettings, HeldVerdicts, Mode, Outcome, Pipeline};
     use super::*;
     use crate::names::fuzzing::client_capture;
     use crate::packet::{Transport, tcp_flags};
@@ -555,7 +568,11 @@ mod tests {
         assert_eq!(run(&mut p, &first), Outcome::Held);
         assert!(releases(&mut p).is_empty(), "nothing reaches the server before the verdict");
         assert_eq!(run(&mut p, &second), Outcome::Held);
+        let bytes = (first.len() + second.len()) as u64;
         assert_eq!(releases(&mut p), [first, second], "both, byte for byte, in order");
+        let held = p.take_held_verdicts();
+        assert_eq!(held.0[Action::Allow.index()], (2, bytes), "counted under their verdict");
+        assert_eq!(p.take_held_verdicts(), HeldVerdicts::default(), "taken once");
         assert_eq!(server_name(&mut p).as_deref(), Some("www.example.com"));
         assert_eq!((names(&p, NameResult::Found), p.flow_counts().pending), (1, 0));
         let packets = p.flows().map(|f| f.packets).sum::<u64>();
@@ -573,6 +590,7 @@ mod tests {
         assert_eq!(run(&mut p, &data(40_001, 0, &hello)), Outcome::Held);
         assert!(releases(&mut p).is_empty());
         assert_eq!(server_name(&mut p).as_deref(), Some("mixed.example.org"));
+        assert_eq!(p.take_held_verdicts().0[Action::Deny.index()].0, 1);
         let more = data(40_001, hello.len() as u32, b"more");
         assert_eq!(run(&mut p, &more), Outcome::Withhold(Action::Deny));
     }
@@ -641,6 +659,7 @@ mod tests {
         assert_eq!(run(&mut p, &first), Outcome::Held, "the retransmission waits too");
         assert_eq!(run(&mut p, &second), Outcome::Held);
         assert_eq!(releases(&mut p), [first, second], "the first copy once");
+        assert_eq!(p.take_held_verdicts().0[Action::Allow.index()].0, 3, "all three judged");
     }
 
     #[test]

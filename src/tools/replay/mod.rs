@@ -390,6 +390,10 @@ impl Replayer {
         // What a verdict let go goes before the datagram that brought it.
         self.write_releases(record.timestamp_ns, packet.macs)?;
         let counts = &mut self.counts;
+        let held = self.pipeline.take_held_verdicts();
+        for (verdict, (packets, _)) in counts.verdicts.iter_mut().zip(held.0) {
+            *verdict += packets;
+        }
         let Some((len, unchanged)) = reply else { return Ok(()) };
         let reply = if unchanged { datagram } else { &self.inject[..len] };
         let mut header = [0u8; OUTER_HEADER_LEN];
