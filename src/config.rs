@@ -382,6 +382,11 @@ impl Config {
     pub fn pipeline_settings(&self, pipelines: usize) -> crate::pipeline::FlowSettings {
         crate::pipeline::FlowSettings {
             reject_limit: self.dataplane.reject_limit,
+            names: crate::pipeline::NameLimits {
+                max_bytes: self.names.max_bytes,
+                timeout_ms: self.names.timeout().as_millis() as u64,
+                max_pending: self.names.max_pending,
+            },
             ..self.flows.per_pipeline(pipelines)
         }
     }

@@ -18,6 +18,7 @@ use std::net::IpAddr;
 
 use hashbrown::HashTable;
 
+use crate::names::ServerName;
 use crate::packet::{InnerPacket, ip_proto, tcp_flags};
 use crate::policy::Decision;
 
@@ -136,6 +137,11 @@ pub struct Flow {
     pub cookie: u32,
     pub endpoint_id: Option<u64>,
     pub attachment_id: Option<u64>,
+    /// The server name the flow showed (TLS SNI, HTTP Host, QUIC SNI), kept so that a policy
+    /// or label change re-judges it with the name. Inline (254 bytes): no allocation per flow.
+    pub server_name: Option<ServerName>,
+    /// While the flow waits for its name: its slot in the pipeline's hold pool.
+    pub pending: Option<u32>,
 }
 
 /// Idle timeouts, in milliseconds.
@@ -396,6 +402,8 @@ mod tests {
             cookie: 1,
             endpoint_id: None,
             attachment_id: None,
+            server_name: None,
+            pending: None,
         }
     }
 

@@ -262,6 +262,9 @@ struct JsonRecord<'a> {
     dport: u16,
     verdict: &'static str,
     rule: &'a str,
+    /// The server name the flow showed (TLS SNI, HTTP Host, QUIC SNI), where it showed one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_name: Option<&'a str>,
     src_identity: Option<JsonIdentity<'a>>,
     dst_identity: Option<JsonIdentity<'a>>,
     gwlb_endpoint_id: Option<String>,
@@ -319,6 +322,7 @@ impl<'a> JsonRecord<'a> {
             dport,
             verdict: flow.decision.action.as_str(),
             rule: record.rule.as_deref().unwrap_or("default"),
+            server_name: flow.server_name.as_ref().map(|name| name.as_str()),
             src_identity: identity(&record.src),
             dst_identity: identity(&record.dst),
             gwlb_endpoint_id: flow.endpoint_id.map(|id| format!("{id:016x}")),
@@ -404,6 +408,8 @@ mod tests {
             cookie: 7,
             endpoint_id: None,
             attachment_id: None,
+            server_name: None,
+            pending: None,
         };
         FlowRecord {
             event: FlowEvent::Start,
@@ -421,6 +427,19 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn a_flow_that_showed_a_server_name_is_logged_with_it_and_others_without_the_field() {
+        let mut named = record(40_000);
+        named.flow.server_name = Some("api.allowed.example".parse().unwrap());
+        let line = serde_json::to_string(&JsonRecord::new(&named)).unwrap();
+        assert!(line.contains("\"server_name\":\"api.allowed.example\""), "{line}");
+        named.event = FlowEvent::End(FlowEnd::Expired);
+        let line = serde_json::to_string(&JsonRecord::new(&named)).unwrap();
+        assert!(line.contains("\"server_name\":\"api.allowed.example\""), "end: {line}");
+        let line = serde_json::to_string(&JsonRecord::new(&record(40_001))).unwrap();
+        assert!(!line.contains("server_name"), "{line}");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use etherparse::{
 use crate::conntrack::{FlowKey, TcpState, Timeouts};
 use crate::labels::LabelTable;
 use crate::packet::{InnerPacket, Transport, ip_proto, tcp_flags};
-use crate::pipeline::{self, DecodedPacket, FlowSettings, Mode, Outcome, Pipeline};
+use crate::pipeline::{self, DecodedPacket, FlowSettings, Mode, NameLimits, Outcome, Pipeline};
 use crate::policy::CompiledPolicy;
 use crate::reject::MAX_REJECT_LEN;
 use crate::snapshot::{RuleHits, Snapshot, SnapshotCell};
@@ -49,7 +49,8 @@ fn datagrams(data: &[u8]) {
         Some((&s, rest)) if s & 0x80 != 0 => (usize::from(s & 0x7f).max(1) * 8, rest),
         _ => (data.len().max(1), data),
     };
-    let mut harness = Harness::new(FlowSettings { max_flows: 64, ..FlowSettings::default() });
+    let mut harness =
+        Harness::new(FlowSettings { max_flows: 64, names: FUZZ_NAMES, ..FlowSettings::default() });
     // As a worker does: each datagram of a train after the first is decoded by comparison
     // with the one before when it can be, which must agree with the full decode.
     let mut previous: Option<&[u8]> = None;
@@ -131,7 +132,7 @@ impl Harness {
                 outer::emit(&mut header, &addressing, datagram.len()).expect("fits in IPv4");
             }
             Outcome::Drop(reason) => assert_eq!(decoded.err(), Some(reason)),
-            Outcome::Withhold(_) => assert!(decoded.is_ok()),
+            Outcome::Withhold(_) | Outcome::Held => assert!(decoded.is_ok()),
             Outcome::Reject { len } => {
                 let packet = decoded.expect("only decodable datagrams are rejected");
                 assert!(
@@ -237,6 +238,9 @@ pub fn flow_states(pipeline: &mut Pipeline) -> Vec<String> {
     flows
 }
 
+/// A small hold pool: a few pending flows fill it, so that its limit is exercised too.
+const FUZZ_NAMES: NameLimits = NameLimits { max_bytes: 1024, timeout_ms: 5_000, max_pending: 4 };
+
 /// The first policy exercises every action: allow TCP to 10.20.0.0/24:3306, reject other
 /// traffic to it, audit 10.30/16, deny the rest. The second turns it around: allow tcp/3307
 /// and udp/53 to db, audit what 10.30/16 sends, reject what goes to it. Each call gets its
@@ -247,11 +251,14 @@ fn fuzz_snapshot(second: bool, generation: u64) -> Arc<SnapshotCell> {
 
 fn snapshot(second: bool, generation: u64) -> Snapshot {
     const GROUPS: &str = "default_action: deny\ngroups:\n  db: {cidrs: [10.20.0.0/24, \"fd00:20::/64\"]}\n\
-        \x20 audited: {cidrs: [10.30.0.0/16, \"fd00:30::/64\"]}\nrules:\n";
+        \x20 audited: {cidrs: [10.30.0.0/16, \"fd00:30::/64\"]}\n\
+        \x20 named: {domains: [\"*.example.com\"]}\nrules:\n";
     const FIRST: &str = "\x20 - {name: db, from: [any], to: [db], ports: [tcp/3306], action: allow}\n\
         \x20 - {name: no-db, from: [any], to: [db], action: reject}\n\
         \x20 - {name: audit, from: [any], to: [audited], action: audit}\n";
-    const SECOND: &str = "\x20 - {name: db, from: [any], to: [db], ports: [tcp/3307, udp/53], action: allow}\n\
+    // A name rule first: new TCP and UDP flows to port 443 wait for their server name.
+    const SECOND: &str = "\x20 - {name: named, from: [any], to: [named], ports: [tcp/443, udp/443], action: allow}\n\
+        \x20 - {name: db, from: [any], to: [db], ports: [tcp/3307, udp/53], action: allow}\n\
         \x20 - {name: audit, from: [audited], to: [any], action: audit}\n\
         \x20 - {name: no-audited, from: [any], to: [audited], action: reject}\n";
     static POLICIES: OnceLock<[Arc<CompiledPolicy>; 2]> = OnceLock::new();
@@ -400,7 +407,8 @@ struct Generator<'a> {
 fn generated(mode: u8, script: &[u8]) {
     // The low bits of the mode byte may make rejects scarce, so that the budget runs out.
     let reject_limit = if mode & 0x10 != 0 { u32::from(mode & 0x0f) } else { 1000 };
-    let settings = FlowSettings { max_flows: 64, reject_limit, ..FlowSettings::default() };
+    let settings =
+        FlowSettings { max_flows: 64, reject_limit, names: FUZZ_NAMES, ..FlowSettings::default() };
     let mut generator = Generator {
         script: Script { bytes: script },
         harness: Harness::new(settings),

@@ -21,6 +21,7 @@ use prometheus_client::registry::Registry;
 use crate::control::ControlState;
 use crate::dataplane::{self, Fallback, SendPath, SocketEvent, WorkerStatus};
 use crate::net::nexthop::NextHops;
+use crate::pipeline::NameResult;
 use crate::policy::Action;
 use crate::wire::DropReason;
 
@@ -181,6 +182,20 @@ impl Collector for DataplaneCollector {
             "labelwall_fragments_refused",
             "First fragments not remembered because their source held its share of the table.",
             total.fragments_refused(),
+        )?;
+        single_gauge(
+            e,
+            "labelwall_flows_pending",
+            "Flows waiting for their server name (policy domains groups), over all workers.",
+            total.flows_pending() as i64,
+        )?;
+        counter(
+            e,
+            "labelwall_server_names",
+            "Flows that waited for their server name, by how the reading ended: found, none \
+             (the bytes show none), too_long (names.max_bytes), timeout (names.timeout), \
+             picked_up_mid_flow (first seen after its SYN), pending_full (names.max_pending).",
+            NameResult::ALL.map(|r| ([("result", r.label())], total.server_names(r))),
         )?;
         single_counter(
             e,
@@ -449,6 +464,29 @@ mod tests {
              # TYPE labelwall_flows_active gauge\n\
              labelwall_flows_active 2\n"
         );
+    }
+
+    #[test]
+    fn server_name_metrics_show_every_result_from_zero_and_the_pending_gauge() {
+        let status = Arc::new(WorkerStatus::default());
+        let mut registry = Registry::default();
+        let workers: Arc<[Arc<WorkerStatus>]> = Arc::from(vec![Arc::clone(&status)]);
+        let collector = DataplaneCollector { workers, next_hops: None, started: Instant::now() };
+        registry.register_collector(Box::new(collector));
+        let text = render(&registry);
+        for result in NameResult::ALL {
+            let line = format!("labelwall_server_names_total{{result=\"{}\"}} 0\n", result.label());
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        assert!(text.contains("labelwall_flows_pending 0\n"), "{text}");
+        let mut counters = dataplane::Counters::default();
+        let mut flows = crate::pipeline::FlowCounts { pending: 3, ..Default::default() };
+        flows.server_names.0[NameResult::Timeout as usize] = 2;
+        counters.set_flows(flows);
+        status.publish_for_tests(&counters);
+        let text = render(&registry);
+        assert!(text.contains("labelwall_flows_pending 3\n"), "{text}");
+        assert!(text.contains("labelwall_server_names_total{result=\"timeout\"} 2\n"), "{text}");
     }
 
     #[test]

@@ -52,17 +52,14 @@ pub fn build(
             // RFC 9293: if the segment carried ACK, RST with seq = its ack; otherwise
             // RST+ACK with ack = its seq + its length (SYN and FIN count one each).
             let has_ack = flags & tcp_flags::ACK != 0;
-            let reply_seq = if has_ack { ack } else { 0 };
-            let tcp = ip_builder(inner.dst, inner.src)?.tcp(dst_port, src_port, reply_seq, 0).rst();
-            let tcp = if has_ack {
-                tcp
-            } else {
-                let consumed = payload_len
-                    + u32::from(flags & tcp_flags::SYN != 0)
-                    + u32::from(flags & tcp_flags::FIN != 0);
-                tcp.ack(seq.wrapping_add(consumed))
-            };
-            tcp.write(&mut writer, &[]).ok()?;
+            let consumed = payload_len
+                + u32::from(flags & tcp_flags::SYN != 0)
+                + u32::from(flags & tcp_flags::FIN != 0);
+            let (reply_seq, reply_ack) =
+                if has_ack { (ack, None) } else { (0, Some(seq.wrapping_add(consumed))) };
+            let rst =
+                Rst { from: inner.dst, to: inner.src, src_port: dst_port, dst_port: src_port };
+            write_rst(&mut writer, rst, reply_seq, reply_ack)?;
         }
         Transport::Icmp { .. } if inner.is_icmp_error() => return None,
         _ => match (inner.dst, inner.src) {
@@ -90,6 +87,46 @@ pub fn build(
     }
     let written = capacity - writer.len();
     Some(geneve_header_len + written)
+}
+
+/// The ends of a TCP RST: from `from:src_port` to `to:dst_port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rst {
+    pub from: IpAddr,
+    pub to: IpAddr,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+/// Writes a RST with `seq` (and ACK `ack`, when given) after the GENEVE header `header`
+/// into `out`; its length, or `None` when it must not be sent (toward an address that is
+/// not one host's) or does not fit. For rejects that no single trigger describes: a pending
+/// flow's, which resets both ends.
+pub fn build_rst(
+    header: &[u8],
+    rst: Rst,
+    seq: u32,
+    ack: Option<u32>,
+    out: &mut [u8],
+) -> Option<usize> {
+    if !is_one_host(rst.to) || is_group(rst.from) {
+        return None;
+    }
+    let (head, body) = out.split_at_mut_checked(header.len())?;
+    head.copy_from_slice(header);
+    let capacity = body.len();
+    let mut writer: &mut [u8] = body;
+    write_rst(&mut writer, rst, seq, ack)?;
+    Some(header.len() + capacity - writer.len())
+}
+
+fn write_rst(writer: &mut &mut [u8], rst: Rst, seq: u32, ack: Option<u32>) -> Option<()> {
+    let tcp = ip_builder(rst.from, rst.to)?.tcp(rst.src_port, rst.dst_port, seq, 0).rst();
+    let tcp = match ack {
+        Some(ack) => tcp.ack(ack),
+        None => tcp,
+    };
+    tcp.write(writer, &[]).ok()
 }
 
 /// Whether `address` can be one host's: not unspecified, loopback, multicast, limited

@@ -470,3 +470,264 @@ fn a_reused_5_tuple_gets_a_new_cookie_and_still_passes() {
     assert_eq!(counters.get("mismatches"), 0, "{}", counters.line);
     assert!(counters.get("flows_renewed") >= 1, "{}", counters.line);
 }
+
+/// The demo's policy with named egress first: ratings may reach the database's TLS and HTTP
+/// ports only under the name api.allowed.example; any other name there is rejected.
+fn names_policy() -> String {
+    labelwall::tools::demo::POLICY
+        .replace(
+            "  internet:\n",
+            "  allowed-api:\n    domains: [api.allowed.example]\n  internet:\n",
+        )
+        .replace(
+            "rules:\n",
+            "rules:\n  - name: ratings-to-allowed-api\n    from: [ratings]\n    to: [allowed-api]\n    \
+             ports: [tcp/443, tcp/80]\n    action: allow\n  - name: ratings-other-names\n    \
+             from: [ratings]\n    to: [rating-database]\n    ports: [tcp/443, tcp/80]\n    \
+             action: reject\n",
+        )
+}
+
+/// Real clients name the server they ask for: openssl s_client's SNI and curl's Host decide,
+/// through the appliance, whether the connection to the same address and port goes through.
+#[test]
+fn server_names_of_real_clients_decide_tls_and_http_connections() {
+    let _serial = serial();
+    server_names_decide(Bench::start(&names_policy()));
+}
+
+/// The same through packet rings: released datagrams go out of the ring worker's own buffer.
+#[test]
+fn server_names_of_real_clients_decide_connections_through_packet_rings() {
+    let _serial = serial();
+    let bench = Bench::start_with(&names_policy(), "  io: packet_ring\n");
+    assert!(bench.logs().contains("receiving on packet rings"), "{}", bench.logs());
+    server_names_decide(bench);
+}
+
+fn server_names_decide(bench: Bench) {
+    netns::require_tools(&[("openssl", "version"), ("curl", "--version"), ("python3", "-V")]);
+    let dir = bench.dir.path();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    netns::run_checked(
+        std::process::Command::new("openssl").args(["req", "-x509", "-newkey", "ec"]).args([
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=api.allowed.example",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ]),
+        netns::COMMAND_LIMIT,
+    );
+    let mut tls_server = Daemon::start(
+        "openssl s_server",
+        {
+            let mut command = bench.db.exec("openssl");
+            command.args(["s_server", "-accept", "443", "-www", "-cert"]);
+            command.args([cert.to_str().unwrap(), "-key", key.to_str().unwrap()]);
+            command
+        },
+        dir.join("s_server.log"),
+    );
+    let mut http_server = Daemon::start(
+        "python3 http.server",
+        {
+            let mut command = bench.db.exec("python3");
+            command.args(["-m", "http.server", "80", "--bind", DB_IP, "--directory"]);
+            command.arg(dir);
+            command
+        },
+        dir.join("http.log"),
+    );
+    let db = &bench.db;
+    for (server, port) in [(&mut tls_server, "443"), (&mut http_server, "80")] {
+        let filter = format!("sport = :{port}");
+        server.wait_until(Duration::from_secs(10), |_| {
+            let output = run_bounded(db.exec("ss").args(["-Hltn", &filter]), netns::COMMAND_LIMIT);
+            !output.stdout.is_empty()
+        });
+    }
+
+    let s_client = |name: &str| {
+        let started = Instant::now();
+        let script = format!(
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | openssl s_client -connect {DB_IP}:443 \
+             -servername {name} -quiet 2>&1"
+        );
+        let output =
+            run_bounded(bench.rat.exec("sh").args(["-c", &script]), Duration::from_secs(15));
+        (String::from_utf8_lossy(&output.stdout).into_owned(), started.elapsed())
+    };
+    let (allowed, _) = s_client("api.allowed.example");
+    assert!(
+        allowed.contains("200 ok"),
+        "the allowed name's handshake and request:\n{allowed}\n{}",
+        bench.logs()
+    );
+    let (other, elapsed) = s_client("other.example");
+    assert!(!other.contains("200 ok"), "another name got through:\n{other}");
+    assert!(
+        other.to_lowercase().contains("reset") || other.contains("errno=104"),
+        "the client should see a reset: {other}"
+    );
+    assert!(elapsed < Duration::from_secs(5), "the reset took {elapsed:?}");
+
+    // curl over TLS: its SNI from the URL's host, resolved to the database.
+    let curl_tls = |name: &str| {
+        let output = run_bounded(
+            bench.rat.exec("curl").args([
+                "-sk",
+                "-m",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--resolve",
+                &format!("{name}:443:{DB_IP}"),
+                &format!("https://{name}/"),
+            ]),
+            Duration::from_secs(15),
+        );
+        (String::from_utf8_lossy(&output.stdout).into_owned(), output.status.code())
+    };
+    assert_eq!(curl_tls("api.allowed.example").0, "200", "{}", bench.logs());
+    let (code, status) = curl_tls("other.example");
+    assert_eq!((code.as_str(), status), ("000", Some(35)), "curl: reset in the TLS handshake");
+
+    let curl = |host: &str| {
+        let output = run_bounded(
+            bench.rat.exec("curl").args([
+                "-s",
+                "-m",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                &format!("Host: {host}"),
+                &format!("http://{DB_IP}/"),
+            ]),
+            Duration::from_secs(15),
+        );
+        (String::from_utf8_lossy(&output.stdout).into_owned(), output.status.code())
+    };
+    assert_eq!(curl("api.allowed.example").0, "200", "{}", bench.logs());
+    let (code, status) = curl("other.example");
+    assert_eq!(code, "000", "another Host got an answer");
+    assert_eq!(status, Some(56), "curl: connection reset (exit 56)");
+
+    let metrics = bench.admin_get("/metrics");
+    assert!(metric(&metrics, "labelwall_server_names_total{result=\"found\"}") >= 6, "{metrics}");
+    assert_eq!(metric(&metrics, "labelwall_flows_pending"), 0, "{metrics}");
+    let http_log = http_server.log();
+    assert_eq!(http_log.matches("\"GET / ").count(), 1, "only the allowed request: {http_log}");
+}
+
+/// The Python with aioquic that tests/run.sh installs (LABELWALL_AIOQUIC_PYTHON, else its
+/// cache path).
+fn aioquic_python() -> String {
+    std::env::var("LABELWALL_AIOQUIC_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        let cache = std::env::var("LABELWALL_CI_CACHE")
+            .unwrap_or_else(|_| format!("{home}/.cache/labelwall-ci"));
+        format!("{cache}/aioquic-1.7.2/bin/python")
+    })
+}
+
+const QUIC_SERVER: &str = r#"
+import asyncio, sys
+from aioquic.asyncio import serve
+from aioquic.quic.configuration import QuicConfiguration
+cert, key, host = sys.argv[1:4]
+config = QuicConfiguration(is_client=False, alpn_protocols=["hq-interop"])
+config.load_cert_chain(cert, key)
+async def main():
+    await serve(host, 443, configuration=config)
+    print("listening", flush=True)
+    await asyncio.sleep(120)
+asyncio.run(main())
+"#;
+
+/// Connects with `name` (and a ClientHello over two Initials when `big`); prints `connected`
+/// once the handshake completed and a PING was answered, else `failed`.
+const QUIC_CLIENT: &str = r#"
+import asyncio, ssl, sys
+from aioquic.asyncio import connect
+from aioquic.quic.configuration import QuicConfiguration
+host, name, big = sys.argv[1], sys.argv[2], sys.argv[3] == "big"
+config = QuicConfiguration(is_client=True, server_name=name, alpn_protocols=["hq-interop"],
+                           verify_mode=ssl.CERT_NONE, quantum_readiness_test=big)
+async def main():
+    async with connect(host, 443, configuration=config) as client:
+        await client.ping()
+        print("connected", flush=True)
+try:
+    asyncio.run(asyncio.wait_for(main(), 4))
+except BaseException as error:
+    print("failed", type(error).__name__, flush=True)
+"#;
+
+/// A real QUIC client's Initials name the server: the allowed name's handshake completes
+/// (also with a ClientHello over two Initials), another name's never reaches the server.
+#[test]
+fn quic_clients_are_judged_by_the_name_in_their_initials() {
+    let _serial = serial();
+    let python = aioquic_python();
+    if !std::path::Path::new(&python).exists() {
+        panic!("{python} is missing: tests/run.sh installs aioquic");
+    }
+    let policy =
+        names_policy().replace("ports: [tcp/443, tcp/80]", "ports: [tcp/443, tcp/80, udp/443]");
+    let bench = Bench::start(&policy);
+    let dir = bench.dir.path();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    netns::run_checked(
+        std::process::Command::new("openssl").args(["req", "-x509", "-newkey", "ec"]).args([
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=api.allowed.example",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ]),
+        netns::COMMAND_LIMIT,
+    );
+    let mut server = Daemon::start(
+        "aioquic server",
+        {
+            let mut command = bench.db.exec(&python);
+            command.args(["-c", QUIC_SERVER]).arg(&cert).arg(&key).arg(DB_IP);
+            command
+        },
+        dir.join("quic-server.log"),
+    );
+    server.wait_until(Duration::from_secs(10), |d| d.log().contains("listening"));
+    let client = |name: &str, big: bool| {
+        let mut command = bench.rat.exec(&python);
+        command.args(["-c", QUIC_CLIENT, DB_IP, name, if big { "big" } else { "small" }]);
+        let output = run_bounded(&mut command, Duration::from_secs(15));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr)
+    };
+    let allowed = client("api.allowed.example", false);
+    assert!(allowed.contains("connected"), "allowed name: {allowed}\n{}", bench.logs());
+    let two_initials = client("api.allowed.example", true);
+    assert!(two_initials.contains("connected"), "two Initials: {two_initials}\n{}", bench.logs());
+    let other = client("other.example", false);
+    assert!(other.contains("failed"), "another name: {other}");
+    let metrics = bench.admin_get("/metrics");
+    assert!(metric(&metrics, "labelwall_server_names_total{result=\"found\"}") >= 3, "{metrics}");
+}

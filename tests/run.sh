@@ -2,7 +2,7 @@
 # The test command of the README: installs what the tests need if it is missing (tshark,
 # iperf3, tcpreplay, tcpdump, iproute2 (ip, tc), kubectl, openssl, unshare and setpriv, python3,
 # logrotate, promtool from
-# `prometheus`, python3-venv from Debian; botocore from PyPI into a virtualenv), then runs
+# `prometheus`, python3-venv from Debian; botocore and aioquic from PyPI into virtualenvs), then runs
 # every test target.
 # Needs root (network namespaces, raw sockets, packet capture). Extra arguments go to cargo test;
 # the `test-hooks` feature builds the fault hooks some tests inject (never in a release build).
@@ -22,23 +22,33 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# botocore, the independent SigV4 presigner tests/eks_token.rs checks `labelwall eks-token`
-# against (what `aws eks get-token` runs), in its own virtualenv (first run only).
-BOTOCORE_VERSION="1.35.99"
+# Python packages from PyPI, each in its own virtualenv (first run only): `venv NAME VERSION`
+# prints the virtualenv's python.
 cache="${LABELWALL_CI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/labelwall-ci}"
-botocore_venv="$cache/botocore-$BOTOCORE_VERSION"
-if ! "$botocore_venv/bin/python" -c 'import botocore' >/dev/null 2>&1; then
-  echo "tests/run.sh: installing botocore $BOTOCORE_VERSION into $botocore_venv"
-  if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+venv() {
+  local dir="$cache/$1-$2"
+  if ! "$dir/bin/python" -c "import $1" >/dev/null 2>&1; then
+    echo "tests/run.sh: installing $1 $2 into $dir" >&2
+    if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq
+      apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    fi
+    rm -rf "$dir"
+    mkdir -p "$cache"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install --quiet --disable-pip-version-check "$1==$2" >&2
   fi
-  rm -rf "$botocore_venv"
-  mkdir -p "$cache"
-  python3 -m venv "$botocore_venv"
-  "$botocore_venv/bin/pip" install --quiet --disable-pip-version-check "botocore==$BOTOCORE_VERSION"
-fi
-export LABELWALL_BOTOCORE_PYTHON="$botocore_venv/bin/python"
+  echo "$dir/bin/python"
+}
+# botocore, the independent SigV4 presigner tests/eks_token.rs checks `labelwall eks-token`
+# against (what `aws eks get-token` runs).
+BOTOCORE_VERSION="1.35.99"
+LABELWALL_BOTOCORE_PYTHON="$(venv botocore "$BOTOCORE_VERSION")"
+export LABELWALL_BOTOCORE_PYTHON
+# aioquic, the real QUIC client and server of tests/e2e_iperf.rs's server-name test.
+AIOQUIC_VERSION="1.7.2"
+LABELWALL_AIOQUIC_PYTHON="$(venv aioquic "$AIOQUIC_VERSION")"
+export LABELWALL_AIOQUIC_PYTHON
 
 cargo test --all-targets --locked --features test-hooks "$@"

@@ -110,6 +110,12 @@ impl WorkerStatus {
     pub fn counters(&self) -> Counters {
         self.counters.load()
     }
+
+    /// Publishes `counters` as a worker would (for tests of what reads them).
+    #[cfg(test)]
+    pub(crate) fn publish_for_tests(&self, counters: &Counters) {
+        self.counters.publish(counters);
+    }
 }
 
 /// Why the data plane could not start.

@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::pipeline::NameResult;
 use crate::policy::Action;
 use crate::wire::DropReason;
 
@@ -31,7 +32,10 @@ const FALLBACKS: usize = SOCKET_EVENTS + SocketEvent::COUNT;
 const VERDICT_PACKETS: usize = FALLBACKS + Fallback::COUNT;
 const VERDICT_BYTES: usize = VERDICT_PACKETS + Action::COUNT;
 const DROPS: usize = VERDICT_BYTES + Action::COUNT;
-const LEN: usize = DROPS + DropReason::COUNT;
+const FLOWS_PENDING: usize = DROPS + DropReason::COUNT;
+/// Server-name readings, per [`NameResult`].
+const SERVER_NAMES: usize = FLOWS_PENDING + 1;
+const LEN: usize = SERVER_NAMES + NameResult::ALL.len();
 
 /// The ways a packet goes back to GWLB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +145,15 @@ impl Counters {
         self.values[VERDICT_BYTES + verdict.index()] += bytes as u64;
     }
 
+    /// Pending flows' held datagrams, counted under the verdict that settled them.
+    pub fn held_verdicts(&mut self, held: crate::pipeline::HeldVerdicts) {
+        for verdict in Action::ALL {
+            let (packets, bytes) = held.0[verdict.index()];
+            self.values[VERDICT_PACKETS + verdict.index()] += packets;
+            self.values[VERDICT_BYTES + verdict.index()] += bytes;
+        }
+    }
+
     pub fn drop(&mut self, reason: DropReason) {
         self.drop_many(reason, 1);
     }
@@ -199,6 +212,19 @@ impl Counters {
         self.values[FRAGMENTS_ACTIVE] = flows.fragments;
         self.values[FRAGMENTS_REFUSED] = flows.fragments_refused;
         self.values[REJECTS_SUPPRESSED] = flows.rejects_suppressed;
+        self.values[FLOWS_PENDING] = flows.pending;
+        for result in NameResult::ALL {
+            self.values[SERVER_NAMES + result as usize] = flows.server_names.get(result);
+        }
+    }
+
+    /// Flows waiting for their server name now.
+    pub fn flows_pending(&self) -> u64 {
+        self.values[FLOWS_PENDING]
+    }
+    /// Server-name readings that ended with `result`.
+    pub fn server_names(&self, result: NameResult) -> u64 {
+        self.values[SERVER_NAMES + result as usize]
     }
 
     pub fn fragments_active(&self) -> u64 {

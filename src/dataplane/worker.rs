@@ -21,7 +21,7 @@ use crate::net::sys::{
     GsoSocket, MAX_GSO_SEGMENTS, Payloads, SendReport, Ticker, TxItem, Wake,
     skip_unused_control_messages, wait_readable_or_woken,
 };
-use crate::pipeline::{Outcome, Pipeline};
+use crate::pipeline::{MAX_GENEVE_DATAGRAM, Outcome, Pipeline};
 use crate::policy::Action;
 use crate::reject::MAX_REJECT_LEN;
 use crate::wire::DropReason;
@@ -37,8 +37,12 @@ const SLOT_STRIDE: usize = SLOT_SIZE + 17 * 64;
 const MAX_SEGMENTS_PER_SLOT: usize = 64;
 /// The receive region of a worker's buffer.
 const RX_REGION: usize = SLOT_STRIDE * BATCH_SIZE;
-/// Room after it for injected rejects: two slots' worth, flushed when less than one is left.
-const INJECT_REGION: usize = 2 * MAX_SEGMENTS_PER_SLOT * MAX_REJECT_LEN;
+/// Room for one slot's injected packets: a reject per datagram, and datagrams that verdicts on
+/// pending flows release (taken while a reject per datagram still fits after them; the rest
+/// wait in the pipeline for the next datagram or batch).
+const SLOT_INJECT: usize = MAX_SEGMENTS_PER_SLOT * MAX_REJECT_LEN + 64 * 1024;
+/// Room after it for injected packets: two slots' worth, flushed when less than one is left.
+const INJECT_REGION: usize = 2 * SLOT_INJECT;
 /// Most single packets one flush sends: every datagram of a batch and as many rejects.
 pub(super) const MAX_SINGLES_PER_FLUSH: usize = BATCH_SIZE * MAX_SEGMENTS_PER_SLOT * 2;
 /// Receive slots per call while trains arrive: 8 trains (up to 512 datagrams, 512 KiB) per
@@ -94,6 +98,8 @@ pub(super) struct Worker {
     stop: Arc<AtomicBool>,
     /// What ends an idle wait besides a packet.
     waits: Waits,
+    /// Where an idle worker copies a released datagram to send it.
+    release: Vec<u8>,
 }
 
 /// What ends a worker's idle wait besides a packet: the data plane's stop (`wake`, woken
@@ -134,6 +140,7 @@ impl Worker {
             status,
             stop,
             waits,
+            release: vec![0u8; MAX_GENEVE_DATAGRAM],
         }
     }
 
@@ -224,8 +231,13 @@ impl Worker {
             tx.now_ms = clock.elapsed().as_millis() as u64;
             self.pipeline.begin_batch(tx.now_ms);
             let mut injected = 0;
+            {
+                let inject = &mut storage[RX_REGION..];
+                let mut io = SlotIo { inject, inject_base: RX_REGION, injected: &mut injected, tx };
+                take_releases(&mut self.pipeline, &mut io, None, counters);
+            }
             for (slot, meta) in metas[..count].iter().enumerate() {
-                if INJECT_REGION - injected < MAX_SEGMENTS_PER_SLOT * MAX_REJECT_LEN {
+                if INJECT_REGION - injected < SLOT_INJECT {
                     self.flush(tx, &storage, counters, errors);
                     injected = 0;
                 }
@@ -316,8 +328,13 @@ impl Worker {
             tx.now_ms = now_ms;
             self.pipeline.begin_batch(now_ms);
             let mut injected = 0;
+            {
+                let inject = &mut room[SPILL_SIZE..];
+                let mut io = SlotIo { inject, inject_base, injected: &mut injected, tx };
+                take_releases(&mut self.pipeline, &mut io, None, counters);
+            }
             for frame in frames[..taken].iter().flatten() {
-                if INJECT_REGION - injected < MAX_SEGMENTS_PER_SLOT * MAX_REJECT_LEN {
+                if INJECT_REGION - injected < SLOT_INJECT {
                     self.flush(tx, &RingPayloads { ring, room: &room }, counters, errors);
                     injected = 0;
                 }
@@ -384,9 +401,22 @@ impl Worker {
         }
     }
 
-    /// Nothing arrived: still let flows expire and pick up new snapshots.
+    /// Nothing arrived: still let flows expire and pick up new snapshots, and send what the
+    /// verdicts of pending flows that timed out let go.
     fn idle(&mut self, clock: Instant, counters: &mut Counters) {
         self.pipeline.begin_batch(clock.elapsed().as_millis() as u64);
+        counters.held_verdicts(self.pipeline.take_held_verdicts());
+        // Bounded: the pipeline's queue holds at most `names.max_pending` flows' datagrams.
+        while let Some((len, origin)) = self.pipeline.pop_release(&mut self.release) {
+            let addressing = OuterAddressing::from_origin(origin);
+            match TxItem::new(&addressing, 0, len).filter(|_| !addressing.src.is_unspecified()) {
+                Some(item) => {
+                    let reports = self.sender.send(&[item], &self.release[..]);
+                    counters.sent(reports.packet.sent + reports.raw.sent, len as u64);
+                }
+                None => counters.drop(DropReason::SendFailed),
+            }
+        }
         self.hand_over_flow_records();
         counters.set_flows(self.pipeline.flow_counts());
         self.status.counters.publish(counters);
@@ -397,6 +427,7 @@ impl Worker {
         #[cfg(feature = "test-hooks")]
         test_hooks::panic_if_asked(counters);
         self.hand_over_flow_records();
+        counters.held_verdicts(self.pipeline.take_held_verdicts());
         counters.set_flows(self.pipeline.flow_counts());
         counters.set_sockets_open(self.sockets.open());
         self.status.counters.publish(counters);
@@ -540,6 +571,7 @@ impl Worker {
             dst_port: self.reply_port,
         };
         let usable = !appliance_ip.is_unspecified();
+        self.pipeline.set_origin(addressing.to_origin());
         let mut runs = RunBuilder::default();
         let mut offset = slot_offset;
         // The datagram before in this train: the next one is decoded by comparison with it.
@@ -549,6 +581,13 @@ impl Worker {
             let inject = &mut io.inject[*io.injected..];
             let outcome = self.pipeline.process_after(previous, datagram, inject);
             previous = Some(datagram);
+            if let Outcome::Held = outcome {
+                // Nothing to send now, unless its verdict let the flow's datagrams go.
+                take_releases(&mut self.pipeline, io, Some(&mut runs), counters);
+                offset += datagram.len();
+                continue;
+            }
+            take_releases(&mut self.pipeline, io, Some(&mut runs), counters);
             let closed = match outcome {
                 Outcome::SendBack(action) => {
                     counters.verdict(action, datagram.len());
@@ -578,6 +617,7 @@ impl Worker {
                     counters.drop(reason);
                     runs.finish()
                 }
+                Outcome::Held => None,
             };
             if let Some(run) = closed {
                 io.tx.push_run(run, &addressing, counters);
@@ -587,6 +627,33 @@ impl Worker {
         if let Some(run) = runs.finish() {
             io.tx.push_run(run, &addressing, counters);
         }
+    }
+}
+
+/// Queues what verdicts on pending flows let go (before the datagram just judged, and after
+/// the train's datagrams before it, which `runs` holds), while the inject region has room
+/// for it and a reject per datagram of a slot after it.
+fn take_releases(
+    pipeline: &mut Pipeline,
+    io: &mut SlotIo<'_>,
+    runs: Option<&mut RunBuilder>,
+    counters: &mut Counters,
+) {
+    let mut runs = runs;
+    while io.inject.len() - *io.injected
+        >= MAX_GENEVE_DATAGRAM + MAX_SEGMENTS_PER_SLOT * MAX_REJECT_LEN
+    {
+        let Some((len, origin)) = pipeline.pop_release(&mut io.inject[*io.injected..]) else {
+            return;
+        };
+        let addressing = OuterAddressing::from_origin(origin);
+        if let Some(run) = runs.as_deref_mut().and_then(RunBuilder::finish) {
+            io.tx.push_run(run, &addressing, counters);
+        }
+        let at = io.inject_base + *io.injected;
+        *io.injected += len.next_multiple_of(8);
+        let usable = !addressing.src.is_unspecified();
+        io.tx.push_single(&addressing, usable, at, len, counters);
     }
 }
 

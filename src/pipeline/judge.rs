@@ -8,10 +8,14 @@
 use std::sync::Arc;
 
 use super::decode::DecodedPacket;
-use super::{FlowEvent, Pipeline};
+use super::pending::{Fed, HoldPool, NameCounts, NameResult};
+use super::records::FlowRecords;
+use super::{FlowEvent, HeldVerdicts, Outcome, Pipeline, RejectBudget};
 use crate::conntrack::{Flow, FlowEnd, FlowKey, Side, TcpState, has_ports};
+use crate::names::{Reading, ServerName};
 use crate::packet::{InnerPacket, Transport, ip_proto, is_pure_syn, tcp_flags};
-use crate::policy::Decision;
+use crate::policy::{Action, Decision, Judgement, NameState};
+use crate::reject::{MAX_REJECT_LEN, Rst};
 use crate::snapshot::Snapshot;
 
 impl Pipeline {
@@ -81,7 +85,9 @@ impl Pipeline {
         if let Some(flow) = flows.lookup(&key, now, &mut ended) {
             let from_responder = sender != flow.initiator;
             let refused = !flow.decision.action.passes();
-            if !judged_afresh(flow, sender, pure_syn, later_fragment) {
+            // One branch for flows of policies without `domains` groups: `pending` is never
+            // set for them.
+            if flow.pending.is_none() && !judged_afresh(flow, sender, pure_syn, later_fragment) {
                 rejudge_if_stale(flow, snapshot);
                 flow.last_seen_ms = now;
                 flow.packets += 1;
@@ -89,6 +95,14 @@ impl Pipeline {
                 flow.tcp = flow.tcp.advance(flags);
                 flow.cookie = packet.gwlb.flow_cookie;
                 return (flow.decision, repeatable(flow, sender, flags, pure_syn));
+            }
+            // A SYN from the responder is a connection of its own, judged below as always.
+            // Handled by the caller, which has the datagram ([`Pipeline::pending_packet`]).
+            if let Some(slot) = flow.pending
+                && !(pure_syn && from_responder)
+            {
+                self.pending_hit = Some(PendingHit { slot, sender, flags, counted: false });
+                return (flow.decision, false);
             }
             if pure_syn && from_responder && !refused && flow.tcp != TcpState::Closed {
                 // The responder's own connection: unless policy lets it open one, it is
@@ -113,12 +127,32 @@ impl Pipeline {
         // appliance restarted: mid-flow pickup), so only then, when the sender may not start
         // it, is it judged the other way round too. UDP, ICMP and the rest need the flow to
         // exist: `client -> dns udp/53` must not let dns send to client ports unasked.
-        let forward = snapshot.decide(
-            inner.src,
-            inner.dst,
-            inner.protocol,
-            service_port(inner.protocol, dport),
-        );
+        // The sender's first packet (a SYN, or any other protocol's) may wait for the name;
+        // a TCP flow picked up mid-flow is judged with none (its first bytes are gone).
+        let port = service_port(inner.protocol, dport);
+        let mut pending_rule = None;
+        let forward = if pure_syn || !is_tcp {
+            match snapshot.judge(inner.src, inner.dst, inner.protocol, port, NameState::Unknown) {
+                Judgement::Decided(decision) => decision,
+                Judgement::NeedsName { rule } => {
+                    pending_rule = Some(rule);
+                    snapshot.decide(inner.src, inner.dst, inner.protocol, port)
+                }
+            }
+        } else {
+            if snapshot.policy.uses_names()
+                && snapshot.judge(inner.src, inner.dst, inner.protocol, port, NameState::Unknown)
+                    != Judgement::Decided(snapshot.decide(
+                        inner.src,
+                        inner.dst,
+                        inner.protocol,
+                        port,
+                    ))
+            {
+                self.server_names.add(NameResult::PickedUpMidFlow);
+            }
+            snapshot.decide(inner.src, inner.dst, inner.protocol, port)
+        };
         let may_be_reply = is_tcp && flags & tcp_flags::ACK != 0;
         let (initiator, decision) = if forward.action.passes() || !may_be_reply {
             (sender, forward)
@@ -136,6 +170,24 @@ impl Pipeline {
             (true, true) => TcpState::SynSent,
             (true, false) => TcpState::Established.advance(flags),
         };
+        let pending = match pending_rule {
+            Some(_) => {
+                let slot = self.pool.open(key, is_tcp, now);
+                if slot.is_none() {
+                    self.server_names.add(NameResult::PendingFull);
+                }
+                slot
+            }
+            None => None,
+        };
+        let decision = match (pending, pending_rule) {
+            // Waiting: what passes meanwhile (the handshake, the server's packets) passes as
+            // the flow's; nothing is logged or counted under a rule until the verdict.
+            (Some(_), Some(rule)) => {
+                Decision { action: Action::Allow, rule: Some(rule), log: false }
+            }
+            _ => decision,
+        };
         let flow = Flow {
             key,
             initiator,
@@ -150,9 +202,15 @@ impl Pipeline {
             cookie: packet.gwlb.flow_cookie,
             endpoint_id: packet.gwlb.endpoint_id,
             attachment_id: packet.gwlb.attachment_id,
+            server_name: None,
+            pending,
         };
         self.created += 1;
         let flow = flows.insert(flow, &mut ended);
+        if let Some(slot) = pending {
+            self.pending_hit = Some(PendingHit { slot, sender, flags, counted: true });
+            return (flow.decision, false);
+        }
         let repeatable = repeatable(flow, sender, flags, pure_syn);
         if records.wanted(flow) {
             records.push(FlowEvent::Start, flow.clone(), snapshot);
@@ -185,6 +243,325 @@ impl Pipeline {
         flow.packets += 1;
         flow.bytes += len as u64;
         Some(flow.decision)
+    }
+}
+
+impl Pipeline {
+    /// The outcome of a packet of a pending flow that judging just found (or created) and
+    /// left in `pending_hit`. Out of line and cold, with the datagram passed only here: as
+    /// part of judging, it cost every established packet ~15 instructions.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn pending_packet(
+        &mut self,
+        hit: PendingHit,
+        snapshot: &Arc<Snapshot>,
+        packet: &DecodedPacket,
+        datagram: &[u8],
+    ) -> Outcome {
+        // Judging found or inserted it last.
+        let Some(flow) = self.flows.recent_mut().filter(|f| f.pending == Some(hit.slot)) else {
+            return Outcome::Withhold(Action::Deny);
+        };
+        if !hit.counted {
+            flow.last_seen_ms = self.now_ms;
+            flow.packets += 1;
+            flow.bytes += datagram.len() as u64;
+            flow.tcp = flow.tcp.advance(hit.flags);
+            flow.cookie = packet.gwlb.flow_cookie;
+        }
+        let mut parts = PendingParts {
+            pool: &mut self.pool,
+            rejects: &mut self.rejects,
+            names: &mut self.server_names,
+            records: &mut self.records,
+            held_verdicts: &mut self.held_verdicts,
+            now_ms: self.now_ms,
+            origin: self.origin,
+        };
+        parts.packet(snapshot, flow, hit.slot, packet, datagram, hit.sender)
+    }
+
+    /// Judges the pending flows that waited longer than `names.timeout` (a few slots per
+    /// batch, like the flow table's sweep) with no name; frees the slots of flows that left
+    /// the table meanwhile.
+    pub(super) fn sweep_pending(&mut self) {
+        const NONE: Option<(u32, FlowKey)> = None;
+        let mut due = [NONE; 64];
+        let mut count = 0;
+        self.pool.sweep(self.now_ms, &mut |slot, key| {
+            if let Some(entry) = due.get_mut(count) {
+                *entry = Some((slot, key));
+                count += 1;
+            }
+        });
+        let Some(snapshot) = self.snapshot.take() else { return };
+        for (slot, key) in due.iter().flatten() {
+            let (flows, records) = (&mut self.flows, &mut self.records);
+            let now = self.now_ms;
+            let flow = flows.lookup(key, now, &mut |flow: Flow, end: FlowEnd| {
+                records.push(FlowEvent::End(end), flow, &snapshot)
+            });
+            match flow {
+                Some(flow) if flow.pending == Some(*slot) => {
+                    let mut parts = PendingParts {
+                        pool: &mut self.pool,
+                        rejects: &mut self.rejects,
+                        names: &mut self.server_names,
+                        records,
+                        held_verdicts: &mut self.held_verdicts,
+                        now_ms: now,
+                        origin: self.origin,
+                    };
+                    parts.settle(&snapshot, flow, *slot, None, NameResult::Timeout);
+                }
+                _ => {
+                    // Its flow left the table: what it held is dropped.
+                    self.held_verdicts.add(Action::Deny, self.pool.take_counts(*slot));
+                    self.pool.close(*slot);
+                }
+            }
+        }
+        self.snapshot = Some(snapshot);
+    }
+}
+
+/// A packet of a pending flow, found by judging: its slot, sender and TCP flags, and whether
+/// it was counted already (a new flow's first packet is).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PendingHit {
+    slot: u32,
+    sender: Side,
+    flags: u8,
+    counted: bool,
+}
+
+/// What judging a pending flow's packet works with: disjoint parts of the pipeline, so that
+/// the flow (borrowed from the table) can be changed at the same time.
+struct PendingParts<'p> {
+    pool: &'p mut HoldPool,
+    rejects: &'p mut RejectBudget,
+    names: &'p mut NameCounts,
+    records: &'p mut FlowRecords,
+    held_verdicts: &'p mut HeldVerdicts,
+    now_ms: u64,
+    origin: u128,
+}
+
+impl PendingParts<'_> {
+    /// A packet of the pending flow `flow` (slot `slot`) from `sender`: the server's pass
+    /// (handshake replies; a server that speaks first cannot be named, and its flow is judged
+    /// at the timeout), the client's handshake passes, the client's bytes are held and read.
+    fn packet(
+        &mut self,
+        snapshot: &Arc<Snapshot>,
+        flow: &mut Flow,
+        slot: u32,
+        packet: &DecodedPacket,
+        datagram: &[u8],
+        sender: Side,
+    ) -> Outcome {
+        if self.pool.timed_out(slot, self.now_ms) {
+            let decision = self.settle(snapshot, flow, slot, None, NameResult::Timeout);
+            return after_verdict(decision);
+        }
+        if flow.generation != snapshot.generation {
+            // Policy or labels changed while it waited: judged again as it started; a policy
+            // that no longer needs the name decides now (no name was read: not counted).
+            flow.generation = snapshot.generation;
+            let key = flow.key;
+            let (from, _) = key.endpoint(flow.initiator);
+            let (to, to_port) = key.endpoint(flow.initiator.other());
+            let port = service_port(key.protocol, to_port);
+            match snapshot.judge(from, to, key.protocol, port, NameState::Unknown) {
+                Judgement::Decided(decision) => {
+                    self.conclude(snapshot, flow, slot, decision);
+                    // This packet goes after what was held (the caller takes releases first).
+                    return after_verdict(decision);
+                }
+                Judgement::NeedsName { rule } => flow.decision.rule = Some(rule),
+            }
+        }
+        if sender != flow.initiator {
+            return Outcome::SendBack(Action::Allow);
+        }
+        let inner = &packet.inner;
+        self.pool.client_seen(slot, &datagram[..packet.geneve_header_len], self.origin);
+        let fed = match inner.transport {
+            Transport::Tcp { flags, seq, ack, payload_len, .. } if inner.fragment.is_none() => {
+                let ack = (flags & tcp_flags::ACK != 0).then_some(ack);
+                let syn = flags & tcp_flags::SYN != 0;
+                if flags & tcp_flags::RST != 0 {
+                    // The client gave up: what it sent never reaches the server.
+                    self.held_verdicts.add(Action::Deny, self.pool.take_counts(slot));
+                    self.pool.close(slot);
+                    flow.pending = None;
+                    self.names.add(NameResult::None);
+                    flow.decision = decide_with_name(snapshot, flow);
+                    flow.generation = snapshot.generation;
+                    return Outcome::SendBack(Action::Allow);
+                }
+                if payload_len == 0 || syn {
+                    // The handshake passes; data in a SYN (TCP Fast Open) is not read.
+                    self.pool.client_control(slot, seq, ack, syn);
+                    return Outcome::SendBack(Action::Allow);
+                }
+                let payload = &datagram[datagram.len() - payload_len as usize..];
+                self.pool.feed(slot, datagram, payload, Some((seq, ack, false)))
+            }
+            Transport::Udp { .. } => {
+                let payload = udp_payload(&datagram[packet.geneve_header_len..]);
+                self.pool.feed(slot, datagram, payload, None)
+            }
+            // A fragment of the client's while the name is read: dropped (it is sent again).
+            _ => return Outcome::Withhold(Action::Deny),
+        };
+        match fed {
+            Fed::Held | Fed::Duplicate | Fed::HeldAndRead(Reading::NeedMore) => Outcome::Held,
+            Fed::HeldAndRead(reading) => {
+                let (name, result) = match reading {
+                    Reading::Found(name) => (Some(name), NameResult::Found),
+                    Reading::TooLong => (None, NameResult::TooLong),
+                    Reading::NoName | Reading::NeedMore => (None, NameResult::None),
+                };
+                self.settle(snapshot, flow, slot, name, result);
+                Outcome::Held
+            }
+            Fed::NoRoom(reading) => {
+                // Judged now, with what was read; this datagram goes after the held ones (the
+                // caller takes releases before it acts on the outcome).
+                let (name, result) = match reading {
+                    Reading::Found(name) => (Some(name), NameResult::Found),
+                    Reading::NoName => (None, NameResult::None),
+                    Reading::NeedMore | Reading::TooLong => (None, NameResult::TooLong),
+                };
+                let decision = self.settle(snapshot, flow, slot, name, result);
+                after_verdict(decision)
+            }
+        }
+    }
+
+    /// The verdict on a pending flow, with its name or none: held datagrams released in
+    /// order (allow, audit), dropped (deny), or replaced by a RST to each end (reject: for
+    /// UDP an ICMP error to the client).
+    fn settle(
+        &mut self,
+        snapshot: &Arc<Snapshot>,
+        flow: &mut Flow,
+        slot: u32,
+        name: Option<ServerName>,
+        result: NameResult,
+    ) -> Decision {
+        self.names.add(result);
+        flow.server_name = name;
+        let decision = decide_with_name(snapshot, flow);
+        self.conclude(snapshot, flow, slot, decision)
+    }
+
+    /// Carries out `decision` on the pending flow `flow`: it stops waiting.
+    fn conclude(
+        &mut self,
+        snapshot: &Arc<Snapshot>,
+        flow: &mut Flow,
+        slot: u32,
+        decision: Decision,
+    ) -> Decision {
+        flow.pending = None;
+        flow.decision = decision;
+        // What it held is counted as judged now (sent on, dropped, or answered).
+        self.held_verdicts.add(decision.action, self.pool.take_counts(slot));
+        flow.generation = snapshot.generation;
+        flow.rule_name = logged_rule_name(snapshot, &decision);
+        match decision.action {
+            Action::Allow | Action::Audit => self.pool.release(slot),
+            Action::Deny => self.pool.close(slot),
+            Action::Reject => {
+                if self.rejects.take(self.now_ms) {
+                    self.reject(flow, slot);
+                    self.pool.release(slot);
+                } else {
+                    self.pool.close(slot);
+                }
+            }
+        }
+        if self.records.wanted(flow) {
+            self.records.push(FlowEvent::Start, flow.clone(), snapshot);
+        }
+        decision
+    }
+
+    /// Replaces what `slot` holds by the reject's packets.
+    fn reject(&mut self, flow: &Flow, slot: u32) {
+        let (client, client_port) = flow.key.endpoint(flow.initiator);
+        let (server, server_port) = flow.key.endpoint(flow.initiator.other());
+        let mut to_client = [0u8; MAX_REJECT_LEN];
+        let mut to_server = [0u8; MAX_REJECT_LEN];
+        if flow.key.protocol != ip_proto::TCP {
+            let len = self.pool.first_held(slot).and_then(|held| {
+                let decoded = super::decode(held).ok()?;
+                crate::reject::build(
+                    held,
+                    decoded.geneve_header_len,
+                    &decoded.inner,
+                    &mut to_client,
+                )
+            });
+            match len {
+                Some(len) => self.pool.replace_held(slot, &[&to_client[..len]]),
+                None => self.pool.replace_held(slot, &[]),
+            }
+            return;
+        }
+        let (next_seq, client_ack) = self.pool.reject_sequence(slot);
+        let Some(header) = self.pool.header(slot) else {
+            self.pool.replace_held(slot, &[]);
+            return;
+        };
+        // To the client, as the server: in sequence with what the client acknowledged, or
+        // (before its ACK) acknowledging its SYN (RFC 9293 3.10.7.1).
+        let client_rst =
+            Rst { from: server, to: client, src_port: server_port, dst_port: client_port };
+        let client_len = match (client_ack, next_seq) {
+            (Some(ack), _) => {
+                crate::reject::build_rst(header, client_rst, ack, None, &mut to_client)
+            }
+            (None, Some(next)) => {
+                crate::reject::build_rst(header, client_rst, 0, Some(next), &mut to_client)
+            }
+            (None, None) => None,
+        };
+        // To the server, as the client: at the first byte it expects, since none of the
+        // client's bytes reached it.
+        let server_rst =
+            Rst { from: client, to: server, src_port: client_port, dst_port: server_port };
+        let server_len = next_seq.and_then(|next| {
+            crate::reject::build_rst(header, server_rst, next, None, &mut to_server)
+        });
+        let packets = [client_len.map(|l| &to_client[..l]), server_len.map(|l| &to_server[..l])];
+        let mut kept: [&[u8]; 2] = [&[], &[]];
+        let mut n = 0;
+        for packet in packets.into_iter().flatten() {
+            kept[n] = packet;
+            n += 1;
+        }
+        self.pool.replace_held(slot, &kept[..n]);
+    }
+}
+
+/// What happens to a packet that arrives as its pending flow's verdict is made (and is not
+/// held): what the verdict says; a reject's RSTs are already queued.
+fn after_verdict(decision: Decision) -> Outcome {
+    match decision.action {
+        Action::Allow | Action::Audit => Outcome::SendBack(decision.action),
+        action => Outcome::Withhold(action),
+    }
+}
+
+/// The payload of the UDP datagram in `ip` (an unfragmented IP packet that decoded).
+fn udp_payload(ip: &[u8]) -> &[u8] {
+    match etherparse::IpSlice::from_slice(ip) {
+        Ok(slice) => slice.payload().payload.get(8..).unwrap_or_default(),
+        Err(_) => &[],
     }
 }
 
@@ -228,11 +605,26 @@ fn rejudge_if_stale(flow: &mut Flow, snapshot: &Snapshot) {
     if flow.generation == snapshot.generation {
         return;
     }
+    flow.decision = decide_with_name(snapshot, flow);
+    flow.generation = snapshot.generation;
+}
+
+/// `flow`'s decision under `snapshot` with the name it showed (or none), as its initiator
+/// started it.
+fn decide_with_name(snapshot: &Snapshot, flow: &Flow) -> Decision {
     let key = flow.key;
     let (from, _) = key.endpoint(flow.initiator);
     let (to, to_port) = key.endpoint(flow.initiator.other());
-    flow.decision = snapshot.decide(from, to, key.protocol, service_port(key.protocol, to_port));
-    flow.generation = snapshot.generation;
+    let port = service_port(key.protocol, to_port);
+    let name = match &flow.server_name {
+        Some(name) => NameState::Name(name.as_str()),
+        None => NameState::Absent,
+    };
+    // With the name known (or known to be absent) no rule waits: always a decision.
+    match snapshot.judge(from, to, key.protocol, port, name) {
+        Judgement::Decided(decision) => decision,
+        Judgement::NeedsName { .. } => snapshot.decide(from, to, key.protocol, port),
+    }
 }
 
 /// The port a rule's `ports` is matched against: the responder's, for TCP and UDP.

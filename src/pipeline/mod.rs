@@ -18,6 +18,7 @@
 mod decode;
 mod fragments;
 mod judge;
+mod pending;
 mod records;
 #[cfg(test)]
 mod testing;
@@ -27,6 +28,8 @@ use std::sync::Arc;
 
 pub use decode::{DecodedPacket, MAX_GENEVE_DATAGRAM, decode};
 use fragments::FragmentTable;
+use pending::HoldPool;
+pub use pending::{HELD_OVERHEAD, MAX_HELD, NameCounts, NameLimits, NameResult};
 use records::FlowRecords;
 pub use records::{FlowEvent, FlowRecord, MAX_QUEUED_FLOW_RECORDS};
 pub use train::decode_after;
@@ -49,6 +52,10 @@ pub enum Outcome {
     Reject { len: usize },
     /// Malformed or unusable: count under the reason, send nothing.
     Drop(DropReason),
+    /// A client datagram of a flow waiting for its server name: kept (a copy) or dropped in
+    /// favour of what the verdict queued. Send nothing now; what a verdict lets go is taken
+    /// with [`Pipeline::pop_release`].
+    Held,
 }
 
 /// Whether packets are inspected or only reflected.
@@ -69,11 +76,18 @@ pub struct FlowSettings {
     /// Rejects (TCP RSTs, ICMP errors) generated per second at most; the rest are withheld
     /// and counted.
     pub reject_limit: u32,
+    /// Reading server names (`names.*`): the hold pool's size.
+    pub names: NameLimits,
 }
 
 impl Default for FlowSettings {
     fn default() -> Self {
-        FlowSettings { max_flows: 262_144, timeouts: Timeouts::default(), reject_limit: 1000 }
+        FlowSettings {
+            max_flows: 262_144,
+            timeouts: Timeouts::default(),
+            reject_limit: 1000,
+            names: NameLimits::default(),
+        }
     }
 }
 
@@ -89,6 +103,23 @@ pub struct FlowCounts {
     pub fragments_refused: u64,
     /// Rejects withheld because the reject limit was reached.
     pub rejects_suppressed: u64,
+    /// Flows waiting for their server name now.
+    pub pending: u64,
+    /// Server-name readings by how they ended (running totals).
+    pub server_names: NameCounts,
+}
+
+/// Packets and bytes of pending flows' held datagrams by the verdict that settled them, for
+/// the caller's per-verdict counters (it counts `Outcome::Held` under none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeldVerdicts(pub [(u64, u64); Action::COUNT]);
+
+impl HeldVerdicts {
+    fn add(&mut self, action: Action, (packets, bytes): (u64, u64)) {
+        let entry = &mut self.0[action.index()];
+        entry.0 += packets;
+        entry.1 += bytes;
+    }
 }
 
 /// A token bucket of rejects: `limit` a second, at most a second's worth at once.
@@ -144,6 +175,14 @@ pub struct Pipeline {
     /// A copy of the last judged datagram would change nothing but its flow's counters (set
     /// by judging, which has the flow at hand: see [`Pipeline::judge`]).
     repeatable: bool,
+    /// Flows waiting for their server name, and their held datagrams.
+    pool: HoldPool,
+    server_names: NameCounts,
+    /// Set by judging a packet of a pending flow: what [`Pipeline::pending_packet`] needs.
+    pending_hit: Option<judge::PendingHit>,
+    /// Where the datagrams being processed came from ([`Pipeline::set_origin`]).
+    origin: u128,
+    held_verdicts: HeldVerdicts,
 }
 
 impl Pipeline {
@@ -159,6 +198,10 @@ impl Pipeline {
     ) -> Self {
         let snapshot = cell.as_ref().map(|c| c.load_full());
         let table_size = if mode == Mode::Reflect { 1 } else { flows.max_flows };
+        let names = match mode {
+            Mode::Reflect => NameLimits { max_pending: 1, ..flows.names },
+            Mode::Inspect => flows.names,
+        };
         Pipeline {
             mode,
             worker,
@@ -173,6 +216,11 @@ impl Pipeline {
             last_decoded: None,
             repeat: None,
             repeatable: false,
+            pool: HoldPool::new(names),
+            server_names: NameCounts::default(),
+            pending_hit: None,
+            origin: 0,
+            held_verdicts: HeldVerdicts::default(),
         }
     }
 
@@ -192,7 +240,31 @@ impl Pipeline {
         {
             let (flows, records) = (&mut self.flows, &mut self.records);
             flows.sweep(now_ms, &mut |flow, end| records.push(FlowEvent::End(end), flow, snapshot));
+            self.sweep_pending();
         }
+    }
+
+    /// The next datagram a verdict on a pending flow lets go (held client datagrams in
+    /// order, or a reject's RSTs), copied into `out` (room for
+    /// [`MAX_GENEVE_DATAGRAM`] bytes); its length and origin ([`Pipeline::set_origin`]).
+    /// The caller takes them all after every
+    /// [`Pipeline::process`] and [`Pipeline::begin_batch`], before it sends what the
+    /// outcome says, so that they go out first.
+    pub fn pop_release(&mut self, out: &mut [u8]) -> Option<(usize, u128)> {
+        self.pool.pop_release(out)
+    }
+
+    /// Held datagrams judged since the last call, by verdict (packets, bytes): the caller adds
+    /// them to its per-verdict counters, as it does for every other outcome.
+    pub fn take_held_verdicts(&mut self) -> HeldVerdicts {
+        std::mem::take(&mut self.held_verdicts)
+    }
+
+    /// Tells where the next datagrams come from, in the caller's terms (the worker packs
+    /// the outer addresses and ports it would answer with): opaque here, kept with a pending
+    /// flow's held datagrams and handed back with them by [`Pipeline::pop_release`].
+    pub fn set_origin(&mut self, origin: u128) {
+        self.origin = origin;
     }
 
     /// Ends every flow, for shutdown: the end record of each logged flow goes straight to
@@ -236,6 +308,8 @@ impl Pipeline {
             fragments: self.fragments.len() as u64,
             fragments_refused: self.fragments.refused(),
             rejects_suppressed: self.rejects.suppressed,
+            pending: self.pool.pending() as u64,
+            server_names: self.server_names,
         }
     }
 
@@ -303,6 +377,12 @@ impl Pipeline {
             return Outcome::Withhold(Action::Deny);
         };
         let decision = self.judge(&snapshot, &packet, datagram);
+        if let Some(hit) = self.pending_hit.take() {
+            // A pending flow's packet: no rule decided it (yet).
+            let outcome = self.pending_packet(hit, &snapshot, &packet, datagram);
+            self.snapshot = Some(snapshot);
+            return outcome;
+        }
         snapshot.rule_hits.add(self.worker, decision.rule);
         self.snapshot = Some(snapshot);
         let flags = packet.inner.transport.tcp_flags();

@@ -37,6 +37,27 @@ pub struct OuterAddressing {
     pub dst_port: u16,
 }
 
+impl OuterAddressing {
+    /// Packed into the pipeline's opaque origin of a datagram (`Pipeline::set_origin`), so
+    /// that what a pending flow's verdict releases goes back the way its datagrams came.
+    pub fn to_origin(&self) -> u128 {
+        (u128::from(u32::from(self.src)) << 64)
+            | (u128::from(u32::from(self.dst)) << 32)
+            | (u128::from(self.src_port) << 16)
+            | u128::from(self.dst_port)
+    }
+
+    /// The addressing [`OuterAddressing::to_origin`] packed.
+    pub fn from_origin(origin: u128) -> OuterAddressing {
+        OuterAddressing {
+            src: Ipv4Addr::from((origin >> 64) as u32),
+            dst: Ipv4Addr::from((origin >> 32) as u32),
+            src_port: (origin >> 16) as u16,
+            dst_port: origin as u16,
+        }
+    }
+}
+
 /// Writes the outer IPv4 + UDP header for a UDP payload of `payload_len` bytes.
 ///
 /// DF is set (GWLB does not fragment), the IPv4 checksum is computed, the UDP checksum is 0

@@ -138,6 +138,7 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
         pipeline,
         flow_log,
         inject: vec![0u8; MAX_REJECT_LEN],
+        release: vec![0u8; crate::pipeline::MAX_GENEVE_DATAGRAM],
         geneve_port: args.port.unwrap_or(config.dataplane.listen.port()),
         // A socket bound to one address gets only what is sent to it.
         listen_ip: Some(*config.dataplane.listen.ip()).filter(|ip| !ip.is_unspecified()),
@@ -292,6 +293,8 @@ struct Replayer {
     /// Where the pipeline's flow records go after each datagram.
     flow_log: Option<FlowLogSender>,
     inject: Vec<u8>,
+    /// Where a datagram a pending flow's verdict releases is copied.
+    release: Vec<u8>,
     geneve_port: u16,
     listen_ip: Option<Ipv4Addr>,
     reply_port: u16,
@@ -302,6 +305,30 @@ struct Replayer {
 }
 
 impl Replayer {
+    /// Writes what verdicts on pending flows released (held datagrams in order, or a
+    /// reject's RSTs), with the Ethernet addresses of the datagram at hand.
+    fn write_releases(
+        &mut self,
+        timestamp_ns: u64,
+        macs: Option<([u8; 6], [u8; 6])>,
+    ) -> anyhow::Result<()> {
+        while let Some((len, origin)) = self.pipeline.pop_release(&mut self.release) {
+            let addressing = OuterAddressing::from_origin(origin);
+            let mut header = [0u8; OUTER_HEADER_LEN];
+            if outer::emit(&mut header, &addressing, len).is_none() {
+                self.counts.drops[DropReason::SendFailed.index()] += 1;
+                continue;
+            }
+            self.counts.sent_back += 1;
+            if let Some(output) = &mut self.output {
+                output
+                    .write_reply(timestamp_ns, macs, &header, &self.release[..len])
+                    .map_err(|e| anyhow::anyhow!("cannot write the replies: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
     fn handle(&mut self, record: &Record<'_>) -> anyhow::Result<()> {
         let counts = &mut self.counts;
         counts.first_ns.get_or_insert(record.timestamp_ns);
@@ -323,30 +350,7 @@ impl Replayer {
         counts.geneve += 1;
         self.clock_ms = self.clock_ms.max(record.timestamp_ns / 1_000_000);
         self.pipeline.begin_batch(self.clock_ms);
-        let datagram = packet.datagram;
-        // The reply and whether it is the datagram itself (else a reject in its place).
-        let reply: Option<(&[u8], bool)> = match self.pipeline.process(datagram, &mut self.inject) {
-            Outcome::SendBack(action) => {
-                counts.verdicts[action.index()] += 1;
-                Some((datagram, true))
-            }
-            Outcome::Withhold(action) => {
-                counts.verdicts[action.index()] += 1;
-                None
-            }
-            Outcome::Reject { len } => {
-                counts.verdicts[Action::Reject.index()] += 1;
-                Some((&self.inject[..len], false))
-            }
-            Outcome::Drop(reason) => {
-                counts.drops[reason.index()] += 1;
-                None
-            }
-        };
-        if let Some(log) = &self.flow_log {
-            log.take_from(&mut self.pipeline);
-        }
-        let Some((reply, unchanged)) = reply else { return Ok(()) };
+        self.write_releases(record.timestamp_ns, packet.macs)?;
         // What the worker puts in front of it: addresses swapped, GWLB's port kept.
         let addressing = OuterAddressing {
             src: packet.dst,
@@ -354,6 +358,44 @@ impl Replayer {
             src_port: packet.src_port,
             dst_port: self.reply_port,
         };
+        self.pipeline.set_origin(addressing.to_origin());
+        let datagram = packet.datagram;
+        let counts = &mut self.counts;
+        // The reply and whether it is the datagram itself (else a reject in its place).
+        // The reply's length and whether it is the datagram itself (else a reject in the
+        // inject buffer).
+        let reply: Option<(usize, bool)> = match self.pipeline.process(datagram, &mut self.inject) {
+            Outcome::SendBack(action) => {
+                counts.verdicts[action.index()] += 1;
+                Some((datagram.len(), true))
+            }
+            Outcome::Withhold(action) => {
+                counts.verdicts[action.index()] += 1;
+                None
+            }
+            Outcome::Reject { len } => {
+                counts.verdicts[Action::Reject.index()] += 1;
+                Some((len, false))
+            }
+            Outcome::Drop(reason) => {
+                counts.drops[reason.index()] += 1;
+                None
+            }
+            // Held until its flow's server name is read: written when a verdict releases it.
+            Outcome::Held => None,
+        };
+        if let Some(log) = &self.flow_log {
+            log.take_from(&mut self.pipeline);
+        }
+        // What a verdict let go goes before the datagram that brought it.
+        self.write_releases(record.timestamp_ns, packet.macs)?;
+        let counts = &mut self.counts;
+        let held = self.pipeline.take_held_verdicts();
+        for (verdict, (packets, _)) in counts.verdicts.iter_mut().zip(held.0) {
+            *verdict += packets;
+        }
+        let Some((len, unchanged)) = reply else { return Ok(()) };
+        let reply = if unchanged { datagram } else { &self.inject[..len] };
         let mut header = [0u8; OUTER_HEADER_LEN];
         if outer::emit(&mut header, &addressing, reply.len()).is_none() {
             counts.drops[DropReason::SendFailed.index()] += 1;
