@@ -1,7 +1,8 @@
-//! Pending flows allocate nothing per packet: a counting global allocator around a pipeline
-//! judging flows that wait for their server name (a real ClientHello in two segments, held
-//! and then released, denied or rejected). The pipeline, its hold pool and the datagrams are
-//! made before counting starts.
+//! Reading server names and judging flows that wait for theirs allocate nothing per packet:
+//! a counting global allocator around reading the real clients' bytes (a post-quantum
+//! ClientHello in two segments, QUIC Initials of v1, v2 and Chromium, an HTTP request) and
+//! around a pipeline whose flows wait for their name (a real ClientHello in two segments,
+//! held and then released, denied or rejected). Everything is made before counting starts.
 
 #![allow(unsafe_code, reason = "a counting global allocator that only forwards to System")]
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use etherparse::PacketBuilder;
 use labelwall::labels::LabelTable;
 use labelwall::names::fuzzing::client_capture;
+use labelwall::names::{QuicInitials, Reading, TcpReassembly, read_stream};
 use labelwall::pipeline::{FlowSettings, MAX_GENEVE_DATAGRAM, Mode, NameResult, Outcome, Pipeline};
 use labelwall::policy::CompiledPolicy;
 use labelwall::reject::MAX_REJECT_LEN;
@@ -41,6 +43,37 @@ static GLOBAL: Counting = Counting;
 
 fn allocations() -> usize {
     ALLOCATIONS.with(Cell::get)
+}
+
+#[test]
+fn reading_server_names_allocates_nothing() {
+    const BUDGET: usize = 16_384;
+    let tls = client_capture("chromium_tls");
+    let http = client_capture("curl_host");
+    let quic = ["aioquic_v1", "aioquic_v2", "chromium_quic"].map(client_capture);
+    let (mut buf, mut crypto, mut scratch) =
+        (vec![0u8; BUDGET], vec![0u8; BUDGET], vec![0u8; 2048]);
+
+    let before = allocations();
+    let mut found = 0;
+    for capture in [&tls, &http] {
+        let mut stream = TcpReassembly::new();
+        for s in &capture.segments {
+            stream.segment(&mut buf, s.seq, s.syn, &s.payload);
+        }
+        found += usize::from(matches!(read_stream(stream.bytes(&buf), BUDGET), Reading::Found(_)));
+    }
+    for capture in &quic {
+        let mut flow = QuicInitials::new();
+        let mut reading = Reading::NeedMore;
+        for datagram in &capture.datagrams {
+            reading = flow.datagram(&mut crypto, &mut scratch, datagram);
+        }
+        found += usize::from(matches!(reading, Reading::Found(_)));
+    }
+    let during = allocations() - before;
+    assert_eq!(found, 5, "every fixture shows its name");
+    assert_eq!(during, 0, "{during} allocations while reading");
 }
 
 /// www.example.com is allowed, *.example.org denied, other names rejected (tcp/443).
