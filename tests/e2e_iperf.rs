@@ -505,9 +505,9 @@ fn server_names_of_real_clients_decide_connections_through_packet_rings() {
     server_names_decide(bench);
 }
 
-fn server_names_decide(bench: Bench) {
-    netns::require_tools(&[("openssl", "version"), ("curl", "--version"), ("python3", "-V")]);
-    let dir = bench.dir.path();
+/// A self-signed certificate and key for `api.allowed.example` in `dir` (the TLS and QUIC
+/// servers of the server-name tests).
+fn self_signed_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     netns::run_checked(
         std::process::Command::new("openssl").args(["req", "-x509", "-newkey", "ec"]).args([
@@ -525,6 +525,13 @@ fn server_names_decide(bench: Bench) {
         ]),
         netns::COMMAND_LIMIT,
     );
+    (cert, key)
+}
+
+fn server_names_decide(bench: Bench) {
+    netns::require_tools(&[("openssl", "version"), ("curl", "--version"), ("python3", "-V")]);
+    let dir = bench.dir.path();
+    let (cert, key) = self_signed_certificate(dir);
     let mut tls_server = Daemon::start(
         "openssl s_server",
         {
@@ -688,23 +695,7 @@ fn quic_clients_are_judged_by_the_name_in_their_initials() {
         names_policy().replace("ports: [tcp/443, tcp/80]", "ports: [tcp/443, tcp/80, udp/443]");
     let bench = Bench::start(&policy);
     let dir = bench.dir.path();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    netns::run_checked(
-        std::process::Command::new("openssl").args(["req", "-x509", "-newkey", "ec"]).args([
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=api.allowed.example",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-        ]),
-        netns::COMMAND_LIMIT,
-    );
+    let (cert, key) = self_signed_certificate(dir);
     let mut server = Daemon::start(
         "aioquic server",
         {
