@@ -225,6 +225,20 @@ pub fn metric(text: &str, sample: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A socket on GWLB_IP whose port is free on APPLIANCE_IP too: the appliance binds its
+/// per-port send socket to (APPLIANCE_IP, GWLB's source port), and a port another test's
+/// appliance listens on there would send that test's trains down the raw path instead.
+fn sender_socket() -> UdpSocket {
+    for _ in 0..64 {
+        let socket = UdpSocket::bind((GWLB_IP, 0)).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        if UdpSocket::bind((APPLIANCE_IP, port)).is_ok() {
+            return socket;
+        }
+    }
+    panic!("no source port free on both loopback addresses in 64 tries")
+}
+
 /// A GWLB node on 127.0.0.2: sends from several source ports (one per flow, as GWLB does) and
 /// receives what the appliance sends back on `reply_port`.
 pub struct GwlbPeer {
@@ -236,7 +250,7 @@ impl GwlbPeer {
     pub fn new(source_ports: usize) -> GwlbPeer {
         let reply = UdpSocket::bind((GWLB_IP, 0)).unwrap();
         reply.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-        let senders = (0..source_ports).map(|_| UdpSocket::bind((GWLB_IP, 0)).unwrap()).collect();
+        let senders = (0..source_ports).map(|_| sender_socket()).collect();
         GwlbPeer { reply, senders }
     }
 
