@@ -18,7 +18,7 @@ use std::net::IpAddr;
 
 use hashbrown::HashTable;
 
-use crate::names::ServerName;
+use crate::names::NameId;
 use crate::packet::{InnerPacket, ip_proto, tcp_flags};
 use crate::policy::Decision;
 
@@ -138,8 +138,10 @@ pub struct Flow {
     pub endpoint_id: Option<u64>,
     pub attachment_id: Option<u64>,
     /// The server name the flow showed (TLS SNI, HTTP Host, QUIC SNI), kept so that a policy
-    /// or label change re-judges it with the name. Inline (254 bytes): no allocation per flow.
-    pub server_name: Option<ServerName>,
+    /// or label change re-judges it with the name: a reference into the worker's
+    /// [`NameTable`](crate::names::NameTable), which the table's owner releases when the flow
+    /// leaves.
+    pub server_name: Option<NameId>,
     /// While the flow waits for its name: its slot in the pipeline's hold pool.
     pub pending: Option<u32>,
 }
@@ -474,6 +476,13 @@ mod tests {
         assert!(table.remove(&key(2)).is_some());
         assert!(table.lookup(&key(2), 4, none).is_none(), "removed, not found again");
         assert!(table.is_empty());
+    }
+
+    #[test]
+    fn a_flow_fits_three_cache_lines() {
+        // 176 bytes; 424 when the server name was kept inline. A million flows is this many
+        // megabytes of table (docs/performance.md).
+        assert!(std::mem::size_of::<Flow>() <= 192, "{}", std::mem::size_of::<Flow>());
     }
 
     #[test]

@@ -322,7 +322,7 @@ impl<'a> JsonRecord<'a> {
             dport,
             verdict: flow.decision.action.as_str(),
             rule: record.rule.as_deref().unwrap_or("default"),
-            server_name: flow.server_name.as_ref().map(|name| name.as_str()),
+            server_name: record.server_name.as_ref().map(|name| name.as_str()),
             src_identity: identity(&record.src),
             dst_identity: identity(&record.dst),
             gwlb_endpoint_id: flow.endpoint_id.map(|id| format!("{id:016x}")),
@@ -417,6 +417,7 @@ mod tests {
             src: None,
             dst: None,
             rule: Some("r".into()),
+            server_name: None,
             generation: 1,
         }
     }
@@ -432,7 +433,7 @@ mod tests {
     #[test]
     fn a_flow_that_showed_a_server_name_is_logged_with_it_and_others_without_the_field() {
         let mut named = record(40_000);
-        named.flow.server_name = Some("api.allowed.example".parse().unwrap());
+        named.server_name = Some("api.allowed.example".parse().unwrap());
         let line = serde_json::to_string(&JsonRecord::new(&named)).unwrap();
         assert!(line.contains("\"server_name\":\"api.allowed.example\""), "{line}");
         named.event = FlowEvent::End(FlowEnd::Expired);

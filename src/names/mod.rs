@@ -3,12 +3,14 @@
 //! Must not depend on: sockets, logging, the pipeline, policy, the flow table.
 //!
 //! What it owns:
-//! - `ServerName`: a normalized DNS host name stored inline (no heap, `Copy`), so that a flow
-//!   can keep it in a fixed-size table; `ServerName::parse` is the one definition of what a
+//! - `ServerName`: a normalized DNS host name stored inline (no heap, `Copy`), so that readers
+//!   and pools hold it without allocating; `ServerName::parse` is the one definition of what a
 //!   name is (ASCII lowercase, one trailing dot removed, labels of letters, digits, `-` and
 //!   `_`, 1..=63 characters, at most 253 in all, not an IP literal).
 //! - `Reading`: what the bytes seen so far say (a name, never a name, more bytes needed, or
 //!   the name cannot show within the byte budget).
+//! - `NameTable`: the names a worker's flows showed, each kept once and referenced by a 4-byte
+//!   `NameId` from the flows that showed it.
 //! - `read_stream` (TCP: TLS ClientHello over any number of records, else HTTP/1.x),
 //!   `QuicInitials` (QUIC: keys, header protection, decryption, frames, CRYPTO reassembly),
 //!   and `Reassembly`/`TcpReassembly`, which join out-of-order pieces of a byte stream in a
@@ -29,6 +31,7 @@
 mod http;
 mod quic;
 mod reassembly;
+mod table;
 mod tls;
 
 #[doc(hidden)]
@@ -36,6 +39,7 @@ pub mod fuzzing;
 
 pub use quic::{QuicInitials, QuicVersion};
 pub use reassembly::{Insert, MAX_RANGES, Reassembly, TcpReassembly};
+pub use table::{NameId, NameTable};
 
 /// The longest name: 253 characters (RFC 1035's 255 octets in wire form).
 pub const MAX_NAME_LEN: usize = 253;

@@ -12,7 +12,7 @@ use super::pending::{Fed, HoldPool, NameCounts, NameResult};
 use super::records::FlowRecords;
 use super::{FlowEvent, HeldVerdicts, Outcome, Pipeline, RejectBudget};
 use crate::conntrack::{Flow, FlowEnd, FlowKey, Side, TcpState, has_ports};
-use crate::names::{Reading, ServerName};
+use crate::names::{NameTable, Reading, ServerName};
 use crate::packet::{InnerPacket, Transport, ip_proto, is_pure_syn, tcp_flags};
 use crate::policy::{Action, Decision, Judgement, NameState};
 use crate::reject::{MAX_REJECT_LEN, Rst};
@@ -78,17 +78,17 @@ impl Pipeline {
         let is_tcp = inner.protocol == ip_proto::TCP;
         let pure_syn = is_pure_syn(inner.protocol, flags);
         let later_fragment = inner.transport == Transport::Fragment;
-        let (flows, records) = (&mut self.flows, &mut self.records);
-        let mut ended =
-            |flow: Flow, end: FlowEnd| records.push(FlowEvent::End(end), flow, snapshot);
-
-        if let Some(flow) = flows.lookup(&key, now, &mut ended) {
+        let (flows, records, names) = (&mut self.flows, &mut self.records, &mut self.name_table);
+        let found = flows.lookup(&key, now, &mut |flow, end| {
+            records.ended(flow, end, snapshot, names);
+        });
+        if let Some(flow) = found {
             let from_responder = sender != flow.initiator;
             let refused = !flow.decision.action.passes();
             // One branch for flows of policies without `domains` groups: `pending` is never
             // set for them.
             if flow.pending.is_none() && !judged_afresh(flow, sender, pure_syn, later_fragment) {
-                rejudge_if_stale(flow, snapshot);
+                rejudge_if_stale(flow, snapshot, names);
                 flow.last_seen_ms = now;
                 flow.packets += 1;
                 flow.bytes += len as u64;
@@ -118,7 +118,7 @@ impl Pipeline {
                 }
             }
             if let Some(old) = flows.remove(&key) {
-                ended(old, FlowEnd::Replaced);
+                records.ended(old, FlowEnd::Replaced, snapshot, names);
             }
         }
 
@@ -206,14 +206,14 @@ impl Pipeline {
             pending,
         };
         self.created += 1;
-        let flow = flows.insert(flow, &mut ended);
+        let flow = flows.insert(flow, &mut |flow, end| records.ended(flow, end, snapshot, names));
         if let Some(slot) = pending {
             self.pending_hit = Some(PendingHit { slot, sender, flags, counted: true });
             return (flow.decision, false);
         }
         let repeatable = repeatable(flow, sender, flags, pure_syn);
         if records.wanted(flow) {
-            records.push(FlowEvent::Start, flow.clone(), snapshot);
+            records.push(FlowEvent::Start, flow.clone(), snapshot, names);
         }
         (decision, repeatable)
     }
@@ -235,11 +235,11 @@ impl Pipeline {
             return None;
         }
         let (key, _) = FlowKey::of(&quoted);
-        let (flows, records) = (&mut self.flows, &mut self.records);
-        let flow = flows.lookup(&key, self.now_ms, &mut |flow: Flow, end: FlowEnd| {
-            records.push(FlowEvent::End(end), flow, snapshot)
+        let (flows, records, names) = (&mut self.flows, &mut self.records, &mut self.name_table);
+        let flow = flows.lookup(&key, self.now_ms, &mut |flow, end| {
+            records.ended(flow, end, snapshot, names);
         })?;
-        rejudge_if_stale(flow, snapshot);
+        rejudge_if_stale(flow, snapshot, names);
         flow.packets += 1;
         flow.bytes += len as u64;
         Some(flow.decision)
@@ -273,7 +273,8 @@ impl Pipeline {
         let mut parts = PendingParts {
             pool: &mut self.pool,
             rejects: &mut self.rejects,
-            names: &mut self.server_names,
+            counts: &mut self.server_names,
+            names: &mut self.name_table,
             records: &mut self.records,
             held_verdicts: &mut self.held_verdicts,
             now_ms: self.now_ms,
@@ -297,17 +298,19 @@ impl Pipeline {
         });
         let Some(snapshot) = self.snapshot.take() else { return };
         for (slot, key) in due.iter().flatten() {
-            let (flows, records) = (&mut self.flows, &mut self.records);
+            let (flows, records, names) =
+                (&mut self.flows, &mut self.records, &mut self.name_table);
             let now = self.now_ms;
-            let flow = flows.lookup(key, now, &mut |flow: Flow, end: FlowEnd| {
-                records.push(FlowEvent::End(end), flow, &snapshot)
+            let flow = flows.lookup(key, now, &mut |flow, end| {
+                records.ended(flow, end, &snapshot, names);
             });
             match flow {
                 Some(flow) if flow.pending == Some(*slot) => {
                     let mut parts = PendingParts {
                         pool: &mut self.pool,
                         rejects: &mut self.rejects,
-                        names: &mut self.server_names,
+                        counts: &mut self.server_names,
+                        names,
                         records,
                         held_verdicts: &mut self.held_verdicts,
                         now_ms: now,
@@ -341,7 +344,8 @@ pub(super) struct PendingHit {
 struct PendingParts<'p> {
     pool: &'p mut HoldPool,
     rejects: &'p mut RejectBudget,
-    names: &'p mut NameCounts,
+    counts: &'p mut NameCounts,
+    names: &'p mut NameTable,
     records: &'p mut FlowRecords,
     held_verdicts: &'p mut HeldVerdicts,
     now_ms: u64,
@@ -396,8 +400,8 @@ impl PendingParts<'_> {
                     self.held_verdicts.add(Action::Deny, self.pool.take_counts(slot));
                     self.pool.close(slot);
                     flow.pending = None;
-                    self.names.add(NameResult::None);
-                    flow.decision = decide_with_name(snapshot, flow);
+                    self.counts.add(NameResult::None);
+                    flow.decision = decide_with_name(snapshot, flow, self.names);
                     flow.generation = snapshot.generation;
                     return Outcome::SendBack(Action::Allow);
                 }
@@ -452,9 +456,11 @@ impl PendingParts<'_> {
         name: Option<ServerName>,
         result: NameResult,
     ) -> Decision {
-        self.names.add(result);
-        flow.server_name = name;
-        let decision = decide_with_name(snapshot, flow);
+        self.counts.add(result);
+        // A pending flow has shown no name yet; interning fails only past one name per flow.
+        debug_assert!(flow.server_name.is_none());
+        flow.server_name = name.and_then(|name| self.names.intern(&name));
+        let decision = decide_with_name(snapshot, flow, self.names);
         self.conclude(snapshot, flow, slot, decision)
     }
 
@@ -485,7 +491,7 @@ impl PendingParts<'_> {
             }
         }
         if self.records.wanted(flow) {
-            self.records.push(FlowEvent::Start, flow.clone(), snapshot);
+            self.records.push(FlowEvent::Start, flow.clone(), snapshot, self.names);
         }
         decision
     }
@@ -601,23 +607,23 @@ fn repeatable(flow: &Flow, sender: Side, flags: u8, pure_syn: bool) -> bool {
 }
 
 /// Policy or labels changed since `flow` was judged: judge it again, as its initiator started it.
-fn rejudge_if_stale(flow: &mut Flow, snapshot: &Snapshot) {
+fn rejudge_if_stale(flow: &mut Flow, snapshot: &Snapshot, names: &NameTable) {
     if flow.generation == snapshot.generation {
         return;
     }
-    flow.decision = decide_with_name(snapshot, flow);
+    flow.decision = decide_with_name(snapshot, flow, names);
     flow.generation = snapshot.generation;
 }
 
-/// `flow`'s decision under `snapshot` with the name it showed (or none), as its initiator
-/// started it.
-fn decide_with_name(snapshot: &Snapshot, flow: &Flow) -> Decision {
+/// `flow`'s decision under `snapshot` with the name it showed (or none, in `names`), as its
+/// initiator started it.
+fn decide_with_name(snapshot: &Snapshot, flow: &Flow, names: &NameTable) -> Decision {
     let key = flow.key;
     let (from, _) = key.endpoint(flow.initiator);
     let (to, to_port) = key.endpoint(flow.initiator.other());
     let port = service_port(key.protocol, to_port);
-    let name = match &flow.server_name {
-        Some(name) => NameState::Name(name.as_str()),
+    let name = match flow.server_name {
+        Some(id) => NameState::Name(names.get(id).as_str()),
         None => NameState::Absent,
     };
     // With the name known (or known to be absent) no rule waits: always a decision.

@@ -36,6 +36,7 @@ pub use train::decode_after;
 use train::{Repeat, segment_after};
 
 use crate::conntrack::{Flow, FlowTable, Timeouts};
+use crate::names::{NameTable, ServerName};
 use crate::policy::Action;
 use crate::snapshot::{Snapshot, SnapshotCell};
 use crate::wire::DropReason;
@@ -178,6 +179,8 @@ pub struct Pipeline {
     /// Flows waiting for their server name, and their held datagrams.
     pool: HoldPool,
     server_names: NameCounts,
+    /// The names flows showed, each kept once ([`Flow::server_name`] refers to them).
+    name_table: NameTable,
     /// Set by judging a packet of a pending flow: what [`Pipeline::pending_packet`] needs.
     pending_hit: Option<judge::PendingHit>,
     /// Where the datagrams being processed came from ([`Pipeline::set_origin`]).
@@ -218,6 +221,7 @@ impl Pipeline {
             repeatable: false,
             pool: HoldPool::new(names),
             server_names: NameCounts::default(),
+            name_table: NameTable::new(table_size),
             pending_hit: None,
             origin: 0,
             held_verdicts: HeldVerdicts::default(),
@@ -238,8 +242,9 @@ impl Pipeline {
         if self.mode == Mode::Inspect
             && let Some(snapshot) = &self.snapshot
         {
-            let (flows, records) = (&mut self.flows, &mut self.records);
-            flows.sweep(now_ms, &mut |flow, end| records.push(FlowEvent::End(end), flow, snapshot));
+            let (flows, records, names) =
+                (&mut self.flows, &mut self.records, &mut self.name_table);
+            flows.sweep(now_ms, &mut |flow, end| records.ended(flow, end, snapshot, names));
             self.sweep_pending();
         }
     }
@@ -275,11 +280,16 @@ impl Pipeline {
             on_record(record);
         }
         let (flows, records, snapshot) = (&mut self.flows, &self.records, &self.snapshot);
+        let names = &mut self.name_table;
         flows.drain(&mut |flow, end| {
+            let name = flow.server_name;
             if let Some(snapshot) = snapshot
                 && records.wanted(&flow)
             {
-                on_record(FlowRecord::new(FlowEvent::End(end), flow, snapshot));
+                on_record(FlowRecord::new(FlowEvent::End(end), flow, snapshot, names));
+            }
+            if let Some(id) = name {
+                names.release(id);
             }
         });
     }
@@ -298,6 +308,18 @@ impl Pipeline {
     pub fn flows(&mut self) -> impl Iterator<Item = &Flow> {
         self.settle_repeats();
         self.flows.iter()
+    }
+
+    /// The tracked flows that showed a server name, with it.
+    pub fn named_flows(&mut self) -> impl Iterator<Item = (&Flow, &ServerName)> {
+        self.settle_repeats();
+        let names = &self.name_table;
+        self.flows.iter().filter_map(move |flow| Some((flow, names.get(flow.server_name?))))
+    }
+
+    /// Distinct server names the tracked flows hold.
+    pub fn distinct_server_names(&self) -> usize {
+        self.name_table.len()
     }
 
     pub fn flow_counts(&self) -> FlowCounts {

@@ -554,7 +554,7 @@ mod tests {
     }
 
     fn server_name(p: &mut Pipeline) -> Option<String> {
-        p.flows().find_map(|f| f.server_name.map(|n| n.to_string()))
+        p.named_flows().next().map(|(_, name)| name.to_string())
     }
 
     #[test]
@@ -580,6 +580,35 @@ mod tests {
         let more = data(40_000, hello.len() as u32, b"application data");
         assert_eq!(run(&mut p, &more), Outcome::SendBack(Action::Allow));
         assert!(releases(&mut p).is_empty());
+    }
+
+    #[test]
+    fn flows_showing_the_same_name_share_it_and_it_is_let_go_with_the_last_of_them() {
+        let (mut p, _) = named(NameLimits { max_pending: 16, ..small() });
+        let www = client_hello("openssl_tls13_sni");
+        let org = client_hello("openssl_tls12_sni");
+        for (port, hello) in (41_000..41_006).zip([&www, &www, &www, &www, &org, &org]) {
+            handshake(&mut p, port);
+            assert_eq!(run(&mut p, &data(port, 0, hello)), Outcome::Held);
+        }
+        assert_eq!(names(&p, NameResult::Found), 6);
+        assert_eq!(p.distinct_server_names(), 2, "www.example.com and mixed.example.org");
+        let mut shown: Vec<String> = p.named_flows().map(|(_, name)| name.to_string()).collect();
+        shown.sort();
+        assert_eq!(shown, [&["mixed.example.org"; 2][..], &["www.example.com"; 4]].concat());
+        // The denied flows idle out first (the allowed ones stay busy): their name goes.
+        let timeouts = crate::conntrack::Timeouts::default();
+        let later = 1 + timeouts.tcp_ms / 2;
+        p.begin_batch(later);
+        for port in 41_000..41_004 {
+            let more = data(port, www.len() as u32, b"still talking");
+            assert_eq!(run(&mut p, &more), Outcome::SendBack(Action::Allow));
+        }
+        p.begin_batch(2 + timeouts.tcp_ms);
+        assert_eq!(p.flow_counts().active, 4);
+        assert_eq!(p.distinct_server_names(), 1);
+        p.finish(|_| {});
+        assert_eq!(p.distinct_server_names(), 0, "every flow let its name go");
     }
 
     #[test]
@@ -775,7 +804,7 @@ mod tests {
         let start = p.poll_flow_record().expect("the start, at the verdict");
         assert_eq!(start.rule.as_deref(), Some("allowed-api"));
         assert_eq!(
-            start.flow.server_name.map(|n| n.to_string()).as_deref(),
+            start.server_name.map(|n| n.to_string()).as_deref(),
             Some("www.example.com")
         );
     }

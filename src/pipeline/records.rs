@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::conntrack::{Flow, FlowEnd};
 use crate::labels::Who;
+use crate::names::{NameTable, ServerName};
 use crate::snapshot::Snapshot;
 
 /// Records a pipeline holds until its caller takes them. A receive batch makes at most two
@@ -38,13 +39,17 @@ pub struct FlowRecord {
     pub dst: Option<Who>,
     /// The name of the rule that decided the flow; `None` for the default action.
     pub rule: Option<Arc<str>>,
+    /// The server name the flow showed (`flow.server_name` refers into the worker's table,
+    /// which the record outlives).
+    pub server_name: Option<ServerName>,
     /// The snapshot generation the record was made under.
     pub generation: u64,
 }
 
 impl FlowRecord {
-    /// The record of `event` of `flow`, with who its ends are in `snapshot`.
-    pub fn new(event: FlowEvent, flow: Flow, snapshot: &Snapshot) -> FlowRecord {
+    /// The record of `event` of `flow`, with who its ends are in `snapshot` and its server
+    /// name from `names`.
+    pub fn new(event: FlowEvent, flow: Flow, snapshot: &Snapshot, names: &NameTable) -> FlowRecord {
         let (src, _) = flow.key.endpoint(flow.initiator);
         let (dst, _) = flow.key.endpoint(flow.initiator.other());
         // Shared, not copied: the records of a flood of new flows allocate nothing.
@@ -57,6 +62,7 @@ impl FlowRecord {
             src: snapshot.labels.who(src),
             dst: snapshot.labels.who(dst),
             rule,
+            server_name: flow.server_name.map(|id| *names.get(id)),
             generation: snapshot.generation,
             flow,
         }
@@ -81,8 +87,14 @@ impl FlowRecords {
         self.enabled && flow.decision.logged()
     }
 
-    /// Queues a record of `flow` if it is wanted; the snapshot is cloned only then.
-    pub(super) fn push(&mut self, event: FlowEvent, flow: Flow, snapshot: &Arc<Snapshot>) {
+    /// Queues a record of `flow` if it is wanted.
+    pub(super) fn push(
+        &mut self,
+        event: FlowEvent,
+        flow: Flow,
+        snapshot: &Snapshot,
+        names: &NameTable,
+    ) {
         if !self.wanted(&flow) {
             return;
         }
@@ -90,7 +102,23 @@ impl FlowRecords {
             self.lost += 1;
             return;
         }
-        self.queue.push_back(FlowRecord::new(event, flow, snapshot));
+        self.queue.push_back(FlowRecord::new(event, flow, snapshot, names));
+    }
+
+    /// A flow that left the table (`end`): its end record, if wanted, and its reference to
+    /// its server name given up. Every flow that leaves the table goes through here.
+    pub(super) fn ended(
+        &mut self,
+        flow: Flow,
+        end: FlowEnd,
+        snapshot: &Snapshot,
+        names: &mut NameTable,
+    ) {
+        let name = flow.server_name;
+        self.push(FlowEvent::End(end), flow, snapshot, names);
+        if let Some(id) = name {
+            names.release(id);
+        }
     }
 
     pub(super) fn pop(&mut self) -> Option<FlowRecord> {
