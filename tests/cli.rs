@@ -258,3 +258,50 @@ fn explain_without_a_server_name_says_which_rule_waits_for_it_and_what_no_name_g
         assert!(!text.contains("waits:") && !text.contains("no server name"), "{text}");
     }
 }
+
+/// `labelwall demo` as the README's first command runs it: every flow as expected, the named
+/// egress judged by the ClientHello's server name.
+fn assert_demo_passed(code: i32, stdout: &str, stderr: &str) {
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("flows got the expected verdict"), "{stdout}");
+    let row = |flow: &str| {
+        stdout.lines().find(|line| line.starts_with(flow)).unwrap_or_else(|| panic!("{stdout}"))
+    };
+    let allowed = row("productpage -> api.stripe.com tcp/443");
+    assert!(allowed.contains("allow") && allowed.contains("productpage-to-payments"), "{allowed}");
+    assert!(allowed.ends_with(" 4/4  ok"), "the ClientHello came back: {allowed}");
+    let refused = row("productpage -> www.example.com");
+    assert!(refused.contains("reject") && refused.contains("productpage-other-egress"));
+    assert!(refused.ends_with(" 3/4 +2 rst  ok"), "a RST each way: {refused}");
+    assert!(stdout.contains("labelwall_server_names_total{result=\"found\"} 3"), "{stdout}");
+}
+
+#[test]
+fn demo_judges_every_flow_as_expected() {
+    let (code, stdout, stderr) = labelwall(&["demo"]);
+    assert_demo_passed(code, &stdout, &stderr);
+    assert!(!stdout.contains("namespace of its own"), "root has CAP_NET_RAW: {stdout}");
+}
+
+#[test]
+fn demo_runs_for_a_user_without_cap_net_raw_in_namespaces_of_its_own() {
+    use std::os::unix::fs::PermissionsExt;
+    // A copy the unprivileged user can execute (the build directory may not be open to it).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let binary = dir.path().join("labelwall");
+    std::fs::copy(env!("CARGO_BIN_EXE_labelwall"), &binary).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(&binary)
+        .arg("demo")
+        .current_dir(dir.path())
+        .env("TMPDIR", "/tmp")
+        .output()
+        .expect("setpriv (util-linux; tests/run.sh installs it)");
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_demo_passed(output.status.code().unwrap_or(-1), &stdout, &stderr);
+    assert!(stdout.contains("namespace of its own"), "{stdout}");
+}

@@ -84,7 +84,7 @@ fn allowed_flow_comes_back_byte_exact_in_both_directions() {
     assert_eq!(metric(&m, r#"labelwall_rule_hits_total{rule="ratings-to-db"}"#), 4);
     assert_eq!(metric(&m, "labelwall_flows_active"), 1);
     // Rules never hit are there at 0, so that dashboards and alerts see every rule.
-    for rule in ["others-to-db", "productpage-egress", "reviews-to-ratings-audit", "default"] {
+    for rule in ["others-to-db", "productpage-to-payments", "reviews-to-ratings-audit", "default"] {
         let sample = format!("labelwall_rule_hits_total{{rule=\"{rule}\"}} 0");
         assert!(m.lines().any(|line| line == sample), "{sample} missing:\n{m}");
     }

@@ -279,6 +279,7 @@ impl Pipeline {
             held_verdicts: &mut self.held_verdicts,
             now_ms: self.now_ms,
             origin: self.origin,
+            worker: self.worker,
         };
         parts.packet(snapshot, flow, hit.slot, packet, datagram, hit.sender)
     }
@@ -315,6 +316,7 @@ impl Pipeline {
                         held_verdicts: &mut self.held_verdicts,
                         now_ms: now,
                         origin: self.origin,
+                        worker: self.worker,
                     };
                     parts.settle(&snapshot, flow, *slot, None, NameResult::Timeout);
                 }
@@ -350,6 +352,7 @@ struct PendingParts<'p> {
     held_verdicts: &'p mut HeldVerdicts,
     now_ms: u64,
     origin: u128,
+    worker: usize,
 }
 
 impl PendingParts<'_> {
@@ -474,8 +477,11 @@ impl PendingParts<'_> {
     ) -> Decision {
         flow.pending = None;
         flow.decision = decision;
-        // What it held is counted as judged now (sent on, dropped, or answered).
+        // What it held is counted as judged now (sent on, dropped, or answered), and every
+        // packet it had so far (its handshake too) under the rule that decided it, as if that
+        // rule had decided at once: no rule counted them while it waited.
         self.held_verdicts.add(decision.action, self.pool.take_counts(slot));
+        snapshot.rule_hits.add_many(self.worker, decision.rule, flow.packets);
         flow.generation = snapshot.generation;
         flow.rule_name = logged_rule_name(snapshot, &decision);
         match decision.action {

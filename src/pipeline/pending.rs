@@ -559,7 +559,7 @@ mod tests {
 
     #[test]
     fn an_allowed_name_releases_the_held_segments_in_order_then_the_flow_passes() {
-        let (mut p, _) = named(small());
+        let (mut p, cell) = named(small());
         handshake(&mut p, 40_000);
         let hello = client_hello("openssl_tls13_sni");
         let cut = hello.len() / 2;
@@ -577,9 +577,13 @@ mod tests {
         assert_eq!((names(&p, NameResult::Found), p.flow_counts().pending), (1, 0));
         let packets = p.flows().map(|f| f.packets).sum::<u64>();
         assert_eq!(packets, 5, "the handshake and the two held segments, each once");
+        let hits = |rule| cell.load().rule_hits.total(rule);
+        assert_eq!(hits(Some(0)), 5, "all of them under the rule that decided, at the verdict");
+        assert_eq!((hits(Some(2)), hits(None)), (0, 0));
         let more = data(40_000, hello.len() as u32, b"application data");
         assert_eq!(run(&mut p, &more), Outcome::SendBack(Action::Allow));
         assert!(releases(&mut p).is_empty());
+        assert_eq!(hits(Some(0)), 6);
     }
 
     #[test]
@@ -803,10 +807,7 @@ mod tests {
         run(&mut p, &data(40_012, 0, &client_hello("openssl_tls13_sni")));
         let start = p.poll_flow_record().expect("the start, at the verdict");
         assert_eq!(start.rule.as_deref(), Some("allowed-api"));
-        assert_eq!(
-            start.server_name.map(|n| n.to_string()).as_deref(),
-            Some("www.example.com")
-        );
+        assert_eq!(start.server_name.map(|n| n.to_string()).as_deref(), Some("www.example.com"));
     }
 
     #[test]

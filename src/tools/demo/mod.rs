@@ -2,8 +2,10 @@
 //! control plane and data plane, one worker) runs on 127.0.0.1 with the embedded inventory and
 //! policy; a simulated GWLB on 127.0.0.2 plays each flow as real GWLB GENEVE, handshake
 //! packets both ways, from its own source port with its own flow cookie, and records what
-//! comes back. Prints a table and the key counters; fails unless every flow got the verdict
-//! it should.
+//! comes back. Named egress flows then send a real TLS ClientHello (made by rustls for the
+//! flow's server name), which the appliance holds, reads and judges by name. Prints a table
+//! and the key counters; fails unless every flow got the verdict it should.
+//! Without CAP_NET_RAW it runs in a user and network namespace of its own (`net/namespace.rs`).
 //! Must not depend on: anything private of the product (it uses the control plane, data plane
 //! and pipeline as `labelwall run` does); nothing of the product depends on it.
 
@@ -19,8 +21,9 @@ use etherparse::PacketBuilder;
 use crate::config::Config;
 use crate::control::ControlPlane;
 use crate::dataplane::{ControlLinks, Dataplane, DataplaneSettings};
-use crate::explain::{FlowQuestion, explain};
+use crate::explain::{FlowQuestion, explain_with_name};
 use crate::packet::{Transport, ip_proto, tcp_flags};
+use crate::pipeline::NameResult;
 use crate::pipeline::{Mode, decode};
 use crate::policy::Action;
 use crate::wire::GwlbOptions;
@@ -50,6 +53,8 @@ struct DemoFlow {
     expected: Action,
     /// Play from the server's side first: a flow picked up mid-stream (no SYN seen).
     mid_flow: bool,
+    /// After the handshake, the client sends a TLS ClientHello asking for this name.
+    server_name: Option<&'static str>,
 }
 
 const FLOWS: &[DemoFlow] = &[
@@ -61,6 +66,7 @@ const FLOWS: &[DemoFlow] = &[
         port: 3306,
         expected: Action::Allow,
         mid_flow: false,
+        server_name: None,
     },
     DemoFlow {
         label: "ratings (2nd pod) -> rating-database",
@@ -70,6 +76,7 @@ const FLOWS: &[DemoFlow] = &[
         port: 3306,
         expected: Action::Allow,
         mid_flow: false,
+        server_name: None,
     },
     DemoFlow {
         label: "other -> rating-database",
@@ -79,6 +86,7 @@ const FLOWS: &[DemoFlow] = &[
         port: 3306,
         expected: Action::Reject,
         mid_flow: false,
+        server_name: None,
     },
     DemoFlow {
         label: "other -> rating-database (udp)",
@@ -88,6 +96,7 @@ const FLOWS: &[DemoFlow] = &[
         port: 3306,
         expected: Action::Reject,
         mid_flow: false,
+        server_name: None,
     },
     DemoFlow {
         label: "details -> rating-database",
@@ -97,6 +106,7 @@ const FLOWS: &[DemoFlow] = &[
         port: 3306,
         expected: Action::Reject,
         mid_flow: false,
+        server_name: None,
     },
     DemoFlow {
         label: "ratings -> rating-database ssh",
@@ -106,6 +116,7 @@ const FLOWS: &[DemoFlow] = &[
         port: 22,
         expected: Action::Reject,
         mid_flow: false,
+        server_name: None,
     },
     DemoFlow {
         label: "productpage -> details",
@@ -115,6 +126,7 @@ const FLOWS: &[DemoFlow] = &[
         port: 9080,
         expected: Action::Allow,
         mid_flow: false,
+        server_name: None,
     },
     DemoFlow {
         label: "reviews-v2 -> ratings",
@@ -124,24 +136,37 @@ const FLOWS: &[DemoFlow] = &[
         port: 9080,
         expected: Action::Audit,
         mid_flow: false,
+        server_name: None,
     },
     DemoFlow {
-        label: "productpage -> internet",
+        label: "productpage -> api.stripe.com",
         client: "10.0.1.10",
         server: "203.0.113.10",
         kind: Kind::Tcp,
         port: 443,
         expected: Action::Allow,
         mid_flow: false,
+        server_name: Some("api.stripe.com"),
     },
     DemoFlow {
-        label: "productpage -> internet (IPv6)",
+        label: "productpage -> api.stripe.com (IPv6)",
         client: "fd00:1::10",
         server: "2001:db8::10",
         kind: Kind::Tcp,
         port: 443,
         expected: Action::Allow,
         mid_flow: false,
+        server_name: Some("api.stripe.com"),
+    },
+    DemoFlow {
+        label: "productpage -> www.example.com (same address)",
+        client: "10.0.1.10",
+        server: "203.0.113.10",
+        kind: Kind::Tcp,
+        port: 443,
+        expected: Action::Reject,
+        mid_flow: false,
+        server_name: Some("www.example.com"),
     },
     DemoFlow {
         label: "other -> internet",
@@ -151,6 +176,7 @@ const FLOWS: &[DemoFlow] = &[
         port: 443,
         expected: Action::Deny,
         mid_flow: false,
+        server_name: None,
     },
     DemoFlow {
         label: "ratings -> rating-database (mid-flow)",
@@ -160,6 +186,7 @@ const FLOWS: &[DemoFlow] = &[
         port: 3306,
         expected: Action::Allow,
         mid_flow: true,
+        server_name: None,
     },
 ];
 
@@ -185,6 +212,12 @@ struct FlowResult {
 
 /// Runs the demo; `Err` when a flow got another verdict than expected.
 pub fn run() -> anyhow::Result<()> {
+    if crate::net::namespace::raw_sockets_or_private_namespaces()? {
+        println!(
+            "labelwall demo: no CAP_NET_RAW here, so running in a user and network namespace \
+             of its own (loopback only; nothing outside changes)"
+        );
+    }
     let dir = std::env::temp_dir().join(format!("labelwall-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let result = run_in(&dir);
@@ -231,7 +264,7 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
         let proto = if flow.kind == Kind::Tcp { "tcp" } else { "udp" };
         let back = if r.rejects > 0 {
             let what = if flow.kind == Kind::Tcp { "rst" } else { "icmp" };
-            format!("{}/{} {what}", r.rejects, r.sent)
+            format!("{}/{} +{} {what}", r.back, r.sent, r.rejects)
         } else {
             format!("{}/{}", r.back, r.sent)
         };
@@ -257,6 +290,13 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
     }
     println!("  labelwall_drops_total {}", totals.total_drops());
     println!("  labelwall_flows_created_total {}", totals.flows_created());
+    for result in [NameResult::Found, NameResult::None] {
+        println!(
+            "  labelwall_server_names_total{{result=\"{}\"}} {}",
+            result.label(),
+            totals.server_names(result)
+        );
+    }
     for (i, rule) in snapshot.policy.rules.iter().enumerate() {
         println!(
             "  labelwall_rule_hits_total{{rule=\"{}\"}} {}",
@@ -322,37 +362,30 @@ fn play(
     let server: IpAddr = flow.server.parse()?;
     let client_port = 40_000 + (cookie & 0xfff) as u16;
     let sender = UdpSocket::bind((GWLB, 0))?;
+    let (ack, push_ack) = (tcp_flags::ACK, tcp_flags::PSH | tcp_flags::ACK);
+    let to_server = |seq, ack, flags, payload: &[u8]| {
+        tcp(client, server, client_port, flow.port, (seq, ack), flags, payload)
+    };
+    let to_client = |seq, ack, flags, payload: &[u8]| {
+        tcp(server, client, flow.port, client_port, (seq, ack), flags, payload)
+    };
     let mut packets: Vec<Vec<u8>> = match (flow.kind, flow.mid_flow) {
         (Kind::Tcp, false) => vec![
-            tcp(client, server, client_port, flow.port, 1000, 0, tcp_flags::SYN),
-            tcp(
-                server,
-                client,
-                flow.port,
-                client_port,
-                5000,
-                1001,
-                tcp_flags::SYN | tcp_flags::ACK,
-            ),
-            tcp(client, server, client_port, flow.port, 1001, 5001, tcp_flags::ACK),
+            to_server(1000, 0, tcp_flags::SYN, b""),
+            to_client(5000, 1001, tcp_flags::SYN | ack, b""),
+            to_server(1001, 5001, ack, b""),
         ],
-        (Kind::Tcp, true) => vec![
-            tcp(
-                server,
-                client,
-                flow.port,
-                client_port,
-                5000,
-                1001,
-                tcp_flags::PSH | tcp_flags::ACK,
-            ),
-            tcp(client, server, client_port, flow.port, 1001, 5010, tcp_flags::ACK),
-        ],
+        (Kind::Tcp, true) => {
+            vec![to_client(5000, 1001, push_ack, b"SELECT 1"), to_server(1001, 5010, ack, b"")]
+        }
         (Kind::Udp, _) => vec![
             udp(client, server, client_port, flow.port),
             udp(server, client, flow.port, client_port),
         ],
     };
+    if let Some(name) = flow.server_name {
+        packets.push(to_server(1001, 5001, push_ack, &client_hello(name)?));
+    }
     let question = FlowQuestion {
         src: client,
         dst: server,
@@ -360,7 +393,7 @@ fn play(
         sport: client_port,
         dport: flow.port,
     };
-    let answer = explain(snapshot, &question);
+    let answer = explain_with_name(snapshot, &question, flow.server_name, None);
     let (mut sent, mut back, mut rejects, mut other) = (0, 0, 0, 0);
     for inner in packets.drain(..) {
         let datagram = gwlb_datagram(cookie, &inner);
@@ -369,7 +402,11 @@ fn play(
         match receive(reply, &datagram) {
             Reply::Same => back += 1,
             Reply::Rejected => {
+                // A flow refused once its name is read gets a RST each way: take them all.
                 rejects += 1;
+                while receive(reply, &datagram) == Reply::Rejected {
+                    rejects += 1;
+                }
                 break;
             }
             Reply::Nothing => break,
@@ -379,9 +416,12 @@ fn play(
             }
         }
     }
+    // A reject answers the packet that was refused (the first, or the ClientHello of a flow
+    // judged by name: then the server gets a RST too) and nothing of it comes back.
+    let expected_rejects = if flow.server_name.is_some() { 2 } else { 1 };
     let wire_ok = match flow.expected {
         Action::Allow | Action::Audit => back == sent && rejects == 0,
-        Action::Reject => rejects == 1 && back == 0,
+        Action::Reject => rejects == expected_rejects && back + 1 == sent,
         Action::Deny => back == 0 && rejects == 0,
     };
     let ok = wire_ok && other == 0 && answer.verdict == flow.expected.as_str();
@@ -435,7 +475,15 @@ fn ip_step(src: IpAddr, dst: IpAddr) -> etherparse::PacketBuilderStep<etherparse
     }
 }
 
-fn tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, seq: u32, ack: u32, flags: u8) -> Vec<u8> {
+fn tcp(
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    (seq, ack): (u32, u32),
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut step = ip_step(src, dst).tcp(sport, dport, seq, 64_240);
     if flags & tcp_flags::SYN != 0 {
         step = step.syn();
@@ -446,10 +494,25 @@ fn tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, seq: u32, ack: u32, fla
     if flags & tcp_flags::PSH != 0 {
         step = step.psh();
     }
-    let payload: &[u8] = if flags & tcp_flags::PSH != 0 { b"SELECT 1" } else { b"" };
     let mut out = Vec::with_capacity(step.size(payload.len()));
     step.write(&mut out, payload).expect("writing to a Vec");
     out
+}
+
+/// The first flight of a real TLS client (rustls) connecting to `name`: its ClientHello.
+fn client_hello(name: &'static str) -> anyhow::Result<Vec<u8>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let server = rustls::pki_types::ServerName::try_from(name)?;
+    let mut client = rustls::ClientConnection::new(Arc::new(config), server)?;
+    let mut hello = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut hello)?;
+    }
+    Ok(hello)
 }
 
 fn udp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
