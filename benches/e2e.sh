@@ -3,7 +3,9 @@
 #   loadgen alone (its own ceiling: nothing answers), the null reflector (`labelwall run
 #   --reflect`), labelwall with an allow-all policy, and labelwall with the bookinfo policy
 #   (the demo's inventory and policy; traffic is ratings -> rating-database tcp/3306, allowed
-#   by the second-to-last lookup of a 5-rule policy).
+#   by the first rule of a policy that also judges productpage's egress by server name), and
+#   "bookinfo without names": the same policy without its `domains` group and the rule that
+#   names it (issue 14's A/B: what established flows pay for a policy that reads names).
 # Each size runs twice: single packets (--train 1, the raw send path) and same-flow trains
 # (--train 64: loadgen sends each train as segmented UDP sends, loopback hands it to the
 # appliance as one GRO train, and the appliance answers with segmented sends from per-port
@@ -85,6 +87,14 @@ cleanup() {
 trap cleanup EXIT
 "$bin" demo --write-config "$dir" >/dev/null
 printf 'default_action: allow\n' >"$dir/allow.yaml"
+python3 - "$dir/policy.yaml" >"$dir/policy-no-names.yaml" <<'PY'
+import sys
+text = open(sys.argv[1]).read()
+group = "  payments:\n    domains: [api.stripe.com]\n"
+rule = text[text.index("  # Egress by the name"):text.index("  - name: productpage-other-egress")]
+assert group in text and "domains" not in text.replace(group, "")
+print(text.replace(group, "").replace(rule, ""), end="")
+PY
 plain=""
 if command -v cc >/dev/null && cc -O2 -o "$dir/plain" benches/plain_reflector.c; then plain="$dir/plain"; fi
 # Above loadgen's per-flow source ports (20000 + flow, on 127.0.0.2 with --train).
@@ -150,7 +160,7 @@ for size in ${sizes[*]}; do
  for train in ${trains[*]}; do
   ceiling=$(loadgen "$size" "$train")
   base=""; base_back=""
-  cases=("null reflector" "labelwall allow-all" "labelwall bookinfo")
+  cases=("null reflector" "labelwall allow-all" "labelwall bookinfo" "bookinfo without names")
   [ "$train" -gt 1 ] && cases+=("reflector raw send")
   [ "$train" -eq 1 ] && [ -n "${NETNS:-}" ] && cases+=("reflector raw socket")
   [ -n "${NETNS:-}" ] && cases+=("ring reflector" "ring bookinfo" "ring bookinfo busy-poll")
@@ -161,6 +171,7 @@ for size in ${sizes[*]}; do
       "null reflector") start_appliance "$dir/allow.yaml" 256 --reflect ;;
       "labelwall allow-all") start_appliance "$dir/allow.yaml" 256 ;;
       "labelwall bookinfo") start_appliance "$dir/policy.yaml" 256 ;;
+      "bookinfo without names") start_appliance "$dir/policy-no-names.yaml" 256 ;;
       "reflector raw send") start_appliance "$dir/allow.yaml" 0 --reflect ;;
       "reflector raw socket") start_appliance "$dir/allow.yaml" 256 --reflect false ;;
       "ring reflector") start_appliance "$dir/allow.yaml" 256 --reflect true packet_ring ;;

@@ -9,6 +9,8 @@
 //!   released. Each iteration is a connection never seen before (a new client port); one
 //!   flow per iteration, so 1 / time is new TLS flows per second per worker (without the
 //!   system calls, which are the same datagrams in both).
+//! - `established_tls_flow/by_address` and `/by_name`: a 1,200-byte data segment of a
+//!   connection judged already under each policy (the established path; A/B for issue 14).
 //! - Before criterion: the resident memory of one worker's hold pool filled to
 //!   `names.max_pending` (the default, 16,384) with flows that wait, (a) each holding the first
 //!   segment of that ClientHello (the second never comes), (b) each holding 15 KiB of an HTTP
@@ -230,6 +232,33 @@ fn new_tls_flows(c: &mut Criterion) {
     group.finish();
 }
 
+/// The established path: a data segment of a connection whose ClientHello was judged (by its
+/// address, or by its name), so that the A/B shows what a policy that reads names costs the
+/// packets of flows judged already.
+fn established(c: &mut Criterion) {
+    let (hello, name) = chromium_hello();
+    let mut group = c.benchmark_group("established_tls_flow");
+    for (bench, policy) in [("by_address", BY_ADDRESS.to_string()), ("by_name", by_name(&name))] {
+        let mut p = pipeline(&policy, NameLimits::default());
+        let (mut inject, mut release) = (vec![0u8; MAX_REJECT_LEN], vec![0u8; MAX_GENEVE_DATAGRAM]);
+        let setup = connection([10, 1, 0, 1], 40_000, &hello);
+        let back: usize = setup.iter().map(|d| feed(&mut p, d, &mut inject, &mut release)).sum();
+        assert_eq!((back, p.flow_counts().pending), (setup.len(), 0));
+        let (c, s) = (([10, 1, 0, 1], 40_000), (SERVER, 443));
+        let next =
+            hello.iter().map(|(_, _, payload)| payload.len() as u32).sum::<u32>() + hello[0].0 + 1;
+        let data = segment(c, s, false, (next, SERVER_ISN + 1), &[0x17; 1200]);
+        group.bench_function(bench, |b| {
+            b.iter(|| {
+                let outcome = p.process(black_box(&data), &mut inject);
+                assert!(matches!(outcome, Outcome::SendBack(_)));
+                black_box(outcome)
+            })
+        });
+    }
+    group.finish();
+}
+
 /// Rewrites the client's address and port of a GENEVE datagram made by [`segment`] (the
 /// server's datagrams, `to_client`, have them as destination). Checksums are not checked on
 /// the way through, so they are left as they are.
@@ -249,6 +278,7 @@ fn set_client(datagram: &mut [u8], client: [u8; 4], port: u16, to_client: bool) 
 
 fn benches(c: &mut Criterion) {
     new_tls_flows(c);
+    established(c);
 }
 
 criterion_group! {
@@ -258,7 +288,10 @@ criterion_group! {
 }
 
 fn main() {
-    memory();
+    // Not when profiling (`--profile-time`, e.g. under callgrind): only the benchmarks then.
+    if !std::env::args().any(|a| a == "--profile-time") {
+        memory();
+    }
     group();
     Criterion::default().configure_from_args().final_summary();
 }
