@@ -12,7 +12,7 @@ use super::pending::{Fed, HoldPool, NameCounts, NameResult};
 use super::records::FlowRecords;
 use super::{FlowEvent, HeldVerdicts, Outcome, Pipeline, RejectBudget};
 use crate::conntrack::{Flow, FlowEnd, FlowKey, Side, TcpState, has_ports};
-use crate::names::{NameTable, Reading, ServerName};
+use crate::names::{NameTable, Reading, ServerName, read_stream};
 use crate::packet::{InnerPacket, Transport, ip_proto, is_pure_syn, tcp_flags};
 use crate::policy::{Action, Decision, Judgement, NameState};
 use crate::reject::{MAX_REJECT_LEN, Rst};
@@ -408,12 +408,15 @@ impl PendingParts<'_> {
                     flow.generation = snapshot.generation;
                     return Outcome::SendBack(Action::Allow);
                 }
-                if payload_len == 0 || syn {
-                    // The handshake passes; data in a SYN (TCP Fast Open) is not read.
+                let payload = &datagram[datagram.len() - payload_len as usize..];
+                if syn && payload_len > 0 {
+                    return self.syn_with_data(snapshot, flow, slot, seq, ack, payload);
+                }
+                if payload_len == 0 {
+                    // The handshake passes.
                     self.pool.client_control(slot, seq, ack, syn);
                     return Outcome::SendBack(Action::Allow);
                 }
-                let payload = &datagram[datagram.len() - payload_len as usize..];
                 self.pool.feed(slot, datagram, payload, Some((seq, ack, false)))
             }
             Transport::Udp { .. } => {
@@ -446,6 +449,32 @@ impl PendingParts<'_> {
                 after_verdict(decision)
             }
         }
+    }
+
+    /// A client SYN that carries data (TCP Fast Open) on a pending flow: its data must not
+    /// reach the server before the verdict, and the SYN cannot wait (the handshake needs it).
+    /// When the SYN's data alone settles the name (a whole ClientHello or request head, as a
+    /// Fast Open client sends), the verdict is given now and the SYN goes or not with it.
+    /// Otherwise the SYN is dropped, unread: the client sends its SYN again without data
+    /// (Linux keeps the data apart for retransmission) and the data after the handshake,
+    /// where it is held and read as any.
+    fn syn_with_data(
+        &mut self,
+        snapshot: &Arc<Snapshot>,
+        flow: &mut Flow,
+        slot: u32,
+        seq: u32,
+        ack: Option<u32>,
+        payload: &[u8],
+    ) -> Outcome {
+        let (name, result) = match read_stream(payload, payload.len()) {
+            Reading::Found(name) => (Some(name), NameResult::Found),
+            Reading::NoName => (None, NameResult::None),
+            // Counted as a dropped packet (`verdict="deny"`); the flow waits on.
+            Reading::NeedMore | Reading::TooLong => return Outcome::Withhold(Action::Deny),
+        };
+        self.pool.client_control(slot, seq, ack, true);
+        after_verdict(self.settle(snapshot, flow, slot, name, result))
     }
 
     /// The verdict on a pending flow, with its name or none: held datagrams released in

@@ -665,6 +665,57 @@ mod tests {
         assert_eq!(names(&p, NameResult::Found), 1);
     }
 
+    /// A client SYN carrying `payload` (TCP Fast Open).
+    fn syn_with_data(port: u16, payload: &[u8]) -> Vec<u8> {
+        segment((CLIENT, port), (SERVER, 443), SYN, ISN, 0, payload)
+    }
+
+    #[test]
+    fn a_fast_open_syn_whose_data_shows_an_allowed_name_passes_with_it() {
+        let (mut p, _) = named(small());
+        let syn = syn_with_data(40_010, &client_hello("openssl_tls13_sni"));
+        assert_eq!(run(&mut p, &syn), Outcome::SendBack(Action::Allow));
+        assert_eq!(server_name(&mut p).as_deref(), Some("www.example.com"));
+        assert_eq!((p.flow_counts().pending, names(&p, NameResult::Found)), (0, 1));
+        assert!(releases(&mut p).is_empty());
+    }
+
+    #[test]
+    fn a_fast_open_syn_whose_data_shows_a_refused_name_never_reaches_the_server() {
+        let (mut p, _) = named(small());
+        let syn = syn_with_data(40_011, &client_hello("openssl_records"));
+        assert_eq!(run(&mut p, &syn), Outcome::Withhold(Action::Reject));
+        let rsts = releases(&mut p);
+        let to_client = decode(&rsts[0]).unwrap().inner;
+        assert_eq!((to_client.src, to_client.dst), (SERVER.into(), CLIENT.into()));
+        match to_client.transport {
+            // Acknowledging the SYN, as a RST to a client in SYN-SENT must.
+            Transport::Tcp { flags, ack, .. } => {
+                assert_eq!((flags, ack), (tcp_flags::RST | tcp_flags::ACK, ISN + 1))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            rsts.iter()
+                .all(|r| decode(r).unwrap().inner.transport.tcp_flags() & tcp_flags::RST != 0)
+        );
+        assert_eq!(p.flow_counts().pending, 0);
+    }
+
+    #[test]
+    fn a_fast_open_syn_with_part_of_a_client_hello_is_dropped_and_the_flow_goes_on_without_it() {
+        let (mut p, _) = named(small());
+        let hello = client_hello("openssl_tls13_sni");
+        let syn = syn_with_data(40_012, &hello[..hello.len() / 2]);
+        assert_eq!(run(&mut p, &syn), Outcome::Withhold(Action::Deny), "its data cannot wait");
+        assert_eq!(p.flow_counts().pending, 1, "the flow still waits for its name");
+        // The client sends its SYN again without data, then the data after the handshake.
+        handshake(&mut p, 40_012);
+        assert_eq!(run(&mut p, &data(40_012, 0, &hello)), Outcome::Held);
+        assert_eq!(releases(&mut p).len(), 1, "allowed: the ClientHello goes on");
+        assert_eq!(server_name(&mut p).as_deref(), Some("www.example.com"));
+    }
+
     #[test]
     fn a_client_hello_split_and_reordered_is_read_once_whole() {
         let (mut p, _) = named(small());
