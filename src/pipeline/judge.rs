@@ -406,6 +406,8 @@ impl PendingParts<'_> {
                     self.counts.add(NameResult::None);
                     flow.decision = decide_with_name(snapshot, flow, self.names);
                     flow.generation = snapshot.generation;
+                    // Its packets so far, this RST too, under the rule that decides it now.
+                    snapshot.rule_hits.add_many(self.worker, flow.decision.rule, flow.packets);
                     return Outcome::SendBack(Action::Allow);
                 }
                 let payload = &datagram[datagram.len() - payload_len as usize..];

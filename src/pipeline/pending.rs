@@ -512,6 +512,9 @@ mod tests {
         if flags & tcp_flags::ACK != 0 {
             step = step.ack(ack);
         }
+        if flags & tcp_flags::RST != 0 {
+            step = step.rst();
+        }
         if !payload.is_empty() {
             step = step.psh();
         }
@@ -663,6 +666,21 @@ mod tests {
         }
         assert_eq!(&rsts[0][..40], &data(40_002, 0, b"x")[..40], "in the flow's GENEVE header");
         assert_eq!(names(&p, NameResult::Found), 1);
+    }
+
+    #[test]
+    fn a_client_that_resets_while_it_waits_gets_its_rst_through_and_nothing_held() {
+        let (mut p, cell) = named(small());
+        handshake(&mut p, 40_013);
+        let hello = client_hello("openssl_tls13_sni");
+        assert_eq!(run(&mut p, &data(40_013, 0, &hello[..100])), Outcome::Held);
+        let rst = segment((CLIENT, 40_013), (SERVER, 443), tcp_flags::RST, ISN + 101, 0, &[]);
+        assert_eq!(run(&mut p, &rst), Outcome::SendBack(Action::Allow), "the server may know");
+        assert!(releases(&mut p).is_empty(), "what it held never reaches the server");
+        assert_eq!(p.take_held_verdicts().0[Action::Deny.index()].0, 1);
+        assert_eq!((p.flow_counts().pending, names(&p, NameResult::None)), (0, 1));
+        // No name: the `others` rule (reject) decides; all five packets count under it.
+        assert_eq!(cell.load().rule_hits.total(Some(2)), 5);
     }
 
     /// A client SYN carrying `payload` (TCP Fast Open).
