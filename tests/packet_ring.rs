@@ -53,6 +53,7 @@ impl Link {
             ("tcpdump", "--version"),
             ("python3", "--version"),
             ("setpriv", "--version"),
+            ("tshark", "--version"),
         ]);
         let (app, peer) = (Netns::new("app"), Netns::new("peer"));
         veth(&app, "eth0", &peer, "eth0", 9000);
@@ -285,7 +286,40 @@ fn byte_exact_round(link: &Link) -> (u64, u64) {
         matched += 1;
     }
     assert!(matched * 10 >= received * 9, "{matched} replies captured of {received}");
+    tshark_checks_the_replies(&capture);
     (sent, matched)
+}
+
+/// tshark, an independent decoder, reads the captured replies (the frames the appliance
+/// built, whichever path sent them) with checksum validation on: good outer IPv4 and UDP
+/// checksums (or no UDP checksum), GENEVE with AWS's three options, nothing malformed.
+fn tshark_checks_the_replies(capture: &std::path::Path) {
+    let fields =
+        ["ip.checksum.status", "udp.checksum.status", "geneve.option.class", "_ws.malformed"];
+    let mut command = Command::new("tshark");
+    command
+        .arg("-r")
+        .arg(capture)
+        .args(["-o", "ip.check_checksum:TRUE", "-o", "udp.check_checksum:TRUE", "-d"])
+        .arg(format!("udp.port=={GENEVE_PORT},geneve"))
+        .arg("-Y")
+        .arg(format!("ip.src=={APP_IP}"))
+        .args(["-T", "fields", "-E", "separator=|", "-E", "occurrence=f"]);
+    for field in fields {
+        command.args(["-e", field]);
+    }
+    let output = run_checked(&mut command, netns::COMMAND_LIMIT);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let rows: Vec<Vec<&str>> = text.lines().map(|line| line.split('|').collect()).collect();
+    assert!(!rows.is_empty(), "tshark found no replies");
+    for row in &rows {
+        // Wireshark's checksum status: 0 bad, 1 good, 2 unverified, 3 not present (a UDP
+        // checksum of zero, which IPv4 allows), 4 illegal.
+        assert_eq!(row[0], "1", "outer IPv4 checksum: {row:?}");
+        assert!(row[1] == "1" || row[1] == "3", "outer UDP checksum: {row:?}");
+        assert_eq!(row[2], "0x0108", "GENEVE with AWS's option class: {row:?}");
+        assert_eq!(row[3], "", "tshark calls it malformed: {row:?}");
+    }
 }
 
 #[test]
