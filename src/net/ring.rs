@@ -40,13 +40,20 @@ use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 use super::sys::Payloads;
 
 /// Bytes per frame: a 9,001-byte outer packet, its Ethernet header, the virtio header and
-/// the frame header fit.
-pub const FRAME_SIZE: usize = 16 * 1024;
-/// Frames per ring block (a block is allocated contiguously by the kernel; 64 KiB finds
-/// contiguous pages easily).
-const FRAMES_PER_BLOCK: usize = 4;
+/// the frame header fit (about 9,100 bytes).
+pub const FRAME_SIZE: usize = 10 * 1024;
+/// Frames per ring block. The kernel allocates each block as a power-of-two run of pages
+/// (64 KiB finds contiguous pages easily): six 10 KiB frames use 60 of its 64 KiB, where
+/// 16 KiB frames (four) used it all but held a third fewer packets.
+const FRAMES_PER_BLOCK: usize = 6;
 /// Fewest frames per ring.
 const MIN_FRAMES: usize = 64;
+/// Bytes of `dataplane.receive_buffer` per frame: a ring holds a packet per frame whatever
+/// its size, where a socket's buffer counts each packet's real size (1-2 KiB for a small
+/// one), so a ring of `receive_buffer / FRAME_SIZE` frames held a fraction of the packets
+/// the same setting holds on the sockets path and dropped bursts at 100k packets/s that the
+/// sockets absorbed (docs/performance.md). 2,048 frames by default (22 MiB per worker).
+const BUFFER_BYTES_PER_FRAME: usize = 4096;
 /// `struct virtio_net_hdr` (without `num_buffers`).
 const VNET_HEADER_LEN: usize = 10;
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
@@ -185,14 +192,15 @@ pub struct RxRing {
 unsafe impl Send for RxRing {}
 
 impl RxRing {
-    /// Opens the socket on `interface` with about `ring_bytes` of frames, filtered to GENEVE
+    /// Opens the socket on `interface` with a frame per [`BUFFER_BYTES_PER_FRAME`] of
+    /// `receive_buffer` (`dataplane.receive_buffer`), filtered to GENEVE
     /// to `ip`:`port`, and joins fanout group `fanout` (`None`: makes a new group;
     /// [`RxRing::fanout_group`] tells its id to the next ones).
     pub fn open(
         interface: u32,
         ip: Ipv4Addr,
         port: u16,
-        ring_bytes: usize,
+        receive_buffer: usize,
         fanout: Option<u16>,
     ) -> io::Result<RxRing> {
         // Protocol 0: nothing reaches the socket before the filter and the ring are in place.
@@ -209,7 +217,8 @@ impl RxRing {
             .map(|i| SockFilter::new(i.code, i.jt, i.jf, i.k))
             .collect();
         socket.attach_filter(&filter)?;
-        let blocks = (ring_bytes / FRAME_SIZE).max(MIN_FRAMES).div_ceil(FRAMES_PER_BLOCK);
+        let wanted = (receive_buffer / BUFFER_BYTES_PER_FRAME).max(MIN_FRAMES);
+        let blocks = wanted.div_ceil(FRAMES_PER_BLOCK);
         let frames = blocks * FRAMES_PER_BLOCK;
         let request = libc::tpacket_req {
             tp_block_size: (FRAME_SIZE * FRAMES_PER_BLOCK) as u32,
