@@ -86,8 +86,12 @@ impl NameTable {
     pub fn release(&mut self, id: NameId) {
         let slot = slot(id);
         let entry = &mut self.entries[slot];
-        debug_assert!(entry.holders > 0, "{id:?} released once too often");
-        entry.holders = entry.holders.saturating_sub(1);
+        if entry.holders == 0 {
+            // Released once too often (a bug): never free a slot twice.
+            debug_assert!(false, "{id:?} released once too often");
+            return;
+        }
+        entry.holders -= 1;
         if entry.holders > 0 {
             return;
         }

@@ -23,8 +23,7 @@ use crate::control::ControlPlane;
 use crate::dataplane::{ControlLinks, Dataplane, DataplaneSettings};
 use crate::explain::{FlowQuestion, explain_with_name};
 use crate::packet::{Transport, ip_proto, tcp_flags};
-use crate::pipeline::NameResult;
-use crate::pipeline::{Mode, decode};
+use crate::pipeline::{Mode, NameResult, decode};
 use crate::policy::Action;
 use crate::wire::GwlbOptions;
 
