@@ -100,7 +100,8 @@ if [ -n "${NETNS:-}" ]; then
   ip netns exec "${netns[1]}" sh -c 'echo 1 > /sys/class/net/eth0/queues/rx-0/rps_cpus'
 fi
 cleanup() {
-  [ -n "$appliance_pid" ] && kill "$appliance_pid" 2>/dev/null
+  # (|| true: under set -e a failed kill, of an appliance that died, would skip the rest)
+  [ -n "$appliance_pid" ] && kill "$appliance_pid" 2>/dev/null || true
   for ns in "${netns[@]}"; do ip netns del "$ns" 2>/dev/null; done
   rm -rf "$dir"
 }
