@@ -51,6 +51,26 @@
 # more, compare rows of one run, repeat the run. At saturation (no RATE) it includes the
 # cost of packets received and then dropped; RATE=pps below every case's capacity measures
 # forwarded packets alone.
+# GWLBTUN=path (with NETNS=1) adds the case "gwlbtun": aws-samples' GWLB tunnel handler
+# (github.com/aws-samples/aws-gateway-load-balancer-tunnel-handler, C++; built by hand, see
+# docs/performance.md "gwlbtun side by side") as the appliance, a baseline in the same run. It
+# runs in the appliance's namespace on CPU 1 with one UDP and one TUN thread, on its fixed port
+# 6081 (all addresses): it decapsulates each datagram into its TUN device gwi-<X> and
+# encapsulates what the kernel routes out of gwo-<X> back to GWLB's address and port 6081
+# (from the flow's outer source port, the original GENEVE header copied back), so loadgen
+# sends to 6081 and listens on 6081 for that case. Its -c hook (written by this script) turns
+# rp_filter off on both devices and routes loadgen's inner destinations (10.20.0.0/24) out of
+# gwo-<X>, with forwarding on in that namespace only while the case runs: the kernel's IPv4
+# forwarding is the "inspection" in between; it decrements the inner TTL (64 -> 63) and
+# patches the inner IP checksum. loadgen does not compare those bytes: it matches a reply by
+# its source port, length, GENEVE header (options included) and stamp, so gwlbtun's replies
+# count as received (a reply it cannot match is reported on stderr). gwlbtun has no counters
+# of labelwall's kind, so its fwd_pps is what loadgen received back (= recv_pps), its drops
+# are loadgen's lost (sent - received: socket buffer, TUN queue, forwarding), its cpu_ns/pkt
+# is over the datagrams its UDP thread read (its health check port, -p -j), and dut_ns/fwd is
+# its process time plus CPU 1's irq + softirq time per packet received back, as for the other
+# cases. It collapses under open-loop overload, so GWLBTUN_RATE=pps (default: RATE) paces
+# loadgen for this case alone: find its best rate with a short sweep, compare at that rate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # BIN=path uses that binary instead of building (to compare two builds); LOADGEN=path runs
@@ -80,7 +100,8 @@ if [ -n "${NETNS:-}" ]; then
   ip netns exec "${netns[1]}" sh -c 'echo 1 > /sys/class/net/eth0/queues/rx-0/rps_cpus'
 fi
 cleanup() {
-  [ -n "$appliance_pid" ] && kill "$appliance_pid" 2>/dev/null
+  # (|| true: under set -e a failed kill, of an appliance that died, would skip the rest)
+  [ -n "$appliance_pid" ] && kill "$appliance_pid" 2>/dev/null || true
   for ns in "${netns[@]}"; do ip netns del "$ns" 2>/dev/null; done
   rm -rf "$dir"
 }
@@ -99,6 +120,8 @@ plain=""
 if command -v cc >/dev/null && cc -O2 -o "$dir/plain" benches/plain_reflector.c; then plain="$dir/plain"; fi
 # Above loadgen's per-flow source ports (20000 + flow, on 127.0.0.2 with --train).
 port=$((40000 + RANDOM % 20000)); reply=$((port + 1)); admin=$((port + 2))
+# Where loadgen sends and listens (gwlbtun's case: its fixed 6081 for both), and its rate.
+target_port=$port; listen_port=$reply; rate=${RATE:-}
 
 # (packet_socket and io only when given, so that builds from before them can be compared with BIN=)
 start_appliance() { # policy-file send-sockets [--reflect] [packet-socket] [io] [busy-poll]
@@ -117,10 +140,56 @@ YAML
   echo "appliance did not start:"; cat "$dir/appliance.log"; exit 1
 }
 
-loadgen() { # size train
-  "${in_peer[@]}" taskset -c 0 "$loadgen_bin" loadgen --target "$app_ip:$port" --listen "$peer_ip:$reply" \
-    --size "$1" --train "$2" --duration "$duration" --proto tcp --src 10.0.1.15/32 \
-    --dst 10.20.0.0/24 --dport 3306 --flows 64 ${RATE:+--rate $RATE} --json
+loadgen() { # size train [duration [count]]
+  "${in_peer[@]}" taskset -c 0 "$loadgen_bin" loadgen --target "$app_ip:$target_port" \
+    --listen "$peer_ip:$listen_port" --size "$1" --train "$2" --duration "${3:-$duration}" \
+    --proto tcp --src 10.0.1.15/32 --dst 10.20.0.0/24 --dport 3306 --flows 64 ${rate:+--rate $rate} \
+    ${4:+--count $4} --json
+}
+
+# gwlbtun (GWLBTUN=path; see above). Its -c hook is called as `hook CREATE gwi-<X> gwo-<X>
+# <eni>` from inside its namespace when the first datagram of an endpoint arrives.
+start_gwlbtun() {
+  cat >"$dir/gwlbtun-hook.sh" <<'SH'
+#!/bin/sh
+[ "$1" = CREATE ] || exit 0
+sysctl -qw "net.ipv4.conf.$2.rp_filter=0" "net.ipv4.conf.$3.rp_filter=0"
+ip route replace 10.20.0.0/24 dev "$3"
+SH
+  chmod +x "$dir/gwlbtun-hook.sh"
+  "${in_app[@]}" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 \
+    net.ipv4.conf.default.rp_filter=0
+  target_port=6081; listen_port=6081; rate=${GWLBTUN_RATE:-${RATE:-}}
+  # Up to 5 tries: gwlbtun (v3.0, 5e12604) sometimes dies of a segmentation fault as it starts
+  # (its logger thread logs through the global logger pointer before main has set it).
+  local ok="" try
+  for try in 1 2 3 4 5; do
+    "${in_app[@]}" taskset -c 1 ${NICE:+nice -n "$NICE"} "$GWLBTUN" -c "$dir/gwlbtun-hook.sh" \
+      -p "$admin" -j --udpthreads 1 --tunthreads 1 >"$dir/gwlbtun.log" 2>&1 &
+    appliance_pid=$!
+    for _ in $(seq 50); do
+      "${in_app[@]}" curl -sf "127.0.0.1:$admin/" >/dev/null 2>&1 && { ok=1; break; }
+      kill -0 "$appliance_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    [ -n "$ok" ] && break
+    stop_appliance
+  done
+  [ -n "$ok" ] || { echo "gwlbtun did not start:"; cat "$dir/gwlbtun.log"; exit 1; }
+  # 64 packets first, so that its devices, the hook and the route are in place before the
+  # measured run.
+  loadgen 128 1 1 64 >/dev/null
+  for _ in $(seq 50); do
+    "${in_app[@]}" ip route show 10.20.0.0/24 | grep -q 'dev gwo-' && return 0
+    sleep 0.1
+  done
+  echo "gwlbtun's hook did not route 10.20.0.0/24 out of gwo-*:"; cat "$dir/gwlbtun.log"; exit 1
+}
+# Datagrams gwlbtun's UDP threads have read (its health check, JSON).
+gwlbtun_received() {
+  "${in_app[@]}" curl -sf "127.0.0.1:$admin/" | python3 -c '
+import json, sys
+print(sum(t["pktsIn"] for t in json.load(sys.stdin)["udp"]["UDPPacketReceiver"]["threads"]))'
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$appliance_pid/stat"; }
@@ -139,7 +208,7 @@ import sys
 n = 0; comm = None; softirq = False; ipi = False
 def done():
     global n
-    if comm is not None and not ipi and (comm.startswith(("lw-", "labelwall")) or softirq): n += 1
+    if comm is not None and not ipi and (comm.startswith(("lw-", "labelwall", "gwlbtun")) or softirq): n += 1
 for line in sys.stdin:
     if not line.strip(): done(); comm = None; softirq = False; ipi = False
     elif not line.startswith("\t"): comm = line.strip()
@@ -152,6 +221,11 @@ counter() { # metric name: summed over workers
 }
 
 stop_appliance() { kill "$appliance_pid" 2>/dev/null || true; wait "$appliance_pid" 2>/dev/null || true; appliance_pid=""; }
+stop_gwlbtun() {
+  stop_appliance
+  "${in_app[@]}" sysctl -qw net.ipv4.ip_forward=0
+  target_port=$port; listen_port=$reply; rate=${RATE:-}
+}
 
 printf '%-6s %-5s %-24s %11s %11s %11s %8s %6s %11s %10s %10s %10s %8s %s\n' \
   size train case sent_pps fwd_pps recv_pps gbit/s ratio cpu_ns/pkt dut_ns/fwd p50_us p99_us drops \
@@ -165,6 +239,7 @@ for size in ${sizes[*]}; do
   [ "$train" -eq 1 ] && [ -n "${NETNS:-}" ] && cases+=("reflector raw socket")
   [ -n "${NETNS:-}" ] && cases+=("ring reflector" "ring bookinfo" "ring bookinfo busy-poll")
   [ -n "$plain" ] && cases+=("plain reflector (C)")
+  [ -n "${GWLBTUN:-}" ] && [ -n "${NETNS:-}" ] && cases+=("gwlbtun")
   for case in "${cases[@]}"; do
     if [ -n "${CASES:-}" ] && ! grep -qxE "$CASES" <<<"$case"; then continue; fi
     case $case in
@@ -180,6 +255,7 @@ for size in ${sizes[*]}; do
       "plain reflector (C)")
         "${in_app[@]}" taskset -c 1 "$plain" "$app_ip" "$port" "$peer_ip" "$reply" 600 >"$dir/plain.out" &
         appliance_pid=$!; sleep 0.3 ;;
+      "gwlbtun") start_gwlbtun ;;
     esac
     irq_before=$(cpu1_irq)
     if [ "$case" = "plain reflector (C)" ]; then
@@ -190,6 +266,16 @@ for size in ${sizes[*]}; do
       packets=$(cat "$dir/plain.out"); back=$packets; drops=0
       # Its replies come from its listen port, which loadgen counts as unexpected.
       result=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["received"]=r["unexpected"]; r["pps"]=r["unexpected"]/r["duration_s"]; r["gbps"]=r["pps"]*(r["size"]+40)*8/1e9; print(json.dumps(r))' "$result")
+    elif [ "$case" = "gwlbtun" ]; then
+      ticks_before=$(cpu_ticks)
+      packets_before=$(gwlbtun_received)
+      result=$(measured_loadgen "$size" "$train")
+      ticks=$(( $(cpu_ticks) - ticks_before )); dut_ticks=$(( ticks + $(cpu1_irq) - irq_before ))
+      packets=$(( $(gwlbtun_received) - packets_before ))
+      stop_gwlbtun
+      # Forwarded: what loadgen received back; drops: what it lost (see GWLBTUN above).
+      read -r back drops unexpected < <(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(r["received"], r["lost"], r["unexpected"])' "$result")
+      [ "$unexpected" = 0 ] || echo "gwlbtun: $unexpected replies loadgen could not match" >&2
     else
       ticks_before=$(cpu_ticks)
       packets_before=$(counter labelwall_worker_received_packets_total)
