@@ -81,6 +81,18 @@ impl Link {
     }
 
     fn spawn_as_configured(&mut self, wrapper: &[&str]) {
+        self.spawn_mode(wrapper, true);
+    }
+
+    /// Starts the appliance on the link judging (the allow-all policy), not reflecting, and
+    /// waits until it is ready.
+    fn start_inspecting(&mut self, extra: &str) {
+        self.write_config(APP_IP, extra);
+        self.spawn_mode(&[], false);
+        self.wait_ready();
+    }
+
+    fn spawn_mode(&mut self, wrapper: &[&str], reflect: bool) {
         let dir = self.dir.path();
         let log = std::fs::File::create(dir.join("labelwall.log")).unwrap();
         let program = wrapper.first().copied().unwrap_or(env!("CARGO_BIN_EXE_labelwall"));
@@ -92,7 +104,7 @@ impl Link {
             .arg("run")
             .arg("-c")
             .arg(dir.join("labelwall.yaml"))
-            .arg("--reflect")
+            .args(reflect.then_some("--reflect"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -367,6 +379,41 @@ fn the_tc_rule_exists_while_the_appliance_runs_and_is_gone_after_sigterm() {
     link.send_frames(&[frame(&link, |_| {})]);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(link.app_udp_counters().1, noports_before + 1);
+}
+
+#[test]
+fn trains_pass_the_ring_to_the_sockets_and_meet_their_flows_single_packets_on_one_worker() {
+    let _serial = serial();
+    let mut link = Link::new();
+    link.start_inspecting("  io: packet_ring\n  workers: 2\n");
+    let (in_before, noports_before) = link.app_udp_counters();
+    // 16 flows as trains (loadgen's segmented sends: one GSO packet each on veth), then the
+    // same 16 flows (same outer source ports) as single packets.
+    let trains =
+        link.loadgen(1, &["--flows", "16", "--train", "16", "--size", "1000", "--rate", "20000"]);
+    let (sent, received) = (trains["sent"].as_u64().unwrap(), trains["received"].as_u64().unwrap());
+    assert!(
+        sent > 1000 && received * 100 >= sent * 99,
+        "trains: {received} of {sent}\n{}",
+        link.log()
+    );
+    let (in_trains, _) = link.app_udp_counters();
+    assert!(in_trains > in_before, "trains went to the UDP sockets, not the ring");
+    let singles = link.load(1, 2000, 16, 300);
+    assert!(singles.1 * 100 >= singles.0 * 99, "singles: {singles:?}\n{}", link.log());
+    let (in_after, noports_after) = link.app_udp_counters();
+    assert!(in_after - in_trains < singles.0 / 10, "single packets stay on the ring");
+    assert_eq!(noports_after, noports_before, "nothing reached the kernel unanswered");
+    let metrics = link.metrics();
+    // A flow split between the workers would be created on each.
+    assert_eq!(metric(&metrics, "labelwall_flows_created_total"), 16, "{metrics}");
+    let per_worker: Vec<u64> = (0..2)
+        .map(|w| {
+            metric(&metrics, &format!("labelwall_worker_received_packets_total{{worker=\"{w}\"}}"))
+        })
+        .collect();
+    assert!(per_worker.iter().all(|&n| n > 0), "both workers had flows: {per_worker:?}");
+    assert!(link.stop().success(), "{}", link.log());
 }
 
 /// A GENEVE frame from the peer to the appliance, with `change` applied to the whole frame

@@ -285,23 +285,49 @@ fn open_receivers(
         },
     };
     if let Some((rings, rule)) = rings {
+        // Trains pass the rings by (longer than a frame): the UDP sockets take them, spread
+        // as the rings' fanout spreads single packets.
+        let sockets = bind_worker_sockets(settings, workers)?;
+        if let Err(error) =
+            sys::attach_reuseport_program(&sockets[0], &ring::spread_program(workers))
+        {
+            return Err(StartError::Ring(format!(
+                "cannot spread the UDP sockets as the rings are spread: {error}"
+            )));
+        }
         tracing::info!(
             interface = rule.interface(),
             rule_installed_here = rule.owned(),
-            "dataplane.io {}: receiving on packet rings",
+            "dataplane.io {}: receiving on packet rings (trains on UDP sockets)",
             settings.io.as_str()
         );
-        return Ok((rings.into_iter().map(worker::Receiver::Ring).collect(), Some(rule)));
+        let receivers = rings
+            .into_iter()
+            .zip(sockets)
+            .map(|(ring, socket)| worker::Receiver::Ring(ring, socket.into()))
+            .collect();
+        return Ok((receivers, Some(rule)));
     }
     clear_stale_rules(settings)?;
-    let sockets = (0..workers)
+    let sockets = bind_worker_sockets(settings, workers)?;
+    Ok((sockets.into_iter().map(|socket| worker::Receiver::Socket(socket.into())).collect(), None))
+}
+
+/// One `SO_REUSEPORT` UDP socket per worker, bound in worker order (a reuseport program's
+/// index is the order of binding).
+fn bind_worker_sockets(
+    settings: &DataplaneSettings,
+    workers: usize,
+) -> Result<Vec<Socket>, StartError> {
+    (0..workers)
         .map(|worker| {
-            bind_worker_socket(settings)
-                .map(|socket| worker::Receiver::Socket(socket.into()))
-                .map_err(|source| StartError::Bind { listen: settings.listen, worker, source })
+            bind_worker_socket(settings).map_err(|source| StartError::Bind {
+                listen: settings.listen,
+                worker,
+                source,
+            })
         })
-        .collect::<Result<_, _>>()?;
-    Ok((sockets, None))
+        .collect()
 }
 
 /// `labelwall ingress-rule install|remove`: puts the rings' tc rule on the listen interface
@@ -390,8 +416,9 @@ fn open_rings(
     let mut rings: Vec<RxRing> = Vec::with_capacity(workers);
     for worker in 0..workers {
         let group = rings.first().map(RxRing::fanout_group).transpose();
-        let ring = group
-            .and_then(|group| RxRing::open(interface, ip, port, settings.receive_buffer, group));
+        let ring = group.and_then(|group| {
+            RxRing::open(interface, ip, port, settings.receive_buffer, group, workers)
+        });
         rings.push(ring.map_err(|error| {
             format!("cannot open the packet ring of worker {worker} on {name}: {error}")
         })?);

@@ -19,7 +19,7 @@ use crate::net::nexthop::SingleSender;
 use crate::net::ring::{RingPayloads, RxFrame, RxRing};
 use crate::net::sys::{
     GsoSocket, MAX_GSO_SEGMENTS, Payloads, SendReport, Ticker, TxItem, Wake,
-    skip_unused_control_messages, wait_readable_or_woken,
+    skip_unused_control_messages, wait_either_readable_or_woken,
 };
 use crate::pipeline::{MAX_GENEVE_DATAGRAM, Outcome, Pipeline};
 use crate::policy::Action;
@@ -52,6 +52,9 @@ const TRAIN_BATCH: usize = 8;
 /// Room in a ring worker's own buffer for one packet too large for a ring frame (a train
 /// handed over whole), read from the socket: its virtio header, Ethernet frame and some slack.
 const SPILL_SIZE: usize = 64 * 1024 + 1024;
+/// Ring batches a busy ring worker takes between reads of its trains' socket (which a wait
+/// also watches): trains wait at most this many batches behind single packets.
+const TRAIN_CHECK_BATCHES: u32 = 8;
 /// How often a ring worker asks the kernel how many packets its full ring dropped.
 const RING_STATS_INTERVAL_MS: u64 = 1_000;
 /// How often an idle worker's ticker wakes it while something waits for its clock (flows or
@@ -65,8 +68,43 @@ const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
 pub(super) enum Receiver {
     /// A `SO_REUSEPORT` UDP socket, read with `recvmmsg` (GRO trains whole).
     Socket(std::net::UdpSocket),
-    /// A TPACKET ring in the workers' fanout group.
-    Ring(RxRing),
+    /// A TPACKET ring in the workers' fanout group for single packets, and a UDP socket as
+    /// above for trains (which pass the ring by: longer than a frame), spread alike.
+    Ring(RxRing, std::net::UdpSocket),
+}
+
+/// What receiving from a UDP socket needs: quinn-udp's state for it (GRO), the receive slots
+/// (then the inject region) and their metadata, and how many slots the next call asks for.
+struct SocketReceive<'s> {
+    socket: &'s std::net::UdpSocket,
+    state: UdpSocketState,
+    storage: Vec<u8>,
+    metas: [RecvMeta; BATCH_SIZE],
+    batch: usize,
+}
+
+impl<'s> SocketReceive<'s> {
+    fn new(worker: usize, listen_ip: Ipv4Addr, socket: &'s std::net::UdpSocket) -> Option<Self> {
+        let state = match UdpSocketState::new(UdpSockRef::from(socket)) {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::error!(worker, %error, "cannot configure the data-plane socket");
+                return None;
+            }
+        };
+        // The destination address of each datagram is needed only to answer from it when
+        // listening on 0.0.0.0.
+        if let Err(error) = skip_unused_control_messages(socket, listen_ip.is_unspecified()) {
+            tracing::warn!(worker, %error, "cannot turn off unused control messages");
+        }
+        Some(SocketReceive {
+            socket,
+            state,
+            storage: vec![0u8; RX_REGION + INJECT_REGION],
+            metas: [RecvMeta::default(); BATCH_SIZE],
+            batch: BATCH_SIZE,
+        })
+    }
 }
 
 /// The sockets a worker receives and sends through (opened before any worker starts).
@@ -157,8 +195,10 @@ impl Worker {
             Some(Receiver::Socket(socket)) => {
                 self.receive_socket(&socket, &mut tx, &mut counters, &mut errors)
             }
-            Some(Receiver::Ring(mut ring)) => {
-                self.receive_ring(&mut ring, &mut tx, &mut counters, &mut errors)
+            Some(Receiver::Ring(mut ring, socket)) => {
+                if let Some(mut trains) = SocketReceive::new(self.index, self.listen_ip, &socket) {
+                    self.receive_ring(&mut ring, &mut trains, &mut tx, &mut counters, &mut errors)
+                }
             }
             None => {}
         }
@@ -182,88 +222,95 @@ impl Worker {
         counters: &mut Counters,
         errors: &mut RateLimitedLog,
     ) {
-        let state = match UdpSocketState::new(UdpSockRef::from(socket)) {
-            Ok(state) => state,
+        let Some(mut rx) = SocketReceive::new(self.index, self.listen_ip, socket) else { return };
+        tracing::debug!(
+            worker = self.index,
+            gro_segments = rx.state.gro_segments(),
+            "worker started"
+        );
+        let clock = Instant::now();
+        self.status.running.store(true, Ordering::Release);
+        while !self.stop.load(Ordering::Acquire) {
+            if !self.socket_batch(&mut rx, clock, tx, counters, errors) {
+                self.sleep(socket.as_raw_fd(), None, false, errors);
+                self.idle(clock, counters);
+            }
+        }
+    }
+
+    /// One `recvmmsg` on `rx`'s socket and everything it received decided and sent; false
+    /// when nothing was waiting.
+    fn socket_batch(
+        &mut self,
+        rx: &mut SocketReceive<'_>,
+        clock: Instant,
+        tx: &mut SendQueue,
+        counters: &mut Counters,
+        errors: &mut RateLimitedLog,
+    ) -> bool {
+        let received = {
+            let mut chunks = rx.storage[..RX_REGION].chunks_exact_mut(SLOT_STRIDE);
+            let mut slots: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
+                IoSliceMut::new(chunks.next().map_or(&mut [][..], |c| &mut c[..SLOT_SIZE]))
+            });
+            let socket = UdpSockRef::from(rx.socket);
+            rx.state.recv(socket, &mut slots[..rx.batch], &mut rx.metas[..rx.batch])
+        };
+        let count = match received {
+            Ok(count) => count,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => return true,
             Err(error) => {
-                tracing::error!(worker = self.index, %error, "cannot configure the data-plane socket");
-                return;
+                counters.receive_error();
+                errors.log(self.index, "receive", &error);
+                return true;
             }
         };
-        // The destination address of each datagram is needed only to answer from it when
-        // listening on 0.0.0.0.
-        if let Err(error) = skip_unused_control_messages(socket, self.listen_ip.is_unspecified()) {
-            tracing::warn!(worker = self.index, %error, "cannot turn off unused control messages");
+        counters.batch();
+        let metas = &rx.metas;
+        // Trains (several datagrams per slot on average): fewer, fuller slots per call.
+        let datagrams: usize = metas[..count].iter().map(|m| m.len / m.stride.max(1)).sum();
+        rx.batch = if datagrams >= 4 * count { TRAIN_BATCH } else { BATCH_SIZE };
+        tx.now_ms = clock.elapsed().as_millis() as u64;
+        self.pipeline.begin_batch(tx.now_ms);
+        let storage = &mut rx.storage;
+        let mut injected = 0;
+        {
+            let inject = &mut storage[RX_REGION..];
+            let mut io = SlotIo { inject, inject_base: RX_REGION, injected: &mut injected, tx };
+            take_releases(&mut self.pipeline, &mut io, None, counters);
         }
-        tracing::debug!(worker = self.index, gro_segments = state.gro_segments(), "worker started");
-        let mut storage = vec![0u8; RX_REGION + INJECT_REGION];
-        let mut metas = [RecvMeta::default(); BATCH_SIZE];
-        let fd = socket.as_raw_fd();
-        let clock = Instant::now();
-        let mut batch = BATCH_SIZE;
-        self.status.running.store(true, Ordering::Release);
-
-        while !self.stop.load(Ordering::Acquire) {
-            let received = {
-                let mut chunks = storage[..RX_REGION].chunks_exact_mut(SLOT_STRIDE);
-                let mut slots: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
-                    IoSliceMut::new(chunks.next().map_or(&mut [][..], |c| &mut c[..SLOT_SIZE]))
-                });
-                state.recv(UdpSockRef::from(socket), &mut slots[..batch], &mut metas[..batch])
-            };
-            let count = match received {
-                Ok(count) => count,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    self.sleep(fd, false, errors);
-                    self.idle(clock, counters);
-                    continue;
-                }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => {
-                    counters.receive_error();
-                    errors.log(self.index, "receive", &error);
-                    continue;
-                }
-            };
-            counters.batch();
-            // Trains (several datagrams per slot on average): fewer, fuller slots per call.
-            let datagrams: usize = metas[..count].iter().map(|m| m.len / m.stride.max(1)).sum();
-            batch = if datagrams >= 4 * count { TRAIN_BATCH } else { BATCH_SIZE };
-            tx.now_ms = clock.elapsed().as_millis() as u64;
-            self.pipeline.begin_batch(tx.now_ms);
-            let mut injected = 0;
-            {
-                let inject = &mut storage[RX_REGION..];
-                let mut io = SlotIo { inject, inject_base: RX_REGION, injected: &mut injected, tx };
-                take_releases(&mut self.pipeline, &mut io, None, counters);
+        for (slot, meta) in metas[..count].iter().enumerate() {
+            if INJECT_REGION - injected < SLOT_INJECT {
+                self.flush(tx, &storage[..], counters, errors);
+                injected = 0;
             }
-            for (slot, meta) in metas[..count].iter().enumerate() {
-                if INJECT_REGION - injected < SLOT_INJECT {
-                    self.flush(tx, &storage, counters, errors);
-                    injected = 0;
-                }
-                let SocketAddr::V4(gwlb) = meta.addr else { continue };
-                let appliance_ip = match meta.dst_ip {
-                    Some(IpAddr::V4(ip)) => ip,
-                    _ => self.listen_ip,
-                };
-                let stride = if meta.stride == 0 { meta.len.max(1) } else { meta.stride };
-                let at = slot * SLOT_STRIDE;
-                let (rx, inject) = storage.split_at_mut(RX_REGION);
-                let mut slot_io =
-                    SlotIo { inject, inject_base: RX_REGION, injected: &mut injected, tx };
-                let arrival = Arrival { at, stride, gwlb, appliance_ip };
-                self.handle_datagrams(arrival, &rx[at..at + meta.len], &mut slot_io, counters);
-            }
-            self.flush(tx, &storage, counters, errors);
-            self.end_batch(counters);
+            let SocketAddr::V4(gwlb) = meta.addr else { continue };
+            let appliance_ip = match meta.dst_ip {
+                Some(IpAddr::V4(ip)) => ip,
+                _ => self.listen_ip,
+            };
+            let stride = if meta.stride == 0 { meta.len.max(1) } else { meta.stride };
+            let at = slot * SLOT_STRIDE;
+            let (rx_region, inject) = storage.split_at_mut(RX_REGION);
+            let mut slot_io =
+                SlotIo { inject, inject_base: RX_REGION, injected: &mut injected, tx };
+            let arrival = Arrival { at, stride, gwlb, appliance_ip };
+            self.handle_datagrams(arrival, &rx_region[at..at + meta.len], &mut slot_io, counters);
         }
+        self.flush(tx, &storage[..], counters, errors);
+        self.end_batch(counters);
+        true
     }
 
     /// The `packet_ring` path: frames read in place from the ring, handed back after their
     /// replies went out; `poll` only when the ring is empty (after `busy_poll` of spinning).
+    /// Trains pass the ring by and arrive on `trains`' socket: it is read when a wait says
+    /// it is readable, and every [`TRAIN_CHECK_BATCHES`] ring batches while the ring is busy.
     fn receive_ring(
         &mut self,
         ring: &mut RxRing,
+        trains: &mut SocketReceive<'_>,
         tx: &mut SendQueue,
         counters: &mut Counters,
         errors: &mut RateLimitedLog,
@@ -278,6 +325,8 @@ impl Worker {
         // Packets came since the drop count was last read (a full ring drops only then).
         let mut drops_unread = false;
         let mut frames = [None::<RxFrame>; BATCH_SIZE];
+        // Whether the trains' socket may have something, and ring batches since it was read.
+        let (mut trains_ready, mut batches_unchecked) = (true, 0);
         tracing::debug!(worker = self.index, "worker started on a packet ring");
         self.status.running.store(true, Ordering::Release);
         while !self.stop.load(Ordering::Acquire) {
@@ -295,13 +344,24 @@ impl Worker {
                     Err(error) => errors.log(self.index, "ring statistics", &error),
                 }
             }
-            if ring.frame(0).is_none() && !self.spin(ring) {
-                self.sleep(ring.fd(), drops_unread, errors);
+            if trains_ready || batches_unchecked >= TRAIN_CHECK_BATCHES {
+                batches_unchecked = 0;
+                trains_ready = self.socket_batch(trains, clock, tx, counters, errors);
+            }
+            if ring.frame(0).is_none() && !trains_ready && !self.spin(ring) {
+                let socket = trains.socket.as_raw_fd();
+                trains_ready = self.sleep(ring.fd(), Some(socket), drops_unread, errors);
                 if ring.frame(0).is_none() {
-                    self.idle(clock, counters);
+                    if !trains_ready {
+                        self.idle(clock, counters);
+                    }
                     continue;
                 }
             }
+            if ring.frame(0).is_none() {
+                continue;
+            }
+            batches_unchecked += 1;
             // The ready frames, up to a batch; one too large for its frame ends the batch
             // (its copy is read into the one spill buffer).
             let mut taken = 0;
@@ -387,17 +447,27 @@ impl Worker {
         }
     }
 
-    /// Waits for `fd` to be readable or the data plane to stop, with no timeout; the ticker
-    /// wakes it every [`IDLE_TICK`] while `timer` or flows or fragments to expire want the
-    /// clock.
-    fn sleep(&mut self, fd: RawFd, timer: bool, errors: &mut RateLimitedLog) {
+    /// Waits for `fd` (or `also`) to be readable or the data plane to stop, with no timeout;
+    /// the ticker wakes it every [`IDLE_TICK`] while `timer` or flows or fragments to expire
+    /// want the clock. Whether `also` is readable.
+    fn sleep(
+        &mut self,
+        fd: RawFd,
+        also: Option<RawFd>,
+        timer: bool,
+        errors: &mut RateLimitedLog,
+    ) -> bool {
         let counts = self.pipeline.flow_counts();
         let timer = timer || counts.active > 0 || counts.fragments > 0;
         if let Err(error) = self.waits.ticker.set(timer, IDLE_TICK) {
             errors.log(self.index, "timer", &error);
         }
-        if let Err(error) = wait_readable_or_woken(fd, &self.waits.wake, &self.waits.ticker) {
-            errors.log(self.index, "poll", &error);
+        match wait_either_readable_or_woken(fd, also, &self.waits.wake, &self.waits.ticker) {
+            Ok((_, also_readable)) => also_readable,
+            Err(error) => {
+                errors.log(self.index, "poll", &error);
+                false
+            }
         }
     }
 

@@ -13,11 +13,13 @@
 //! its timer fires (at least 1 ms): at low load every packet would wait for the timer. V2
 //! hands over each frame as soon as it is written, and while frames are ready reading them
 //! costs no system call either, so V3 saves nothing at high load. V2's price is fixed-size
-//! frames: [`FRAME_SIZE`] holds a 9,001-byte outer packet; a larger one (a GSO train handed
-//! over whole by a local sender on veth, or a NIC's UDP GRO) is marked `TP_STATUS_COPY`, and
-//! the kernel queues it whole to the socket (`PACKET_COPY_THRESH`), where [`RxRing::read_copy`]
-//! reads it. `PACKET_VNET_HDR` puts a virtio header before each frame: the segment size of
-//! such trains and whether the kernel left the UDP checksum to offload.
+//! frames: [`FRAME_SIZE`] holds a 9,001-byte outer packet. A longer one is a train (a GSO
+//! packet handed over whole by a local sender on veth, or a NIC's UDP GRO): the filter
+//! leaves it to the kernel's UDP stack and the workers' UDP sockets, the sockets path's
+//! train receive, spread over workers by the same [`spread_program`] as the ring's fanout.
+//! (Should one reach a frame anyway, it is marked `TP_STATUS_COPY` and read whole from the
+//! socket by [`RxRing::read_copy`].) `PACKET_VNET_HDR` puts a virtio header before each
+//! frame: whether the kernel left the UDP checksum to offload.
 //!
 //! The mapping is shared with the kernel, which writes the frames it owns at any time: it is
 //! reached through a raw pointer, each frame's status atomically (acquire to take a frame,
@@ -60,7 +62,6 @@ const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 const VIRTIO_NET_HDR_F_DATA_VALID: u8 = 2;
 const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
 const TPACKET_V2: libc::c_int = 1;
-const PACKET_FANOUT_HASH: u32 = 0;
 const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
 /// A classic BPF program's "accept the whole packet".
 const ACCEPT: u32 = 0x0004_0000;
@@ -68,10 +69,17 @@ const ACCEPT: u32 = 0x0004_0000;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 
-/// The classic BPF program that matches GENEVE for this appliance: a frame to this host,
-/// IPv4, UDP, to `ip` (any when unspecified), not a later fragment, to `port`. Returns
-/// `matched` for it and `other` for everything else. Offsets are from the Ethernet header,
-/// which both a packet socket filter and tc's `bpf` classifier at ingress see first.
+/// The longest frame a ring takes: an Ethernet header and a 9,001-byte outer packet. Longer
+/// ones are trains (a local sender's GSO packet on veth, or UDP GRO on a NIC, which the
+/// kernel does for GENEVE because a socket with `UDP_GRO` listens on its port): they go on to
+/// that socket, the sockets path's train receive, instead of being copied out of the ring.
+pub const MAX_RING_FRAME: usize = 14 + 9001;
+
+/// The classic BPF program that matches GENEVE for this appliance: a frame to this host, at
+/// most [`MAX_RING_FRAME`] bytes, IPv4, UDP, to `ip` (any when unspecified), not a later
+/// fragment, to `port`. Returns `matched` for it and `other` for everything else. Offsets are
+/// from the Ethernet header, which both a packet socket filter and tc's `bpf` classifier at
+/// ingress see first.
 pub fn geneve_filter(ip: Ipv4Addr, port: u16, matched: u32, other: u32) -> Vec<Instruction> {
     const LD_ABS_W: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
     const LD_ABS_H: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16;
@@ -80,6 +88,8 @@ pub fn geneve_filter(ip: Ipv4Addr, port: u16, matched: u32, other: u32) -> Vec<I
     const LDX_MSH: u16 = (libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH) as u16;
     const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
     const JSET: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+    const JGT: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
+    const LD_LEN: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_LEN) as u16;
     const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
     let pkttype = (libc::SKF_AD_OFF + libc::SKF_AD_PKTTYPE) as u32;
     // Each check jumps to the last instruction (`other`) on a miss; `jf` counts the
@@ -87,6 +97,8 @@ pub fn geneve_filter(ip: Ipv4Addr, port: u16, matched: u32, other: u32) -> Vec<I
     let mut program = vec![
         (LD_ABS_W, pkttype),
         (JEQ, libc::PACKET_HOST as u32),
+        (LD_LEN, 0),
+        (JGT, MAX_RING_FRAME as u32),
         (LD_ABS_H, 12),
         (JEQ, 0x0800),
         (LD_ABS_B, 14 + 9),
@@ -113,11 +125,45 @@ pub fn geneve_filter(ip: Ipv4Addr, port: u16, matched: u32, other: u32) -> Vec<I
             let to_other = last.saturating_sub(i + 1) as u8;
             match code {
                 JEQ => Instruction { code, jt: 0, jf: to_other, k },
-                JSET => Instruction { code, jt: to_other, jf: 0, k },
+                JSET | JGT => Instruction { code, jt: to_other, jf: 0, k },
                 _ => Instruction { code, jt: 0, jf: 0, k },
             }
         })
         .collect()
+}
+
+/// The classic BPF program that picks a flow's worker, the same on both receive paths: the
+/// ring's fanout (`PACKET_FANOUT_CBPF`) and the UDP sockets' `SO_REUSEPORT` group
+/// (`SO_ATTACH_REUSEPORT_CBPF`), so that a flow's single packets (ring) and its trains
+/// (socket) meet the same flow table: a flow judged on one worker and picked up mid-flow on
+/// another would be judged twice, and a flow waiting for its server name would be judged
+/// with none by the other. The outer source address XOR the outer source port (GWLB gives
+/// each flow its own) modulo `workers`, read relative to the network header (`SKF_NET_OFF`),
+/// where both hooks find the same bytes; a 20-byte IPv4 header is assumed (GWLB sends no
+/// options; were there any, both would still read the same bytes).
+pub fn spread_program(workers: usize) -> Vec<Instruction> {
+    const LD_ABS_W: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const LD_ABS_H: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16;
+    const TAX: u16 = (libc::BPF_MISC | libc::BPF_TAX) as u16;
+    const XOR_X: u16 = (libc::BPF_ALU | libc::BPF_XOR | libc::BPF_X) as u16;
+    const MOD_K: u16 = (libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K) as u16;
+    const RET_A: u16 = (libc::BPF_RET | libc::BPF_A) as u16;
+    let net = libc::SKF_NET_OFF as u32;
+    [
+        (LD_ABS_W, net.wrapping_add(12)), // source address
+        (TAX, 0),
+        (LD_ABS_H, net.wrapping_add(20)), // UDP source port
+        (XOR_X, 0),
+        (MOD_K, workers.max(1) as u32),
+        (RET_A, 0),
+    ]
+    .map(|(code, k)| Instruction { code, jt: 0, jf: 0, k })
+    .to_vec()
+}
+
+/// A program as the kernel's `struct sock_fprog` points to it.
+pub fn sock_filters(program: &[Instruction]) -> Vec<SockFilter> {
+    program.iter().map(|i| SockFilter::new(i.code, i.jt, i.jf, i.k)).collect()
 }
 
 /// One classic BPF instruction (`struct sock_filter`).
@@ -194,14 +240,16 @@ unsafe impl Send for RxRing {}
 impl RxRing {
     /// Opens the socket on `interface` with a frame per [`BUFFER_BYTES_PER_FRAME`] of
     /// `receive_buffer` (`dataplane.receive_buffer`), filtered to GENEVE
-    /// to `ip`:`port`, and joins fanout group `fanout` (`None`: makes a new group;
-    /// [`RxRing::fanout_group`] tells its id to the next ones).
+    /// to `ip`:`port`, and joins fanout group `fanout` (`None`: makes a new group of
+    /// `workers` members spread by [`spread_program`]; [`RxRing::fanout_group`] tells its id
+    /// to the next ones, which must join in worker order).
     pub fn open(
         interface: u32,
         ip: Ipv4Addr,
         port: u16,
         receive_buffer: usize,
         fanout: Option<u16>,
+        workers: usize,
     ) -> io::Result<RxRing> {
         // Protocol 0: nothing reaches the socket before the filter and the ring are in place.
         let socket = Socket::new(Domain::PACKET, Type::RAW.cloexec(), Some(Protocol::from(0)))?;
@@ -212,11 +260,7 @@ impl RxRing {
         // Packets larger than a frame are queued whole to the socket as well.
         set(&socket, libc::PACKET_COPY_THRESH, &1i32)?;
         socket.set_recv_buffer_size(1 << 20)?;
-        let filter: Vec<SockFilter> = geneve_filter(ip, port, ACCEPT, 0)
-            .iter()
-            .map(|i| SockFilter::new(i.code, i.jt, i.jf, i.k))
-            .collect();
-        socket.attach_filter(&filter)?;
+        socket.attach_filter(&sock_filters(&geneve_filter(ip, port, ACCEPT, 0)))?;
         let wanted = (receive_buffer / BUFFER_BYTES_PER_FRAME).max(MIN_FRAMES);
         let blocks = wanted.div_ceil(FRAMES_PER_BLOCK);
         let frames = blocks * FRAMES_PER_BLOCK;
@@ -250,7 +294,17 @@ impl RxRing {
             None => PACKET_FANOUT_FLAG_UNIQUEID << 16,
             Some(id) => u32::from(id),
         };
-        set(&ring.socket, libc::PACKET_FANOUT, &(group | (PACKET_FANOUT_HASH << 16)))?;
+        let mode = libc::PACKET_FANOUT_CBPF;
+        set(&ring.socket, libc::PACKET_FANOUT, &(group | (mode << 16)))?;
+        if fanout.is_none() {
+            // The group's program, set once by its first member ([`spread_program`]).
+            let program = sock_filters(&spread_program(workers));
+            let fprog = libc::sock_fprog {
+                len: program.len() as u16,
+                filter: program.as_ptr() as *mut libc::sock_filter,
+            };
+            set(&ring.socket, libc::PACKET_FANOUT_DATA, &fprog)?;
+        }
         Ok(ring)
     }
 
@@ -552,22 +606,35 @@ mod tests {
             let i = program[pc];
             pc += 1;
             let class = u32::from(i.code) & 0x07;
+            let code = u32::from(i.code);
             match class {
-                0x06 => return i.k, // ret
+                0x06 if code & 0x18 == 0x10 => return a, // ret A
+                0x06 => return i.k,                      // ret K
                 0x00 if i.k == (libc::SKF_AD_OFF + libc::SKF_AD_PKTTYPE) as u32 => a = pkttype,
+                0x00 if code & 0xe0 == 0x80 => a = packet.len() as u32, // ld len
                 0x00 => {
-                    let size = match u32::from(i.code) & 0x18 {
+                    let size = match code & 0x18 {
                         0x00 => 4,
                         0x08 => 2,
                         _ => 1,
                     };
-                    let at = if u32::from(i.code) & 0xe0 == 0x40 { x + i.k } else { i.k };
+                    let at = if code & 0xe0 == 0x40 { x + i.k } else { i.k };
+                    // SKF_NET_OFF + n: n bytes into the network header (after Ethernet's 14).
+                    let net = libc::SKF_NET_OFF as u32;
+                    let at = if at >= net { at - net + 14 } else { at };
                     a = be(at as usize, size);
                 }
                 0x01 => x = 4 * (u32::from(packet[i.k as usize]) & 0xf),
+                0x04 => match code & 0xf8 {
+                    0xa8 => a ^= x,   // xor X
+                    0x90 => a %= i.k, // mod K
+                    other => panic!("alu {other:#x}"),
+                },
+                0x07 => x = a, // tax
                 0x05 => {
-                    let taken = match u32::from(i.code) & 0xf0 {
+                    let taken = match code & 0xf0 {
                         0x10 => a == i.k,
+                        0x20 => a > i.k,
                         0x40 => a & i.k != 0,
                         other => panic!("jump {other:#x}"),
                     };
@@ -620,6 +687,35 @@ mod tests {
         // Listening on 0.0.0.0: any address.
         let any = geneve_filter(Ipv4Addr::UNSPECIFIED, 6081, 1, 0);
         assert_eq!(run(&any, &frame([10, 77, 0, 2], 17, 0, 6081), host), 1);
+        // A frame longer than the ring takes (a train) goes on to the socket.
+        let mut longest = frame([10, 77, 0, 1], 17, 0, 6081);
+        longest.resize(MAX_RING_FRAME, 0);
+        assert_eq!(run(&program, &longest, host), 1);
+        longest.push(0);
+        assert_eq!(run(&program, &longest, host), 0, "a train");
+    }
+
+    #[test]
+    fn a_flows_packets_go_to_one_worker_whatever_their_size_and_flows_spread() {
+        let program = spread_program(4);
+        let with_port = |sport: u16, len: usize| {
+            let mut f = frame([10, 77, 0, 1], 17, 0, 6081);
+            f[14 + 12..14 + 16].copy_from_slice(&[10, 2, 0, 9]);
+            f[34..36].copy_from_slice(&sport.to_be_bytes());
+            f.resize(len, 0);
+            f
+        };
+        let mut seen = [false; 4];
+        for sport in 20_000..20_064 {
+            let worker = run(&program, &with_port(sport, 200), 0);
+            assert!(worker < 4);
+            assert_eq!(run(&program, &with_port(sport, 64_000), 0), worker, "its train too");
+            seen[worker as usize] = true;
+        }
+        assert_eq!(seen, [true; 4], "64 flows reach every worker");
+        // The value itself: (source address ^ source port) % workers.
+        let expected = (u32::from_be_bytes([10, 2, 0, 9]) ^ 20_001) % 4;
+        assert_eq!(run(&program, &with_port(20_001, 100), 0), expected);
     }
 
     /// A ring on loopback and one UDP datagram to it: its frame is readable only from when the
@@ -628,7 +724,7 @@ mod tests {
     fn only_frames_the_ring_holds_can_be_read() {
         let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = receiver.local_addr().unwrap().port();
-        let ring = match RxRing::open(1, Ipv4Addr::LOCALHOST, port, 0, None) {
+        let ring = match RxRing::open(1, Ipv4Addr::LOCALHOST, port, 0, None, 1) {
             Ok(ring) => ring,
             Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
                 eprintln!("skipped: packet sockets need CAP_NET_RAW");

@@ -532,6 +532,34 @@ pub fn raise_open_file_limit(to: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Attaches a classic BPF program to the `SO_REUSEPORT` group of `socket` (bound): it picks
+/// which socket of the group gets each datagram (its return value is the socket's index in
+/// the order they were bound).
+pub fn attach_reuseport_program(
+    socket: &Socket,
+    program: &[super::ring::Instruction],
+) -> io::Result<()> {
+    let filters = super::ring::sock_filters(program);
+    let fprog = libc::sock_fprog {
+        len: filters.len() as u16,
+        filter: filters.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: setsockopt reads one sock_fprog, whose filter array lives for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Waits until `fd` is readable or `timeout` passes; true when readable.
 pub fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
     let mut fds = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }];
@@ -551,17 +579,26 @@ pub struct Woken {
 /// Waits, with no timeout (so the kernel arms no timer for it), until `fd` is readable,
 /// `wake` was woken or `ticker` fires.
 pub fn wait_readable_or_woken(fd: RawFd, wake: &Wake, ticker: &Ticker) -> io::Result<Woken> {
-    let mut fds = [fd, wake.0.as_raw_fd(), ticker.fd.as_raw_fd()].map(|fd| libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    });
+    wait_either_readable_or_woken(fd, None, wake, ticker).map(|(woken, _)| woken)
+}
+
+/// As [`wait_readable_or_woken`], for `fd` and `also` (when given): whether `also` is
+/// readable comes second.
+pub fn wait_either_readable_or_woken(
+    fd: RawFd,
+    also: Option<RawFd>,
+    wake: &Wake,
+    ticker: &Ticker,
+) -> io::Result<(Woken, bool)> {
+    // An absent second descriptor is -1, which poll skips.
+    let mut fds = [fd, wake.0.as_raw_fd(), ticker.fd.as_raw_fd(), also.unwrap_or(-1)]
+        .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
     poll(&mut fds, None)?;
     let ticked = fds[2].revents != 0;
     if ticked {
         ticker.clear();
     }
-    Ok(Woken { readable: fds[0].revents != 0, ticked })
+    Ok((Woken { readable: fds[0].revents != 0, ticked }, fds[3].revents != 0))
 }
 
 /// `poll(2)` on `fds` for at most `timeout` (`None`: until one is ready); an interrupted
