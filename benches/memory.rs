@@ -10,17 +10,10 @@ use labelwall::labels::{EndpointKind, EndpointRecord, LabelBuilder, Labels, Sour
 use labelwall::policy::CompiledPolicy;
 use labelwall::snapshot::{RuleHits, Snapshot};
 
-const ENDPOINTS: u32 = 100_000;
+mod support;
+use support::resident_mib;
 
-fn resident_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
-}
+const ENDPOINTS: u32 = 100_000;
 
 fn main() {
     let start = resident_mib();

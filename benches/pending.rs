@@ -32,6 +32,9 @@ use labelwall::reject::MAX_REJECT_LEN;
 use labelwall::snapshot::{RuleHits, Snapshot};
 use labelwall::wire::GwlbOptions;
 
+mod support;
+use support::resident_mib;
+
 const SERVER: [u8; 4] = [203, 0, 113, 7];
 const SERVER_ISN: u32 = 7_000;
 
@@ -126,16 +129,6 @@ fn feed(p: &mut Pipeline, datagram: &[u8], inject: &mut [u8], release: &mut [u8]
         back += 1;
     }
     back + usize::from(matches!(outcome, Outcome::SendBack(_) | Outcome::Reject { .. }))
-}
-
-fn resident_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
 }
 
 /// `cargo bench` passes `--bench`; `cargo test --all-targets` runs the bench once as a smoke
