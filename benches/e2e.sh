@@ -20,7 +20,9 @@
 # system time of the process over its received-packet counter), which holds up better than
 # rates when other work shares the machine.
 # Columns: sent_pps (loadgen sent), fwd_pps (the appliance sent back, from its metrics),
-# drops (what the appliance counted as dropped, ring_full included),
+# drops (what the appliance counted as dropped, ring_full included), kdrops (what the kernel
+# dropped before the appliance saw it: full socket buffers, backlogs, the link; see
+# kernel_drops below),
 # recv_pps (loadgen received), gbit/s (received GENEVE bits), ratio (fwd_pps / the null
 # reflector's fwd_pps), cpu_ns/pkt, and reply latency percentiles (meaningful only when paced).
 # Usage: benches/e2e.sh [SIZES...]   (default: 128 1500 8500; DURATION=5 seconds per case;
@@ -193,6 +195,18 @@ print(sum(t["pktsIn"] for t in json.load(sys.stdin)["udp"]["UDPPacketReceiver"][
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$appliance_pid/stat"; }
+# What the kernel dropped on the way to the appliance, in packets as the kernel counts them (a
+# GSO or GRO train is one): UDP receive errors in the appliance's namespace (a socket buffer
+# full: /proc/net/snmp InErrors), backlog drops on any CPU (/proc/net/softnet_stat), and the
+# link's receive drops (NETNS=1). The "drops" column is what the appliance counted itself
+# (ring_full included, from PACKET_STATISTICS).
+kernel_drops() {
+  local udp softnet link=0
+  udp=$("${in_app[@]}" awk '/^Udp:/ {getline; print $4; exit}' /proc/net/snmp)
+  softnet=$(python3 -c 'print(sum(int(l.split()[1], 16) for l in open("/proc/net/softnet_stat")))')
+  if [ -n "${NETNS:-}" ]; then link=$("${in_app[@]}" cat /sys/class/net/eth0/statistics/rx_dropped); fi
+  echo $((udp + softnet + link))
+}
 # CPU 1's interrupt and softirq ticks.
 cpu1_irq() { awk '$1 == "cpu1" {print $7 + $8}' /proc/stat; }
 # Runs loadgen (args: size train); with PERF=1 samples CPU 1 meanwhile and writes the
@@ -227,9 +241,9 @@ stop_gwlbtun() {
   target_port=$port; listen_port=$reply; rate=${RATE:-}
 }
 
-printf '%-6s %-5s %-24s %11s %11s %11s %8s %6s %11s %10s %10s %10s %8s %s\n' \
+printf '%-6s %-5s %-24s %11s %11s %11s %8s %6s %11s %10s %10s %10s %8s %8s %s\n' \
   size train case sent_pps fwd_pps recv_pps gbit/s ratio cpu_ns/pkt dut_ns/fwd p50_us p99_us drops \
-  "${PERF:+perf_ns/fwd}"
+  kdrops "${PERF:+perf_ns/fwd}"
 for size in ${sizes[*]}; do
  for train in ${trains[*]}; do
   ceiling=$(loadgen "$size" "$train")
@@ -258,6 +272,7 @@ for size in ${sizes[*]}; do
       "gwlbtun") start_gwlbtun ;;
     esac
     irq_before=$(cpu1_irq)
+    kernel_before=$(kernel_drops)
     if [ "$case" = "plain reflector (C)" ]; then
       ticks_before=$(cpu_ticks)
       result=$(measured_loadgen "$size" "$train")
@@ -288,10 +303,11 @@ for size in ${sizes[*]}; do
       drops=$(( $(counter labelwall_worker_drops_total) - drops_before ))
       stop_appliance
     fi
+    kdrops=$(( $(kernel_drops) - kernel_before ))
     base=${base:-$result}
     base_back=${base_back:-$back}
     python3 - "$size" "$case" "$result" "$base" "$ticks" "$packets" "$(getconf CLK_TCK)" \
-      "$back" "$base_back" "$train" "$(cat "$dir/busy")" "$dut_ticks" "$drops" <<'PY'
+      "$back" "$base_back" "$train" "$(cat "$dir/busy")" "$dut_ticks" "$drops" "$kdrops" <<'PY'
 import json, sys
 size, case, r, b = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
 ticks, packets, hz = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
@@ -305,7 +321,7 @@ ratio = back / base_back if base_back else 0
 cpu_ns = ticks / hz * 1e9 / packets if packets else 0
 print(f'{size:<6} {train:<5} {case:<24} {r["sent_pps"]:>11.0f} {back / seconds:>11.0f} {r["pps"]:>11.0f} '
       f'{r["gbps"]:>8.2f} {ratio:>6.2f} {cpu_ns:>11.0f} {dut_ns:>10.0f} {r["latency_us"]["p50"]:>10.0f} '
-      f'{r["latency_us"]["p99"]:>10.0f} {int(sys.argv[13]):>8}{cpu1}')
+      f'{r["latency_us"]["p99"]:>10.0f} {int(sys.argv[13]):>8} {int(sys.argv[14]):>8}{cpu1}')
 PY
   done
   python3 - "$size" "$ceiling" "$train" <<'PY'
