@@ -233,3 +233,58 @@ fn icmp_errors_of_an_allowed_flow_pass_without_an_icmp_rule() {
     assert!(!passes(&peer, &appliance, &gwlb_datagram(41, &frag_needed(ROUTER, CLIENT, &unknown))));
     assert!(!passes(&peer, &appliance, &gwlb_datagram(40, &frag_needed(ROUTER, DB, &segment))));
 }
+
+/// TCP Fast Open: a client puts its first bytes in the SYN, which must pass for the handshake
+/// and must not carry those bytes to a server before the flow's name is judged (SPEC.md:
+/// nothing the client sends reaches the server before the verdict).
+#[test]
+fn data_in_a_syn_never_reaches_the_server_before_its_name_is_judged() {
+    const NAMED: &str = "\
+default_action: deny
+groups:
+  client: {cidrs: [10.0.1.0/24]}
+  allowed: {domains: [www.example.com]}
+  internet: {cidrs: [203.0.113.0/24]}
+rules:
+  - {name: allowed, from: [client], to: [allowed], ports: [tcp/443], action: allow}
+  - {name: others, from: [client], to: [internet], ports: [tcp/443], action: reject}
+";
+    let hello = |capture: &str| -> Vec<u8> {
+        let capture = labelwall::names::fuzzing::client_capture(capture);
+        capture.segments.iter().flat_map(|s| s.payload.clone()).collect()
+    };
+    let syn_with = |sport: u16, payload: &[u8]| {
+        let builder = etherparse::PacketBuilder::ipv4(CLIENT, [203, 0, 113, 7], 64)
+            .tcp(sport, 443, 1000, 65535)
+            .syn();
+        let mut inner = Vec::new();
+        builder.write(&mut inner, payload).unwrap();
+        gwlb_datagram(u32::from(sport), &inner)
+    };
+    let peer = GwlbPeer::new(1);
+    let appliance = Appliance::start_with(peer.reply_port(), 1, NAMED, None, "", &[]);
+    let www = hello("openssl_tls13_sni"); // www.example.com
+    let other = hello("openssl_records"); // records.example.net
+
+    // The whole ClientHello of an allowed name: the SYN goes on with it.
+    let allowed = syn_with(41_000, &www);
+    assert!(passes(&peer, &appliance, &allowed), "{}", appliance.log());
+
+    // A refused name: the SYN is answered by RSTs and never sent on.
+    let refused = syn_with(41_001, &other);
+    peer.send(0, appliance.listen, &refused);
+    let mut rsts = 0;
+    while let Some((_, reply)) = peer.receive() {
+        assert_ne!(reply, refused, "the SYN with a refused name's ClientHello went on");
+        let inner = labelwall::pipeline::decode(&reply).unwrap().inner;
+        assert!(inner.transport.tcp_flags() & labelwall::packet::tcp_flags::RST != 0);
+        rsts += 1;
+    }
+    assert!(rsts >= 1, "the client is told at once");
+
+    // Half a ClientHello: the name cannot be read yet, so the SYN (and its bytes) stop here.
+    let half = syn_with(41_002, &www[..www.len() / 2]);
+    assert!(!passes(&peer, &appliance, &half), "a SYN with unjudged data went on");
+    // The client's retry without data passes: the flow waits for its name as any other.
+    assert!(passes(&peer, &appliance, &syn_with(41_002, &[])), "{}", appliance.log());
+}
