@@ -49,9 +49,6 @@ pub(super) const MAX_SINGLES_PER_FLUSH: usize = BATCH_SIZE * MAX_SEGMENTS_PER_SL
 /// call keep what was received in the core's cache until it is sent; 32 slots of 64 KiB
 /// would be 2 MiB, and the segmented sends would read it back from memory.
 const TRAIN_BATCH: usize = 8;
-/// Room in a ring worker's own buffer for one packet too large for a ring frame (a train
-/// handed over whole), read from the socket: its virtio header, Ethernet frame and some slack.
-const SPILL_SIZE: usize = 64 * 1024 + 1024;
 /// Ring batches a busy ring worker takes between reads of its trains' socket (which a wait
 /// also watches): trains wait at most this many batches behind single packets.
 const TRAIN_CHECK_BATCHES: u32 = 8;
@@ -315,11 +312,9 @@ impl Worker {
         counters: &mut Counters,
         errors: &mut RateLimitedLog,
     ) {
-        // Offsets at and above the ring's length are in `room`: the spill buffer for a packet
-        // too large for a frame, then injected rejects.
-        let spill_at = ring.ring_len();
-        let inject_base = spill_at + SPILL_SIZE;
-        let mut room = vec![0u8; SPILL_SIZE + INJECT_REGION];
+        // Offsets at and above the ring's length are in `room`: injected rejects.
+        let inject_base = ring.ring_len();
+        let mut room = vec![0u8; INJECT_REGION];
         let clock = Instant::now();
         let mut stats_at_ms = 0;
         // Packets came since the drop count was last read (a full ring drops only then).
@@ -362,26 +357,12 @@ impl Worker {
                 continue;
             }
             batches_unchecked += 1;
-            // The ready frames, up to a batch; one too large for its frame ends the batch
-            // (its copy is read into the one spill buffer).
+            // The ready frames, up to a batch.
             let mut taken = 0;
             while taken < BATCH_SIZE {
                 let Some(frame) = ring.frame(taken) else { break };
+                frames[taken] = Some(frame);
                 taken += 1;
-                frames[taken - 1] = Some(frame);
-                if frame.copied {
-                    let copy = ring.read_copy(&mut room[..SPILL_SIZE]).unwrap_or_else(|error| {
-                        errors.log(self.index, "receive", &error);
-                        None
-                    });
-                    frames[taken - 1] =
-                        copy.map(|copy| RxFrame { offset: spill_at + copy.offset, ..copy });
-                    if copy.is_none() {
-                        counters.received(frame.wire_len);
-                        counters.drop(DropReason::RingFull);
-                    }
-                    break;
-                }
             }
             drops_unread = true;
             counters.batch();
@@ -389,7 +370,7 @@ impl Worker {
             self.pipeline.begin_batch(now_ms);
             let mut injected = 0;
             {
-                let inject = &mut room[SPILL_SIZE..];
+                let inject = &mut room[..];
                 let mut io = SlotIo { inject, inject_base, injected: &mut injected, tx };
                 take_releases(&mut self.pipeline, &mut io, None, counters);
             }
@@ -399,13 +380,12 @@ impl Worker {
                     injected = 0;
                 }
                 if frame.len < frame.wire_len {
-                    // Cut to the frame, and the kernel could not queue it whole.
+                    // Cut to the frame (the filter lets no longer packet in: not expected).
                     counters.received(frame.wire_len);
                     counters.drop(DropReason::RingFull);
                     continue;
                 }
-                let (spill, inject) = room.split_at_mut(SPILL_SIZE);
-                let bytes = RingPayloads { ring, room: spill }.get(frame.offset, frame.len);
+                let (bytes, inject) = (ring.bytes(frame.offset, frame.len), &mut room[..]);
                 let outer = match outer::parse_frame(bytes, frame.checksum_known) {
                     Ok(outer) => outer,
                     Err(reason) => {

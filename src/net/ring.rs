@@ -16,16 +16,15 @@
 //! frames: [`FRAME_SIZE`] holds a 9,001-byte outer packet. A longer one is a train (a GSO
 //! packet handed over whole by a local sender on veth, or a NIC's UDP GRO): the filter
 //! leaves it to the kernel's UDP stack and the workers' UDP sockets, the sockets path's
-//! train receive, spread over workers by the same [`spread_program`] as the ring's fanout.
-//! (Should one reach a frame anyway, it is marked `TP_STATUS_COPY` and read whole from the
-//! socket by [`RxRing::read_copy`].) `PACKET_VNET_HDR` puts a virtio header before each
-//! frame: whether the kernel left the UDP checksum to offload.
+//! train receive, spread over workers by the same [`spread_program`] as the ring's fanout,
+//! so every packet the filter takes fits its frame. `PACKET_VNET_HDR` puts a virtio header
+//! before each frame: whether the kernel left the UDP checksum to offload.
 //!
 //! The mapping is shared with the kernel, which writes the frames it owns at any time: it is
 //! reached through a raw pointer, each frame's status atomically (acquire to take a frame,
 //! release to give it back), and a Rust slice exists only over a frame user space holds.
-//! A worker sends replies from the frames it holds and from its own buffer (copied packets,
-//! injected rejects): [`RingPayloads`] finds both by offset, as one buffer does on the
+//! A worker sends replies from the frames it holds and from its own buffer (injected
+//! rejects): [`RingPayloads`] finds both by offset, as one buffer does on the
 //! sockets path.
 
 #![allow(unsafe_code)]
@@ -184,17 +183,13 @@ pub fn bytecode_text(program: &[Instruction]) -> String {
     text
 }
 
-/// One ready frame of the ring, or a packet read from the socket into the caller's buffer
-/// ([`RxRing::read_copy`]).
+/// One ready frame of the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RxFrame {
-    /// Where the Ethernet frame starts (in the ring: [`RxRing::bytes`] reads it while it is
-    /// held; from [`RxRing::read_copy`]: in the buffer given), and its length there.
+    /// Where the Ethernet frame starts in the ring ([`RxRing::bytes`] reads it while it is
+    /// held), and its length there.
     pub offset: usize,
     pub len: usize,
-    /// The packet did not fit the frame: it waits whole in the socket ([`RxRing::read_copy`]);
-    /// `len` is only what the frame holds.
-    pub copied: bool,
     /// The packet's length on the wire (more than `len` when it was cut).
     pub wire_len: usize,
     /// The kernel or the NIC verified the UDP checksum, or a local sender left it to offload.
@@ -257,9 +252,6 @@ impl RxRing {
         set(&socket, libc::PACKET_VERSION, &TPACKET_V2)?;
         // Outgoing packets (our replies) are not for this tap.
         set(&socket, libc::PACKET_IGNORE_OUTGOING, &1i32)?;
-        // Packets larger than a frame are queued whole to the socket as well.
-        set(&socket, libc::PACKET_COPY_THRESH, &1i32)?;
-        socket.set_recv_buffer_size(1 << 20)?;
         socket.attach_filter(&sock_filters(&geneve_filter(ip, port, ACCEPT, 0)))?;
         let wanted = (receive_buffer / BUFFER_BYTES_PER_FRAME).max(MIN_FRAMES);
         let blocks = wanted.div_ceil(FRAMES_PER_BLOCK);
@@ -352,7 +344,6 @@ impl RxRing {
         Some(RxFrame {
             offset: at + mac,
             len,
-            copied: status & libc::TP_STATUS_COPY != 0,
             wire_len: wire_len as usize,
             checksum_known: checksum_known
                 || status & (libc::TP_STATUS_CSUM_VALID | libc::TP_STATUS_CSUMNOTREADY) != 0,
@@ -388,44 +379,8 @@ impl RxRing {
         self.held.set(self.held.get() - count);
     }
 
-    /// Reads the next packet queued whole to the socket (a [`RxFrame::copied`] one) into
-    /// `buffer` (virtio header first): the frame as an [`RxFrame`] at its offset in `buffer`,
-    /// or `None` when nothing is queued.
-    pub fn read_copy(&self, buffer: &mut [u8]) -> io::Result<Option<RxFrame>> {
-        // SAFETY: recv writes at most `buffer.len()` bytes into `buffer`.
-        let rc = unsafe {
-            libc::recv(
-                self.socket.as_raw_fd(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if rc < 0 {
-            let error = io::Error::last_os_error();
-            return match error.kind() {
-                io::ErrorKind::WouldBlock => Ok(None),
-                _ => Err(error),
-            };
-        }
-        let got = rc as usize;
-        if got < VNET_HEADER_LEN {
-            return Ok(None);
-        }
-        let (checksum_known, segment) = read_vnet(&buffer[..VNET_HEADER_LEN]);
-        let len = got - VNET_HEADER_LEN;
-        Ok(Some(RxFrame {
-            offset: VNET_HEADER_LEN,
-            len,
-            copied: false,
-            wire_len: len,
-            checksum_known,
-            segment,
-        }))
-    }
-
-    /// Packets the kernel dropped since the last call because the ring (or, for packets too
-    /// large for a frame, the socket's queue) was full. A system call: call it rarely.
+    /// Packets the kernel dropped since the last call because the ring was full. A system
+    /// call: call it rarely.
     pub fn take_drops(&self) -> io::Result<u64> {
         // Reading PACKET_STATISTICS resets it.
         Ok(u64::from(get::<Stats>(&self.socket, libc::PACKET_STATISTICS)?.drops))
@@ -452,7 +407,7 @@ impl Drop for RxRing {
 }
 
 /// What a ring worker sends from, by offset: the frames its ring holds below
-/// [`RxRing::ring_len`], its own buffer (`room`: copied packets, injected rejects) after.
+/// [`RxRing::ring_len`], its own buffer (`room`: injected rejects) after.
 #[derive(Debug, Clone, Copy)]
 pub struct RingPayloads<'a> {
     pub ring: &'a RxRing,
