@@ -321,7 +321,14 @@ fn on_loopback_single_packets_stay_on_the_raw_socket() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(peer.round_trip(0, appliance.listen, &datagram), datagram);
-    let metrics = appliance.metrics();
+    // The worker publishes its counters just after the reply goes out: wait for them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut metrics = appliance.metrics();
+    while metric(&metrics, r#"labelwall_packets_total{verdict="allow"}"#) < 2 {
+        assert!(Instant::now() < deadline, "the second reply is not counted:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(20));
+        metrics = appliance.metrics();
+    }
     assert_eq!(metric(&metrics, r#"labelwall_next_hops{path="packet"}"#), 0, "{metrics}");
     assert_eq!(metric(&metrics, r#"labelwall_send_packets_total{path="packet"}"#), 0);
     assert_eq!(metric(&metrics, r#"labelwall_send_packets_total{path="raw"}"#), 2, "{metrics}");
