@@ -62,6 +62,12 @@ const VIRTIO_NET_HDR_F_DATA_VALID: u8 = 2;
 const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
 const TPACKET_V2: libc::c_int = 1;
 const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
+/// The group's hook skips outgoing packets. Once a socket is in a fanout group the group's
+/// hook replaces the socket's own, so `PACKET_IGNORE_OUTGOING` on the socket no longer
+/// applies: without this flag every reply sent is cloned and run through the spread and the
+/// filter only to be refused (`dev_queue_xmit_nit`, seen in profiles). Linux 6.3 and later
+/// (older kernels refuse the flag: the group is then made without it).
+const PACKET_FANOUT_FLAG_IGNORE_OUTGOING: u32 = 0x4000;
 /// A classic BPF program's "accept the whole packet".
 const ACCEPT: u32 = 0x0004_0000;
 /// tc's verdicts for a direct-action classifier: drop, or go on with the next filter.
@@ -287,7 +293,12 @@ impl RxRing {
             Some(id) => u32::from(id),
         };
         let mode = libc::PACKET_FANOUT_CBPF;
-        set(&ring.socket, libc::PACKET_FANOUT, &(group | (mode << 16)))?;
+        let ignore_outgoing = PACKET_FANOUT_FLAG_IGNORE_OUTGOING << 16;
+        if set(&ring.socket, libc::PACKET_FANOUT, &(group | ignore_outgoing | (mode << 16)))
+            .is_err()
+        {
+            set(&ring.socket, libc::PACKET_FANOUT, &(group | (mode << 16)))?;
+        }
         if fanout.is_none() {
             // The group's program, set once by its first member ([`spread_program`]).
             let program = sock_filters(&spread_program(workers));
@@ -303,6 +314,13 @@ impl RxRing {
     /// The fanout group this socket is in (for the next workers' sockets to join).
     pub fn fanout_group(&self) -> io::Result<u16> {
         Ok(get::<u32>(&self.socket, libc::PACKET_FANOUT)? as u16)
+    }
+
+    /// Whether the group's hook skips outgoing packets ([`PACKET_FANOUT_FLAG_IGNORE_OUTGOING`];
+    /// the kernel reports the group's flags in the option's top byte).
+    pub fn ignores_outgoing(&self) -> io::Result<bool> {
+        let flags = get::<u32>(&self.socket, libc::PACKET_FANOUT)? >> 24;
+        Ok(flags & (PACKET_FANOUT_FLAG_IGNORE_OUTGOING >> 8) != 0)
     }
 
     pub fn fd(&self) -> i32 {
@@ -712,6 +730,26 @@ mod tests {
         ring.release(1);
         assert!(!read(&ring, frame.offset, 1), "released");
         assert!(ring.frame(0).is_none());
+    }
+
+    /// The group made by the first ring skips outgoing packets, and a ring that joins it
+    /// is in that same group (which a flag the joiner disagreed on would refuse).
+    #[test]
+    fn a_fanout_group_ignores_outgoing_packets_for_all_its_members() {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = receiver.local_addr().unwrap().port();
+        let first = match RxRing::open(1, Ipv4Addr::LOCALHOST, port, 0, None, 2) {
+            Ok(ring) => ring,
+            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+                eprintln!("skipped: packet sockets need CAP_NET_RAW");
+                return;
+            }
+            Err(error) => panic!("{error}"),
+        };
+        let group = first.fanout_group().unwrap();
+        let second = RxRing::open(1, Ipv4Addr::LOCALHOST, port, 0, Some(group), 2).unwrap();
+        assert_eq!(second.fanout_group().unwrap(), group);
+        assert!(first.ignores_outgoing().unwrap() && second.ignores_outgoing().unwrap());
     }
 
     #[test]
