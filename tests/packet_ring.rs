@@ -357,6 +357,53 @@ fn ring_replies_are_the_requests_byte_for_byte_and_the_kernel_udp_stack_sees_non
     }
 }
 
+/// `dataplane.listen: 0.0.0.0` (SPEC.md's default): the rings tap the link with the default
+/// route, for every address on it; with several links and no default route they cannot
+/// choose (a clear refusal; `auto` falls back to the sockets).
+#[test]
+fn listening_on_every_address_taps_the_default_route_s_link() {
+    let _serial = serial();
+    let mut link = Link::new();
+    // A second link in the appliance's namespace, and no default route yet.
+    link.app.ip(&["link", "add", "side0", "type", "veth", "peer", "name", "side1"]);
+    link.app.address("side0", "192.168.77.1/24");
+    link.app.ip(&["link", "set", "side0", "up"]);
+    let log = link.refused("0.0.0.0", "  io: packet_ring\n  workers: 1\n", &[]);
+    assert!(log.contains("several links have IPv4 addresses (eth0, side0)"), "{log}");
+    assert!(log.contains("listen on the address GWLB sends to"), "{log}");
+    link.spawn("0.0.0.0", "  io: auto\n  workers: 1\n", &[]);
+    link.wait_ready();
+    assert!(link.log().contains("dataplane.io auto: receiving on UDP sockets"), "{}", link.log());
+    assert!(link.stop().success());
+
+    // The default route says which link GWLB's GENEVE comes in on.
+    link.app.ip(&["route", "add", "default", "via", PEER_IP, "dev", "eth0"]);
+    link.app.address("eth0", "10.99.0.7/32");
+    link.spawn("0.0.0.0", "  io: packet_ring\n  workers: 1\n", &[]);
+    link.wait_ready();
+    assert!(link.log().contains("receiving on packet rings"), "{}", link.log());
+    assert!(link.log().contains(r#"interface="eth0""#), "{}", link.log());
+    assert!(link.rule_present());
+    let rule = link.app_tc(&["filter", "show", "dev", "eth0", "ingress"]);
+    assert!(!link.app_tc(&["filter", "show", "dev", "side0", "ingress"]).contains("bpf"));
+    let (in_before, _) = link.app_udp_counters();
+    let (sent, _) = byte_exact_round(&link);
+    // The link's other address is tapped too.
+    link.peer.ip(&["route", "add", "10.99.0.7/32", "via", APP_IP]);
+    let listen = format!("{PEER_IP}:{GENEVE_PORT}");
+    let args = ["--rate", "2000", "--flows", "8", "--size", "200"];
+    let report = netns::loadgen(&link.peer, "10.99.0.7:6081", &listen, 1, &args);
+    let (sent_second, received_second) =
+        (report["sent"].as_u64().unwrap(), report["received"].as_u64().unwrap());
+    assert!(received_second * 100 >= sent_second * 99, "{report}\n{}", link.log());
+    let (in_after, _) = link.app_udp_counters();
+    assert_eq!(in_after, in_before, "GENEVE to eth0's addresses reached the UDP stack: {rule}");
+    let metrics = link.metrics();
+    assert!(metric(&metrics, r#"labelwall_send_packets_total{path="packet"}"#) > sent / 2);
+    assert!(link.stop().success(), "{}", link.log());
+    assert!(!link.rule_present());
+}
+
 #[test]
 fn the_tc_rule_exists_while_the_appliance_runs_and_is_gone_after_sigterm() {
     let _serial = serial();
@@ -624,12 +671,19 @@ fn a_rule_left_behind_never_silently_drops_what_the_sockets_should_get() {
     assert!(link.rule_present());
 
     // With CAP_NET_ADMIN (root) on sockets, and with auto falling back to sockets (listening
-    // on 0.0.0.0, which the rings cannot): removes it, says so, and GENEVE is answered.
+    // on 0.0.0.0 with two links and no default route, where the rings cannot choose):
+    // removes it, says so, and GENEVE is answered.
+    link.app.ip(&["link", "add", "side0", "type", "veth", "peer", "name", "side1"]);
+    link.app.address("side0", "192.168.77.1/24");
+    link.app.ip(&["link", "set", "side0", "up"]);
     for (listen, io) in [(APP_IP, "sockets"), ("0.0.0.0", "auto")] {
         leave_rule(&link);
         link.spawn(listen, &format!("  io: {io}\n  workers: 1\n"), &[]);
         link.wait_ready();
         assert!(link.log().contains("removed a tc ingress rule left by dataplane.io packet_ring"));
+        if io == "auto" {
+            assert!(link.log().contains("auto: receiving on UDP sockets"), "{}", link.log());
+        }
         assert!(!link.rule_present(), "{io}");
         let (sent, received) = link.load(1, 5000, 8, 128);
         assert!(received * 100 >= sent * 99, "{io}: {received} of {sent}\n{}", link.log());

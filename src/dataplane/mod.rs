@@ -338,15 +338,11 @@ pub fn ingress_rule(config: &Config, install: bool) -> Result<String, String> {
     let listen = config.dataplane.listen;
     let (ip, port) = (*listen.ip(), listen.port());
     if install && config.dataplane.io != IoMode::Sockets {
-        let interface = match ring::interface_of(ip) {
-            Ok(Some((_, name, false))) => name,
-            _ => {
-                return Ok(format!(
-                    "{ip} is not on a link that packet rings can use: nothing to do"
-                ));
-            }
+        let tap = match ring::tap_point(ip) {
+            Ok(tap) => tap,
+            Err(reason) => return Ok(format!("no packet rings here ({reason}): nothing to do")),
         };
-        let rule = IngressRule::install(&interface, ip, port)?;
+        let rule = IngressRule::install(&tap.name, &tap.addresses, port)?;
         // Left in place for the appliance; `remove` takes it off.
         return Ok(format!("the tc ingress rule for {listen} is on {}", rule.interface()));
     }
@@ -400,30 +396,18 @@ fn open_rings(
     settings: &DataplaneSettings,
     workers: usize,
 ) -> Result<(Vec<RxRing>, IngressRule), String> {
-    let ip = *settings.listen.ip();
-    if ip.is_unspecified() {
-        return Err("dataplane.listen is 0.0.0.0: the rings filter GENEVE by the appliance's \
-                    address, so listen on it (the ENI's primary address)"
-            .into());
-    }
-    let (interface, name, loopback) = ring::interface_of(ip)
-        .map_err(|error| format!("cannot list the interfaces' addresses: {error}"))?
-        .ok_or_else(|| format!("no interface has the listen address {ip}"))?;
-    if loopback {
-        return Err(format!("{ip} is on {name}, a loopback interface (packet rings need a link)"));
-    }
+    let tap = ring::tap_point(*settings.listen.ip())?;
     let port = settings.listen.port();
     let mut rings: Vec<RxRing> = Vec::with_capacity(workers);
     for worker in 0..workers {
         let group = rings.first().map(RxRing::fanout_group).transpose();
-        let ring = group.and_then(|group| {
-            RxRing::open(interface, ip, port, settings.receive_buffer, group, workers)
-        });
+        let ring = group
+            .and_then(|group| RxRing::open(&tap, port, settings.receive_buffer, group, workers));
         rings.push(ring.map_err(|error| {
-            format!("cannot open the packet ring of worker {worker} on {name}: {error}")
+            format!("cannot open the packet ring of worker {worker} on {}: {error}", tap.name)
         })?);
     }
-    let rule = IngressRule::install(&name, ip, port)?;
+    let rule = IngressRule::install(&tap.name, &tap.addresses, port)?;
     Ok((rings, rule))
 }
 

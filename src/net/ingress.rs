@@ -30,9 +30,14 @@ pub struct IngressRule {
 }
 
 impl IngressRule {
-    /// Installs (or replaces) the rule dropping GENEVE to `ip`:`port` on `interface`; when
-    /// that is not permitted, accepts one that is already there.
-    pub fn install(interface: &str, ip: Ipv4Addr, port: u16) -> Result<IngressRule, String> {
+    /// Installs (or replaces) the rule dropping GENEVE to `addresses` (the rings' tap point)
+    /// and `port` on `interface`; when that is not permitted, accepts one that is already
+    /// there.
+    pub fn install(
+        interface: &str,
+        addresses: &[Ipv4Addr],
+        port: u16,
+    ) -> Result<IngressRule, String> {
         let qdiscs = tc(&["qdisc", "show", "dev", interface])?;
         let mut made_qdisc = false;
         if !qdiscs.contains("qdisc clsact") {
@@ -41,7 +46,7 @@ impl IngressRule {
                 Err(error) => return IngressRule::existing(interface, port, error),
             }
         }
-        let program = bytecode_text(&geneve_filter(ip, port, TC_ACT_SHOT, TC_ACT_UNSPEC));
+        let program = bytecode_text(&geneve_filter(addresses, port, TC_ACT_SHOT, TC_ACT_UNSPEC));
         let pref = port.to_string();
         let added = tc(&[
             "filter",

@@ -81,11 +81,16 @@ pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 pub const MAX_RING_FRAME: usize = 14 + 9001;
 
 /// The classic BPF program that matches GENEVE for this appliance: a frame to this host, at
-/// most [`MAX_RING_FRAME`] bytes, IPv4, UDP, to `ip` (any when unspecified), not a later
-/// fragment, to `port`. Returns `matched` for it and `other` for everything else. Offsets are
-/// from the Ethernet header, which both a packet socket filter and tc's `bpf` classifier at
-/// ingress see first.
-pub fn geneve_filter(ip: Ipv4Addr, port: u16, matched: u32, other: u32) -> Vec<Instruction> {
+/// most [`MAX_RING_FRAME`] bytes, IPv4, UDP, to one of `addresses` (any when empty), not a
+/// later fragment, to `port`. Returns `matched` for it and `other` for everything else.
+/// Offsets are from the Ethernet header, which both a packet socket filter and tc's `bpf`
+/// classifier at ingress see first.
+pub fn geneve_filter(
+    addresses: &[Ipv4Addr],
+    port: u16,
+    matched: u32,
+    other: u32,
+) -> Vec<Instruction> {
     const LD_ABS_W: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
     const LD_ABS_H: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16;
     const LD_ABS_B: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
@@ -96,43 +101,57 @@ pub fn geneve_filter(ip: Ipv4Addr, port: u16, matched: u32, other: u32) -> Vec<I
     const JGT: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
     const LD_LEN: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_LEN) as u16;
     const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    /// What a jump does: leave for `other` when its test fails (`Miss`) or holds (`Hit`), or
+    /// on a hit skip that many instructions (an address matched: past the other addresses).
+    #[derive(Clone, Copy)]
+    enum Jump {
+        None,
+        Miss,
+        Hit,
+        Skip(u8),
+    }
     let pkttype = (libc::SKF_AD_OFF + libc::SKF_AD_PKTTYPE) as u32;
-    // Each check jumps to the last instruction (`other`) on a miss; `jf` counts the
-    // instructions between the jump and it.
     let mut program = vec![
-        (LD_ABS_W, pkttype),
-        (JEQ, libc::PACKET_HOST as u32),
-        (LD_LEN, 0),
-        (JGT, MAX_RING_FRAME as u32),
-        (LD_ABS_H, 12),
-        (JEQ, 0x0800),
-        (LD_ABS_B, 14 + 9),
-        (JEQ, 17),
+        (LD_ABS_W, pkttype, Jump::None),
+        (JEQ, libc::PACKET_HOST as u32, Jump::Miss),
+        (LD_LEN, 0, Jump::None),
+        (JGT, MAX_RING_FRAME as u32, Jump::Hit),
+        (LD_ABS_H, 12, Jump::None),
+        (JEQ, 0x0800, Jump::Miss),
+        (LD_ABS_B, 14 + 9, Jump::None),
+        (JEQ, 17, Jump::Miss),
     ];
-    if !ip.is_unspecified() {
-        program.extend([(LD_ABS_W, 14 + 16), (JEQ, u32::from(ip))]);
+    if let Some((last, others)) = addresses.split_last() {
+        program.push((LD_ABS_W, 14 + 16, Jump::None));
+        for (i, address) in others.iter().enumerate() {
+            program.push((JEQ, u32::from(*address), Jump::Skip((others.len() - i) as u8)));
+        }
+        program.push((JEQ, u32::from(*last), Jump::Miss));
     }
     program.extend([
-        (LD_ABS_H, 14 + 6),
-        (JSET, 0x1fff), // a fragment offset: no UDP header here
-        (LDX_MSH, 14),  // X = the IPv4 header's length
-        (LD_IND_H, 14 + 2),
-        (JEQ, u32::from(port)),
-        (RET, matched),
-        (RET, other),
+        (LD_ABS_H, 14 + 6, Jump::None),
+        (JSET, 0x1fff, Jump::Hit), // a fragment offset: no UDP header here
+        (LDX_MSH, 14, Jump::None), // X = the IPv4 header's length
+        (LD_IND_H, 14 + 2, Jump::None),
+        (JEQ, u32::from(port), Jump::Miss),
+        (RET, matched, Jump::None),
+        (RET, other, Jump::None),
     ]);
+    assert!(program.len() <= 256, "too many addresses for a jump to reach `other`");
     let last = program.len() - 1;
     program
         .iter()
         .enumerate()
-        .map(|(i, &(code, k))| {
-            // Only jumps use it; they all come before the last two instructions.
-            let to_other = last.saturating_sub(i + 1) as u8;
-            match code {
-                JEQ => Instruction { code, jt: 0, jf: to_other, k },
-                JSET | JGT => Instruction { code, jt: to_other, jf: 0, k },
-                _ => Instruction { code, jt: 0, jf: 0, k },
-            }
+        .map(|(i, &(code, k, jump))| {
+            // Jumps count the instructions between them and their target; `other` is last.
+            let to_other = (last - (i + 1)) as u8;
+            let (jt, jf) = match jump {
+                Jump::None => (0, 0),
+                Jump::Miss => (0, to_other),
+                Jump::Hit => (to_other, 0),
+                Jump::Skip(n) => (n, 0),
+            };
+            Instruction { code, jt, jf, k }
         })
         .collect()
 }
@@ -239,14 +258,13 @@ pub struct RxRing {
 unsafe impl Send for RxRing {}
 
 impl RxRing {
-    /// Opens the socket on `interface` with a frame per [`BUFFER_BYTES_PER_FRAME`] of
+    /// Opens the socket on `tap`'s interface with a frame per [`BUFFER_BYTES_PER_FRAME`] of
     /// `receive_buffer` (`dataplane.receive_buffer`), filtered to GENEVE
-    /// to `ip`:`port`, and joins fanout group `fanout` (`None`: makes a new group of
+    /// to `tap`'s addresses and `port`, and joins fanout group `fanout` (`None`: makes a new group of
     /// `workers` members spread by [`spread_program`]; [`RxRing::fanout_group`] tells its id
     /// to the next ones, which must join in worker order).
     pub fn open(
-        interface: u32,
-        ip: Ipv4Addr,
+        tap: &TapPoint,
         port: u16,
         receive_buffer: usize,
         fanout: Option<u16>,
@@ -258,7 +276,7 @@ impl RxRing {
         set(&socket, libc::PACKET_VERSION, &TPACKET_V2)?;
         // Outgoing packets (our replies) are not for this tap.
         set(&socket, libc::PACKET_IGNORE_OUTGOING, &1i32)?;
-        socket.attach_filter(&sock_filters(&geneve_filter(ip, port, ACCEPT, 0)))?;
+        socket.attach_filter(&sock_filters(&geneve_filter(&tap.addresses, port, ACCEPT, 0)))?;
         let wanted = (receive_buffer / BUFFER_BYTES_PER_FRAME).max(MIN_FRAMES);
         let blocks = wanted.div_ceil(FRAMES_PER_BLOCK);
         let frames = blocks * FRAMES_PER_BLOCK;
@@ -276,7 +294,7 @@ impl RxRing {
         let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         address.sll_family = libc::AF_PACKET as u16;
         address.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        address.sll_ifindex = interface as i32;
+        address.sll_ifindex = tap.index as i32;
         // SAFETY: bind reads one sockaddr_ll of the given length.
         let rc = unsafe {
             libc::bind(
@@ -517,20 +535,128 @@ fn set<T>(socket: &Socket, name: libc::c_int, value: &T) -> io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
-/// The index and name of the interface that has `ip`, and whether it is a loopback interface.
-pub fn interface_of(ip: Ipv4Addr) -> io::Result<Option<(u32, String, bool)>> {
-    Ok(interfaces_with(ip)?.into_iter().next())
+/// Where the rings tap: a link and the addresses on it whose GENEVE they take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapPoint {
+    pub index: u32,
+    pub name: String,
+    pub addresses: Vec<Ipv4Addr>,
 }
 
-/// Every interface that has `ip` (any IPv4 address when `ip` is unspecified), as
-/// [`interface_of`] tells them, each once.
+/// Most addresses one tap takes GENEVE for (each is an instruction in the filter).
+const MAX_TAP_ADDRESSES: usize = 64;
+
+/// The link the rings tap for `listen` (`dataplane.listen`'s address): the one that has that
+/// address; for 0.0.0.0 the only link with IPv4 addresses or, when there are several, the
+/// one with the IPv4 default route (GWLB's GENEVE comes in on the appliance's primary ENI),
+/// taking GENEVE to every IPv4 address on it. GENEVE to the other links' addresses still
+/// reaches the UDP sockets bound to 0.0.0.0. Why there is none, as a sentence.
+pub fn tap_point(listen: Ipv4Addr) -> Result<TapPoint, String> {
+    let addresses = ipv4_addresses()
+        .map_err(|error| format!("cannot list the interfaces' addresses: {error}"))?;
+    if !listen.is_unspecified() {
+        let Some(found) = addresses.iter().find(|a| a.address == listen) else {
+            return Err(format!("no interface has the listen address {listen}"));
+        };
+        if found.loopback {
+            return Err(format!(
+                "{listen} is on {}, a loopback interface (packet rings need a link)",
+                found.name
+            ));
+        }
+        return Ok(TapPoint {
+            index: found.index,
+            name: found.name.clone(),
+            addresses: vec![listen],
+        });
+    }
+    let mut links: Vec<&InterfaceAddress> = Vec::new();
+    for address in addresses.iter().filter(|a| !a.loopback) {
+        if !links.iter().any(|l| l.index == address.index) {
+            links.push(address);
+        }
+    }
+    let chosen = match links.as_slice() {
+        [] => return Err("dataplane.listen is 0.0.0.0 and no link has an IPv4 address".into()),
+        [only] => *only,
+        several => {
+            let routes = std::fs::read_to_string("/proc/self/net/route").unwrap_or_default();
+            let default = default_route_interface(&routes);
+            match several.iter().find(|l| Some(l.name.as_str()) == default.as_deref()) {
+                Some(link) => *link,
+                None => {
+                    let names: Vec<&str> = several.iter().map(|l| l.name.as_str()).collect();
+                    return Err(format!(
+                        "dataplane.listen is 0.0.0.0 and several links have IPv4 addresses \
+                         ({}), none with the default route: listen on the address GWLB sends \
+                         to",
+                        names.join(", ")
+                    ));
+                }
+            }
+        }
+    };
+    let on_link: Vec<Ipv4Addr> =
+        addresses.iter().filter(|a| a.index == chosen.index).map(|a| a.address).collect();
+    if on_link.len() > MAX_TAP_ADDRESSES {
+        return Err(format!(
+            "dataplane.listen is 0.0.0.0 and {} has {} IPv4 addresses (at most \
+             {MAX_TAP_ADDRESSES}): listen on the address GWLB sends to",
+            chosen.name,
+            on_link.len()
+        ));
+    }
+    Ok(TapPoint { index: chosen.index, name: chosen.name.clone(), addresses: on_link })
+}
+
+/// The interface of the IPv4 default route with the lowest metric in `/proc/net/route`'s
+/// text (columns: Iface Destination Gateway Flags RefCnt Use Metric Mask ...; hexadecimal).
+fn default_route_interface(routes: &str) -> Option<String> {
+    const RTF_UP: u32 = 0x1;
+    routes
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let hex = |i: usize| fields.get(i).and_then(|f| u32::from_str_radix(f, 16).ok());
+            let metric: u32 = fields.get(6)?.parse().ok()?;
+            let default = hex(1)? == 0 && hex(7)? == 0 && hex(3)? & RTF_UP != 0;
+            default.then(|| (metric, fields[0].to_string()))
+        })
+        .min()
+        .map(|(_, name)| name)
+}
+
+/// An IPv4 address of an interface, as `getifaddrs` lists it.
+#[derive(Debug)]
+struct InterfaceAddress {
+    index: u32,
+    name: String,
+    loopback: bool,
+    address: Ipv4Addr,
+}
+
+/// Every interface that has `ip` (any IPv4 address when `ip` is unspecified), each once, as
+/// (index, name, loopback).
 pub fn interfaces_with(ip: Ipv4Addr) -> io::Result<Vec<(u32, String, bool)>> {
+    let mut found: Vec<(u32, String, bool)> = Vec::new();
+    for entry in ipv4_addresses()? {
+        if (ip.is_unspecified() || entry.address == ip)
+            && !found.iter().any(|(i, _, _)| *i == entry.index)
+        {
+            found.push((entry.index, entry.name, entry.loopback));
+        }
+    }
+    Ok(found)
+}
+
+fn ipv4_addresses() -> io::Result<Vec<InterfaceAddress>> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list`, freed below.
     if unsafe { libc::getifaddrs(&mut list) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut found: Vec<(u32, String, bool)> = Vec::new();
+    let mut found = Vec::new();
     let mut entry = list;
     while !entry.is_null() {
         // SAFETY: a node of the list getifaddrs made, alive until freeifaddrs.
@@ -547,17 +673,16 @@ pub fn interfaces_with(ip: Ipv4Addr) -> io::Result<Vec<(u32, String, bool)>> {
         // SAFETY: an AF_INET address is a sockaddr_in.
         let address = unsafe { &*node.ifa_addr.cast::<libc::sockaddr_in>() };
         let address = Ipv4Addr::from(u32::from_be(address.sin_addr.s_addr));
-        if !ip.is_unspecified() && address != ip {
-            continue;
-        }
         // SAFETY: ifa_name is a NUL-terminated string of the node.
         let name = unsafe { std::ffi::CStr::from_ptr(node.ifa_name) };
         // SAFETY: as above.
         let index = unsafe { libc::if_nametoindex(node.ifa_name) };
-        let loopback = node.ifa_flags & libc::IFF_LOOPBACK as u32 != 0;
-        if !found.iter().any(|(i, _, _)| *i == index) {
-            found.push((index, name.to_string_lossy().into_owned(), loopback));
-        }
+        found.push(InterfaceAddress {
+            index,
+            name: name.to_string_lossy().into_owned(),
+            loopback: node.ifa_flags & libc::IFF_LOOPBACK as u32 != 0,
+            address,
+        });
     }
     // SAFETY: the list getifaddrs made, freed once.
     unsafe { libc::freeifaddrs(list) };
@@ -632,7 +757,7 @@ mod tests {
     #[test]
     fn the_filter_matches_geneve_to_the_listen_address_only() {
         let ip = Ipv4Addr::new(10, 77, 0, 1);
-        let program = geneve_filter(ip, 6081, 1, 0);
+        let program = geneve_filter(&[ip], 6081, 1, 0);
         let host = libc::PACKET_HOST as u32;
         assert_eq!(run(&program, &frame([10, 77, 0, 1], 17, 0x4000, 6081), host), 1);
         assert_eq!(
@@ -657,9 +782,19 @@ mod tests {
         options[14] = 0x46;
         options.splice(34..34, [1, 1, 1, 0]);
         assert_eq!(run(&program, &options, host), 1);
-        // Listening on 0.0.0.0: any address.
-        let any = geneve_filter(Ipv4Addr::UNSPECIFIED, 6081, 1, 0);
+        // No address: any address.
+        let any = geneve_filter(&[], 6081, 1, 0);
         assert_eq!(run(&any, &frame([10, 77, 0, 2], 17, 0, 6081), host), 1);
+        // Several (listening on 0.0.0.0: every address of the tapped link), and only them.
+        let several = [ip, Ipv4Addr::new(10, 77, 0, 5), Ipv4Addr::new(192, 168, 9, 1)];
+        let program_of_several = geneve_filter(&several, 6081, 1, 0);
+        for (dst, expected) in
+            [([10, 77, 0, 1], 1), ([10, 77, 0, 5], 1), ([192, 168, 9, 1], 1), ([10, 77, 0, 2], 0)]
+        {
+            assert_eq!(run(&program_of_several, &frame(dst, 17, 0, 6081), host), expected);
+            assert_eq!(run(&program_of_several, &frame(dst, 17, 0, 6082), host), 0, "port");
+            assert_eq!(run(&program_of_several, &frame(dst, 17, 0x0010, 6081), host), 0);
+        }
         // A frame longer than the ring takes (a train) goes on to the socket.
         let mut longest = frame([10, 77, 0, 1], 17, 0, 6081);
         longest.resize(MAX_RING_FRAME, 0);
@@ -697,7 +832,7 @@ mod tests {
     fn only_frames_the_ring_holds_can_be_read() {
         let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = receiver.local_addr().unwrap().port();
-        let ring = match RxRing::open(1, Ipv4Addr::LOCALHOST, port, 0, None, 1) {
+        let ring = match RxRing::open(&loopback_tap(), port, 0, None, 1) {
             Ok(ring) => ring,
             Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
                 eprintln!("skipped: packet sockets need CAP_NET_RAW");
@@ -738,7 +873,7 @@ mod tests {
     fn a_fanout_group_ignores_outgoing_packets_for_all_its_members() {
         let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = receiver.local_addr().unwrap().port();
-        let first = match RxRing::open(1, Ipv4Addr::LOCALHOST, port, 0, None, 2) {
+        let first = match RxRing::open(&loopback_tap(), port, 0, None, 2) {
             Ok(ring) => ring,
             Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
                 eprintln!("skipped: packet sockets need CAP_NET_RAW");
@@ -747,14 +882,37 @@ mod tests {
             Err(error) => panic!("{error}"),
         };
         let group = first.fanout_group().unwrap();
-        let second = RxRing::open(1, Ipv4Addr::LOCALHOST, port, 0, Some(group), 2).unwrap();
+        let second = RxRing::open(&loopback_tap(), port, 0, Some(group), 2).unwrap();
         assert_eq!(second.fanout_group().unwrap(), group);
         assert!(first.ignores_outgoing().unwrap() && second.ignores_outgoing().unwrap());
     }
 
+    /// Loopback (index 1), which [`tap_point`] refuses but a test may tap.
+    fn loopback_tap() -> TapPoint {
+        TapPoint { index: 1, name: "lo".into(), addresses: vec![Ipv4Addr::LOCALHOST] }
+    }
+
+    #[test]
+    fn the_default_route_s_interface_is_the_one_with_the_lowest_metric() {
+        let header =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n";
+        let table = format!(
+            "{header}\
+             ens6\t00000000\t0101A8C0\t0003\t0\t0\t200\t00000000\t0\t0\t0\n\
+             ens5\t00000000\t0100000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+             ens7\t00000000\t0100000A\t0002\t0\t0\t1\t00000000\t0\t0\t0\n\
+             ens8\t0000000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+        );
+        // ens7's route is down, ens8's is not a default route.
+        assert_eq!(default_route_interface(&table).as_deref(), Some("ens5"));
+        assert_eq!(default_route_interface(header), None);
+        assert_eq!(default_route_interface(""), None);
+    }
+
     #[test]
     fn bytecode_text_is_what_tc_reads() {
-        let program = geneve_filter(Ipv4Addr::new(10, 0, 0, 1), 6081, TC_ACT_SHOT, TC_ACT_UNSPEC);
+        let program =
+            geneve_filter(&[Ipv4Addr::new(10, 0, 0, 1)], 6081, TC_ACT_SHOT, TC_ACT_UNSPEC);
         let text = bytecode_text(&program);
         assert!(text.starts_with(&format!("{},32 0 0 4294963204,21 0 ", program.len())), "{text}");
         assert!(text.ends_with(",6 0 0 2,6 0 0 4294967295"), "{text}");
