@@ -143,8 +143,9 @@ pub fn geneve_filter(
         .iter()
         .enumerate()
         .map(|(i, &(code, k, jump))| {
-            // Jumps count the instructions between them and their target; `other` is last.
-            let to_other = (last - (i + 1)) as u8;
+            // Jumps count the instructions between them and their target; `other` is last
+            // (the two returns, which do not jump, are past it or it).
+            let to_other = last.saturating_sub(i + 1) as u8;
             let (jt, jf) = match jump {
                 Jump::None => (0, 0),
                 Jump::Miss => (0, to_other),
