@@ -45,14 +45,17 @@
 # ("ring reflector", "ring bookinfo"), and each veth end's receive work is steered to its own
 # side's CPU (rps_cpus: the appliance's end to CPU 1, loadgen's to CPU 0), so that the
 # appliance's CPU pays its own kernel receive path and nothing of loadgen's. The headline
-# column dut_ns/fwd is then the appliance process's CPU time (user + system) plus CPU 1's
-# interrupt and softirq time (/proc/stat: where the kernel's receive path of the appliance's
-# end of the link runs) per packet the appliance forwarded: what a forwarded packet costs the
-# appliance's core, kernel and user space together, without counting other processes that
-# share CPU 1 (builds on a shared machine). Both are sampled at the scheduler tick: run 5 s or
-# more, compare rows of one run, repeat the run. At saturation (no RATE) it includes the
-# cost of packets received and then dropped; RATE=pps below every case's capacity measures
-# forwarded packets alone.
+# column dut_ns/fwd is then CPU 1's busy time (/proc/stat: user, nice, system, irq and
+# softirq; the appliance is pinned there, and the kernel's receive path of its end of the
+# link runs there) per packet the appliance forwarded: what a forwarded packet costs the
+# appliance's core, kernel and user space together. Everything else on CPU 1 counts too, so
+# run it on a quiet machine. (Until 2026-12-07 it was the process's time plus CPU 1's irq and
+# softirq time, which counted twice the softirq work that interrupted the appliance: this
+# kernel accounts time at the tick, without IRQ_TIME_ACCOUNTING, and charges such a tick to
+# both; at saturation the sum came to 1.1-1.6 cores' worth.) Sampled at the scheduler tick:
+# run 5 s or more, compare rows of one run, repeat the run. At saturation (no RATE) it
+# includes the cost of packets received and then dropped; RATE=pps below every case's
+# capacity measures forwarded packets alone.
 # GWLBTUN=path (with NETNS=1) adds the case "gwlbtun": aws-samples' GWLB tunnel handler
 # (github.com/aws-samples/aws-gateway-load-balancer-tunnel-handler, C++; built by hand, see
 # docs/performance.md "gwlbtun side by side") as the appliance, a baseline in the same run. It
@@ -70,9 +73,9 @@
 # of labelwall's kind, so its fwd_pps is what loadgen received back (= recv_pps), its drops
 # are loadgen's lost (sent - received: socket buffer, TUN queue, forwarding), its cpu_ns/pkt
 # is over the datagrams its UDP thread read (its health check port, -p -j), and dut_ns/fwd is
-# its process time plus CPU 1's irq + softirq time per packet received back, as for the other
-# cases. It collapses under open-loop overload, so GWLBTUN_RATE=pps (default: RATE) paces
-# loadgen for this case alone: find its best rate with a short sweep, compare at that rate.
+# CPU 1's busy time per packet received back, as for the other cases. It collapses under
+# open-loop overload, so GWLBTUN_RATE=pps (default: RATE) paces loadgen for this case alone:
+# find its best rate with a short sweep, compare at that rate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # BIN=path uses that binary instead of building (to compare two builds); LOADGEN=path runs
@@ -207,8 +210,8 @@ kernel_drops() {
   if [ -n "${NETNS:-}" ]; then link=$("${in_app[@]}" cat /sys/class/net/eth0/statistics/rx_dropped); fi
   echo $((udp + softnet + link))
 }
-# CPU 1's interrupt and softirq ticks.
-cpu1_irq() { awk '$1 == "cpu1" {print $7 + $8}' /proc/stat; }
+# CPU 1's busy ticks: user, nice, system, irq, softirq (not idle, iowait or steal).
+cpu1_busy() { awk '$1 == "cpu1" {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 # Runs loadgen (args: size train); with PERF=1 samples CPU 1 meanwhile and writes the
 # appliance's samples (see PERF above) to $dir/busy.
 measured_loadgen() {
@@ -271,12 +274,12 @@ for size in ${sizes[*]}; do
         appliance_pid=$!; sleep 0.3 ;;
       "gwlbtun") start_gwlbtun ;;
     esac
-    irq_before=$(cpu1_irq)
+    busy_before=$(cpu1_busy)
     kernel_before=$(kernel_drops)
     if [ "$case" = "plain reflector (C)" ]; then
       ticks_before=$(cpu_ticks)
       result=$(measured_loadgen "$size" "$train")
-      ticks=$(( $(cpu_ticks) - ticks_before )); dut_ticks=$(( ticks + $(cpu1_irq) - irq_before ))
+      ticks=$(( $(cpu_ticks) - ticks_before )); dut_ticks=$(( $(cpu1_busy) - busy_before ))
       stop_appliance
       packets=$(cat "$dir/plain.out"); back=$packets; drops=0
       # Its replies come from its listen port, which loadgen counts as unexpected.
@@ -285,7 +288,7 @@ for size in ${sizes[*]}; do
       ticks_before=$(cpu_ticks)
       packets_before=$(gwlbtun_received)
       result=$(measured_loadgen "$size" "$train")
-      ticks=$(( $(cpu_ticks) - ticks_before )); dut_ticks=$(( ticks + $(cpu1_irq) - irq_before ))
+      ticks=$(( $(cpu_ticks) - ticks_before )); dut_ticks=$(( $(cpu1_busy) - busy_before ))
       packets=$(( $(gwlbtun_received) - packets_before ))
       stop_gwlbtun
       # Forwarded: what loadgen received back; drops: what it lost (see GWLBTUN above).
@@ -297,7 +300,7 @@ for size in ${sizes[*]}; do
       back_before=$(counter labelwall_worker_sent_packets_total)
       drops_before=$(counter labelwall_worker_drops_total)
       result=$(measured_loadgen "$size" "$train")
-      ticks=$(( $(cpu_ticks) - ticks_before )); dut_ticks=$(( ticks + $(cpu1_irq) - irq_before ))
+      ticks=$(( $(cpu_ticks) - ticks_before )); dut_ticks=$(( $(cpu1_busy) - busy_before ))
       packets=$(( $(counter labelwall_worker_received_packets_total) - packets_before ))
       back=$(( $(counter labelwall_worker_sent_packets_total) - back_before ))
       drops=$(( $(counter labelwall_worker_drops_total) - drops_before ))
