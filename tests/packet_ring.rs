@@ -429,7 +429,7 @@ fn the_tc_rule_exists_while_the_appliance_runs_and_is_gone_after_sigterm() {
 }
 
 #[test]
-fn trains_pass_the_ring_to_the_sockets_and_meet_their_flows_single_packets_on_one_worker() {
+fn trains_and_jumbo_packets_pass_the_ring_to_the_sockets_and_meet_their_flows_on_one_worker() {
     let _serial = serial();
     let mut link = Link::new();
     link.start_inspecting("  io: packet_ring\n  workers: 2\n");
@@ -450,7 +450,14 @@ fn trains_pass_the_ring_to_the_sockets_and_meet_their_flows_single_packets_on_on
     assert!(singles.1 * 100 >= singles.0 * 99, "singles: {singles:?}\n{}", link.log());
     let (in_after, noports_after) = link.app_udp_counters();
     assert!(in_after - in_trains < singles.0 / 10, "single packets stay on the ring");
+    // Jumbo single packets (longer than a ring frame) of the same flows take the sockets,
+    // like trains, and are answered.
+    let jumbo = link.load(1, 1000, 16, 8000);
+    assert!(jumbo.1 * 100 >= jumbo.0 * 99, "jumbo: {jumbo:?}\n{}", link.log());
+    let (in_jumbo, noports_after_jumbo) = link.app_udp_counters();
+    assert!(in_jumbo - in_after >= jumbo.0, "jumbo packets went to the UDP sockets");
     assert_eq!(noports_after, noports_before, "nothing reached the kernel unanswered");
+    assert_eq!(noports_after_jumbo, noports_before, "nothing reached the kernel unanswered");
     let metrics = link.metrics();
     // A flow split between the workers would be created on each.
     assert_eq!(metric(&metrics, "labelwall_flows_created_total"), 16, "{metrics}");

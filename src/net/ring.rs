@@ -13,11 +13,15 @@
 //! its timer fires (at least 1 ms): at low load every packet would wait for the timer. V2
 //! hands over each frame as soon as it is written, and while frames are ready reading them
 //! costs no system call either, so V3 saves nothing at high load. V2's price is fixed-size
-//! frames: [`FRAME_SIZE`] holds a 9,001-byte outer packet. A longer one is a train (a GSO
-//! packet handed over whole by a local sender on veth, or a NIC's UDP GRO): the filter
-//! leaves it to the kernel's UDP stack and the workers' UDP sockets, the sockets path's
-//! train receive, spread over workers by the same [`spread_program`] as the ring's fanout,
-//! so every packet the filter takes fits its frame. `PACKET_VNET_HDR` puts a virtio header
+//! frames, and the ring takes only what fits a 2 KiB one ([`MAX_RING_FRAME`]: a GWLB packet
+//! carrying a 1,500-byte inner packet, with room to spare). Longer packets (8,500-byte jumbo
+//! GENEVE, and trains: a GSO packet handed over whole by a local sender on veth, or a NIC's
+//! UDP GRO) the filter leaves to the kernel's UDP stack and the workers' UDP sockets, the
+//! sockets path, spread over workers by the same [`spread_program`] as the ring's fanout, so
+//! a flow's packets of any size meet one worker. Frames sized for 9,001-byte packets (10 KiB,
+//! until 2026-12-07) made the ring 22 MiB per worker: every frame cold by the time the ring
+//! came round to it again, and 8,500-byte packets cost 1.5x what the sockets path pays for
+//! them (docs/performance.md). `PACKET_VNET_HDR` puts a virtio header
 //! before each frame: whether the kernel left the UDP checksum to offload.
 //!
 //! The mapping is shared with the kernel, which writes the frames it owns at any time: it is
@@ -40,21 +44,24 @@ use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 
 use super::sys::Payloads;
 
-/// Bytes per frame: a 9,001-byte outer packet, its Ethernet header, the virtio header and
-/// the frame header fit (about 9,100 bytes).
-pub const FRAME_SIZE: usize = 10 * 1024;
-/// Frames per ring block. The kernel allocates each block as a power-of-two run of pages
-/// (64 KiB finds contiguous pages easily): six 10 KiB frames use 60 of its 64 KiB, where
-/// 16 KiB frames (four) used it all but held a third fewer packets.
-const FRAMES_PER_BLOCK: usize = 6;
+/// Bytes per frame: two to a page.
+pub const FRAME_SIZE: usize = 2048;
+/// What the kernel puts before the Ethernet header in a TPACKET_V2 frame with a virtio
+/// header (`tpacket_rcv`): the frame header and a `sockaddr_ll` (52 bytes), aligned with
+/// room for a 16-byte link header to 80, plus the 10-byte virtio header, less the 14-byte
+/// Ethernet header it makes room for: 76.
+const FRAME_HEADROOM: usize = 76;
+/// Frames per ring block: 64 KiB blocks (the kernel allocates each as a power-of-two run of
+/// pages; 64 KiB finds contiguous pages easily).
+const FRAMES_PER_BLOCK: usize = 32;
 /// Fewest frames per ring.
 const MIN_FRAMES: usize = 64;
 /// Bytes of `dataplane.receive_buffer` per frame: a ring holds a packet per frame whatever
 /// its size, where a socket's buffer counts each packet's real size (1-2 KiB for a small
-/// one), so a ring of `receive_buffer / FRAME_SIZE` frames held a fraction of the packets
-/// the same setting holds on the sockets path and dropped bursts at 100k packets/s that the
-/// sockets absorbed (docs/performance.md). 2,048 frames by default (22 MiB per worker).
-const BUFFER_BYTES_PER_FRAME: usize = 4096;
+/// one); at a frame per 2 KiB the ring holds about the packets the same setting holds on the
+/// sockets path (a shallower ring dropped bursts at 100k packets/s that the sockets
+/// absorbed, docs/performance.md). 4,096 frames by default (8 MiB per worker).
+const BUFFER_BYTES_PER_FRAME: usize = 2048;
 /// `struct virtio_net_hdr` (without `num_buffers`).
 const VNET_HEADER_LEN: usize = 10;
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
@@ -74,11 +81,12 @@ const ACCEPT: u32 = 0x0004_0000;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 
-/// The longest frame a ring takes: an Ethernet header and a 9,001-byte outer packet. Longer
-/// ones are trains (a local sender's GSO packet on veth, or UDP GRO on a NIC, which the
-/// kernel does for GENEVE because a socket with `UDP_GRO` listens on its port): they go on to
-/// that socket, the sockets path's train receive, instead of being copied out of the ring.
-pub const MAX_RING_FRAME: usize = 14 + 9001;
+/// The longest frame a ring takes, Ethernet header included: 1,972 bytes, an outer packet of
+/// 1,958 (GWLB wraps a 1,500-byte inner packet in 1,568 with its options). Longer ones are
+/// jumbo GENEVE and trains (a local sender's GSO packet on veth, or UDP GRO on a NIC, which
+/// the kernel does for GENEVE because a socket with `UDP_GRO` listens on its port): they go
+/// on to that socket, the sockets path, instead of being copied into the ring.
+pub const MAX_RING_FRAME: usize = FRAME_SIZE - FRAME_HEADROOM;
 
 /// The classic BPF program that matches GENEVE for this appliance: a frame to this host, at
 /// most [`MAX_RING_FRAME`] bytes, IPv4, UDP, to one of `addresses` (any when empty), not a
@@ -866,6 +874,43 @@ mod tests {
         ring.release(1);
         assert!(!read(&ring, frame.offset, 1), "released");
         assert!(ring.frame(0).is_none());
+    }
+
+    /// The longest packet the filter lets in fits its frame whole (the kernel would cut a
+    /// longer one: [`FRAME_HEADROOM`] must be what `tpacket_rcv` puts first); one byte more
+    /// passes the ring by, to the socket.
+    #[test]
+    fn the_longest_packet_the_ring_takes_fits_a_frame_whole() {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = receiver.local_addr().unwrap().port();
+        let ring = match RxRing::open(&loopback_tap(), port, 0, None, 1) {
+            Ok(ring) => ring,
+            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+                eprintln!("skipped: packet sockets need CAP_NET_RAW");
+                return;
+            }
+            Err(error) => panic!("{error}"),
+        };
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let longest = vec![7u8; MAX_RING_FRAME - 14 - 20 - 8];
+        sender.send_to(&longest, ("127.0.0.1", port)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let frame = loop {
+            if let Some(frame) = ring.frame(0) {
+                break frame;
+            }
+            assert!(std::time::Instant::now() < deadline, "no frame");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!((frame.len, frame.wire_len), (MAX_RING_FRAME, MAX_RING_FRAME));
+        assert_eq!(ring.bytes(frame.offset, frame.len)[42..], longest[..]);
+        receiver.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let mut buffer = vec![0u8; 4096];
+        let _ = receiver.recv(&mut buffer).unwrap(); // the kernel delivers it too (no tc rule)
+        sender.send_to(&[7u8; MAX_RING_FRAME - 14 - 20 - 8 + 1], ("127.0.0.1", port)).unwrap();
+        assert_eq!(receiver.recv(&mut buffer).unwrap(), MAX_RING_FRAME - 14 - 20 - 8 + 1);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(ring.frame(1).is_none(), "a packet longer than a frame went into the ring");
     }
 
     /// The group made by the first ring skips outgoing packets, and a ring that joins it
