@@ -129,6 +129,10 @@ port=$((40000 + RANDOM % 20000)); reply=$((port + 1)); admin=$((port + 2))
 target_port=$port; listen_port=$reply; rate=${RATE:-}
 
 # (packet_socket and io only when given, so that builds from before them can be compared with BIN=)
+# The cases not named "ring ..." receive on UDP sockets: `io: sockets` across a link, where
+# the default (auto) would take the rings; on loopback auto takes the sockets anyway, and
+# leaving the key out there keeps builds from before it comparable.
+sockets=${NETNS:+sockets}
 start_appliance() { # policy-file send-sockets [--reflect] [packet-socket] [io] [busy-poll]
   cat >"$dir/labelwall.yaml" <<YAML
 dataplane: {listen: $app_ip:$port, workers: 1, reply_port: $reply, send_sockets: $2${4:+, packet_socket: $4}${5:+, io: $5}${6:+, busy_poll: $6}}
@@ -260,12 +264,12 @@ for size in ${sizes[*]}; do
   for case in "${cases[@]}"; do
     if [ -n "${CASES:-}" ] && ! grep -qxE "$CASES" <<<"$case"; then continue; fi
     case $case in
-      "null reflector") start_appliance "$dir/allow.yaml" 256 --reflect ;;
-      "labelwall allow-all") start_appliance "$dir/allow.yaml" 256 ;;
-      "labelwall bookinfo") start_appliance "$dir/policy.yaml" 256 ;;
-      "bookinfo without names") start_appliance "$dir/policy-no-names.yaml" 256 ;;
-      "reflector raw send") start_appliance "$dir/allow.yaml" 0 --reflect ;;
-      "reflector raw socket") start_appliance "$dir/allow.yaml" 256 --reflect false ;;
+      "null reflector") start_appliance "$dir/allow.yaml" 256 --reflect "" "$sockets" ;;
+      "labelwall allow-all") start_appliance "$dir/allow.yaml" 256 "" "" "$sockets" ;;
+      "labelwall bookinfo") start_appliance "$dir/policy.yaml" 256 "" "" "$sockets" ;;
+      "bookinfo without names") start_appliance "$dir/policy-no-names.yaml" 256 "" "" "$sockets" ;;
+      "reflector raw send") start_appliance "$dir/allow.yaml" 0 --reflect "" "$sockets" ;;
+      "reflector raw socket") start_appliance "$dir/allow.yaml" 256 --reflect false "$sockets" ;;
       "ring reflector") start_appliance "$dir/allow.yaml" 256 --reflect true packet_ring ;;
       "ring bookinfo") start_appliance "$dir/policy.yaml" 256 "" true packet_ring ;;
       "ring bookinfo busy-poll") start_appliance "$dir/policy.yaml" 256 "" true packet_ring 50 ;;

@@ -125,9 +125,10 @@ struct Bench {
 
 impl Bench {
     /// Builds the topology, starts the appliance with `policy` (and the demo's inventory) and
-    /// the simulator, and routes pod <-> db traffic through them.
+    /// the simulator, and routes pod <-> db traffic through them; GENEVE received on UDP
+    /// sockets (the `..._through_packet_rings` tests take the rings, the default here).
     fn start(policy: &str) -> Bench {
-        Bench::start_with(policy, "  packet_socket: true\n")
+        Bench::start_with(policy, "  packet_socket: true\n  io: sockets\n")
     }
 
     /// As [`Bench::start`], with `dataplane` (lines of the `dataplane:` section) added.
@@ -419,7 +420,7 @@ fn with_a_deny_rule_other_times_out_while_ratings_still_passes() {
     let policy = labelwall::tools::demo::POLICY
         .replace(others, &others.replace("action: reject", "action: deny"));
     // Also the raw socket's turn to carry single packets across a real link.
-    let mut bench = Bench::start_with(&policy, "  packet_socket: false\n");
+    let mut bench = Bench::start_with(&policy, "  packet_socket: false\n  io: sockets\n");
 
     let _server = bench.iperf_server();
     let other = bench.iperf_client(&bench.oth, 1);

@@ -37,8 +37,9 @@ struct Link {
 }
 
 impl Link {
+    /// Receiving on UDP sockets (`replies_to_what_packet_rings_received_...` takes the rings).
     fn start() -> Link {
-        Link::start_with("")
+        Link::start_with("  io: sockets\n")
     }
 
     /// As [`Link::start`], with `dataplane` (lines of the `dataplane:` section) added.
