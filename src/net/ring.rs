@@ -72,8 +72,8 @@ const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
 /// The group's hook skips outgoing packets. Once a socket is in a fanout group the group's
 /// hook replaces the socket's own, so `PACKET_IGNORE_OUTGOING` on the socket no longer
 /// applies: without this flag every reply sent is cloned and run through the spread and the
-/// filter only to be refused (`dev_queue_xmit_nit`, seen in profiles). Linux 6.3 and later
-/// (older kernels refuse the flag: the group is then made without it).
+/// filter only to be refused (`dev_queue_xmit_nit`, seen in profiles). Kernels older than
+/// the flag refuse it: the group is then made without it and pays that, as it did before.
 const PACKET_FANOUT_FLAG_IGNORE_OUTGOING: u32 = 0x4000;
 /// A classic BPF program's "accept the whole packet".
 const ACCEPT: u32 = 0x0004_0000;
@@ -841,15 +841,7 @@ mod tests {
     fn only_frames_the_ring_holds_can_be_read() {
         let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = receiver.local_addr().unwrap().port();
-        let ring = match RxRing::open(&loopback_tap(), port, 0, None, 1) {
-            Ok(ring) => ring,
-            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
-                eprintln!("skipped: packet sockets need CAP_NET_RAW");
-                return;
-            }
-            Err(error) => panic!("{error}"),
-        };
-        let mut ring = ring;
+        let Some(mut ring) = loopback_ring(port, 1) else { return };
         let read = |ring: &RxRing, offset: usize, len: usize| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ring.bytes(offset, len).len()))
                 .is_ok()
@@ -883,14 +875,7 @@ mod tests {
     fn the_longest_packet_the_ring_takes_fits_a_frame_whole() {
         let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = receiver.local_addr().unwrap().port();
-        let ring = match RxRing::open(&loopback_tap(), port, 0, None, 1) {
-            Ok(ring) => ring,
-            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
-                eprintln!("skipped: packet sockets need CAP_NET_RAW");
-                return;
-            }
-            Err(error) => panic!("{error}"),
-        };
+        let Some(ring) = loopback_ring(port, 1) else { return };
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let longest = vec![7u8; MAX_RING_FRAME - 14 - 20 - 8];
         sender.send_to(&longest, ("127.0.0.1", port)).unwrap();
@@ -919,14 +904,7 @@ mod tests {
     fn a_fanout_group_ignores_outgoing_packets_for_all_its_members() {
         let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = receiver.local_addr().unwrap().port();
-        let first = match RxRing::open(&loopback_tap(), port, 0, None, 2) {
-            Ok(ring) => ring,
-            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
-                eprintln!("skipped: packet sockets need CAP_NET_RAW");
-                return;
-            }
-            Err(error) => panic!("{error}"),
-        };
+        let Some(first) = loopback_ring(port, 2) else { return };
         let group = first.fanout_group().unwrap();
         let second = RxRing::open(&loopback_tap(), port, 0, Some(group), 2).unwrap();
         assert_eq!(second.fanout_group().unwrap(), group);
@@ -936,6 +914,19 @@ mod tests {
     /// Loopback (index 1), which [`tap_point`] refuses but a test may tap.
     fn loopback_tap() -> TapPoint {
         TapPoint { index: 1, name: "lo".into(), addresses: vec![Ipv4Addr::LOCALHOST] }
+    }
+
+    /// A ring on loopback for `port`, first of a new group of `workers`; `None` (the test
+    /// skipped) without CAP_NET_RAW.
+    fn loopback_ring(port: u16, workers: usize) -> Option<RxRing> {
+        match RxRing::open(&loopback_tap(), port, 0, None, workers) {
+            Ok(ring) => Some(ring),
+            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+                eprintln!("skipped: packet sockets need CAP_NET_RAW");
+                None
+            }
+            Err(error) => panic!("{error}"),
+        }
     }
 
     #[test]
