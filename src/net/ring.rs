@@ -850,14 +850,7 @@ mod tests {
         assert!(!read(&ring, 0, 1), "a frame the kernel owns");
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         sender.send_to(b"geneve?", ("127.0.0.1", port)).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let frame = loop {
-            if let Some(frame) = ring.frame(0) {
-                break frame;
-            }
-            assert!(std::time::Instant::now() < deadline, "no frame");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        };
+        let frame = first_frame(&ring);
         let bytes = ring.bytes(frame.offset, frame.len);
         assert_eq!(&bytes[bytes.len() - 7..], b"geneve?");
         assert!(read(&ring, 0, FRAME_SIZE));
@@ -879,14 +872,7 @@ mod tests {
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let longest = vec![7u8; MAX_RING_FRAME - 14 - 20 - 8];
         sender.send_to(&longest, ("127.0.0.1", port)).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let frame = loop {
-            if let Some(frame) = ring.frame(0) {
-                break frame;
-            }
-            assert!(std::time::Instant::now() < deadline, "no frame");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        };
+        let frame = first_frame(&ring);
         assert_eq!((frame.len, frame.wire_len), (MAX_RING_FRAME, MAX_RING_FRAME));
         assert_eq!(ring.bytes(frame.offset, frame.len)[42..], longest[..]);
         receiver.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
@@ -914,6 +900,18 @@ mod tests {
     /// Loopback (index 1), which [`tap_point`] refuses but a test may tap.
     fn loopback_tap() -> TapPoint {
         TapPoint { index: 1, name: "lo".into(), addresses: vec![Ipv4Addr::LOCALHOST] }
+    }
+
+    /// The ring's first frame, once the kernel has handed it over (5 s at most).
+    fn first_frame(ring: &RxRing) -> RxFrame {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if let Some(frame) = ring.frame(0) {
+                return frame;
+            }
+            assert!(std::time::Instant::now() < deadline, "no frame");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// A ring on loopback for `port`, first of a new group of `workers`; `None` (the test
