@@ -338,6 +338,7 @@ async fn serve(config: &Config, settings: DataplaneSettings) -> anyhow::Result<(
         registry: metrics::registry(
             Arc::clone(&workers),
             dataplane.next_hops(),
+            dataplane.receive_path(),
             Arc::clone(&control_state),
         ),
         workers,
@@ -351,6 +352,7 @@ async fn serve(config: &Config, settings: DataplaneSettings) -> anyhow::Result<(
         listen = %settings.listen,
         workers = settings.workers,
         reply_port = settings.reply_port,
+        io = dataplane.receive_path().taken.as_str(),
         admin = %config.admin.listen,
         mode = ?settings.mode,
         "labelwall running"

@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::control::ControlState;
-use crate::dataplane::{self, Fallback, SendPath, SocketEvent, WorkerStatus};
+use crate::dataplane::{self, Fallback, ReceivePath, SendPath, SocketEvent, WorkerStatus};
 use crate::net::nexthop::NextHops;
 use crate::pipeline::NameResult;
 use crate::policy::Action;
@@ -29,11 +29,13 @@ use crate::wire::DropReason;
 pub fn registry(
     workers: Arc<[Arc<WorkerStatus>]>,
     next_hops: Option<Arc<NextHops>>,
+    receive_path: ReceivePath,
     control: Arc<ControlState>,
 ) -> Registry {
     let mut registry = Registry::default();
     let started = Instant::now();
-    registry.register_collector(Box::new(DataplaneCollector { workers, next_hops, started }));
+    let collector = DataplaneCollector { workers, next_hops, receive_path, started };
+    registry.register_collector(Box::new(collector));
     registry.register_collector(Box::new(ControlCollector { control }));
     registry
 }
@@ -91,6 +93,7 @@ fn openmetrics_to_prometheus(openmetrics: &str) -> String {
 struct DataplaneCollector {
     workers: Arc<[Arc<WorkerStatus>]>,
     next_hops: Option<Arc<NextHops>>,
+    receive_path: ReceivePath,
     started: Instant,
 }
 
@@ -303,6 +306,21 @@ impl Collector for DataplaneCollector {
                 .enumerate()
                 .map(|(i, w)| ([("worker", i.to_string())], i64::from(w.is_running()))),
         )?;
+        let path = &self.receive_path;
+        gauge(
+            e,
+            "labelwall_dataplane_io_info",
+            "Always 1; how GENEVE is received: dataplane.io as configured, the path taken \
+             (auto falls back to sockets where rings cannot work), the rings' interface.",
+            [(
+                [
+                    ("configured", path.configured.as_str()),
+                    ("io", path.taken.as_str()),
+                    ("interface", path.interface.as_deref().unwrap_or("")),
+                ],
+                1,
+            )],
+        )?;
         gauge(
             e,
             "labelwall_build_info",
@@ -471,9 +489,17 @@ mod tests {
         let status = Arc::new(WorkerStatus::default());
         let mut registry = Registry::default();
         let workers: Arc<[Arc<WorkerStatus>]> = Arc::from(vec![Arc::clone(&status)]);
-        let collector = DataplaneCollector { workers, next_hops: None, started: Instant::now() };
+        let receive_path = ReceivePath {
+            configured: crate::config::IoMode::Auto,
+            taken: crate::config::IoMode::Sockets,
+            interface: None,
+        };
+        let collector =
+            DataplaneCollector { workers, next_hops: None, receive_path, started: Instant::now() };
         registry.register_collector(Box::new(collector));
         let text = render(&registry);
+        let info = r#"labelwall_dataplane_io_info{configured="auto",io="sockets",interface=""} 1"#;
+        assert!(text.contains(info), "{text}");
         for result in NameResult::ALL {
             let line = format!("labelwall_server_names_total{{result=\"{}\"}} 0\n", result.label());
             assert!(text.contains(&line), "{line} in {text}");

@@ -345,6 +345,13 @@ fn ring_replies_are_the_requests_byte_for_byte_and_the_kernel_udp_stack_sees_non
         let (in_before, noports_before) = link.app_udp_counters();
         let (sent, _) = byte_exact_round(&link);
         let (in_after, noports_after) = link.app_udp_counters();
+        let configured = if io.is_empty() { "auto" } else { io };
+        let (taken, interface) = if io == "sockets" { (io, "") } else { ("packet_ring", "eth0") };
+        let info = format!(
+            "labelwall_dataplane_io_info{{configured=\"{configured}\",io=\"{taken}\",\
+             interface=\"{interface}\"}} 1\n"
+        );
+        assert!(link.metrics().contains(&info), "{info} in\n{}", link.metrics());
         if io != "sockets" {
             assert!(link.log().contains("receiving on packet rings"), "{}", link.log());
             assert_eq!(in_after, in_before, "the kernel's UDP stack received GENEVE");
@@ -584,6 +591,8 @@ fn packet_ring_refuses_to_start_where_it_cannot_work_and_auto_falls_back_to_sock
     link.spawn(APP_IP, "  io: auto\n  workers: 1\n", &NO_ADMIN);
     link.wait_ready();
     assert!(link.log().contains("dataplane.io auto: receiving on UDP sockets"), "{}", link.log());
+    let info = r#"labelwall_dataplane_io_info{configured="auto",io="sockets",interface=""} 1"#;
+    assert!(link.metrics().contains(info), "{}", link.metrics());
     let (sent, received) = link.load(1, 5000, 8, 128);
     assert!(received * 100 >= sent * 99, "{received} of {sent}\n{}", link.log());
     assert!(link.stop().success());

@@ -147,6 +147,17 @@ pub enum StartError {
     StaleRule { interface: String, port: u16, error: String },
 }
 
+/// How GENEVE is received, as started: what `dataplane.io` asked for, what was taken (`auto`
+/// may fall back), and the link the rings tap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivePath {
+    pub configured: IoMode,
+    /// `sockets` or `packet_ring`.
+    pub taken: IoMode,
+    /// The rings' interface (`packet_ring` only).
+    pub interface: Option<String>,
+}
+
 /// The running data plane.
 #[derive(Debug)]
 pub struct Dataplane {
@@ -159,6 +170,7 @@ pub struct Dataplane {
     threads: Vec<JoinHandle<()>>,
     /// The tc rule that keeps GENEVE from the kernel's UDP stack (`packet_ring` only).
     ingress: Option<IngressRule>,
+    receive_path: ReceivePath,
 }
 
 impl Dataplane {
@@ -179,6 +191,11 @@ impl Dataplane {
             .collect::<Result<Vec<_>, _>>()?;
         // Last: the tc rule it may install must be removed on any error after it.
         let (receivers, ingress) = open_receivers(settings, workers)?;
+        let receive_path = ReceivePath {
+            configured: settings.io,
+            taken: if ingress.is_some() { IoMode::PacketRing } else { IoMode::Sockets },
+            interface: ingress.as_ref().map(|rule| rule.interface().to_string()),
+        };
         let sockets: Vec<_> = receivers.into_iter().zip(raw_senders).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(workers + 1);
@@ -231,7 +248,12 @@ impl Dataplane {
                 }
             }
         }
-        Ok(Dataplane { stop, wake, status, next_hops, threads, ingress })
+        Ok(Dataplane { stop, wake, status, next_hops, threads, ingress, receive_path })
+    }
+
+    /// How GENEVE is received (for metrics and the start-up log).
+    pub fn receive_path(&self) -> ReceivePath {
+        self.receive_path.clone()
     }
 
     /// The next hops the workers' packet sockets send to, for metrics.
