@@ -19,7 +19,7 @@ use crate::net::nexthop::SingleSender;
 use crate::net::ring::{RingPayloads, RxFrame, RxRing};
 use crate::net::sys::{
     GsoSocket, MAX_GSO_SEGMENTS, Payloads, SendReport, Ticker, TxItem, Wake,
-    skip_unused_control_messages, wait_either_readable_or_woken,
+    skip_unused_control_messages, wait_readable_or_woken,
 };
 use crate::pipeline::{MAX_GENEVE_DATAGRAM, Outcome, Pipeline};
 use crate::policy::Action;
@@ -343,17 +343,15 @@ impl Worker {
                 batches_unchecked = 0;
                 trains_ready = self.socket_batch(trains, clock, tx, counters, errors);
             }
-            if ring.frame(0).is_none() && !trains_ready && !self.spin(ring) {
-                let socket = trains.socket.as_raw_fd();
-                trains_ready = self.sleep(ring.fd(), Some(socket), drops_unread, errors);
-                if ring.frame(0).is_none() {
-                    if !trains_ready {
+            if ring.frame(0).is_none() {
+                // Nothing on the ring: wait, unless trains may still be waiting.
+                if !trains_ready && !self.spin(ring) {
+                    let socket = trains.socket.as_raw_fd();
+                    trains_ready = self.sleep(ring.fd(), Some(socket), drops_unread, errors);
+                    if !trains_ready && ring.frame(0).is_none() {
                         self.idle(clock, counters);
                     }
-                    continue;
                 }
-            }
-            if ring.frame(0).is_none() {
                 continue;
             }
             batches_unchecked += 1;
@@ -442,8 +440,8 @@ impl Worker {
         if let Err(error) = self.waits.ticker.set(timer, IDLE_TICK) {
             errors.log(self.index, "timer", &error);
         }
-        match wait_either_readable_or_woken(fd, also, &self.waits.wake, &self.waits.ticker) {
-            Ok((_, also_readable)) => also_readable,
+        match wait_readable_or_woken(fd, also, &self.waits.wake, &self.waits.ticker) {
+            Ok(woken) => woken.also_readable,
             Err(error) => {
                 errors.log(self.index, "poll", &error);
                 false

@@ -572,33 +572,29 @@ pub fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
 pub struct Woken {
     /// The file descriptor waited for is readable.
     pub readable: bool,
+    /// The second one (when given) is readable.
+    pub also_readable: bool,
     /// The ticker fired (and was cleared).
     pub ticked: bool,
 }
 
-/// Waits, with no timeout (so the kernel arms no timer for it), until `fd` is readable,
-/// `wake` was woken or `ticker` fires.
-pub fn wait_readable_or_woken(fd: RawFd, wake: &Wake, ticker: &Ticker) -> io::Result<Woken> {
-    wait_either_readable_or_woken(fd, None, wake, ticker).map(|(woken, _)| woken)
-}
-
-/// As [`wait_readable_or_woken`], for `fd` and `also` (when given): whether `also` is
-/// readable comes second.
-pub fn wait_either_readable_or_woken(
+/// Waits, with no timeout (so the kernel arms no timer for it), until `fd` or `also` (when
+/// given) is readable, `wake` was woken or `ticker` fires.
+pub fn wait_readable_or_woken(
     fd: RawFd,
     also: Option<RawFd>,
     wake: &Wake,
     ticker: &Ticker,
-) -> io::Result<(Woken, bool)> {
+) -> io::Result<Woken> {
     // An absent second descriptor is -1, which poll skips.
-    let mut fds = [fd, wake.0.as_raw_fd(), ticker.fd.as_raw_fd(), also.unwrap_or(-1)]
+    let mut fds = [fd, also.unwrap_or(-1), wake.0.as_raw_fd(), ticker.fd.as_raw_fd()]
         .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
     poll(&mut fds, None)?;
-    let ticked = fds[2].revents != 0;
+    let ticked = fds[3].revents != 0;
     if ticked {
         ticker.clear();
     }
-    Ok((Woken { readable: fds[0].revents != 0, ticked }, fds[3].revents != 0))
+    Ok(Woken { readable: fds[0].revents != 0, also_readable: fds[1].revents != 0, ticked })
 }
 
 /// `poll(2)` on `fds` for at most `timeout` (`None`: until one is ready); an interrupted
@@ -713,8 +709,8 @@ mod tests {
         let mut ticker = Ticker::new().unwrap();
         ticker.set(true, Duration::from_millis(20)).unwrap();
         for _ in 0..3 {
-            let woken = wait_readable_or_woken(fd, &wake, &ticker).unwrap();
-            assert_eq!(woken, Woken { readable: false, ticked: true });
+            let woken = wait_readable_or_woken(fd, None, &wake, &ticker).unwrap();
+            assert_eq!(woken, Woken { ticked: true, ..Woken::default() });
         }
         ticker.set(false, Duration::from_millis(20)).unwrap();
         let waker = {
@@ -725,12 +721,17 @@ mod tests {
             })
         };
         let started = Instant::now();
-        let woken = wait_readable_or_woken(fd, &wake, &ticker).unwrap();
+        let woken = wait_readable_or_woken(fd, None, &wake, &ticker).unwrap();
         assert!(started.elapsed() >= Duration::from_millis(250), "a tick while off: {woken:?}");
         assert_eq!(woken, Woken::default());
         waker.join().unwrap();
-        assert_eq!(wait_readable_or_woken(fd, &wake, &ticker).unwrap(), Woken::default());
+        assert_eq!(wait_readable_or_woken(fd, None, &wake, &ticker).unwrap(), Woken::default());
+        // The second descriptor, told apart from the first.
+        let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        other.send_to(b"x", other.local_addr().unwrap()).unwrap();
+        let woken = wait_readable_or_woken(fd, Some(other.as_raw_fd()), &wake, &ticker).unwrap();
+        assert_eq!((woken.readable, woken.also_readable), (false, true));
         socket.send_to(b"x", socket.local_addr().unwrap()).unwrap();
-        assert!(wait_readable_or_woken(fd, &wake, &ticker).unwrap().readable);
+        assert!(wait_readable_or_woken(fd, None, &wake, &ticker).unwrap().readable);
     }
 }
