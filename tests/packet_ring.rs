@@ -407,6 +407,15 @@ fn listening_on_every_address_taps_the_default_route_s_link() {
     assert!(received_second * 100 >= sent_second * 99, "{report}\n{}", link.log());
     let (in_after, _) = link.app_udp_counters();
     assert_eq!(in_after, in_before, "GENEVE to eth0's addresses reached the UDP stack: {rule}");
+    // GENEVE to the other link's address, arriving on eth0 (the host takes it, any
+    // interface): not the rings', and the tc rule must leave it to the sockets, answered.
+    link.peer.ip(&["route", "add", "192.168.77.1/32", "via", APP_IP]);
+    let report = netns::loadgen(&link.peer, "192.168.77.1:6081", &listen, 1, &args);
+    let (sent_other, received_other) =
+        (report["sent"].as_u64().unwrap(), report["received"].as_u64().unwrap());
+    assert!(received_other * 100 >= sent_other * 99, "{report}\n{}", link.log());
+    let (in_other, _) = link.app_udp_counters();
+    assert!(in_other - in_after >= sent_other, "it took the UDP sockets: {in_after} -> {in_other}");
     let metrics = link.metrics();
     assert!(metric(&metrics, r#"labelwall_send_packets_total{path="packet"}"#) > sent / 2);
     assert!(link.stop().success(), "{}", link.log());

@@ -1,6 +1,7 @@
 //! The `packet_ring` receive path: a TPACKET_V2 receive ring per worker on an `AF_PACKET`
-//! socket, joined into a hash fanout group, with a classic BPF filter that lets only GENEVE to
-//! the listen address and port in; the same program, as a tc ingress classifier, drops those
+//! socket, joined into a fanout group that spreads flows as the workers' UDP sockets are
+//! spread ([`spread_program`]), with a classic BPF filter that lets only GENEVE to the tapped
+//! addresses and the listen port in; the same program, as a tc ingress classifier, drops those
 //! packets after the tap (`net/ingress.rs`).
 //! Must not depend on: the pipeline, policy, labels, the data plane, tokio.
 //!
@@ -21,8 +22,9 @@
 //! a flow's packets of any size meet one worker. Frames sized for 9,001-byte packets (10 KiB,
 //! until 2026-12-07) made the ring 22 MiB per worker: every frame cold by the time the ring
 //! came round to it again, and 8,500-byte packets cost 1.5x what the sockets path pays for
-//! them (docs/performance.md). `PACKET_VNET_HDR` puts a virtio header
-//! before each frame: whether the kernel left the UDP checksum to offload.
+//! them (docs/performance.md). `PACKET_VNET_HDR` puts a virtio header before each frame:
+//! the segment size of a small train that fits a frame, and whether the kernel left the UDP
+//! checksum to offload.
 //!
 //! The mapping is shared with the kernel, which writes the frames it owns at any time: it is
 //! reached through a raw pointer, each frame's status atomically (acquire to take a frame,
