@@ -203,7 +203,11 @@ fn soak(duration: Duration) {
         records = count_records(&files);
     }
     let synced_sample = r#"labelwall_label_source_synced{source="kubernetes:c1"}"#;
-    while metric(&appliance.metrics(), synced_sample) != 1 && Instant::now() < settle {
+    // A watcher that failed many times in a row waits up to its backoff cap (30 s, the
+    // source's `timeout` here) before it tries again: the last restart may have come just
+    // after a try (seen once on a loaded machine, with 10 s to settle).
+    let resync = Instant::now() + Duration::from_secs(40);
+    while metric(&appliance.metrics(), synced_sample) != 1 && Instant::now() < resync {
         std::thread::sleep(Duration::from_millis(200));
     }
     let metrics = appliance.metrics();
